@@ -1,0 +1,66 @@
+"""One XML parser for everything numahook reads: no entities, no network, bounded size.
+
+Root processes (the hook inside libvirtd's start path, the daemon) parse XML that anyone
+allowed to define a domain controls. lxml's defaults resolve entities and, with DTDs,
+may reach the network, so every parse goes through :func:`parse`.
+"""
+
+from __future__ import annotations
+
+from lxml import etree
+
+from numahook.errors import InputError
+
+#: libvirt itself refuses domain XML over 10 MiB (VIR_DOMAIN_XML_MAX_LEN-ish limits on RPC).
+MAX_XML_BYTES = 10 * 1024 * 1024
+#: Deeper than any libvirt document; stops stack-exhaustion games.
+MAX_DEPTH = 64
+
+
+def _parser() -> etree.XMLParser:
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        load_dtd=False,
+        dtd_validation=False,
+        huge_tree=False,
+        remove_comments=False,
+        remove_pis=False,
+        strip_cdata=False,
+    )
+
+
+def parse(data: bytes | str, what: str = "domain XML") -> etree._Element:
+    """Parse ``data`` into an element tree root, or raise :class:`InputError` with one line."""
+    if isinstance(data, str):
+        data = data.encode("utf-8", "surrogateescape")
+    if len(data) > MAX_XML_BYTES:
+        raise InputError(f"{what} is {len(data)} bytes, more than the {MAX_XML_BYTES} allowed")
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        # libvirt never emits a DTD; refusing it outright closes entity tricks for good.
+        raise InputError(f"{what} contains a DOCTYPE or ENTITY declaration, which is not allowed")
+    try:
+        root = etree.fromstring(data, _parser())
+    except etree.XMLSyntaxError as exc:
+        raise InputError(f"{what} is not well-formed XML: {exc}") from None
+    except ValueError as exc:  # e.g. unicode strings with an encoding declaration
+        raise InputError(f"{what} cannot be parsed: {exc}") from None
+    if root is None:
+        raise InputError(f"{what} is empty")
+    _check_depth(root, what)
+    return root
+
+
+def _check_depth(root: etree._Element, what: str) -> None:
+    # iterative walk: recursion would be the very stack problem we guard against
+    stack = [(root, 1)]
+    while stack:
+        el, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InputError(f"{what} nests deeper than {MAX_DEPTH} levels")
+        stack.extend((child, depth + 1) for child in el)
+
+
+def tostring(root: etree._Element) -> str:
+    """Serialize without an XML declaration, as libvirt prints domains."""
+    return etree.tostring(root, encoding="unicode")
