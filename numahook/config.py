@@ -1,0 +1,176 @@
+"""``/etc/numahook/numahook.conf``: feature gates and the policies the hook and daemon share.
+
+INI, because Python 3.9's standard library reads it and operators know it. Unknown
+sections or keys are errors, not silently ignored: a typo in a gate must not quietly
+leave a feature on.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Callable
+
+from numahook.errors import ConfigError
+
+DEFAULT_PATH = "/etc/numahook/numahook.conf"
+
+
+@dataclass(frozen=True)
+class Config:
+    #: [features] NUMA: guestMappingPassthrough may be used (KubeVirt's "NUMA" gate)
+    numa_gate: bool = True
+    #: [features] Realtime: realtime may be used
+    realtime_gate: bool = True
+    #: [realtime] throttled: what a real-time domain gets on a node with
+    #: kernel.sched_rt_runtime_us >= 0: "refuse" it, or "delegate" RT group budget to it
+    rt_throttled: str = "refuse"
+    #: [realtime] on_failure: FIFO could not be applied after start: "fail" the start or "warn"
+    rt_on_failure: str = "fail"
+    #: [realtime] max_budget_us: cap on the RT runtime delegated to one vCPU per period
+    rt_max_budget_us: int = 900000
+    #: [hugepages] compact: compact memory and retry once when a node delivers too few pages
+    hugepages_compact: bool = True
+    #: [hook] lock_timeout: seconds a hook call waits for the state lock
+    lock_timeout: float = 10.0
+    #: [paths]
+    state_dir: str = "/run/numahook"
+    sysfs_root: str = "/sys"
+    cgroup_root: str = "/sys/fs/cgroup"
+    proc_root: str = "/proc"
+    libvirt_run: str = "/run/libvirt/qemu"
+    #: [daemon]
+    probe_interval: float = 60.0
+    reconcile_interval: float = 5.0
+    libvirt_uri: str = "qemu:///system"
+    nfd_dir: str = "/etc/kubernetes/node-feature-discovery/features.d"
+    textfile_dir: str = "/var/lib/prometheus/node-exporter"
+    source: str = field(default="(defaults)", compare=False)
+
+
+def _bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+
+
+def _choice(*options: str) -> Callable[[str], str]:
+    def conv(text: str) -> str:
+        value = text.strip().lower()
+        if value not in options:
+            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
+        return value
+
+    return conv
+
+
+def _number(lo: float, hi: float, kind: type = float) -> Callable[[str], Any]:
+    def conv(text: str) -> Any:
+        try:
+            value = kind(text.strip())
+        except ValueError:
+            raise ValueError(f"{text!r} is not a number") from None
+        if not lo <= value <= hi:
+            raise ValueError(f"{value} is outside {lo}..{hi}")
+        return value
+
+    return conv
+
+
+def _abspath(text: str) -> str:
+    value = text.strip()
+    if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
+        raise ValueError(f"{value!r} is not an absolute path without '..'")
+    return value
+
+
+# (section, key) -> (field name, converter)
+_SCHEMA: dict[tuple[str, str], tuple[str, Callable[[str], Any]]] = {
+    ("features", "numa"): ("numa_gate", _bool),
+    ("features", "realtime"): ("realtime_gate", _bool),
+    ("realtime", "throttled"): ("rt_throttled", _choice("refuse", "delegate")),
+    ("realtime", "on_failure"): ("rt_on_failure", _choice("fail", "warn")),
+    ("realtime", "max_budget_us"): ("rt_max_budget_us", _number(1000, 1000000, int)),
+    ("hugepages", "compact"): ("hugepages_compact", _bool),
+    ("hook", "lock_timeout"): ("lock_timeout", _number(0.1, 120)),
+    ("paths", "state_dir"): ("state_dir", _abspath),
+    ("paths", "sysfs_root"): ("sysfs_root", _abspath),
+    ("paths", "cgroup_root"): ("cgroup_root", _abspath),
+    ("paths", "proc_root"): ("proc_root", _abspath),
+    ("paths", "libvirt_run"): ("libvirt_run", _abspath),
+    ("daemon", "probe_interval"): ("probe_interval", _number(1, 86400)),
+    ("daemon", "reconcile_interval"): ("reconcile_interval", _number(0.5, 3600)),
+    ("daemon", "libvirt_uri"): ("libvirt_uri", str.strip),
+    ("daemon", "nfd_dir"): ("nfd_dir", _abspath),
+    ("daemon", "textfile_dir"): ("textfile_dir", _abspath),
+}
+_MAX_CONFIG = 1 << 20
+
+
+def _line_of(text: str, section: str, key: str) -> int:
+    """Best-effort line number of ``key`` in ``section`` for error messages."""
+    current = None
+    for no, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        m = re.match(r"^\[([^\]]+)\]", s)
+        if m:
+            current = m.group(1).strip().lower()
+        elif current == section and re.match(rf"^{re.escape(key)}\s*[=:]", s, re.IGNORECASE):
+            return no
+    return 0
+
+
+def parse(text: str, source: str = "<string>") -> Config:
+    """Parse config text; every error names the file, the line and the reason."""
+    if len(text) > _MAX_CONFIG:
+        raise ConfigError(f"{source}: the file is larger than {_MAX_CONFIG} bytes")
+    cp = configparser.ConfigParser(interpolation=None, strict=True)
+    cp.optionxform = str.lower  # type: ignore[assignment,method-assign]
+    try:
+        cp.read_string(text, source)
+    except configparser.Error as exc:
+        line = getattr(exc, "lineno", 0)
+        reason = str(exc).splitlines()[0]
+        raise ConfigError(f"{source}:{line}: {reason}") from None
+    values: dict[str, Any] = {}
+    for section in cp.sections():
+        sec = section.strip().lower()
+        for key, raw in cp.items(section):
+            entry = _SCHEMA.get((sec, key))
+            line = _line_of(text, sec, key)
+            if entry is None:
+                known = ", ".join(sorted({f"[{s}] {k}" for s, k in _SCHEMA if s == sec}))
+                hint = f"known keys there: {known}" if known else "unknown section"
+                raise ConfigError(f"{source}:{line}: unknown setting [{section}] {key} ({hint})")
+            name, conv = entry
+            try:
+                values[name] = conv(raw)
+            except ValueError as exc:
+                raise ConfigError(f"{source}:{line}: [{section}] {key}: {exc}") from None
+    return Config(source=source, **values)
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config; a missing file at the default path means defaults (gates on)."""
+    explicit = path is not None or "NUMAHOOK_CONFIG" in os.environ
+    p = Path(path or os.environ.get("NUMAHOOK_CONFIG", DEFAULT_PATH))
+    try:
+        with open(p, encoding="utf-8") as fh:
+            text = fh.read(_MAX_CONFIG + 1)
+    except FileNotFoundError:
+        if explicit:
+            raise ConfigError(f"{p}: no such file; create it or point NUMAHOOK_CONFIG elsewhere") from None
+        return Config()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: cannot be read: {exc}") from None
+    return parse(text, str(p))
+
+
+def field_names() -> list[str]:
+    return [f.name for f in fields(Config)]

@@ -1,0 +1,67 @@
+"""The renderer: ``(domain XML, inputs) -> new domain XML`` or a clear refusal. No I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from lxml import etree
+
+from numahook import design, domainxml, metadata, request, tuningxml, xmlsafe
+from numahook.design import Evaluation, Inputs, Plan
+from numahook.domainxml import DomainFacts
+from numahook.errors import NumahookError
+from numahook.request import Request
+
+
+@dataclass
+class Parsed:
+    """A domain document with our request read out of it; ``request`` is None if not opted in."""
+
+    root: etree._Element
+    facts: DomainFacts
+    request: Request | None
+
+
+@dataclass
+class Result:
+    xml: str
+    plan: Plan
+    evaluation: Evaluation
+    facts: DomainFacts
+    request: Request
+
+
+def parse(xml: str | bytes) -> Parsed:
+    root = xmlsafe.parse(xml)
+    el = metadata.find(root) if root.tag == "domain" else None
+    facts = domainxml.read(root)
+    req = request.from_raw(metadata.parse(el)) if el is not None else None
+    return Parsed(root, facts, req)
+
+
+def evaluate(doc: Parsed, inp: Inputs) -> Evaluation:
+    if doc.request is None:
+        raise NumahookError(f"{doc.facts.name} has no <numahook:domain> metadata, so numahook "
+                            "leaves it alone; add the metadata element to opt in")
+    return design.evaluate(doc.facts, doc.request, inp)
+
+
+def render_parsed(doc: Parsed, inp: Inputs) -> Result:
+    """Render in place on ``doc.root``; raise :class:`Refusal` on the first failed check."""
+    ev = evaluate(doc, inp)
+    if ev.failed is not None:
+        raise ev.refusal()
+    plan = ev.plan
+    assert doc.request is not None
+    if plan is None:  # opted in but asked for nothing that changes the XML
+        raise NumahookError(f"{doc.facts.name}'s <numahook:cpu> asks for nothing; set "
+                            "dedicatedCpuPlacement=\"true\" at least")
+    tuningxml.apply(doc.root, plan)
+    el = metadata.find(doc.root)
+    assert el is not None
+    metadata.set_rendered(el, metadata.Rendered(plan.digest(), inp.topology.fingerprint()))
+    return Result(xmlsafe.tostring(doc.root), plan, ev, doc.facts, doc.request)
+
+
+def render(xml: str | bytes, inp: Inputs) -> Result:
+    return render_parsed(parse(xml), inp)

@@ -1,0 +1,39 @@
+"""libvirt's memory units, converted to KiB (libvirt's canonical unit)."""
+
+from __future__ import annotations
+
+from numahook.errors import InputError
+
+_SCALE = {
+    "b": 1, "bytes": 1,
+    "k": 1024, "kib": 1024, "kb": 1000,
+    "m": 1024**2, "mib": 1024**2, "mb": 1000**2,
+    "g": 1024**3, "gib": 1024**3, "gb": 1000**3,
+    "t": 1024**4, "tib": 1024**4, "tb": 1000**4,
+    "p": 1024**5, "pib": 1024**5, "pb": 1000**5,
+    "e": 1024**6, "eib": 1024**6, "eb": 1000**6,
+}
+#: 16 EiB in KiB: anything larger is hostile, not a VM.
+MAX_KIB = 1 << 54
+
+
+def to_kib(value: str | None, unit: str | None, what: str, default_unit: str = "KiB") -> int:
+    """Convert a libvirt scaled integer to KiB, rounding up as libvirt does."""
+    text = (value or "").strip()
+    if not text.isdigit() or len(text) > 24:
+        raise InputError(f"{what} {value!r} is not a whole number")
+    scale = _SCALE.get((unit or default_unit).strip().lower())
+    if scale is None:
+        raise InputError(f"{what} has unknown unit {unit!r}; use KiB, MiB, GiB or TiB")
+    kib = -(-int(text) * scale // 1024)
+    if kib > MAX_KIB:
+        raise InputError(f"{what} {value} {unit or default_unit} is beyond any real host")
+    return kib
+
+
+def human_kib(kib: int) -> str:
+    """Short human form for messages: 2048 -> '2 MiB'."""
+    for unit, scale in (("TiB", 1 << 30), ("GiB", 1 << 20), ("MiB", 1 << 10)):
+        if kib >= scale and kib % scale == 0:
+            return f"{kib // scale} {unit}"
+    return f"{kib} KiB"
