@@ -1,0 +1,110 @@
+"""Running domains as libvirt records them in its status XML (/run/libvirt/qemu/NAME.xml).
+
+The hook may not call back into libvirt, so it learns which domains run, their vCPU
+thread ids and the host CPUs they are pinned to from these root-only files. The format
+(``<domstatus state= reason= pid=>`` around ``<vcpus><vcpu id pid/></vcpus>`` and the live
+``<domain>``) is libvirt's private one; it has been stable since libvirt 1.x.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from lxml import etree
+
+from numahook import cpulist, fsutil, xmlsafe
+from numahook.errors import InputError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ROOT = "/run/libvirt/qemu"
+
+
+@dataclass(frozen=True)
+class RunningDomain:
+    """One domain libvirt considers active, as read from its status file."""
+
+    name: str
+    uuid: str
+    #: QEMU's pid; None while libvirt has not recorded it yet
+    pid: int | None
+    state: str
+    #: vCPU id -> thread id (empty until QEMU's vCPUs exist)
+    vcpu_tids: dict[int, int]
+    domain: etree._Element = field(repr=False, compare=False)
+    #: union of the vcpupin, emulatorpin and iothreadpin cpusets of the live definition
+    pinned_cpus: frozenset[int] = frozenset()
+
+
+def _int(text: str | None, what: str) -> int:
+    try:
+        return int(text or "")
+    except ValueError:
+        raise InputError(f"{what} is {text!r}, not an integer") from None
+
+
+def parse_status(data: str | bytes, what: str = "libvirt status XML") -> RunningDomain:
+    """Parse one status document (pure; the caller did the reading)."""
+    root = xmlsafe.parse(data, what)
+    if root.tag != "domstatus":
+        raise InputError(f"{what} has root <{root.tag}>, not <domstatus>")
+    dom = root.find("domain")
+    if dom is None:
+        raise InputError(f"{what} has no <domain> element")
+    name = (dom.findtext("name") or "").strip()
+    uuid = (dom.findtext("uuid") or "").strip().lower()
+    if not name or not uuid:
+        raise InputError(f"{what} has no domain name or uuid")
+    pid_attr = root.get("pid")
+    pid = _int(pid_attr, f"{what} pid") if pid_attr is not None else None
+    tids: dict[int, int] = {}
+    for vcpu in root.iterfind("vcpus/vcpu"):
+        tids[_int(vcpu.get("id"), f"{what} vcpu id")] = _int(vcpu.get("pid"), f"{what} vcpu pid")
+    pinned: set[int] = set()
+    for tag in ("vcpupin", "emulatorpin", "iothreadpin"):
+        for pin in dom.iterfind(f"cputune/{tag}"):
+            pinned |= cpulist.parse(pin.get("cpuset") or "", f"{what} {tag} cpuset")
+    return RunningDomain(
+        name=name,
+        uuid=uuid,
+        pid=pid,
+        state=root.get("state") or "unknown",
+        vcpu_tids=tids,
+        domain=dom,
+        pinned_cpus=frozenset(pinned),
+    )
+
+
+def _load(path: Path) -> RunningDomain:
+    return parse_status(fsutil.read_text(path, xmlsafe.MAX_XML_BYTES), f"status file {path}")
+
+
+def running_domains(root: str = DEFAULT_ROOT) -> list[RunningDomain]:
+    """All domains with a status file, by name; unreadable or corrupt files are skipped."""
+    try:
+        names = sorted(n for n in os.listdir(root) if n.endswith(".xml"))
+    except FileNotFoundError:
+        return []  # libvirtd never ran a domain since boot
+    except OSError as exc:
+        log.warning("cannot list libvirt status files in %s: %s", root, exc.strerror)
+        return []
+    out: list[RunningDomain] = []
+    for name in names:
+        try:
+            out.append(_load(fsutil.under(root, name)))
+        except InputError as exc:
+            log.warning("skipping libvirt status file %s/%s: %s", root, name, exc)
+    return sorted(out, key=lambda d: d.name)
+
+
+def status_of(name: str, root: str = DEFAULT_ROOT) -> RunningDomain | None:
+    """The status of domain ``name``, or None when it is not running."""
+    if "/" in name:
+        raise InputError(f"domain name {name!r} contains '/', which libvirt never allows")
+    path = fsutil.under(root, f"{name}.xml")
+    if not path.exists():
+        return None
+    return _load(path)
