@@ -99,13 +99,20 @@ def _choose_nodes(topo: Topology, caps: dict[int, tuple[int, int]], units: int,
 
 def allocate(topo: Topology, available: frozenset[int], count: int, threads: int = 1,
              extra: int = 0, keep: Mapping[int, frozenset[int]] | None = None,
-             keep_extra: frozenset[int] | None = None) -> Allocation:
-    """Pin ``count`` vCPUs (guest cores of ``threads`` siblings) plus ``extra`` CPUs."""
+             keep_extra: frozenset[int] | None = None,
+             vcpu_nodes: frozenset[int] | None = None) -> Allocation:
+    """Pin ``count`` vCPUs (guest cores of ``threads`` siblings) plus ``extra`` CPUs.
+
+    ``vcpu_nodes`` limits the nodes vCPUs may use (passthrough binds each cell's memory
+    to its node, so nodes without memory are left out); the emulator may go anywhere.
+    """
     usable = frozenset(c for c in available if c in topo.cpus)
+    allowed = frozenset(c for c in usable
+                        if vcpu_nodes is None or topo.node_of(c) in vcpu_nodes)
     if count % threads:
         raise Refusal(f"{count} vCPUs cannot be split into guest cores of {threads} threads",
                       "cpu-topology")
-    kept = _valid_kept(topo, usable, keep or {}, count, threads) if keep else None
+    kept = _valid_kept(topo, allowed, keep or {}, count, threads) if keep else None
     if kept is not None:
         rest = usable - set(kept)
         if extra == 0:
@@ -120,7 +127,7 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
     per_node: dict[int, list[tuple[int, ...]]] = {}
     caps: dict[int, tuple[int, int]] = {}
     for n in sorted(topo.nodes):
-        mine = usable & topo.nodes[n].cpus
+        mine = allowed & topo.nodes[n].cpus
         per_node[n] = _units(topo, mine, threads)
         caps[n] = (len(per_node[n]), len(mine))
     nodes = _choose_nodes(topo, caps, need_units, count + extra)
@@ -129,7 +136,8 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
         shape += f" plus {extra} emulator CPU" if extra else ""
         raise Refusal(
             f"not enough dedicated CPUs: the domain needs {shape}, but only "
-            f"{len(usable)} CPUs ({cpulist.format(usable) or 'none'}) are free in its cpuset; "
+            f"{len(allowed)} CPUs ({cpulist.format(allowed) or 'none'}) are free in its cpuset"
+            + ("" if allowed == usable else " on nodes with memory") + "; "
             "widen the partition's cpuset or stop another dedicated domain",
             "dedicated-cpus",
         )

@@ -165,7 +165,8 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
             text = fh.read(_MAX_CONFIG + 1)
     except FileNotFoundError:
         if explicit:
-            raise ConfigError(f"{p}: no such file; create it or point NUMAHOOK_CONFIG elsewhere") from None
+            raise ConfigError(
+                f"{p}: no such file; create it or point NUMAHOOK_CONFIG elsewhere") from None
         return Config()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot be read: {exc}") from None

@@ -45,7 +45,7 @@ def parse(text: str, what: str = "CPU list") -> frozenset[int]:
     return frozenset(out)
 
 
-def format(cpus: Iterable[int]) -> str:  # noqa: A001 - mirrors the kernel's name
+def format(cpus: Iterable[int]) -> str:
     """Format a set as the shortest kernel cpulist (``0-3,8``)."""
     ids = sorted(set(cpus))
     parts: list[str] = []

@@ -191,8 +191,10 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     # allocation
     extra = 1 if req.isolate_emulator else 0
     try:
+        with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
         alloc = allocate(topo, inp.available, facts.vcpus, topology[3], extra,
-                         keep=facts.vcpupin, keep_extra=facts.emulatorpin)
+                         keep=facts.vcpupin, keep_extra=facts.emulatorpin,
+                         vcpu_nodes=with_memory if req.passthrough else None)
     except Refusal as exc:
         ck.fail(exc.check, str(exc))
         return Evaluation(ck.items, None, _advisories(facts, req, None))
@@ -345,8 +347,9 @@ def differences(facts: DomainFacts, plan: Plan) -> list[str]:
         have_cells = [(set(c.cpus), c.memory_kib) for c in facts.cells]
         want_cells = [(set(c.vcpus), c.memory_kib) for c in plan.cells]
         if have_cells != want_cells:
+            nodes = ", ".join(str(c.host_node) for c in plan.cells)
             out.append(f"the guest has {len(have_cells)} NUMA cells, but its CPUs now span "
-                       f"{len(want_cells)} host nodes ({', '.join(str(c.host_node) for c in plan.cells)})"
+                       f"{len(want_cells)} host nodes ({nodes})"
                        if len(have_cells) != len(want_cells) else
                        "the guest NUMA cells' CPUs or memory differ")
         want_mem = {c.id: frozenset({c.host_node}) for c in plan.cells}
@@ -355,7 +358,13 @@ def differences(facts: DomainFacts, plan: Plan) -> list[str]:
         want_pages = {(plan.page_kib or 0, frozenset({c.id})) for c in plan.cells}
         if set(facts.page_nodesets) != want_pages:
             out.append("the per-cell hugepage backing differs")
-    want_sched = ((frozenset(plan.realtime_vcpus), "fifo", plan.priority),) if plan.vcpusched else ()
-    if plan.realtime_extras and tuple(facts.vcpusched) != want_sched:
-        out.append("the <vcpusched> real-time settings differ")
+    want_sched = (((frozenset(plan.realtime_vcpus), "fifo", plan.priority),)
+                  if plan.vcpusched else ())
+    have_sched = tuple(facts.vcpusched)
+    # A definition without <vcpusched> is still fine where libvirt could have used it:
+    # the hook applies FIFO right after start instead. The reverse is not: on a node that
+    # needs an RT group budget, libvirt's own vcpusched fails with EPERM.
+    tolerable = plan.vcpusched and not have_sched
+    if plan.realtime_extras and have_sched != want_sched and not tolerable:
+        out.append("the <vcpusched> real-time settings differ from what this node needs")
     return out

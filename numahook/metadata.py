@@ -15,7 +15,7 @@ from numahook import NAMESPACE
 from numahook.errors import InputError
 from numahook.xmlutil import insert
 
-NS = "{%s}" % NAMESPACE
+NS = f"{{{NAMESPACE}}}"
 _MAX_ATTR = 4096
 
 _CPU_ATTRS = {"dedicatedCpuPlacement", "isolateEmulatorThread", "ioThreadsPolicy"}

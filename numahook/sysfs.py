@@ -137,7 +137,7 @@ def _default_page(sizes: frozenset[int]) -> int:
 
 
 def default_page_kib(proc_root: str | os.PathLike[str] = "/proc") -> int | None:
-    """``Hugepagesize:`` from ``/proc/meminfo``, which is what libvirt uses for a bare <hugepages/>."""
+    """``Hugepagesize:`` from ``/proc/meminfo``: the size libvirt uses for a bare <hugepages/>."""
     try:
         text = _read(Path(proc_root) / "meminfo")
     except InputError:
