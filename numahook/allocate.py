@@ -141,12 +141,15 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
             "widen the partition's cpuset or stop another dedicated domain",
             "dedicated-cpus",
         )
-    # fill the roomiest nodes first so the partial node is the smallest
+    # balance vCPUs across the chosen nodes (symmetric guest cells match the even memory
+    # split and the guest's sockets); small nodes give what they have, big ones the rest
     taken: list[tuple[int, ...]] = []
-    for n in sorted(nodes, key=lambda n: (-caps[n][0], n)):
-        taken.extend(per_node[n][: need_units - len(taken)])
-        if len(taken) == need_units:
-            break
+    remaining = need_units
+    by_room = sorted(nodes, key=lambda n: (caps[n][0], n))
+    for i, n in enumerate(by_room):
+        share = min(caps[n][0], -(-remaining // (len(by_room) - i)))
+        taken.extend(per_node[n][:share])
+        remaining -= share
     taken.sort(key=lambda u: (topo.node_of(u[0]), u))
     pins = tuple(c for u in taken for c in u)
     spare = _pick_extra(topo, usable - set(pins), pins, extra, prefer=nodes)

@@ -20,6 +20,8 @@ class Parsed:
     root: etree._Element
     facts: DomainFacts
     request: Request | None
+    #: attribute quote of the source, kept on output so diffs show only real changes
+    quote: str = '"'
 
 
 @dataclass
@@ -36,7 +38,7 @@ def parse(xml: str | bytes) -> Parsed:
     el = metadata.find(root) if root.tag == "domain" else None
     facts = domainxml.read(root)
     req = request.from_raw(metadata.parse(el)) if el is not None else None
-    return Parsed(root, facts, req)
+    return Parsed(root, facts, req, xmlsafe.quote_style(xml))
 
 
 def evaluate(doc: Parsed, inp: Inputs) -> Evaluation:
@@ -60,7 +62,7 @@ def render_parsed(doc: Parsed, inp: Inputs) -> Result:
     el = metadata.find(doc.root)
     assert el is not None
     metadata.set_rendered(el, metadata.Rendered(plan.digest(), inp.topology.fingerprint()))
-    return Result(xmlsafe.tostring(doc.root), plan, ev, doc.facts, doc.request)
+    return Result(xmlsafe.tostring(doc.root, doc.quote), plan, ev, doc.facts, doc.request)
 
 
 def render(xml: str | bytes, inp: Inputs) -> Result:

@@ -7,6 +7,8 @@ may reach the network, so every parse goes through :func:`parse`.
 
 from __future__ import annotations
 
+import re
+
 from lxml import etree
 
 from numahook.errors import InputError
@@ -61,6 +63,33 @@ def _check_depth(root: etree._Element, what: str) -> None:
         stack.extend((child, depth + 1) for child in el)
 
 
-def tostring(root: etree._Element) -> str:
-    """Serialize without an XML declaration, as libvirt prints domains."""
-    return etree.tostring(root, encoding="unicode")
+_MARKUP = re.compile(r"<!--.*?-->|<!\[CDATA\[.*?\]\]>|<\?.*?\?>|<[^>]*>", re.DOTALL)
+_ATTR = re.compile(r'(\s[^\s=]+=)"([^"]*)"')
+
+
+def quote_style(data: str | bytes) -> str:
+    """The attribute quote a document uses (libvirt writes ``'``), so output can match it."""
+    text = data if isinstance(data, str) else data[:4096].decode("utf-8", "replace")
+    m = re.search(r"<[A-Za-z][^>]*?=\s*(['\"])", text)
+    return m.group(1) if m else '"'
+
+
+def _requote(attr: re.Match[str]) -> str:
+    value = attr.group(2)
+    if "'" in value:
+        return attr.group(0)
+    return attr.group(1) + "'" + value.replace("&quot;", '"') + "'"
+
+
+def _single(match: re.Match[str]) -> str:
+    tag = match.group(0)
+    if tag.startswith(("<!", "<?")):
+        return tag
+    # lxml escapes '<', '>' and '"' inside values, so a start tag holds no raw '>'
+    return _ATTR.sub(_requote, tag)
+
+
+def tostring(root: etree._Element, quote: str = '"') -> str:
+    """Serialize without an XML declaration, as libvirt prints domains, in ``quote`` style."""
+    text = etree.tostring(root, encoding="unicode")
+    return _MARKUP.sub(_single, text) if quote == "'" else text

@@ -1,0 +1,150 @@
+"""``numahook``: render, check, apply, node, status. Every refusal is one sentence on stderr.
+
+Exit codes: 0 success; 1 refused (a precondition failed, the reason is on stderr);
+2 bad input or usage (malformed XML, metadata or config); 3 the host or libvirt failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from numahook import __version__, cpulist, explain, hostinputs, render
+from numahook import config as configmod
+from numahook.errors import (
+    ConfigError,
+    HostError,
+    InputError,
+    NumahookError,
+    Refusal,
+    StateError,
+)
+
+EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
+_MAX_STDIN = 10 * 1024 * 1024
+
+
+def _read_source(path: str) -> str:
+    if path == "-":
+        data = sys.stdin.read(_MAX_STDIN + 1)
+    else:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                data = fh.read(_MAX_STDIN + 1)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise InputError(f"cannot read {path}: {exc}") from None
+    if len(data) > _MAX_STDIN:
+        raise InputError(f"{path} is larger than {_MAX_STDIN} bytes")
+    return data
+
+
+def _config(args: argparse.Namespace) -> configmod.Config:
+    cfg = configmod.load(args.config)
+    overrides = {k: getattr(args, k) for k in ("sysfs_root", "cgroup_root", "proc_root",
+                                                "state_dir", "libvirt_run")
+                 if getattr(args, k, None)}
+    if overrides:
+        from dataclasses import replace
+        cfg = replace(cfg, **overrides)
+    return cfg
+
+
+def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[object, object]:
+    cfg = _config(args)
+    override = cpulist.parse(args.cpuset, "--cpuset") if args.cpuset is not None else None
+    from numahook.state import StateDir
+    state = StateDir(cfg.state_dir) if not args.no_state else None
+    return hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None, override, state)
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    source = _read_source(args.file)
+    doc = render.parse(source)
+    inp, _ = _inputs(args, doc)
+    result = render.render_parsed(doc, inp)  # type: ignore[arg-type]
+    if args.diff:
+        sys.stdout.writelines(difflib.unified_diff(
+            source.splitlines(keepends=True), (result.xml + "\n").splitlines(keepends=True),
+            f"{args.file}", f"{args.file} (rendered)"))
+    else:
+        sys.stdout.write(result.xml + "\n")
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    doc = render.parse(_read_source(args.file))
+    inp, view = _inputs(args, doc)
+    ev = render.evaluate(doc, inp)  # type: ignore[arg-type]
+    if args.json:
+        out = explain.evaluation_dict(doc.facts.name, ev)
+        out["available_cpus"] = cpulist.format(inp.available)  # type: ignore[attr-defined]
+        out["host"] = view.describe()  # type: ignore[attr-defined]
+        json.dump(out, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(explain.evaluation_text(doc.facts.name, ev))
+        print(f"  host: {view.describe()}")  # type: ignore[attr-defined]
+    return EXIT_OK if ev.failed is None else EXIT_REFUSED
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH})")
+    p.add_argument("--sysfs-root", help="directory standing for /sys")
+    p.add_argument("--cgroup-root", help="directory standing for /sys/fs/cgroup")
+    p.add_argument("--proc-root", help="directory standing for /proc")
+    p.add_argument("--libvirt-run", help="libvirt's status directory (/run/libvirt/qemu)")
+    p.add_argument("--state-dir", help="numahook's state directory (/run/numahook)")
+    p.add_argument("--cpuset", help="use this CPU list instead of the partition's cpuset "
+                   "(what-if and tests)")
+    p.add_argument("--no-state", action="store_true",
+                   help="ignore claims in the state directory")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="numahook", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"numahook {__version__}")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("render", help="print the domain XML rendered for this host")
+    _common(p)
+    p.add_argument("--diff", action="store_true", help="print a unified diff instead")
+    p.add_argument("file", help="domain XML file, or - for stdin")
+    p.set_defaults(func=cmd_render)
+    p = sub.add_parser("check", help="list every precondition as passed or failed")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("file", help="domain XML file, or - for stdin")
+    p.set_defaults(func=cmd_check)
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="numahook: %(levelname)s: %(message)s")
+    try:
+        return int(args.func(args))
+    except Refusal as exc:
+        print(f"numahook: refused: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (InputError, ConfigError) as exc:
+        print(f"numahook: {exc}", file=sys.stderr)
+        return EXIT_INPUT
+    except (HostError, StateError) as exc:
+        print(f"numahook: {exc}", file=sys.stderr)
+        return EXIT_HOST
+    except NumahookError as exc:
+        print(f"numahook: {exc}", file=sys.stderr)
+        return EXIT_REFUSED
+    except BrokenPipeError:
+        return EXIT_OK
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

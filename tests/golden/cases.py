@@ -1,0 +1,42 @@
+"""Golden cases: an input domain, a fixture host and its cgroup tree -> ``<case>-out.xml``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    source: str
+    host: str
+    cgroup_version: int = 1
+    #: cgroup dir -> cpulist; None means every online CPU in the root and machine groups
+    cpusets: dict[str, str] | None = None
+
+
+CASES = [
+    Case("single-numavm", "numavm", "single"),
+    Case("intel-numavm", "numavm", "intel-2s-ht"),
+    # 48 vCPUs as 24 two-thread cores span both sockets: two cells, SLIT distances
+    Case("intel-wide", "wide-ht", "intel-2s-ht"),
+    # isolcpus host, cpuset limited to the isolated CPUs; 1 GiB pages, iothread, mask
+    Case("intelrt-realtime", "realtime", "intel-2s-ht-rt",
+         cpusets={"": "0-79", "machine": "2-19,42-59"}),
+    # NPS4: 16 CPUs per node, 48 vCPUs -> three nodes; cgroup v2, systemd layout
+    Case("epyc-wide-v2", "wide-ht", "epyc-nps4", cgroup_version=2),
+    # cpuset straddles two nodes with two CPUs each: an asymmetric split is impossible to
+    # avoid, so two cells of two vCPUs
+    Case("quad-numavm-split-v2", "numavm", "quad-nosmt", cgroup_version=2,
+         cpusets={"": "0-31", "machine.slice": "6-9"}),
+    # node3 has CPUs but no memory: passthrough must not put a cell there
+    Case("asym-numavm", "numavm", "asym-cpuless", cpusets={"": "0-19", "machine": "10-19"}),
+    Case("offline-numavm", "numavm", "offline-cpus"),
+    # dedicated only, partition /machine/rt as libvirt names it without systemd
+    Case("intel-dedicated-partition", "dedicated-only", "intel-2s-ht",
+         cpusets={"": "0-79", "machine": "0-79", "machine/rt.partition": "2-4,42-44"}),
+    # 24 vCPUs as 12 two-thread cores, exclusion-only mask, isolated emulator and shared
+    # IO threads on an NPS4 host with a v2 systemd partition
+    Case("epyc-realtime-v2-systemd", "realtime-2m", "epyc-nps4", cgroup_version=2,
+         cpusets={"": "0-63", "machine.slice": "4-63"}),
+]
