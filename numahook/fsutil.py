@@ -11,6 +11,7 @@ import errno
 import logging
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Union
 
@@ -139,11 +140,12 @@ def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600) -> None:
                 log.warning("could not remove temporary file %s: %s", tmp_name, exc)
 
 
-def write_knob(path: PathLike, value: str, hint: str | None = None) -> None:
+def write_knob(path: PathLike, value: str, hint: str | Mapping[int, str] | None = None) -> None:
     """Write one value to a kernel knob in a single write(2), or raise KnobWriteError.
 
     The kernel applies a knob write as a whole or not at all, so a failed write leaves no
-    partial state. ``hint`` overrides the generic advice for the errno.
+    partial state. ``hint`` replaces the generic advice: for every errno (a string) or for
+    the errnos it maps.
     """
     where = os.fspath(path)
     raw = value.encode("ascii")
@@ -155,7 +157,9 @@ def write_knob(path: PathLike, value: str, hint: str | None = None) -> None:
         finally:
             os.close(fd)
     except OSError as exc:
-        advice = hint or _KNOB_HINTS.get(exc.errno or 0, "check the kernel log (dmesg)")
+        hints = {**_KNOB_HINTS, **hint} if isinstance(hint, Mapping) else _KNOB_HINTS
+        advice = hint if isinstance(hint, str) else None
+        advice = advice or hints.get(exc.errno or 0, "check the kernel log (dmesg)")
         raise KnobWriteError(
             f"writing {value.strip()} to {where} failed: {exc.strerror or exc}; {advice}",
             where,

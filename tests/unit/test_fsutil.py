@@ -117,6 +117,10 @@ def test_write_knob_errno_hints(
 def test_write_knob_custom_hint(tmp_path: Path) -> None:
     with pytest.raises(HostError, match=r"; do the other thing$"):
         fsutil.write_knob(tmp_path / "nope", "1", hint="do the other thing")
+    with pytest.raises(HostError, match=r"; create it$"):
+        fsutil.write_knob(tmp_path / "nope", "1", hint={errno.ENOENT: "create it"})
+    with pytest.raises(HostError, match=r"; the kernel does not offer this file"):
+        fsutil.write_knob(tmp_path / "nope", "1", hint={errno.EBUSY: "not this one"})
 
 
 @pytest.mark.skipif(not ROOT or not NR_2M.exists(), reason="needs root and 2 MiB hugepages")
