@@ -1,0 +1,340 @@
+"""Our state directory: the global lock and one claim record per managed domain.
+
+A claim says what a domain holds on this host: dedicated CPUs, hugepages we added and
+real-time budget we delegated. The rule that makes it crash safe is write-ahead: the
+intent goes into the claim *before* sysfs or cgroupfs is touched, the outcome after.
+A process killed between the two leaves a record from which the next call or the
+daemon rolls back (:func:`rollback`), rounding towards leaking rather than taking
+what belongs to the administrator or another domain.
+
+Layout (``/run/numahook`` by default, 0700, files 0600)::
+
+    lock               flock(2) target; held for every read-modify-write
+    claims/<uuid>.json one record per domain, replaced atomically
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from numahook import fsutil, hugepages, rtsched
+from numahook.errors import InputError, NumahookError, StateError
+from numahook.hugepages import Pending, Pool
+from numahook.rtsched import BudgetRecord
+
+log = logging.getLogger(__name__)
+
+DEFAULT_DIR = "/run/numahook"
+PHASES = ("claimed", "reserved", "running")
+VERSION = 1
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+#: A claim is a few hundred bytes; anything far larger is not ours.
+_MAX_CLAIM = 1 << 20
+
+
+def _uuid(value: str) -> str:
+    u = value.strip().lower()
+    if not _UUID.match(u):
+        raise InputError(f"{value!r} is not a domain UUID; pass the UUID libvirt shows")
+    return u
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What one domain holds on this host."""
+
+    uuid: str
+    name: str
+    cpus: frozenset[int] = frozenset()
+    #: (node, size_kib) -> pages we added to that pool
+    hugepages: Mapping[Pool, int] = field(default_factory=dict)
+    #: (node, size_kib) -> an nr_hugepages write journalled but not yet confirmed
+    hugepages_pending: Mapping[Pool, Pending] = field(default_factory=dict)
+    #: cpu.rt_runtime_us files we raised, parents first
+    rt_budget: tuple[BudgetRecord, ...] = ()
+    phase: str = "claimed"
+    created: float = field(default_factory=time.time)
+    qemu_pid: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "uuid", _uuid(self.uuid))
+        if self.phase not in PHASES:
+            raise InputError(f"claim phase {self.phase!r} is not one of {', '.join(PHASES)}")
+
+    def holds_resources(self) -> bool:
+        return bool(self.hugepages or self.hugepages_pending or self.rt_budget)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "version": VERSION,
+            "uuid": self.uuid,
+            "name": self.name,
+            "cpus": sorted(self.cpus),
+            "hugepages": {f"{n}:{s}": v for (n, s), v in sorted(self.hugepages.items())},
+            "hugepages_pending": {
+                f"{n}:{s}": list(p) for (n, s), p in sorted(self.hugepages_pending.items())
+            },
+            "rt_budget": [list(r) for r in self.rt_budget],
+            "phase": self.phase,
+            "created": self.created,
+            "qemu_pid": self.qemu_pid,
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Claim:
+        """Rebuild a claim, raising InputError for anything not written by to_json."""
+        try:
+            if data.get("version") != VERSION:
+                raise ValueError(f"version {data.get('version')!r}")
+            pid = data["qemu_pid"]
+            return cls(
+                uuid=_str(data["uuid"]),
+                name=_str(data["name"]),
+                cpus=frozenset(_int(c) for c in data["cpus"]),
+                hugepages={_pool(k): _int(v) for k, v in data["hugepages"].items()},
+                hugepages_pending={
+                    _pool(k): Pending(_int(b), _int(d))
+                    for k, (b, d) in data["hugepages_pending"].items()
+                },
+                rt_budget=tuple(
+                    BudgetRecord(_str(p), _int(a), _int(b), bool(ok))
+                    for p, a, b, ok in data["rt_budget"]
+                ),
+                phase=_str(data["phase"]),
+                created=float(data["created"]),
+                qemu_pid=None if pid is None else _int(pid),
+            )
+        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise InputError(f"the claim record is malformed ({exc!r})") from None
+
+
+def _int(v: Any) -> int:
+    if type(v) is not int:
+        raise TypeError(f"{v!r} is not an integer")
+    return v
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"{v!r} is not a string")
+    return v
+
+
+def _pool(key: str) -> Pool:
+    node, size = key.split(":")
+    return int(node), int(size)
+
+
+class StateDir:
+    """The state directory; every read-modify-write happens under :meth:`lock`."""
+
+    def __init__(self, path: str = DEFAULT_DIR) -> None:
+        self.path = Path(path)
+        self.claims_dir = self.path / "claims"
+
+    def ensure(self) -> None:
+        """Create the directories 0700, and refuse one that others could write to."""
+        try:
+            fsutil.make_private_dirs(self.claims_dir)
+            for d in (self.path, self.claims_dir):
+                st = os.lstat(d)
+                if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+                    raise StateError(
+                        f"{d} is not a directory owned by uid {os.geteuid()}; remove it so "
+                        "numahook can recreate it"
+                    )
+                if st.st_mode & 0o077:
+                    os.chmod(d, 0o700)
+        except OSError as exc:
+            raise StateError(
+                f"creating the state directory {self.path} failed: {exc.strerror}; "
+                "check that its parent exists and is writable by root"
+            ) from None
+
+    @contextmanager
+    def lock(self, timeout: float = 30.0) -> Iterator[None]:
+        """Hold the global lock, waiting at most ``timeout`` seconds for it.
+
+        libvirt gives hooks no timeout, so a blocking flock could hang a VM start forever;
+        instead poll with LOCK_NB and give up with a StateError.
+        """
+        self.ensure()
+        lockfile = self.path / "lock"
+        try:
+            fd = os.open(lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise StateError(
+                f"opening {lockfile} failed: {exc.strerror}; check the state directory"
+            ) from None
+        try:
+            deadline = time.monotonic() + timeout
+            pause = 0.005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError as exc:
+                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
+                        raise StateError(
+                            f"locking {lockfile} failed: {exc.strerror}; check the state "
+                            "directory's file system"
+                        ) from None
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise StateError(
+                        f"another numahook call held the state lock for more than {timeout:g} s;"
+                        " check for a hung numahook process"
+                    )
+                time.sleep(min(pause, left))
+                pause = min(pause * 2, 0.1)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+    def _file(self, uuid: str) -> Path:
+        return fsutil.under(self.claims_dir, f"{_uuid(uuid)}.json")
+
+    def save(self, claim: Claim) -> None:
+        text = json.dumps(claim.to_json(), indent=1, sort_keys=True) + "\n"
+        fsutil.atomic_write(self._file(claim.uuid), text, 0o600)
+
+    def _read(self, path: Path) -> Claim:
+        try:
+            data = json.loads(fsutil.read_text(path, _MAX_CLAIM))
+        except ValueError as exc:
+            raise InputError(f"claim record {path} is not JSON ({exc})") from None
+        claim = Claim.from_json(data)
+        if f"{claim.uuid}.json" != path.name:
+            raise InputError(f"claim record {path} holds the claim of {claim.uuid}")
+        return claim
+
+    def load(self, uuid: str) -> Claim | None:
+        """The domain's claim; None when it has none, or when its record is corrupt
+        (logged; :meth:`corrupt_records` lists it for cleaning)."""
+        path = self._file(uuid)
+        if not path.exists():
+            return None
+        try:
+            return self._read(path)
+        except InputError as exc:
+            log.warning("ignoring corrupt claim record %s: %s", path, exc)
+            return None
+
+    def _scan(self) -> Iterator[tuple[str, Claim | None]]:
+        try:
+            names = sorted(os.listdir(self.claims_dir))
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StateError(
+                f"listing {self.claims_dir} failed: {exc.strerror}; check the state directory"
+            ) from None
+        for name in names:
+            if name.startswith(".") or not name.endswith(".json"):
+                continue  # atomic_write's temporary files
+            stem = name[: -len(".json")]
+            try:
+                yield stem, self._read(self.claims_dir / name)
+            except InputError as exc:
+                log.warning("ignoring corrupt claim record %s: %s", name, exc)
+                yield stem, None
+
+    def list_claims(self) -> list[Claim]:
+        """Every readable claim, by UUID; corrupt records are logged and left out."""
+        return [c for _, c in self._scan() if c is not None]
+
+    def corrupt_records(self) -> list[str]:
+        """File stems of claim records that cannot be read: orphans for the daemon to remove."""
+        return [stem for stem, c in self._scan() if c is None]
+
+    def remove(self, uuid: str) -> None:
+        """Drop a claim record; also takes the stems :meth:`corrupt_records` returns."""
+        if "/" in uuid:
+            raise InputError(f"{uuid!r} is not a claim name; pass a domain UUID")
+        stem = uuid.lower() if _UUID.match(uuid.lower()) else uuid
+        path = fsutil.under(self.claims_dir, f"{stem}.json")
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StateError(
+                f"removing {path} failed: {exc.strerror}; check the state directory"
+            ) from None
+
+    def held_cpus(self, exclude_uuid: str | None = None) -> frozenset[int]:
+        """CPUs claimed by every domain except ``exclude_uuid``."""
+        skip = _uuid(exclude_uuid) if exclude_uuid else None
+        out: set[int] = set()
+        for claim in self.list_claims():
+            if claim.uuid != skip:
+                out |= claim.cpus
+        return frozenset(out)
+
+
+class ClaimJournal:
+    """The latest version of one claim, saved on every change: the write-ahead log.
+
+    Pass :meth:`hugepages` and :meth:`rt_budget` as the ``journal`` callbacks of
+    :func:`numahook.hugepages.reserve` and :func:`numahook.rtsched.apply`.
+    """
+
+    def __init__(self, state: StateDir, claim: Claim) -> None:
+        self.state = state
+        self.claim = claim
+
+    def update(self, **changes: Any) -> Claim:
+        claim = replace(self.claim, **changes)
+        self.state.save(claim)
+        self.claim = claim
+        return claim
+
+    def hugepages(self, added: dict[Pool, int], pending: dict[Pool, Pending]) -> None:
+        self.update(hugepages=added, hugepages_pending=pending)
+
+    def rt_budget(self, records: list[BudgetRecord]) -> None:
+        self.update(rt_budget=tuple(records))
+
+
+def rollback(journal: ClaimJournal, sysfs_root: str = "/sys") -> bool:
+    """Give back the claim's hugepages and RT budget, then drop the claim.
+
+    Used at domain stop and by the daemon for orphans (a domain that is gone, a process
+    killed mid-reservation). Real-time threads must already be gone or demoted. Returns
+    False, keeping the claim with what is still held, when something could not be given
+    back; the error is logged and the next call retries.
+    """
+    claim = journal.claim
+    ok = True
+    try:
+        if claim.hugepages_pending:
+            settled = hugepages.settle(claim.hugepages, claim.hugepages_pending, sysfs_root)
+            journal.update(hugepages=settled, hugepages_pending={})
+        hugepages.release(journal.claim.hugepages, sysfs_root, journal.hugepages)
+    except NumahookError as exc:
+        log.error("giving back the hugepages of %s failed: %s", claim.name, exc)
+        ok = False
+    try:
+        rtsched.undelegate(journal.claim.rt_budget, journal.rt_budget)
+    except NumahookError as exc:
+        log.error("giving back the real-time budget of %s failed: %s", claim.name, exc)
+        ok = False
+    if ok:
+        journal.state.remove(claim.uuid)
+        log.info("released everything %s held", claim.name)
+    return ok
