@@ -146,19 +146,21 @@ def reserve(
     sysfs_root: str = "/sys",
     proc_root: str = "/proc",
     journal: Journal | None = None,
+    compact: bool = True,
 ) -> dict[Pool, int]:
     """Make ``need[pool]`` pages free in every pool; return the pages we added per pool.
 
     Only the deficit over what is already free is added. When the kernel delivers fewer
-    pages, memory is compacted and the rest asked for once more. If a pool is still short,
-    every page added so far is given back and a Refusal names each shortage.
+    pages, memory is compacted (unless ``compact`` is off, config [hugepages] compact) and
+    the rest asked for once more. If a pool is still short, every page added so far is
+    given back and a Refusal names each shortage.
     """
     pools = sorted(p for p, n in need.items() if n > 0)
     check_pools(pools, sysfs_root)
     ledger = _Ledger({}, journal)
     asked: dict[Pool, int] = {}
     short: dict[Pool, int] = {}
-    compacted = False
+    compacted = not compact
     try:
         for pool in pools:
             for attempt in range(2):

@@ -134,6 +134,15 @@ def test_short_kernel_compacts_retries_once_and_succeeds(kernel: FakeKernel) -> 
     assert kernel.writes == [((0, 2048), 70), ((0, 2048), 70)]
 
 
+def test_compaction_can_be_switched_off(kernel: FakeKernel) -> None:
+    kernel.capacity[(0, 2048)] = 20
+    kernel.after_compaction[(0, 2048)] = 40
+    with pytest.raises(Refusal, match="has 30 free"):
+        hugepages.reserve({(0, 2048): 64}, str(kernel.sys), str(kernel.proc), compact=False)
+    assert kernel.compactions == 0
+    assert kernel.read((0, 2048)) == 16
+
+
 def test_still_short_gives_back_everything_and_explains(kernel: FakeKernel) -> None:
     kernel.capacity[(0, 2048)] = 0
     with pytest.raises(Refusal) as info:
