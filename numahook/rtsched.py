@@ -288,6 +288,7 @@ def undelegate(records: Iterable[BudgetRecord], journal: Journal | None = None) 
             held = _runtime_for(map(_bandwidth, _children(path.parent)), period)
             target = min(cur, max(0, cur - share, held))
             left = share - (cur - target)
+            before = list(remaining)
             idx = remaining.index(rec)
             if left > 0:
                 remaining[idx] = BudgetRecord(rec.path, rec.previous, rec.previous + left, True)
@@ -298,7 +299,7 @@ def undelegate(records: Iterable[BudgetRecord], journal: Journal | None = None) 
                 try:
                     fsutil.write_knob(path, str(target), hint=_RETURN_HINTS)
                 except HostError:
-                    remaining.insert(idx, rec)
+                    remaining[:] = before
                     note()
                     raise
             if left > 0:

@@ -212,6 +212,26 @@ def test_undelegate_never_goes_below_what_children_hold(tree: Tree) -> None:
     assert journal[-1] == [BudgetRecord(a[0].path, 0, 70000, True)], "the rest is still ours"
 
 
+def test_undelegate_failure_keeps_the_record_once(
+    tree: Tree, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a = rtsched.delegate(plan(tree, [f"{DOM}/vcpu0"], cap=100000))
+    tree.group("/machine/late", 70000)  # only part of /machine can be given back
+    real_write = fsutil.write_knob
+
+    def refuse_machine(path: fsutil.PathLike, value: str, hint: object = None) -> None:
+        if Path(path).parent.name == "machine":
+            raise fsutil.KnobWriteError("writing failed: Device or resource busy; x", "", 16)
+        real_write(path, value, hint)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(rtsched.fsutil, "write_knob", refuse_machine)
+    journal: list[list[BudgetRecord]] = []
+    with pytest.raises(HostError, match="busy"):
+        rtsched.undelegate(a, journal.append)
+    assert journal[-1] == [a[0]]
+    assert tree.rt("/machine") == 100000 and tree.rt(DOM) == 0
+
+
 class Killed(BaseException):
     """Stands for SIGKILL: nothing in numahook may catch it."""
 
