@@ -416,13 +416,13 @@ def unbudgeted_rt_threads(
             if procfs.sched_of(tid)[0] not in _REALTIME:
                 continue
             group = _group_dir(cpu, procfs.cgroup_of(tid, "cpu", proc_root))
-        except HostError:
-            continue  # the thread exited
-        while group != cpu:
-            if fsutil.read_int(group / RUNTIME) == 0:
-                out.append(tid)
-                break
-            group = group.parent
+            while group != cpu:
+                if fsutil.read_int(group / RUNTIME) == 0:
+                    out.append(tid)
+                    break
+                group = group.parent
+        except NumahookError as exc:  # the thread or its cgroup went away meanwhile
+            log.debug("skipping thread %d: %s", tid, exc)
     return out
 
 
