@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
@@ -256,7 +257,26 @@ def delegate(plan: BudgetPlan, journal: Journal | None = None) -> list[BudgetRec
     return done
 
 
-def undelegate(records: Iterable[BudgetRecord], journal: Journal | None = None) -> None:
+def _lower(path: Path, value: int, wait: float) -> None:
+    """Write a lower runtime, retrying EINVAL for up to ``wait`` seconds.
+
+    A child cgroup that was just removed (libvirt tears the domain's groups down at stop)
+    still counts against its parent until the kernel frees it, some milliseconds later.
+    """
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fsutil.write_knob(path, str(value), hint=_RETURN_HINTS)
+            return
+        except fsutil.KnobWriteError as exc:
+            if exc.errno != errno.EINVAL or time.monotonic() >= deadline:
+                raise
+        time.sleep(0.02)
+
+
+def undelegate(
+    records: Iterable[BudgetRecord], journal: Journal | None = None, wait: float = 2.0
+) -> None:
     """Give back what ``records`` added, children first.
 
     Each file is lowered by our share, but never below what its children still hold
@@ -297,7 +317,7 @@ def undelegate(records: Iterable[BudgetRecord], journal: Journal | None = None) 
             note()
             if target != cur:
                 try:
-                    fsutil.write_knob(path, str(target), hint=_RETURN_HINTS)
+                    _lower(path, target, wait)
                 except HostError:
                     remaining[:] = before
                     note()
