@@ -3,7 +3,7 @@
 The hook may not call back into libvirt, so it learns which domains run, their vCPU
 thread ids and the host CPUs they are pinned to from these root-only files. The format
 (``<domstatus state= reason= pid=>`` around ``<vcpus><vcpu id pid/></vcpus>`` and the live
-``<domain>``) is libvirt's private one; it has been stable since libvirt 1.x.
+``<domain>``) is libvirt's private one; the test sample was captured from libvirt 9.0.
 """
 
 from __future__ import annotations

@@ -16,7 +16,7 @@ from numahook.errors import HostError, InputError
 
 log = logging.getLogger(__name__)
 
-#: QEMU names its vCPU threads "CPU <index>/KVM" (or /TCG, /HVF...) since QEMU 2.7.
+#: QEMU names its vCPU threads "CPU <index>/<accelerator>"; KVM and TCG are the ones we run.
 _VCPU_COMM = re.compile(r"^CPU (\d+)/(KVM|TCG)$")
 #: sched_getscheduler may OR this flag into the policy.
 _RESET_ON_FORK = 0x40000000
