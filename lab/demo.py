@@ -65,7 +65,7 @@ def _isolate(root: ET.Element) -> bool:
 def size_to_host(xml_text: str, cpus: int) -> tuple[str, Sizing]:
     """Fit the example's vCPUs and memory to this host and to the probe, saying so."""
     ET.register_namespace("numahook", NS)
-    root = ET.fromstring(xml_text)
+    root = ET.fromstring(xml_text, ET.XMLParser(target=ET.TreeBuilder(insert_comments=True)))
     name = root.findtext("name") or "numavm"
     sizing = Sizing()
     want = _vcpus(root)

@@ -64,6 +64,12 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 CGROUP_FILES = ("cpu.rt_runtime_us", "cpuset.cpus", "cpuset.mems")
 NODE_ROOT = Path("/sys/devices/system/node")
 DAEMON_WAIT = 30.0
+#: Daemons get the environment an init system would give them, not the caller's (whose
+#: PATH, PYTHONPATH or virtualenv would leak into libvirtd and from there into the hook).
+DAEMON_ENV = {
+    "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    "LANG": "C.UTF-8",
+}
 
 
 # --- small host helpers ----------------------------------------------------------------
@@ -435,7 +441,7 @@ def _start_pidfile_daemon(state: dict[str, Any], name: str) -> int:
     with open(LOG_DIR / f"{name}.log", "ab") as out:
         proc = subprocess.run(
             [binary, "-d"], stdin=subprocess.DEVNULL, stdout=out, stderr=out, timeout=60,
-            check=False,
+            check=False, env=DAEMON_ENV,
         )  # fmt: skip
     if proc.returncode != 0:
         raise LabError(f"{name} -d failed with exit code {proc.returncode}; see {LOG_DIR}")
@@ -488,6 +494,7 @@ def _start_numahookd(state: dict[str, Any]) -> None:
             stdout=out,
             stderr=out,
             start_new_session=True,
+            env=DAEMON_ENV,
         )
     st = _proc_stat(proc.pid)
     state["daemons"]["numahookd"] = {"pid": proc.pid, "start": st[1] if st else None}
