@@ -136,12 +136,16 @@ def print_report(
     report: rep.GuestReport,
     view: guest.HostView,
     problems: list[str],
+    kind: str = "qemu",
 ) -> None:
     """The table a person reads at the end of the demo."""
     w = print
     w("")
     w(f"== numahook lab: {name} ==")
-    w(f"domain type        qemu (TCG): {guest.TCG_NOTE}")
+    if kind == "qemu":
+        w("domain type        qemu (TCG): under nested KVM a guest kernel cannot boot here")
+    else:
+        w(f"domain type        {kind}")
     w(f"host CPU set       {_fmt_cpus(cpuset)}   from {cpuset_src}")
     pins = ", ".join(f"vCPU{v}->{_fmt_cpus(c)}" for v, c in sorted(view.vcpupin.items()))
     w(f"vCPU pinning       {pins or 'none in the live XML'}")
@@ -268,7 +272,8 @@ def _demo(conn: Any, example: Path, *, do_render: bool, latency: int, keep: bool
     problems = rep.compare(report, cells, int(ET.fromstring(rendered).findtext("vcpu") or 1))
     if live_cells != cells:
         problems.append("the running domain's cells differ from the rendered XML (redefined?)")
-    print_report(name, cpuset, cpuset_src, cells, report, view, problems)
+    kind = ET.fromstring(rendered).get("type", "")
+    print_report(name, cpuset, cpuset_src, cells, report, view, problems, kind)
     return 1 if problems else 0
 
 
