@@ -250,6 +250,12 @@ def _demo(conn: Any, example: Path, *, do_render: bool, latency: int, keep: bool
     if valid.returncode != 0:
         say("warning: virt-xml-validate rejects %s: %s", rendered_path, valid.stderr.strip())
     cells = rep.rendered_cells(rendered)
+    if NS in rendered:
+        why = env.hook_usable()
+        if why is not None:
+            raise LabError(
+                f"{name} opts in to numahook but {why}; libvirt would refuse to start it"
+            )
 
     _clear_old(conn, name)
     dom = guest.define(conn, rendered)

@@ -511,6 +511,29 @@ def _start_numahookd(state: dict[str, Any]) -> None:
     say("started numahookd --foreground (pid %d, log %s)", proc.pid, logfile)
 
 
+def hook_usable() -> str | None:
+    """None when the installed hook can run; otherwise why it cannot."""
+    if not HOOK_DEST.exists():
+        return f"no hook is installed at {HOOK_DEST}"
+    proc = run([PYTHON, "-I", "-c", "import numahook.hook.main"], check=False, timeout=60)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["?"])[-1]
+        return f"the installed numahook cannot load its hook ({last})"
+    return None
+
+
+def _report_pieces() -> None:
+    """Say which parts of numahook this lab runs with (others may still be in the works)."""
+    cli = shutil.which("numahook", path="/usr/local/bin:/usr/bin") is not None
+    hook = hook_usable()
+    say(
+        "numahook pieces: CLI %s, hook %s, numahookd %s",
+        "installed" if cli else "MISSING",
+        "ready" if hook is None else f"NOT READY ({hook})",
+        "running" if _find_process("numahookd") else "not running",
+    )
+
+
 def up(holder: str = "cli", *, build_probe: bool = True) -> dict[str, Any]:
     """Bring the lab up (idempotent) and register ``holder``; returns the record."""
     if os.geteuid() != 0:
@@ -534,6 +557,7 @@ def up(holder: str = "cli", *, build_probe: bool = True) -> dict[str, Any]:
             say("sent SIGHUP to libvirtd (pid %d) so that it sees the new hook", pid)
         connect().close()
         _start_numahookd(state)
+        _report_pieces()
         if holder not in state["holders"]:
             state["holders"].append(holder)
         save(state)
