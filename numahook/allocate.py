@@ -27,6 +27,8 @@ class Allocation:
     #: extra CPUs (the isolated emulator), empty when not asked for
     extra: tuple[int, ...]
     kept: bool
+    #: host node of each guest cell, when allocated for a fixed guest shape
+    cell_nodes: tuple[int, ...] = ()
 
 
 def _units(topo: Topology, cpus: frozenset[int], threads: int) -> list[tuple[int, ...]]:
@@ -177,3 +179,48 @@ def _pick_extra(topo: Topology, rest: frozenset[int], pins: Sequence[int], extra
         return (topo.distance(home, topo.node_of(c)), topo.core_key(c) in busy_cores, c)
 
     return tuple(sorted(sorted(rest, key=rank)[:extra]))
+
+
+def allocate_cells(topo: Topology, available: frozenset[int], cells: Sequence[Sequence[int]],
+                   threads: int = 1, extra: int = 0,
+                   vcpu_nodes: frozenset[int] | None = None) -> Allocation:
+    """Pin a fixed guest shape: each guest cell's vCPUs on one distinct host node.
+
+    For migration and restore, where the guest's cells must not change (libvirt's ABI
+    check) but the host side may: cells map to nodes in ascending order where possible.
+    """
+    usable = frozenset(c for c in available if c in topo.cpus
+                       and (vcpu_nodes is None or topo.node_of(c) in vcpu_nodes))
+    per_node = {n: _units(topo, usable & topo.nodes[n].cpus, threads) for n in sorted(topo.nodes)}
+    need = [len(c) // threads for c in cells]
+    if any(len(c) % threads for c in cells):
+        raise Refusal("a guest cell does not hold whole guest cores", "guest-shape")
+    choice: list[int] = []
+
+    def place(i: int) -> bool:
+        if i == len(cells):
+            return True
+        for n in sorted(per_node):
+            if n not in choice and len(per_node[n]) >= need[i]:
+                choice.append(n)
+                if place(i + 1):
+                    return True
+                choice.pop()
+        return False
+
+    if len(cells) > len(per_node) or not place(0):
+        raise Refusal(
+            f"no {len(cells)} distinct NUMA nodes have "
+            f"{'/'.join(str(len(c)) for c in cells)} free CPUs in {cpulist.format(usable)}",
+            "guest-shape")
+    pins: dict[int, int] = {}
+    for cell, node in zip(cells, choice):
+        units = per_node[node][: len(cell) // threads]
+        for vcpu, cpu in zip(cell, [c for u in units for c in u]):
+            pins[vcpu] = cpu
+    ordered = tuple(pins[v] for v in sorted(pins))
+    spare = _pick_extra(topo, frozenset(c for c in available if c in topo.cpus) - set(ordered),
+                        ordered, extra, prefer=choice)
+    if spare is None:
+        raise Refusal("no CPU is left for the isolated emulator thread", "guest-shape")
+    return Allocation(ordered, spare, False, tuple(choice))

@@ -17,9 +17,14 @@ from numahook import cpulist
 from numahook.errors import InputError
 
 DEFAULT_PARTITION = "/machine"
-_COMPONENT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+_COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 _MAX_DEPTH = 8
 _TOP = ("machine", "system", "user")
+#: cgroup v1 controller names: libvirt prefixes '_' to a component named like one of
+#: them followed by a dot, or it would collide with the controller's own files
+_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blkio",
+                "net_cls", "net_prio", "perf_event", "hugetlb", "pids", "rdma", "misc",
+                "cgroup")
 
 
 @dataclass(frozen=True)
@@ -43,7 +48,7 @@ def validate_partition(partition: str | None) -> list[str]:
     if len(parts) > _MAX_DEPTH:
         raise InputError(f"resource partition {text[:80]!r} nests deeper than {_MAX_DEPTH}")
     for p in parts:
-        if not _COMPONENT.match(p):
+        if not _COMPONENT.fullmatch(p):
             raise InputError(
                 f"resource partition {text[:80]!r} has component {p[:40]!r}; use letters, "
                 "digits, '_' and '-' only ('..', '.' and empty components are refused)"
@@ -59,7 +64,8 @@ def cgroupfs_path(parts: list[str]) -> str:
             out.append(p)
             continue
         name = p + ".partition"
-        out.append("_" + name if name.startswith(("_", ".")) else name)
+        clash = name.startswith(("_", ".")) or p in _CONTROLLERS
+        out.append("_" + name if clash else name)
     return "/".join(out)
 
 

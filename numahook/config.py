@@ -138,6 +138,10 @@ def parse(text: str, source: str = "<string>") -> Config:
         line = getattr(exc, "lineno", 0)
         reason = str(exc).splitlines()[0]
         raise ConfigError(f"{source}:{line}: {reason}") from None
+    for key in cp.defaults():
+        line = _line_of(text, cp.default_section.lower(), key)
+        raise ConfigError(f"{source}:{line}: [{cp.default_section}] {key} is not read by "
+                          "numahook; move it under its own section, e.g. [features]")
     values: dict[str, Any] = {}
     for section in cp.sections():
         sec = section.strip().lower()

@@ -16,11 +16,11 @@ MAX_CPU = 8191
 #: Longest list text we parse; a real cpulist of 8192 CPUs written as singles is ~40 KiB.
 MAX_TEXT = 65536
 
-_ITEM = re.compile(r"^(\d{1,5})(?:-(\d{1,5}))?$")
+_ITEM = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 
 
 def _range(item: str, what: str, limit: int) -> range:
-    m = _ITEM.match(item)
+    m = _ITEM.fullmatch(item)
     if not m:
         raise InputError(f"{what} {item!r} is not a number or a range A-B")
     lo = int(m.group(1))

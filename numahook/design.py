@@ -12,7 +12,7 @@ import json
 from dataclasses import asdict, dataclass, field
 
 from numahook import cpulist
-from numahook.allocate import allocate
+from numahook.allocate import Allocation, allocate
 from numahook.config import Config
 from numahook.domainxml import DomainFacts
 from numahook.errors import InputError, Refusal
@@ -208,24 +208,29 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         if ck.failing:
             return Evaluation(ck.items, None, _advisories(facts, req, None))
 
-    # emulator and IO threads
+    plan = _plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib)
+    return Evaluation(ck.items, plan, _advisories(facts, req, plan, topo))
+
+
+def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
+          cells: tuple[Cell, ...], rt_vcpus: frozenset[int],
+          topology: tuple[int, int, int, int], page_kib: int | None) -> Plan:
+    topo = inp.topology
     if alloc.extra:
         emulator = alloc.extra
-    else:
+    else:  # float over the non-real-time vCPUs' CPUs, so the emulator never preempts RT
         non_rt = [alloc.vcpus[v] for v in range(facts.vcpus) if v not in rt_vcpus]
         emulator = tuple(sorted(non_rt or alloc.vcpus))
-    iopins = _iothreads(facts.iothread_ids, emulator, req.io_threads_policy)
-
     distances = tuple(
         (a.id, b.id, topo.distance(a.host_node, b.host_node)) for a in cells for b in cells
     ) if len(cells) > 1 else ()
-    plan = Plan(
+    return Plan(
         vcpu_pins=alloc.vcpus,
         emulator=emulator,
-        iothread_pins=iopins,
+        iothread_pins=_iothreads(facts.iothread_ids, emulator, req.io_threads_policy),
         cells=cells,
         page_kib=page_kib if req.passthrough else None,
-        topology=topology,  # type: ignore[arg-type]
+        topology=topology,
         realtime_vcpus=tuple(sorted(rt_vcpus)),
         priority=req.realtime_priority,
         vcpusched=req.realtime and inp.emit_vcpusched,
@@ -233,7 +238,21 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         distances=distances,
         kept_pinning=alloc.kept,
     )
-    return Evaluation(ck.items, plan, _advisories(facts, req, plan, topo))
+
+
+def replan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
+           guest_cells: list[tuple[int, ...]]) -> Plan:
+    """A plan for a fixed guest shape (migration, restore): the cells keep their vCPUs and
+    memory, only the host nodes behind them change."""
+    page_kib = facts.page_sizes[0] if facts.page_sizes else (
+        inp.default_page_kib or inp.topology.default_page_kib)
+    by_id = sorted(facts.cells, key=lambda c: c.id)
+    cells = tuple(
+        Cell(i, node, vcpus, by_id[i].memory_kib, by_id[i].memory_kib // page_kib)
+        for i, (node, vcpus) in enumerate(zip(alloc.cell_nodes, guest_cells)))
+    rt = cpulist.parse_mask(req.realtime_mask, facts.vcpus) if req.realtime else frozenset()
+    topology = facts.topology or (1, 1, facts.vcpus, 1)
+    return _plan(facts, req, inp, alloc, cells, rt, topology, page_kib)
 
 
 def _check_hugepages(ck: _Checks, facts: DomainFacts, inp: Inputs) -> int | None:

@@ -12,7 +12,7 @@ from lxml import etree
 
 from numahook import cpulist
 from numahook.errors import InputError
-from numahook.units import to_kib
+from numahook.units import is_decimal, to_kib
 
 #: QEMU's own ceiling for -smp maxcpus on x86_64 q35 (KVM_MAX_VCPUS is 1024 on new kernels).
 MAX_VCPUS = 4096
@@ -61,7 +61,7 @@ class DomainFacts:
 def _int(el: etree._Element, attr: str | None, what: str, lo: int = 0, hi: int = 1 << 31) -> int:
     text = (el.get(attr) if attr else el.text) or ""
     text = text.strip()
-    if not text.isdigit() or len(text) > 10 or not lo <= int(text) <= hi:
+    if not is_decimal(text) or len(text) > 10 or not lo <= int(text) <= hi:
         raise InputError(f"{what} {text[:40]!r} is not a whole number between {lo} and {hi}")
     return int(text)
 

@@ -35,7 +35,7 @@ class Pending(NamedTuple):
 #: journal(added, pending): persist both before returning, or raise to stop the change.
 Journal = Callable[[dict[Pool, int], dict[Pool, Pending]], None]
 
-_SIZE_DIR = re.compile(r"^hugepages-(\d+)kB$")
+_SIZE_DIR = re.compile(r"^hugepages-([0-9]{1,9})kB\Z")
 
 
 class PoolCounts(NamedTuple):

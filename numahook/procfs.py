@@ -13,11 +13,12 @@ import re
 
 from numahook import fsutil
 from numahook.errors import HostError, InputError
+from numahook.units import is_decimal
 
 log = logging.getLogger(__name__)
 
 #: QEMU names its vCPU threads "CPU <index>/<accelerator>"; KVM and TCG are the ones we run.
-_VCPU_COMM = re.compile(r"^CPU (\d+)/(KVM|TCG)$")
+_VCPU_COMM = re.compile(r"^CPU ([0-9]{1,5})/(KVM|TCG)\Z")
 #: sched_getscheduler may OR this flag into the policy.
 _RESET_ON_FORK = 0x40000000
 _POLICY_NAMES = {
@@ -46,7 +47,7 @@ def threads(pid: int, proc_root: str = "/proc") -> list[int]:
             f"listing the threads of process {pid} failed: {exc.strerror}; "
             "check that the domain is still running"
         ) from None
-    return sorted(int(n) for n in names if n.isdigit())
+    return sorted(int(n) for n in names if is_decimal(n))
 
 
 def comm_of(tid: int, proc_root: str = "/proc") -> str | None:

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from numahook.errors import InputError
 from numahook.metadata import RawRequest
+from numahook.units import is_decimal
 
 IO_THREADS_POLICIES = ("shared", "auto")
 
@@ -51,7 +52,7 @@ def from_raw(raw: RawRequest) -> Request:
     priority = 1
     if raw.realtime_priority is not None:
         text = raw.realtime_priority.strip()
-        if not text.isdigit() or not 1 <= int(text[:3]) <= 99 or len(text) > 2:
+        if len(text) > 2 or not is_decimal(text) or not 1 <= int(text) <= 99:
             raise InputError(
                 f"numahook:realtime priority={text[:40]!r} must be a whole number from 1 to 99"
             )

@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 DEFAULT_DIR = "/run/numahook"
 PHASES = ("claimed", "reserved", "running")
 VERSION = 1
-_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 #: A claim is a few hundred bytes; anything far larger is not ours.
 _MAX_CLAIM = 1 << 20
 
@@ -60,6 +60,9 @@ class Claim:
     cpus: frozenset[int] = frozenset()
     #: (node, size_kib) -> pages we added to that pool
     hugepages: Mapping[Pool, int] = field(default_factory=dict)
+    #: (node, size_kib) -> pages this domain needs; promised to it between prepare and
+    #: started, so concurrent prepares do not count the same free pages twice
+    need: Mapping[Pool, int] = field(default_factory=dict)
     #: (node, size_kib) -> an nr_hugepages write journalled but not yet confirmed
     hugepages_pending: Mapping[Pool, Pending] = field(default_factory=dict)
     #: cpu.rt_runtime_us files we raised, parents first
@@ -83,6 +86,7 @@ class Claim:
             "name": self.name,
             "cpus": sorted(self.cpus),
             "hugepages": {f"{n}:{s}": v for (n, s), v in sorted(self.hugepages.items())},
+            "need": {f"{n}:{s}": v for (n, s), v in sorted(self.need.items())},
             "hugepages_pending": {
                 f"{n}:{s}": list(p) for (n, s), p in sorted(self.hugepages_pending.items())
             },
@@ -104,6 +108,7 @@ class Claim:
                 name=_str(data["name"]),
                 cpus=frozenset(_int(c) for c in data["cpus"]),
                 hugepages={_pool(k): _int(v) for k, v in data["hugepages"].items()},
+                need={_pool(k): _int(v) for k, v in data.get("need", {}).items()},
                 hugepages_pending={
                     _pool(k): Pending(_int(b), _int(d))
                     for k, (b, d) in data["hugepages_pending"].items()

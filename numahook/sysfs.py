@@ -10,11 +10,12 @@ from pathlib import Path
 from numahook import cpulist
 from numahook.errors import InputError
 from numahook.topology import Cpu, HugepagePool, Node, Topology
+from numahook.units import is_decimal
 
 log = logging.getLogger(__name__)
 
-_MEMTOTAL = re.compile(r"^Node\s+\d+\s+MemTotal:\s+(\d+)\s+kB", re.MULTILINE)
-_PAGEDIR = re.compile(r"^hugepages-(\d+)kB$")
+_MEMTOTAL = re.compile(r"^Node\s+[0-9]+\s+MemTotal:\s+([0-9]{1,15})\s+kB", re.MULTILINE)
+_PAGEDIR = re.compile(r"hugepages-([0-9]{1,9})kB")
 _MAX_FILE = 1 << 16
 
 
@@ -47,7 +48,7 @@ def _pools(directory: Path) -> dict[int, HugepagePool]:
     if not directory.is_dir():
         return pools
     for entry in sorted(os.listdir(directory)):
-        m = _PAGEDIR.match(entry)
+        m = _PAGEDIR.fullmatch(entry)
         if not m:
             continue
         d = directory / entry
@@ -113,7 +114,7 @@ def read_topology(root: str | os.PathLike[str] = "/sys") -> Topology:
         distances: dict[int, int] = {}
         if (d / "distance").exists():
             row = _read(d / "distance").split()
-            if len(row) == len(node_ids) and all(v.isdigit() for v in row):
+            if len(row) == len(node_ids) and all(is_decimal(v) for v in row):
                 distances = {node_ids[i]: int(v) for i, v in enumerate(row)}
             else:
                 log.warning("%s does not list one distance per online node; ignoring it", d)
@@ -142,5 +143,5 @@ def default_page_kib(proc_root: str | os.PathLike[str] = "/proc") -> int | None:
         text = _read(Path(proc_root) / "meminfo")
     except InputError:
         return None
-    m = re.search(r"^Hugepagesize:\s+(\d+)\s+kB", text, re.MULTILINE)
+    m = re.search(r"^Hugepagesize:\s+([0-9]{1,9})\s+kB", text, re.MULTILINE)
     return int(m.group(1)) if m else None

@@ -81,6 +81,19 @@ def set_numa(root: etree._Element, plan: Plan) -> None:
         cells.append(cell)
     insert(cpu, element("numa", children=cells), CPU_ORDER)
 
+    set_memnodes(root, plan)
+
+    backing = ensure(root, "memoryBacking", DOMAIN_ORDER)
+    hp = backing.find("hugepages")
+    if hp is not None:
+        remove(hp)
+    insert(backing, element("hugepages", children=[
+        element("page", {"size": str(plan.page_kib), "unit": "KiB", "nodeset": str(c.id)})
+        for c in plan.cells]), MEMBACKING_ORDER)
+
+
+def set_memnodes(root: etree._Element, plan: Plan) -> None:
+    """Strict binding of each guest cell to its host node (host side only)."""
     old = root.find("numatune")
     if old is not None:
         remove(old)
@@ -90,14 +103,6 @@ def set_numa(root: etree._Element, plan: Plan) -> None:
         *(element("memnode", {"cellid": str(c.id), "mode": "strict",
                               "nodeset": str(c.host_node)}) for c in plan.cells),
     ]), DOMAIN_ORDER)
-
-    backing = ensure(root, "memoryBacking", DOMAIN_ORDER)
-    hp = backing.find("hugepages")
-    if hp is not None:
-        remove(hp)
-    insert(backing, element("hugepages", children=[
-        element("page", {"size": str(plan.page_kib), "unit": "KiB", "nodeset": str(c.id)})
-        for c in plan.cells]), MEMBACKING_ORDER)
 
 
 def set_realtime_extras(root: etree._Element) -> None:
@@ -114,6 +119,14 @@ def set_realtime_extras(root: etree._Element) -> None:
         balloon = None
     if balloon is None:
         insert(devices, element("memballoon", {"model": "none"}), DEVICE_ORDER)
+
+
+def apply_host_side(root: etree._Element, plan: Plan) -> None:
+    """Migration/restore: pins and host nodes follow this host; the guest's view stays."""
+    set_vcpu_placement(root)
+    set_cputune(root, plan)
+    if plan.cells:
+        set_memnodes(root, plan)
 
 
 def apply(root: etree._Element, plan: Plan) -> None:

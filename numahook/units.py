@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
 from numahook.errors import InputError
+
+_DECIMAL = re.compile(r"[0-9]+")
+
+
+def is_decimal(text: str) -> bool:
+    """ASCII digits only: ``str.isdigit`` accepts '²', which ``int()`` then rejects."""
+    return _DECIMAL.fullmatch(text) is not None
 
 _SCALE = {
     "b": 1, "bytes": 1,
@@ -20,7 +29,7 @@ MAX_KIB = 1 << 54
 def to_kib(value: str | None, unit: str | None, what: str, default_unit: str = "KiB") -> int:
     """Convert a libvirt scaled integer to KiB, rounding up as libvirt does."""
     text = (value or "").strip()
-    if not text.isdigit() or len(text) > 24:
+    if not is_decimal(text) or len(text) > 24:
         raise InputError(f"{what} {value!r} is not a whole number")
     scale = _SCALE.get((unit or default_unit).strip().lower())
     if scale is None:

@@ -1,0 +1,1 @@
+"""The libvirt qemu hook (``/etc/libvirt/hooks/qemu.d/numahook``), behind its shell front."""

@@ -1,0 +1,117 @@
+"""Dispatch one libvirt hook call: ``DOMAIN OP SUBOP EXTRA`` with the domain XML on stdin.
+
+What a failure does depends on the call (see ARCHITECTURE.md): a non-zero exit aborts
+``prepare``, ``started``, ``migrate`` and ``restore``; on ``reconnect`` it would make
+libvirtd kill the running VM, so there, and for ``stopped``/``release``, this always
+exits 0. stderr is shown to the user by libvirt: one sentence, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import logging.handlers
+import os
+import sys
+from collections.abc import Sequence
+
+from numahook import config as configmod
+from numahook import lifecycle
+from numahook.errors import NumahookError
+from numahook.state import StateDir
+
+log = logging.getLogger("numahook.hook")
+
+_MAX_STDIN = 10 * 1024 * 1024
+#: calls whose failure must never reach libvirt
+_HARMLESS = {"stopped", "release", "reconnect", "attach"}
+
+
+def _logging() -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    if os.path.exists("/dev/log"):
+        try:
+            handler: logging.Handler = logging.handlers.SysLogHandler(
+                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
+            handler.setFormatter(logging.Formatter("numahook-hook[%(process)d]: %(message)s"))
+            root.addHandler(handler)
+            return
+        except OSError:
+            pass
+    path = os.environ.get("NUMAHOOK_HOOK_LOG")
+    if path:
+        handler = logging.FileHandler(path)
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s numahook-hook[%(process)d]: %(levelname)s %(message)s"))
+        root.addHandler(handler)
+
+
+def _refuse(op: str, name: str, message: str) -> int:
+    log.error("domain=%s op=%s refused: %s", name, op, message)
+    sys.stderr.write(f"numahook: {message}\n")
+    return 1
+
+
+def run(argv: Sequence[str], xml: str) -> int:
+    name, op, subop = [*list(argv), "", "", ""][:3]
+    try:
+        cfg = configmod.load()
+    except NumahookError as exc:
+        if op in _HARMLESS:
+            log.error("domain=%s op=%s: %s", name, op, exc)
+            return 0
+        return _refuse(op, name, str(exc))
+    state = StateDir(cfg.state_dir)
+    try:
+        if op == "prepare" and subop == "begin":
+            lifecycle.admit(xml, cfg, state)
+        elif op == "started" and subop == "begin":
+            try:
+                lifecycle.tune(xml, cfg, state)
+            except NumahookError as exc:
+                if cfg.rt_on_failure == "warn":
+                    log.warning("domain=%s op=started realtime not applied (on_failure=warn):"
+                                " %s", name, exc)
+                    return 0
+                raise
+        elif op in ("migrate", "restore") and subop == "begin":
+            out = lifecycle.relocate(xml, cfg, state)
+            if out is not None:
+                sys.stdout.write(out)
+        elif op in ("stopped", "release"):
+            from numahook import render
+            doc = render.parse(xml)
+            lifecycle.release(doc.facts.uuid, doc.facts.name, cfg, state)
+        elif op == "reconnect" and subop == "begin":
+            lifecycle.adopt(xml, cfg, state)
+        return 0
+    except NumahookError as exc:
+        if op in _HARMLESS:
+            log.error("domain=%s op=%s failed (ignored, the VM is not touched): %s", name, op,
+                      exc)
+            return 0
+        return _refuse(op, name, str(exc))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    op = args[1] if len(args) > 1 else ""
+    try:
+        _logging()
+        xml = sys.stdin.read(_MAX_STDIN + 1)
+        if len(xml) > _MAX_STDIN:
+            if op in _HARMLESS:
+                return 0
+            return _refuse(op, args[0] if args else "", "the domain XML is larger than 10 MiB")
+        return run(args, xml)
+    except Exception as exc:  # the last guard: never a traceback, never a killed VM
+        log.exception("numahook hook crashed on %s", " ".join(args))
+        if op in _HARMLESS:
+            return 0
+        sys.stderr.write(f"numahook: internal error ({type(exc).__name__}: {exc}); see the "
+                         "system journal for details and report it\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

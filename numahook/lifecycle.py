@@ -1,0 +1,279 @@
+"""Domain lifecycle operations: the one implementation the hook and numahookd both run.
+
+Each operation reads files only (stdin XML, sysfs, cgroupfs, procfs, libvirt status XML,
+our state dir) so the hook can run it inside libvirtd's start path without calling back
+into libvirt. Each either completes or leaves a claim the next call or the daemon rolls
+back: nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from numahook import (
+    allocate,
+    cpulist,
+    design,
+    hostinputs,
+    hugepages,
+    libvirtstatus,
+    procfs,
+    render,
+    rtsched,
+    tuningxml,
+    xmlsafe,
+)
+from numahook.config import Config
+from numahook.errors import HostError, NumahookError, Refusal
+from numahook.state import Claim, ClaimJournal, StateDir, rollback
+
+log = logging.getLogger(__name__)
+
+
+def audit(action: str, name: str, **fields: object) -> None:
+    """One structured line per action, for the journal and for grep."""
+    extra = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, ""))
+    log.info("domain=%s action=%s %s", name, action, extra)
+
+
+def realtime_gate(cfg: Config) -> design.Check:
+    """Whether this node can run a real-time domain under the configured policy."""
+    runtime, _ = rtsched.rt_sysctl(cfg.proc_root)
+    if not rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root):
+        how = ("RT throttling is off (kernel.sched_rt_runtime_us = -1)" if runtime < 0
+               else "no RT group budget is needed on this kernel")
+        return design.Check("realtime-node", True, f"real-time capable: {how}")
+    if cfg.rt_throttled == "delegate":
+        return design.Check("realtime-node", True, (
+            f"RT throttling is on (kernel.sched_rt_runtime_us = {runtime}); numahook will "
+            "delegate RT group budget, split between the real-time vCPUs"))
+    return design.Check("realtime-node", False, (
+        f"this node is not real-time capable: kernel.sched_rt_runtime_us is {runtime}, so RT "
+        "group scheduling gives libvirt's vCPU cgroups no budget; run `sysctl -w "
+        "kernel.sched_rt_runtime_us=-1`, or set throttled = delegate under [realtime] in "
+        f"{cfg.source}"))
+
+
+def _pending_pages(state: StateDir, exclude_uuid: str) -> dict[tuple[int, int], int]:
+    """Pages other starting domains were promised but QEMU has not mapped yet."""
+    out: dict[tuple[int, int], int] = {}
+    for claim in state.list_claims():
+        if claim.uuid == exclude_uuid or claim.phase != "reserved":
+            continue
+        for pool, pages in claim.need.items():
+            out[pool] = out.get(pool, 0) + pages
+    return out
+
+
+@dataclass(frozen=True)
+class Admission:
+    claim: Claim
+    plan: design.Plan
+
+
+def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
+    """``prepare``: gate the start, claim the CPUs, reserve the hugepages. None: not ours.
+
+    Runs under the state lock, so two domains starting at once can never double-book.
+    """
+    doc = render.parse(xml)
+    if doc.request is None or not doc.request.managed:
+        return None
+    name, uuid = doc.facts.name, doc.facts.uuid
+    state.ensure()
+    with state.lock(cfg.lock_timeout):
+        old = state.load(uuid)
+        if old is not None:  # a start that failed before release ran: give it all back
+            log.warning("%s has a claim left from an earlier start; releasing it first", name)
+            if not rollback(ClaimJournal(state, old), cfg.sysfs_root):
+                raise HostError(f"{name} still holds resources from an earlier start that "
+                                "could not be given back; see the journal and run "
+                                "`numahook status`")
+        inputs, view = hostinputs.gather(cfg, doc.facts.partition, uuid, state=state)
+        ev = render.evaluate(doc, inputs)
+        if ev.failed is not None:
+            raise ev.refusal()
+        plan = ev.plan
+        assert plan is not None
+        stale = design.differences(doc.facts, plan)
+        if stale:
+            raise Refusal(
+                f"{name}'s definition is stale: {stale[0]} ({view.describe()}); run "
+                f"`numahook apply {name}` or let numahookd re-render it, then start again",
+                "stale-definition")
+        if plan.realtime_vcpus:
+            gate = realtime_gate(cfg)
+            if not gate.ok:
+                raise Refusal(gate.reason, gate.name)
+        need = {(c.host_node, plan.page_kib): c.pages for c in plan.cells
+                if plan.page_kib is not None}
+        claim = Claim(uuid=uuid, name=name, cpus=plan.cpus, phase="claimed", need=need)
+        journal = ClaimJournal(state, claim)
+        journal.update()  # the claim exists before any page is touched
+        try:
+            if need:
+                asked = dict(need)
+                for pool, pages in _pending_pages(state, uuid).items():
+                    if pool in asked:
+                        asked[pool] += pages
+                hugepages.reserve(asked, cfg.sysfs_root, cfg.proc_root, journal.hugepages,
+                                  compact=cfg.hugepages_compact)
+        except NumahookError:
+            rollback(journal, cfg.sysfs_root)
+            raise
+        journal.update(phase="reserved")
+        audit("admit", name, cpus=cpulist.format(plan.cpus),
+              hugepages=",".join(f"node{n}:{p}x{s}kB" for (n, s), p in sorted(need.items())),
+              added=",".join(f"node{n}:{p}" for (n, s), p in
+                             sorted(journal.claim.hugepages.items())))
+        return Admission(journal.claim, plan)
+
+
+@dataclass(frozen=True)
+class Tuning:
+    rt_vcpus: tuple[int, ...]
+    result: rtsched.RtResult | None
+    message: str
+
+
+def vcpu_threads(name: str, cfg: Config) -> tuple[int | None, dict[int, int]]:
+    """vCPU thread ids: libvirt's status XML first, then /proc thread names."""
+    status = libvirtstatus.status_of(name, cfg.libvirt_run)
+    if status is None:
+        return None, {}
+    tids = dict(status.vcpu_tids)
+    if not tids and status.pid:
+        tids = procfs.vcpu_threads_from_proc(status.pid, cfg.proc_root)
+    return status.pid, tids
+
+
+def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
+    """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs."""
+    doc = render.parse(xml)
+    req = doc.request
+    if req is None or not req.realtime:
+        if req is not None and req.managed:
+            _mark_running(doc, cfg, state)
+        return None
+    name = doc.facts.name
+    rt_all = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
+    pid, tids = vcpu_threads(name, cfg)
+    # vCPUs not plugged yet have no thread; the daemon tunes them when they appear
+    rt_vcpus = frozenset(v for v in rt_all if v in tids)
+    state.ensure()
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(doc.facts.uuid) or Claim(
+            uuid=doc.facts.uuid, name=name, cpus=_live_cpus(doc), phase="running")
+        journal = ClaimJournal(state, claim)
+        journal.update(phase="running", qemu_pid=pid)
+        earlier = list(claim.rt_budget)  # a re-apply adds to what an earlier one delegated
+
+        def note(records: list[rtsched.BudgetRecord]) -> None:
+            journal.rt_budget(earlier + records)
+
+        result = rtsched.apply(
+            tids, rt_vcpus, req.realtime_priority,
+            allow_delegation=cfg.rt_throttled == "delegate", cap_us=cfg.rt_max_budget_us,
+            cgroup_root=cfg.cgroup_root, proc_root=cfg.proc_root, journal=note)
+    audit("realtime", name, vcpus=cpulist.format(rt_vcpus), priority=req.realtime_priority,
+          path=result.path, detail=result.message)
+    return Tuning(tuple(sorted(rt_vcpus)), result, result.message)
+
+
+def _live_cpus(doc: render.Parsed) -> frozenset[int]:
+    cpus: set[int] = set()
+    for pins in doc.facts.vcpupin.values():
+        cpus |= pins
+    cpus |= doc.facts.emulatorpin or set()
+    return frozenset(cpus)
+
+
+def _mark_running(doc: render.Parsed, cfg: Config, state: StateDir) -> None:
+    state.ensure()
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(doc.facts.uuid)
+        if claim is not None:
+            pid, _ = vcpu_threads(doc.facts.name, cfg)
+            ClaimJournal(state, claim).update(phase="running", qemu_pid=pid)
+
+
+def release(uuid: str, name: str, cfg: Config, state: StateDir) -> bool:
+    """``stopped``/``release``: give back hugepages we added and RT budget, drop the claim."""
+    if not state.path.exists():
+        return True
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(uuid)
+        if claim is None:
+            return True
+        ok = rollback(ClaimJournal(state, claim), cfg.sysfs_root)
+    audit("release", name, ok=ok, cpus=cpulist.format(claim.cpus),
+          hugepages=",".join(f"node{n}:{p}" for (n, s), p in sorted(claim.hugepages.items())))
+    return ok
+
+
+def adopt(xml: str, cfg: Config, state: StateDir) -> None:
+    """``reconnect``: re-establish the claim of a running domain and re-check realtime."""
+    doc = render.parse(xml)
+    if doc.request is None or not doc.request.managed:
+        return
+    state.ensure()
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(doc.facts.uuid)
+        if claim is None:
+            claim = Claim(uuid=doc.facts.uuid, name=doc.facts.name, cpus=_live_cpus(doc),
+                          phase="running")
+            log.warning("%s was running without a claim; recorded its CPUs %s", claim.name,
+                        cpulist.format(claim.cpus))
+        ClaimJournal(state, claim).update(phase="running")
+    if doc.request.realtime:
+        tune(xml, cfg, state)
+    audit("adopt", doc.facts.name, cpus=cpulist.format(claim.cpus))
+
+
+def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
+    """``migrate``/``restore``: re-pin the host side to this host, keeping the guest's view.
+
+    libvirt refuses a guest ABI change, so the guest cells (their vCPUs and memory),
+    topology and distances stay; vCPU, emulator and IO thread pins, the cells' host nodes
+    and vcpusched follow this host. None: not ours, print nothing.
+    """
+    doc = render.parse(xml)
+    if doc.request is None or not doc.request.managed:
+        return None
+    facts, req = doc.facts, doc.request
+    name = facts.name
+    inputs, view = hostinputs.gather(cfg, facts.partition, facts.uuid, state=state)
+    ev = design.evaluate(facts, req, inputs)
+    if ev.failed is not None:
+        raise ev.refusal()
+    plan = ev.plan
+    assert plan is not None
+    if facts.cells:
+        cells = [tuple(sorted(c.cpus)) for c in sorted(facts.cells, key=lambda c: c.id)]
+        want = [c.vcpus for c in plan.cells]
+        if want != cells:
+            threads = plan.topology[3]
+            with_memory = frozenset(n.id for n in inputs.topology.nodes.values()
+                                    if n.memory_kib > 0)
+            try:
+                alloc = allocate.allocate_cells(
+                    inputs.topology, inputs.available, cells, threads,
+                    1 if req.isolate_emulator else 0, vcpu_nodes=with_memory)
+            except Refusal as exc:
+                raise Refusal(
+                    f"this host cannot give {name} the same guest NUMA shape "
+                    f"({len(cells)} cells of {'/'.join(str(len(c)) for c in cells)} vCPUs): "
+                    f"{exc} ({view.describe()}); migrate it to a host whose cpuset spans "
+                    "matching nodes", "guest-shape") from None
+            plan = design.replan(facts, req, inputs, alloc, cells)
+    tuningxml.apply_host_side(doc.root, plan)
+    audit("relocate", name, cpus=cpulist.format(plan.cpus))
+    return xmlsafe.tostring(doc.root, doc.quote)
+
+
+def claim_summary(claim: Claim) -> str:
+    return (f"{claim.name} phase={claim.phase} cpus={cpulist.format(claim.cpus)} "
+            f"hugepages={dict(claim.hugepages)} rt_budget={len(claim.rt_budget)}")
+
+
