@@ -101,6 +101,9 @@ def size_to_host(xml_text: str, cpus: int) -> tuple[str, Sizing]:
                 f"cloud) does not boot in less than about 80 MiB, so the demo gives it "
                 f"{PROBE_MIN_MIB} MiB"
             )
+    if sizing.notes:
+        text = "\n".join(f"  - {n}" for n in sizing.notes)
+        root.insert(0, ET.Comment(f" scripts/lab demo changed this copy of the example:\n{text}\n"))
     return ET.tostring(root, encoding="unicode"), sizing
 
 
