@@ -353,8 +353,11 @@ def differences(facts: DomainFacts, plan: Plan) -> list[str]:
     for v, cpu in enumerate(plan.vcpu_pins):
         have = facts.vcpupin.get(v)
         if have != frozenset({cpu}):
-            was = cpulist.format(have) if have else "unpinned"
-            out.append(f"vCPU {v} is pinned to {was}, but CPU {cpu} is the one to use now")
+            if have:
+                out.append(f"vCPU {v} is pinned to CPU {cpulist.format(have)}, but on this "
+                           f"host now it belongs on CPU {cpu}")
+            else:
+                out.append(f"vCPU {v} is not pinned (it belongs on CPU {cpu})")
             break
     if facts.emulatorpin != frozenset(plan.emulator):
         out.append(f"the emulator is pinned to {cpulist.format(facts.emulatorpin or ())}, "

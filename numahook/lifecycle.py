@@ -99,7 +99,8 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
         stale = design.differences(doc.facts, plan)
         if stale:
             raise Refusal(
-                f"{name}'s definition is stale: {stale[0]} ({view.describe()}); run "
+                f"{name}'s definition does not match this host: {stale[0]}; "
+                f"{view.describe()}; run "
                 f"`numahook apply {name}` or let numahookd re-render it, then start again",
                 "stale-definition")
         if plan.realtime_vcpus:
