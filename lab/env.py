@@ -457,6 +457,25 @@ def _start_pidfile_daemon(state: dict[str, Any], name: str) -> int:
     return pid
 
 
+def restart_daemon(name: str) -> int:
+    """Stop and start a daemon the lab owns (libvirtd, virtlogd); return the new pid.
+
+    For tests of what survives a restart (libvirtd's ``reconnect`` hook calls). Only a
+    daemon the lab started is restarted, so a host's own libvirtd is never touched.
+    """
+    with locked():
+        state = load() or _new_state()
+        if _daemon_ours(state, name) is None:
+            raise LabError(f"{name} was not started by the lab, so the lab will not restart it")
+        problems: list[str] = []
+        _stop(state, name, problems)
+        if problems:
+            raise LabError("; ".join(problems))
+        del state["daemons"][name]
+        save(state)
+        return _start_pidfile_daemon(state, name)
+
+
 def connect(timeout: float = DAEMON_WAIT) -> Any:
     """A libvirt connection to qemu:///system, waiting (bounded) for libvirtd to answer."""
     import libvirt

@@ -53,6 +53,8 @@ class Plan:
     priority: int
     vcpusched: bool
     realtime_extras: bool
+    #: emit <memoryBacking><locked/> (real-time, where libvirtd may lift the memlock limit)
+    locked: bool = False
     #: guest distances: (cell a, cell b, value) for every ordered pair
     distances: tuple[tuple[int, int, int], ...] = ()
     kept_pinning: bool = field(default=False, compare=False)
@@ -101,6 +103,8 @@ class Inputs:
     emit_vcpusched: bool = True
     #: size libvirt uses for a bare <hugepages/> (``Hugepagesize`` in /proc/meminfo)
     default_page_kib: int | None = None
+    #: libvirtd can lift QEMU's RLIMIT_MEMLOCK (CAP_SYS_RESOURCE), so <locked/> works
+    can_lock_memory: bool = True
 
 
 class _Checks:
@@ -209,7 +213,12 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
             return Evaluation(ck.items, None, _advisories(facts, req, None))
 
     plan = _plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib)
-    return Evaluation(ck.items, plan, _advisories(facts, req, plan, topo))
+    advice = _advisories(facts, req, plan, topo)
+    if req.realtime and not inp.can_lock_memory:
+        advice.append("memory is not locked: libvirtd lacks CAP_SYS_RESOURCE to lift QEMU's "
+                      "memlock limit, so <locked/> is left out (hugepage guest RAM is never "
+                      "swapped); run libvirtd with CAP_SYS_RESOURCE to lock QEMU's own memory")
+    return Evaluation(ck.items, plan, advice)
 
 
 def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
@@ -235,6 +244,7 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
         priority=req.realtime_priority,
         vcpusched=req.realtime and inp.emit_vcpusched,
         realtime_extras=req.realtime,
+        locked=req.realtime and inp.can_lock_memory,
         distances=distances,
         kept_pinning=alloc.kept,
     )

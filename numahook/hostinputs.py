@@ -9,12 +9,15 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from numahook import NAMESPACE, cgroups, cpulist, libvirtstatus, rtsched, sysfs
+from numahook import NAMESPACE, cgroups, cpulist, libvirtstatus, procfs, rtsched, sysfs
 from numahook.config import Config
 from numahook.design import Inputs
 from numahook.state import StateDir
 
 log = logging.getLogger(__name__)
+
+#: lets libvirtd raise QEMU's RLIMIT_MEMLOCK, which <memoryBacking><locked/> needs
+CAP_SYS_RESOURCE = 24
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
         config=cfg,
         emit_vcpusched=not rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root),
         default_page_kib=sysfs.default_page_kib(cfg.proc_root),
+        can_lock_memory=procfs.libvirtd_has_capability(CAP_SYS_RESOURCE, cfg.proc_root),
     )
     view = HostView(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed)
     return inputs, view

@@ -153,3 +153,34 @@ def cgroup_of(tid: int, controller: str, proc_root: str = "/proc") -> str:
             f"mount the {controller} controller"
         )
     return found
+
+
+#: where libvirt's QEMU daemons write their pid (monolithic libvirtd, modular virtqemud)
+_LIBVIRT_PIDFILES = ("/run/libvirtd.pid", "/run/virtqemud.pid")
+
+
+def capabilities(pid: int | str, proc_root: str = "/proc") -> int | None:
+    """The effective capability mask of ``pid`` (``self`` works), or None if unreadable."""
+    try:
+        text = fsutil.read_text(fsutil.under(proc_root, str(pid), "status"), 1 << 16)
+    except (InputError, HostError):
+        return None
+    m = re.search(r"^CapEff:\s+([0-9a-f]{1,16})\s*$", text, re.MULTILINE)
+    return int(m.group(1), 16) if m else None
+
+
+def libvirtd_has_capability(cap: int, proc_root: str = "/proc") -> bool:
+    """Whether libvirt's daemon (else this process, whose caps the hook inherits) has ``cap``.
+
+    Unknown counts as yes: a stock host's root daemon has every capability.
+    """
+    for pidfile in _LIBVIRT_PIDFILES:
+        try:
+            pid = int(fsutil.read_text(pidfile, 64).strip())
+        except (InputError, HostError, ValueError):
+            continue
+        mask = capabilities(pid, proc_root)
+        if mask is not None:
+            return bool(mask >> cap & 1)
+    mask = capabilities("self", proc_root)
+    return True if mask is None else bool(mask >> cap & 1)

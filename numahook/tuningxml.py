@@ -105,13 +105,14 @@ def set_memnodes(root: etree._Element, plan: Plan) -> None:
     ]), DOMAIN_ORDER)
 
 
-def set_realtime_extras(root: etree._Element) -> None:
+def set_realtime_extras(root: etree._Element, locked: bool = True) -> None:
     """pmu off, nosharepages, locked, no balloon: libvirt's kvm-realtime guide."""
     features = ensure(root, "features", DOMAIN_ORDER)
     ensure(features, "pmu", FEATURES_ORDER).set("state", "off")
     backing = ensure(root, "memoryBacking", DOMAIN_ORDER)
     ensure(backing, "nosharepages", MEMBACKING_ORDER)
-    ensure(backing, "locked", MEMBACKING_ORDER)
+    if locked:
+        ensure(backing, "locked", MEMBACKING_ORDER)
     devices = ensure(root, "devices", DOMAIN_ORDER)
     balloon = devices.find("memballoon")
     if balloon is not None and balloon.get("model") != "none":
@@ -136,4 +137,4 @@ def apply(root: etree._Element, plan: Plan) -> None:
         set_topology(root, plan)
         set_numa(root, plan)
     if plan.realtime_extras:
-        set_realtime_extras(root)
+        set_realtime_extras(root, plan.locked)

@@ -76,9 +76,9 @@ def lab() -> Iterator[LabSession]:
             print(f"\nlab teardown left: {problems}", file=sys.stderr)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def conn(lab: LabSession) -> Iterator[Any]:
-    """A connection to qemu:///system, closed at the end of the session."""
+    """A connection to qemu:///system per test: a test may restart libvirtd."""
     c = env.connect()
     try:
         yield c

@@ -1,0 +1,249 @@
+"""The installed hook under a real libvirtd and QEMU (issue 4's "Show" list).
+
+libvirtd runs /etc/libvirt/hooks/qemu.d/numahook by itself; these tests only define and
+start domains and then look at what the host and the guest show.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import env, guest
+from lab.report import parse as parse_report
+from numahook import hostinputs, render, rtsched
+from numahook.config import Config
+from numahook.state import StateDir
+
+CONF = Path("/etc/numahook/numahook.conf")
+CLAIMS = Path("/run/numahook/claims")
+MACHINE_CPUSET = Path("/sys/fs/cgroup/cpuset/machine/cpuset.cpus")
+HOLD = "numahook.hold=600"
+
+
+def metadata(*, passthrough: bool = True, mask: str | None = None, realtime: bool = False,
+             isolate: bool = False) -> str:
+    rt = ""
+    if realtime or mask is not None:
+        rt = f"<numahook:realtime mask='{mask}'/>" if mask is not None else "<numahook:realtime/>"
+    numa = ("<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>"
+            if passthrough else "")
+    iso = " isolateEmulatorThread='true'" if isolate else ""
+    return ("<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/domain/1'>"
+            f"<numahook:cpu dedicatedCpuPlacement='true'{iso}>{numa}{rt}</numahook:cpu>"
+            "</numahook:domain></metadata>")
+
+
+def render_here(xml: str) -> str:
+    """Render for this host as an operator's ``numahook render`` would."""
+    doc = render.parse(xml)
+    cfg = Config()
+    inputs, _ = hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None,
+                                  state=StateDir(cfg.state_dir))
+    return render.render_parsed(doc, inputs).xml
+
+
+@contextmanager
+def hook_config(text: str) -> Iterator[None]:
+    """Write /etc/numahook/numahook.conf for the hook, and put back what was there."""
+    old = CONF.read_text() if CONF.exists() else None
+    CONF.parent.mkdir(parents=True, exist_ok=True)
+    CONF.write_text(text)
+    try:
+        yield
+    finally:
+        if old is None:
+            CONF.unlink()
+        else:
+            CONF.write_text(old)
+
+
+@pytest.fixture
+def delegate_config() -> Iterator[None]:
+    """This machine throttles RT (950000) with RT_GROUP_SCHED: opt in to delegation."""
+    with hook_config("[realtime]\nthrottled = delegate\n"):
+        yield
+
+
+def claim_files() -> list[Path]:
+    return sorted(CLAIMS.glob("*.json")) if CLAIMS.exists() else []
+
+
+def hugepages_2m() -> int:
+    return int(Path("/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages")
+               .read_text())
+
+
+def wait_until(pred: Any, timeout: float = 30.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.2)
+
+
+def test_managed_domain_boots_with_rendered_pinning(domains: Any) -> None:
+    xml = render_here(domains.probe_xml("pin", vcpus=2, memory_mib=128, hugepage_kib=2048,
+                                        extra=metadata()))
+    dom = domains.define(xml)
+    name = dom.name()
+    pages_before = hugepages_2m()
+    domains.start(dom)
+    pins = dom.vcpuPinInfo()
+    # rendered 1:1: vCPU 0 on CPU 0, vCPU 1 on CPU 1 (the host's two CPUs)
+    assert [tuple(i for i, on in enumerate(p) if on) for p in pins] == [(0,), (1,)]
+    text = guest.wait_for_report(dom, until_off=True, timeout=guest.BOOT_TIMEOUT)
+    report = parse_report(text)
+    assert sorted(report.nodes) == [0]
+    assert report.nodes[0].cpus == frozenset({0, 1})
+    wait_until(lambda: hugepages_2m() == pages_before, what="hugepages given back")
+    assert not [p for p in claim_files() if name in p.read_text()]
+
+
+def test_realtime_mask_on_throttled_rt_group_sched_host(domains: Any,
+                                                        delegate_config: None) -> None:
+    if not rtsched.needs_group_budget():
+        pytest.skip("this kernel needs no RT group budget; the delegation path is not taken")
+    machine_rt = Path("/sys/fs/cgroup/cpu/machine/cpu.rt_runtime_us")
+    budget_before = machine_rt.read_text() if machine_rt.exists() else None
+    xml = render_here(domains.probe_xml("rt", vcpus=2, memory_mib=128, hugepage_kib=2048,
+                                        cmdline=HOLD, extra=metadata(mask="0")))
+    assert "<vcpusched" not in xml  # libvirt's own would fail here (next test)
+    dom = domains.define(xml)
+    domains.start(dom)
+    _, tids = guest.vcpu_threads(dom.name())
+    assert sorted(tids) == [0, 1]
+    policies = {v: (os.sched_getscheduler(t), os.sched_getparam(t).sched_priority)
+                for v, t in tids.items()}
+    assert policies[0] == (os.SCHED_FIFO, 1)
+    assert policies[1] == (os.SCHED_OTHER, 0)
+    claim = json.loads(next(p for p in claim_files() if dom.name() in p.read_text()).read_text())
+    assert claim["rt_budget"], "the budget handed down must be recorded in the claim"
+    domains.stop(dom)
+    wait_until(lambda: not [p for p in claim_files() if dom.name() in p.read_text()],
+               what="the claim to be released")
+    if budget_before is not None:
+        wait_until(lambda: machine_rt.read_text() == budget_before, what="RT budget returned")
+
+
+def test_plain_libvirt_vcpusched_fails_here(domains: Any) -> None:
+    """The failure numahook exists for: libvirt's <vcpusched> under RT group throttling."""
+    if not rtsched.needs_group_budget():
+        pytest.skip("RT throttling with RT_GROUP_SCHED is off here; vcpusched would work")
+    import libvirt
+
+    xml = domains.probe_xml("vcpusched", vcpus=2, cmdline=HOLD, extra=(
+        "<cputune><vcpupin vcpu='0' cpuset='0'/><vcpupin vcpu='1' cpuset='1'/>"
+        "<vcpusched vcpus='0' scheduler='fifo' priority='1'/></cputune>"))
+    dom = domains.define(xml)
+    with pytest.raises(libvirt.libvirtError, match="Operation not permitted"):
+        dom.create()
+
+
+def test_hugepages_reserved_at_start_and_returned_after_destroy(domains: Any) -> None:
+    before = hugepages_2m()
+    xml = render_here(domains.probe_xml("hp", vcpus=1, memory_mib=128, hugepage_kib=2048,
+                                        cmdline=HOLD, extra=metadata()))
+    dom = domains.define(xml)
+    domains.start(dom)
+    assert hugepages_2m() >= before + 64 or before >= 64
+    claim = json.loads(next(p for p in claim_files() if dom.name() in p.read_text()).read_text())
+    assert claim["need"] == {"0:2048": 64}
+    added = claim["hugepages"].get("0:2048", 0)
+    assert hugepages_2m() == before + added
+    domains.stop(dom)
+    wait_until(lambda: hugepages_2m() == before, what="hugepages given back")
+
+
+def test_stale_definition_is_refused_with_the_documented_message(domains: Any) -> None:
+    import libvirt
+
+    xml = render_here(domains.probe_xml("stale", vcpus=1, memory_mib=128, hugepage_kib=2048,
+                                        extra=metadata()))
+    assert "cpuset='0'" in xml
+    dom = domains.define(xml)
+    original = MACHINE_CPUSET.read_text().strip()
+    env.set_value(MACHINE_CPUSET, "1")
+    try:
+        with pytest.raises(libvirt.libvirtError) as err:
+            dom.create()
+    finally:
+        MACHINE_CPUSET.write_text(original)
+    message = str(err.value)
+    assert "does not match this host" in message
+    assert "vCPU 0 is pinned to CPU 0, but on this host now it belongs on CPU 1" in message
+    assert f"numahook apply {dom.name()}" in message
+    assert not [p for p in claim_files() if dom.name() in p.read_text()]
+
+
+def test_unmanaged_domain_is_untouched(domains: Any) -> None:
+    before = {p.name for p in claim_files()}
+    pages = hugepages_2m()
+    report = domains.boot(domains.probe_xml("plain", vcpus=2))
+    assert sorted(report.nodes) == [0]
+    assert {p.name for p in claim_files()} == before
+    assert hugepages_2m() == pages
+
+
+def test_failing_reconnect_hook_leaves_the_domain_running(domains: Any) -> None:
+    xml = render_here(domains.probe_xml("reconnect", vcpus=1, memory_mib=128,
+                                        hugepage_kib=2048, cmdline=HOLD, extra=metadata()))
+    dom = domains.define(xml)
+    domains.start(dom)
+    name = dom.name()
+    # inject a failure into every hook call: an invalid config file
+    with hook_config("[features]\nNUMA = maybe\n"):
+        env.restart_daemon("libvirtd")
+        conn = env.connect()
+        try:
+            assert conn.lookupByName(name).isActive()
+        finally:
+            conn.close()
+    domains.conn = env.connect()  # the old connection died with libvirtd
+    assert domains.conn.lookupByName(name).isActive()
+
+
+def test_concurrent_starts_never_share_a_cpu(domains: Any) -> None:
+    import libvirt
+
+    xmls = [render_here(domains.probe_xml(f"race{i}", vcpus=1, memory_mib=128,
+                                          hugepage_kib=2048, cmdline=HOLD, extra=metadata()))
+            for i in range(2)]
+    doms = [domains.define(x) for x in xmls]
+    # rendered while neither ran, both ask for CPU 0
+    assert all("vcpupin vcpu='0' cpuset='0'" in x for x in xmls)
+    errors: dict[str, str] = {}
+    barrier = threading.Barrier(len(doms))
+
+    def start(dom_name: str) -> None:
+        conn = env.connect()
+        try:
+            barrier.wait(timeout=30)
+            conn.lookupByName(dom_name).create()
+        except libvirt.libvirtError as exc:
+            errors[dom_name] = str(exc)
+        finally:
+            conn.close()
+
+    threads = [threading.Thread(target=start, args=(d.name(),)) for d in doms]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    running = [d for d in doms if d.isActive()]
+    pins = [frozenset(i for i, on in enumerate(d.vcpuPinInfo()[0]) if on) for d in running]
+    assert len(running) + len(errors) == 2
+    assert len(running) >= 1
+    if len(running) == 2:
+        assert not pins[0] & pins[1]
+    else:
+        (message,) = errors.values()
+        assert "does not match this host" in message or "not enough dedicated CPUs" in message
