@@ -82,10 +82,11 @@ def test_overlong_partition_is_refused() -> None:
     assert "must be an absolute path" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: _COMPONENT uses '$', which also matches before a "
-                   "trailing newline, so a component like 'rt\\n' passes validation")
-def test_newline_in_a_component_is_refused() -> None:
-    _refused("/machine/rt\n/vm")
+@pytest.mark.parametrize("partition", ["/machine/rt\n/vm", "/machine/rt\n", "/machine\n/rt"])
+def test_newline_in_a_component_is_refused(partition: str) -> None:
+    # regression: '$' in the component pattern also matched before a trailing newline
+    msg = _refused(partition)
+    assert "letters, digits" in msg or "absolute path" in msg
 
 
 # --------------------------------------------------------------------------- libvirt naming
@@ -106,16 +107,17 @@ def test_cgroupfs_names_follow_libvirt(partition: str, path: str) -> None:
     assert cgroups.cgroupfs_path(cgroups.validate_partition(partition)) == path
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: libvirt (virCgroupPartitionNeedsEscaping) also "
-                   "prefixes '_' when a component starts with a controller name and a dot, "
-                   "e.g. /machine/cpu -> machine/_cpu.partition; numahook looks in "
-                   "machine/cpu.partition")
 @pytest.mark.parametrize(("partition", "path"), [
     ("/machine/cpu", "machine/_cpu.partition"),
     ("/machine/memory", "machine/_memory.partition"),
     ("/machine/cpuset", "machine/_cpuset.partition"),
+    ("/machine/cgroup", "machine/_cgroup.partition"),
+    ("/machine/cpux", "machine/cpux.partition"),  # only a whole controller name clashes
+    ("/machine/rt/pids", "machine/rt.partition/_pids.partition"),
 ])
 def test_cgroupfs_escapes_controller_names_like_libvirt(partition: str, path: str) -> None:
+    # regression: libvirt's virCgroupPartitionNeedsEscaping prefixes '_' to a component
+    # that starts with a controller name and a dot ("cpu.partition")
     assert cgroups.cgroupfs_path(cgroups.validate_partition(partition)) == path
 
 

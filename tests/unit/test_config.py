@@ -237,16 +237,14 @@ def test_oversized_file_is_refused() -> None:
     assert "larger than" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: settings under [DEFAULT] are silently ignored "
-                   "when no other section exists (configparser's DEFAULT section is never "
-                   "iterated), so NUMA = false there leaves the gate on without a word")
-def test_default_section_is_not_silently_ignored() -> None:
-    text = "[DEFAULT]\nNUMA = false\n"
-    try:
-        cfg = config.parse(text, SRC)
-    except ConfigError:
-        return  # refusing the section is fine
-    assert cfg.numa_gate is False  # honouring it would be fine too
+@pytest.mark.parametrize("text", ["[DEFAULT]\nNUMA = false\n",
+                                  "[features]\nRealtime = true\n[DEFAULT]\nNUMA = false\n"])
+def test_default_section_is_not_silently_ignored(text: str) -> None:
+    # regression: configparser never iterates [DEFAULT], so NUMA = false there left the
+    # gate on without a word
+    msg = _error(text)
+    assert re.match(rf"^{re.escape(SRC)}:\d+: \[DEFAULT\] numa is not read by numahook", msg)
+    assert "move it under its own section" in msg
 
 
 # --------------------------------------------------------------------------- load / env

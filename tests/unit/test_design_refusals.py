@@ -260,6 +260,41 @@ def test_allocator_refuses_vcpus_not_divisible_by_threads(topos: dict[str, Topol
     SEEN.append(str(exc.value))
 
 
+def _shape_refusal(topo: Topology, available: str, cells: list[tuple[int, ...]],
+                   threads: int = 1, extra: int = 0) -> str:
+    from numahook import cpulist
+    with pytest.raises(Refusal) as exc:
+        allocate.allocate_cells(topo, cpulist.parse(available), cells, threads, extra)
+    assert exc.value.check == "guest-shape"
+    SEEN.append(str(exc.value))
+    return str(exc.value)
+
+
+def test_fixed_guest_shape_cell_of_half_a_core(topos: dict[str, Topology]) -> None:
+    # migration/restore keep the guest's cells; a cell must hold whole guest cores
+    msg = _shape_refusal(topos["single"], "0-3", [(0, 1, 2)], threads=2)
+    assert "a guest cell does not hold whole guest cores" in msg
+
+
+def test_fixed_guest_shape_needs_distinct_nodes(topos: dict[str, Topology]) -> None:
+    msg = _shape_refusal(topos["quad-nosmt"], "0-7", [(0, 1), (2, 3)])
+    assert "no 2 distinct NUMA nodes have 2/2 free CPUs in 0-7" in msg
+
+
+def test_fixed_guest_shape_no_cpu_for_the_emulator(topos: dict[str, Topology]) -> None:
+    msg = _shape_refusal(topos["quad-nosmt"], "0-1,8-9", [(0, 1), (2, 3)], extra=1)
+    assert "no CPU is left for the isolated emulator thread" in msg
+
+
+def test_fixed_guest_shape_fits(topos: dict[str, Topology]) -> None:
+    from numahook import cpulist
+    alloc = allocate.allocate_cells(topos["quad-nosmt"], cpulist.parse("6-9,16"),
+                                    [(0, 1), (2, 3)], 1, 1)
+    assert alloc.cell_nodes == (0, 1)
+    assert alloc.vcpus == (6, 7, 8, 9)
+    assert alloc.extra == (16,)
+
+
 # --------------------------------------------------------------------------- render-level
 
 
@@ -382,15 +417,19 @@ def test_page_size_unit_errors() -> None:
                  "<page size> 'two' is not a whole number")
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: str.isdigit() accepts Unicode digits such as "
-                   "'\u00b2' that int() rejects, so units.to_kib and domainxml._int raise "
-                   "ValueError (a traceback through the CLI) instead of InputError")
 @pytest.mark.parametrize("xml", [
     "<domain><name>v</name><memory>\u00b2</memory></domain>",
+    "<domain><name>v</name><memory>\u0663</memory></domain>",
     "<domain><name>v</name><memory>1</memory><vcpu>\u00b2</vcpu></domain>",
+    "<domain><name>v</name><memory>1</memory><vcpu>\u0664</vcpu></domain>",
+    "<domain><name>v</name><memory>1</memory><cputune><vcpupin vcpu='0' cpuset='\u0663'/>"
+    "</cputune></domain>",
 ])
 def test_unicode_digits_are_input_errors(xml: str) -> None:
-    _input_error(xml, "is not a whole number")
+    # regression: str.isdigit() accepted '\u00b2' (then int() raised ValueError) and
+    # '\u0663' (Arabic-Indic three, which int() silently read as 3)
+    msg = _input_error(xml)
+    assert "is not a whole number" in msg or "is not a number or a range" in msg
 
 
 # --------------------------------------------------------------------------- completeness
@@ -406,6 +445,8 @@ COVERED = {
     "feature-gate-numa", "feature-gate-realtime", "dedicated-cpu-placement",
     "guest-mapping-passthrough", "hugepages", "page-size", "memory-whole-pages",
     "memory-page-per-cell", "cpu-topology", "realtime-mask", "dedicated-cpus",
+    # allocate_cells (migration/restore); lifecycle.relocate wraps these with the fix
+    "guest-shape",
 }
 
 

@@ -236,10 +236,11 @@ def test_bad_priority(priority: str) -> None:
     assert "must be a whole number from 1 to 99" in msg
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: str.isdigit() accepts Unicode digits like '\u00b2' "
-                   "that int() rejects, so a ValueError escapes instead of an InputError")
-def test_superscript_priority_is_an_input_error() -> None:
-    refused(cpu("", '<numahook:realtime priority="\u00b2"/>'))
+@pytest.mark.parametrize("priority", ["\u00b2", "\u0663", "\uff15"])
+def test_unicode_digit_priority_is_an_input_error(priority: str) -> None:
+    # regression: str.isdigit() accepted '\u00b2', which int() then rejected with ValueError
+    msg = refused(cpu("", f'<numahook:realtime priority="{priority}"/>'))
+    assert "must be a whole number from 1 to 99" in msg
 
 
 def test_overlong_attribute_is_refused() -> None:
