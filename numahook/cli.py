@@ -91,6 +91,82 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if ev.failed is None else EXIT_REFUSED
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    """Report whether this node is real-time capable and why; a report, so exit 0."""
+    from numahook import node
+
+    cfg = _config(args)
+    reachable = None if args.no_libvirt else node.check_libvirt(cfg.libvirt_uri)
+    cap = node.probe(cfg, reachable)  # HostError (exit 3) only if the host cannot be read
+    if args.json:
+        json.dump(cap.to_json(), sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(node.text_report(cap))
+    return EXIT_OK
+
+
+def _libvirt(uri: str, readonly: bool = False) -> object:
+    try:
+        import libvirt
+    except ImportError:
+        raise HostError("python3-libvirt is not installed; install it to talk to libvirt") from None
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    try:
+        return libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise HostError(f"cannot connect to libvirt at {uri} ({exc.get_error_message()}); "
+                        "is libvirtd (or virtqemud) running?") from None
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    import libvirt
+
+    from numahook import redefine
+    from numahook.state import StateDir
+
+    cfg = _config(args)
+    conn = _libvirt(args.uri or cfg.libvirt_uri)
+    try:
+        try:
+            dom = conn.lookupByName(args.name)  # type: ignore[attr-defined]
+        except libvirt.libvirtError:
+            raise InputError(f"libvirt has no domain named {args.name!r}; check `virsh list "
+                             "--all`") from None
+        outcome = redefine.apply(conn, dom, cfg, StateDir(cfg.state_dir))
+    finally:
+        conn.close()  # type: ignore[attr-defined]
+    if outcome is None:
+        raise InputError(f"{args.name} has no <numahook:domain> metadata; add it to opt in")
+    if outcome.refused:
+        raise Refusal(outcome.refused)
+    print(f"{outcome.name}: redefined ({outcome.reason})" if outcome.changed
+          else f"{outcome.name}: already rendered for this host")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from numahook import status
+
+    cfg = _config(args)
+    conn = None
+    try:
+        conn = _libvirt(args.uri or cfg.libvirt_uri, readonly=True)
+    except HostError as exc:
+        print(f"numahook: {exc}; showing running domains only", file=sys.stderr)
+    try:
+        doc = status.collect(cfg, conn)
+    finally:
+        if conn is not None:
+            conn.close()  # type: ignore[attr-defined]
+    if args.json:
+        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(status.text(doc))
+    return EXIT_OK
+
+
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH})")
     p.add_argument("--sysfs-root", help="directory standing for /sys")
@@ -119,6 +195,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("file", help="domain XML file, or - for stdin")
     p.set_defaults(func=cmd_check)
+    p = sub.add_parser("node", help="report whether this node is real-time capable, and why")
+    p.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH})")
+    p.add_argument("--sysfs-root", help="directory standing for /sys")
+    p.add_argument("--cgroup-root", help="directory standing for /sys/fs/cgroup")
+    p.add_argument("--proc-root", help="directory standing for /proc")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-libvirt", action="store_true",
+                   help="do not try to connect to libvirt (reported as unknown)")
+    p.set_defaults(func=cmd_node)
     return ap
 
 
