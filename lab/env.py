@@ -457,6 +457,21 @@ def _start_pidfile_daemon(state: dict[str, Any], name: str) -> int:
     return pid
 
 
+def stop_daemon(name: str) -> bool:
+    """Stop a daemon the lab started (e.g. numahookd before hook-only tests)."""
+    with locked():
+        state = load()
+        if state is None or _daemon_ours(state, name) is None:
+            return False
+        problems: list[str] = []
+        _stop(state, name, problems)
+        if problems:
+            raise LabError("; ".join(problems))
+        del state["daemons"][name]
+        save(state)
+        return True
+
+
 def restart_daemon(name: str) -> int:
     """Stop and start a daemon the lab owns (libvirtd, virtlogd); return the new pid.
 
@@ -553,8 +568,12 @@ def _report_pieces() -> None:
     )
 
 
-def up(holder: str = "cli", *, build_probe: bool = True) -> dict[str, Any]:
-    """Bring the lab up (idempotent) and register ``holder``; returns the record."""
+def up(holder: str = "cli", *, build_probe: bool = True, daemon: bool = True) -> dict[str, Any]:
+    """Bring the lab up (idempotent) and register ``holder``; returns the record.
+
+    ``daemon=False`` leaves numahookd out: tests of the hook alone must not have a daemon
+    re-rendering definitions under them, and daemon tests start their own.
+    """
     if os.geteuid() != 0:
         raise LabError("the lab needs root (it installs packages and starts libvirtd)")
     apt.install(PACKAGES)
@@ -575,7 +594,8 @@ def up(holder: str = "cli", *, build_probe: bool = True) -> dict[str, Any]:
             os.kill(pid, signal.SIGHUP)
             say("sent SIGHUP to libvirtd (pid %d) so that it sees the new hook", pid)
         connect().close()
-        _start_numahookd(state)
+        if daemon:
+            _start_numahookd(state)
         _report_pieces()
         if holder not in state["holders"]:
             state["holders"].append(holder)

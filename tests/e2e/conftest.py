@@ -62,7 +62,9 @@ def lab() -> Iterator[LabSession]:
     require_root()
     holder = env.holder_for_this_process()
     try:
-        state = env.up(holder, build_probe=False)
+        state = env.up(holder, build_probe=False, daemon=False)
+        if env.stop_daemon("numahookd"):
+            print("\nstopped the lab's numahookd: e2e tests start their own", file=sys.stderr)
         built = probe.build()
     except LabError as exc:
         # Not a skip: as root the lab must work, and CI must not go green without it.

@@ -1,0 +1,269 @@
+"""numahookd: the one place that wires the daemon's parts together.
+
+Under systemd it runs in the foreground (``Type=notify``); on hosts without systemd,
+``--daemonize`` uses python-daemon with a pidfile and a log file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+from numahook import NAMESPACE, __version__, node, publish, status
+from numahook import config as configmod
+from numahook.daemon.connection import EVENTS, Connection
+from numahook.daemon.loop import Loop
+from numahook.daemon.notify import Notifier
+from numahook.daemon.reconcile import Reconciler
+from numahook.errors import ConfigError, NumahookError
+from numahook.state import StateDir
+
+log = logging.getLogger("numahookd")
+
+#: how often the sysctl flip is checked: a FIFO vCPU with no budget stalls until then
+RT_WATCH_INTERVAL = 0.5
+
+
+class Daemon:
+    def __init__(self, cfg: configmod.Config, config_path: str | None) -> None:
+        self.cfg = cfg
+        self.config_path = config_path
+        self.loop = Loop()
+        self.notifier = Notifier()
+        self.state = StateDir(cfg.state_dir)
+        self.reconciler = Reconciler(cfg, self.state)
+        self.conn = Connection(cfg.libvirt_uri, self.loop, self.on_event, self.on_connected,
+                               self.on_lost)
+        self.capability: Any = None
+        self._timers: dict[str, int] = {}
+        self._uevents: Any = None
+
+    # -- publishing ---------------------------------------------------------------------
+    def probe_and_publish(self) -> None:
+        self.capability = node.probe(self.cfg, libvirt_reachable=self.conn.up)
+        self.publish()
+
+    def publish(self) -> None:
+        if self.capability is None:
+            return
+        domains = status.collect(self.cfg)
+        stats = self.reconciler.stats
+        running = len(domains["running"])
+        metrics = [
+            publish.Metric.gauge("numahook_managed_domains_running",
+                                 "Managed domains running.", running),
+            publish.Metric.gauge("numahook_reconcile_seconds",
+                                 "Duration of the last reconcile pass.", stats.last_pass_seconds),
+            publish.Metric.counter("numahook_realtime_reapplied_total",
+                                   "vCPUs whose SCHED_FIFO the daemon had to re-apply.",
+                                   stats.reapplied),
+            publish.Metric.counter("numahook_realtime_demoted_total",
+                                   "Real-time vCPU threads demoted to avoid a stall.",
+                                   stats.demoted),
+            publish.Metric.counter("numahook_redefined_total",
+                                   "Definitions re-rendered and redefined.", stats.redefined),
+            publish.Metric.counter("numahook_orphans_released_total",
+                                   "Orphaned claims released.", stats.released),
+        ]
+        for what, fn in (("status", lambda: publish.write_status(
+                             self.capability, self.cfg.state_dir,
+                             {"domains": domains["running"] + domains["inactive"],
+                              "daemon": {"orphan_claims": domains["orphan_claims"],
+                                         "reconcile_passes": stats.passes,
+                                         "last_pass_seconds": stats.last_pass_seconds,
+                                         "refused": dict(stats.refused)}})),
+                         ("node-feature-discovery", lambda: publish.write_nfd(
+                             self.capability, self.cfg.nfd_dir)),
+                         ("metrics", lambda: publish.write_metrics(
+                             self.capability, self.cfg.textfile_dir, metrics))):
+            try:
+                fn()
+            except (NumahookError, OSError) as exc:
+                log.warning("publishing the %s file failed: %s", what, exc)
+        self.notifier.status(publish.status_line(
+            self.capability, {"managed": running + len(domains["inactive"]),
+                              "running": running}))
+
+    # -- libvirt ------------------------------------------------------------------------
+    def on_connected(self) -> None:
+        self.reconciler.rerender_inactive(self.conn.conn, force=True)
+        self.reconciler.realtime_backstop()
+        self.probe_and_publish()
+
+    def on_lost(self) -> None:
+        self.probe_and_publish()
+
+    def on_event(self, dom: Any, event: int, detail: int) -> None:
+        name = dom.name()
+        log.debug("event %s on %s (detail %d)", EVENTS.get(event, event), name, detail)
+        import libvirt
+
+        if event == libvirt.VIR_DOMAIN_EVENT_DEFINED:
+            if not dom.isActive():
+                try:
+                    managed = NAMESPACE in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+                except libvirt.libvirtError:
+                    return
+                if managed:
+                    self.reconciler.rerender_inactive(self.conn.conn, only=dom)
+        elif event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
+            self.reconciler.realtime_backstop(only=name)
+            self.publish()
+        elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
+                       libvirt.VIR_DOMAIN_EVENT_CRASHED):
+            self.reconciler.orphans()
+            # CPUs came free: inactive definitions may render differently now
+            self.reconciler.rerender_inactive(self.conn.conn)
+            self.publish()
+
+    # -- signals --------------------------------------------------------------------
+    def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = configmod.load(self.config_path)
+        except ConfigError as exc:
+            log.error("reload: %s; keeping the configuration in force", exc)
+        else:
+            self.cfg = new
+            self.reconciler.cfg = new
+            log.info("reloaded %s", new.source)
+        self.probe_and_publish()
+        self.reconciler.rerender_inactive(self.conn.conn, force=True)
+        self.notifier.ready(self._status_text())
+
+    def shutdown(self) -> None:
+        log.info("stopping")
+        self.notifier.stopping()
+        self.loop.stop()
+
+    def _status_text(self) -> str:
+        if self.capability is None:
+            return "starting"
+        return publish.status_line(self.capability, {"managed": 0, "running": 0})
+
+    # -- CPU hotplug ------------------------------------------------------------------
+    def _watch_uevents(self) -> None:
+        try:
+            from pyroute2.netlink.uevent import UeventSocket
+            sock = UeventSocket()
+            sock.bind()
+        except (ImportError, OSError) as exc:
+            log.warning("no kobject uevents (%s); CPU hotplug is noticed by the probe timer",
+                        exc)
+            return
+        self._uevents = sock
+
+        def ready() -> None:
+            changed = False
+            for msg in sock.get():
+                if msg.get("SUBSYSTEM") in ("cpu", "node", "memory"):
+                    log.info("hotplug: %s %s", msg.get("ACTION"), msg.get("DEVPATH"))
+                    changed = True
+            if changed:
+                self.probe_and_publish()
+                self.reconciler.rerender_inactive(self.conn.conn)
+
+        self.loop.watch_fd(sock.fileno(), ready, "uevents")
+
+    # -- running --------------------------------------------------------------------
+    def run(self) -> int:
+        self.state.ensure()
+        self.loop.on_signal(signal.SIGHUP, self.reload)
+        self.loop.on_signal(signal.SIGTERM, self.shutdown)
+        self.loop.on_signal(signal.SIGINT, self.shutdown)
+        # crash recovery before anything else: what a killed hook or daemon left behind;
+        # each step is guarded like a loop task, so one failing step cannot stop the rest
+        for name, step in (("orphan recovery", self.reconciler.orphans),
+                           ("realtime backstop", self.reconciler.realtime_backstop),
+                           ("libvirt connect", self.conn.open),
+                           ("probe", self.probe_and_publish),
+                           ("uevents", self._watch_uevents)):
+            self.loop.guard(name, step)
+        self._timers["reconcile"] = self.loop.every(
+            self.cfg.reconcile_interval, self._reconcile, "reconcile")
+        self._timers["probe"] = self.loop.every(self.cfg.probe_interval, self.probe_and_publish,
+                                                "probe")
+        self._timers["rtwatch"] = self.loop.every(RT_WATCH_INTERVAL, self.reconciler.rt_watch,
+                                                  "realtime watch")
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            self._timers["watchdog"] = self.loop.every(interval, self.notifier.watchdog,
+                                                       "watchdog")
+        self.notifier.ready(self._status_text())
+        log.info("numahookd %s ready", __version__)
+        try:
+            self.loop.run()
+        finally:
+            try:
+                publish.remove_nfd(self.cfg.nfd_dir)
+            except (NumahookError, OSError) as exc:
+                log.warning("removing the node-feature-discovery file failed: %s", exc)
+            self.conn.close()
+            self.loop.close()
+        return 0
+
+    def _reconcile(self) -> None:
+        self.reconciler.pass_(self.conn.conn)
+        self.publish()
+
+
+def _logging(verbose: bool, log_file: str | None) -> None:
+    handler: logging.Handler
+    if log_file:
+        handler = logging.FileHandler(log_file)
+        handler.setFormatter(logging.Formatter("%(asctime)s numahookd[%(process)d]: "
+                                               "%(levelname)s %(message)s"))
+    else:  # systemd's journal adds time and pid
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="numahookd", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version", version=f"numahookd {__version__}")
+    ap.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH})")
+    ap.add_argument("--foreground", action="store_true",
+                    help="run in the foreground (the default; what systemd wants)")
+    ap.add_argument("--daemonize", action="store_true",
+                    help="detach (hosts without systemd), with --pidfile and --log-file")
+    ap.add_argument("--pidfile", default="/run/numahookd.pid")
+    ap.add_argument("--log-file", default=None,
+                    help="log here instead of stderr (default with --daemonize: "
+                    "/var/log/numahookd.log)")
+    ap.add_argument("--state-dir", help="override [paths] state_dir")
+    ap.add_argument("-v", "--verbose", action="store_true")
+    return ap
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        cfg = configmod.load(args.config)
+    except ConfigError as exc:
+        print(f"numahookd: {exc}", file=sys.stderr)
+        return 2
+    if args.state_dir:
+        cfg = replace(cfg, state_dir=args.state_dir)
+    if args.daemonize:
+        import daemon
+        import daemon.pidfile
+
+        log_file = args.log_file or "/var/log/numahookd.log"
+        with daemon.DaemonContext(pidfile=daemon.pidfile.TimeoutPIDLockFile(args.pidfile, 5),
+                                  umask=0o022):
+            _logging(args.verbose, log_file)
+            return Daemon(cfg, args.config).run()
+    _logging(args.verbose, args.log_file)
+    return Daemon(cfg, args.config).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""Reconcile passes: the realtime backstop, crash recovery and keeping definitions rendered.
+
+The hook does the work at each lifecycle step; these passes catch what happens between
+steps (a thread reset by hand, a vCPU hot-plugged later, a sysctl flipped under running
+FIFO threads, a hook killed half-way, a cpuset changed under an inactive definition).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from numahook import (
+    NAMESPACE,
+    cgroups,
+    cpulist,
+    hostinputs,
+    libvirtstatus,
+    lifecycle,
+    procfs,
+    redefine,
+    render,
+    rtsched,
+    sysfs,
+    xmlsafe,
+)
+from numahook.config import Config
+from numahook.errors import NumahookError
+from numahook.state import ClaimJournal, StateDir, rollback
+
+log = logging.getLogger(__name__)
+
+#: a claim younger than this may belong to a start between prepare and QEMU's launch
+START_GRACE = 300.0
+
+
+@dataclass
+class Stats:
+    passes: int = 0
+    reapplied: int = 0
+    demoted: int = 0
+    released: int = 0
+    redefined: int = 0
+    last_pass_seconds: float = 0.0
+    refused: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunningManaged:
+    status: libvirtstatus.RunningDomain
+    xml: str
+    rt_vcpus: frozenset[int]
+    priority: int
+
+
+class Reconciler:
+    def __init__(self, cfg: Config, state: StateDir) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.stats = Stats()
+        self._fingerprint = ""
+        self._defined_digest: dict[str, tuple[str, float]] = {}
+
+    # -- what runs ----------------------------------------------------------------------
+    def running_managed(self) -> list[RunningManaged]:
+        out = []
+        for st in libvirtstatus.running_domains(self.cfg.libvirt_run):
+            meta = st.domain.find("metadata")
+            if meta is None or meta.find(f"{{{NAMESPACE}}}domain") is None:
+                continue
+            xml = xmlsafe.tostring(st.domain)
+            try:
+                doc = render.parse(xml)
+            except NumahookError as exc:
+                log.warning("cannot read the live definition of %s: %s", st.name, exc)
+                continue
+            req = doc.request
+            if req is None:
+                continue
+            rt = frozenset()
+            if req.realtime:
+                try:
+                    rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
+                except NumahookError:
+                    rt = frozenset()
+            out.append(RunningManaged(st, xml, rt, req.realtime_priority))
+        return out
+
+    # -- realtime backstop ----------------------------------------------------------
+    def realtime_backstop(self, only: str | None = None) -> None:
+        """Re-apply FIFO where a masked vCPU is not at its policy (reset, hot-plugged)."""
+        for dom in self.running_managed():
+            if not dom.rt_vcpus or (only and dom.status.name != only):
+                continue
+            tids = dict(dom.status.vcpu_tids)
+            if not tids and dom.status.pid:
+                tids = procfs.vcpu_threads_from_proc(dom.status.pid, self.cfg.proc_root)
+            wrong = []
+            for v in sorted(dom.rt_vcpus):
+                tid = tids.get(v)
+                if tid is None:
+                    continue  # not plugged
+                try:
+                    if procfs.sched_of(tid) != ("fifo", dom.priority):
+                        wrong.append(v)
+                except NumahookError:
+                    continue  # the thread exited
+            if not wrong:
+                continue
+            log.warning("%s: real-time vCPU(s) %s are not SCHED_FIFO %d; re-applying",
+                        dom.status.name, cpulist.format(wrong), dom.priority)
+            try:
+                lifecycle.tune(dom.xml, self.cfg, self.state)
+                self.stats.reapplied += len(wrong)
+            except NumahookError as exc:
+                log.error("%s: re-applying real-time failed: %s", dom.status.name, exc)
+
+    # -- the sysctl flip --------------------------------------------------------------
+    def rt_watch(self) -> None:
+        """FIFO threads in zero-budget groups once throttling is on get no CPU at all.
+
+        That happens when kernel.sched_rt_runtime_us goes from -1 back to >= 0 under
+        running real-time vCPUs. Delegate a budget at once, or demote them, loudly.
+        """
+        if not rtsched.needs_group_budget(self.cfg.cgroup_root, self.cfg.proc_root):
+            return
+        for dom in self.running_managed():
+            tids = [t for v, t in dom.status.vcpu_tids.items() if v in dom.rt_vcpus]
+            stalled = rtsched.unbudgeted_rt_threads(tids, self.cfg.cgroup_root,
+                                                    self.cfg.proc_root)
+            if not stalled:
+                continue
+            runtime = rtsched.rt_sysctl(self.cfg.proc_root)[0]
+            if self.cfg.rt_throttled == "delegate":
+                try:
+                    lifecycle.tune(dom.xml, self.cfg, self.state)
+                    log.warning("kernel.sched_rt_runtime_us is now %d with real-time vCPUs of "
+                                "%s in zero-budget cgroups; delegated RT budget to them",
+                                runtime, dom.status.name)
+                    continue
+                except NumahookError as exc:
+                    log.error("%s: delegating RT budget failed (%s); demoting instead",
+                              dom.status.name, exc)
+            demoted = rtsched.demote(stalled)
+            self.stats.demoted += len(demoted)
+            log.critical(
+                "kernel.sched_rt_runtime_us is now %d: the real-time vCPU threads %s of %s "
+                "had no RT budget and would stall, so they were demoted to SCHED_OTHER; set "
+                "it back to -1 or set throttled = delegate under [realtime] in %s",
+                runtime, ",".join(map(str, demoted)), dom.status.name, self.cfg.source)
+
+    # -- crash recovery ----------------------------------------------------------------
+    def orphans(self, now: float | None = None) -> None:
+        """Release claims whose domain is gone (or whose start died half-way)."""
+        if not self.state.path.exists():
+            return
+        now = time.time() if now is None else now
+        running = {d.uuid: d for d in libvirtstatus.running_domains(self.cfg.libvirt_run)}
+        for path in self.state.corrupt_records():
+            log.error("claim record %s is corrupt; inspect and remove it by hand", path)
+        try:
+            with self.state.lock(self.cfg.lock_timeout):
+                for claim in self.state.list_claims():
+                    if claim.uuid in running:
+                        continue
+                    if claim.phase != "running" and now - claim.created < START_GRACE:
+                        continue  # a start may be between prepare and QEMU's launch
+                    ok = rollback(ClaimJournal(self.state, claim), self.cfg.sysfs_root)
+                    self.stats.released += 1
+                    log.warning("released the orphaned claim of %s (phase %s): %s", claim.name,
+                                claim.phase, "done" if ok else "partly, will retry")
+        except NumahookError as exc:
+            log.error("orphan cleanup skipped: %s", exc)
+
+    # -- keeping definitions rendered ------------------------------------------------
+    def inputs_fingerprint(self, partitions: set[str | None]) -> str:
+        """What rendering depends on besides the domain itself; cheap to compute."""
+        parts = [sysfs.read_topology(self.cfg.sysfs_root).fingerprint(),
+                 str(rtsched.needs_group_budget(self.cfg.cgroup_root, self.cfg.proc_root))]
+        for p in sorted(partitions, key=str):
+            try:
+                parts.append(cpulist.format(cgroups.partition_cpuset(self.cfg.cgroup_root,
+                                                                     p).cpus))
+            except NumahookError as exc:
+                parts.append(str(exc))
+        held = hostinputs.managed_running(self.cfg, None)
+        parts.extend(f"{k}:{cpulist.format(v)}" for k, v in sorted(held.items()))
+        parts.append(cpulist.format(self.state.held_cpus(None)) if self.state.path.exists()
+                     else "")
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    def rerender_inactive(self, conn: Any, force: bool = False, only: Any = None) -> None:
+        """Render inactive managed domains again when their inputs changed."""
+        import libvirt
+
+        if conn is None:
+            return
+        if only is not None:
+            doms = [only]
+        else:
+            flags = (libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE
+                     | libvirt.VIR_CONNECT_LIST_DOMAINS_PERSISTENT)
+            doms = conn.listAllDomains(flags)
+        xml_flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+        managed = []
+        for dom in doms:
+            try:
+                xml = dom.XMLDesc(xml_flags)
+            except libvirt.libvirtError:
+                continue  # undefined meanwhile
+            if NAMESPACE in xml:
+                managed.append((dom, xml))
+        partitions = set()
+        for _, xml in managed:
+            try:
+                partitions.add(render.parse(xml).facts.partition)
+            except NumahookError:
+                continue
+        fp = self.inputs_fingerprint(partitions)
+        if not force and only is None and fp == self._fingerprint:
+            return
+        self._fingerprint = fp
+        for dom, xml in managed:
+            self._rerender_one(conn, dom, xml)
+
+    def _rerender_one(self, conn: Any, dom: Any, xml: str) -> None:
+        import libvirt
+
+        try:
+            out = redefine.rerender(xml, self.cfg, self.state)
+        except NumahookError as exc:
+            log.warning("%s: its definition cannot be read: %s", dom.name(), exc)
+            return
+        if out is None:
+            return
+        if out.refused:
+            if self.stats.refused.get(out.name) != out.refused:
+                log.warning("%s cannot be rendered on this host now: %s", out.name, out.refused)
+            self.stats.refused[out.name] = out.refused
+            return
+        self.stats.refused.pop(out.name, None)
+        if not out.changed or out.xml is None:
+            return
+        digest = hashlib.sha256(out.xml.encode()).hexdigest()
+        last = self._defined_digest.get(out.name)
+        if last and last[0] == digest and time.monotonic() - last[1] < 60:
+            log.error("%s: refusing to redefine the same XML twice within a minute (libvirt "
+                      "changes something numahook renders?); check `numahook render`", out.name)
+            return
+        try:
+            conn.defineXML(out.xml)
+        except libvirt.libvirtError as exc:
+            log.error("%s: redefining failed: %s", out.name, exc.get_error_message())
+            return
+        self._defined_digest[out.name] = (digest, time.monotonic())
+        self.stats.redefined += 1
+        log.info("redefined %s: %s", out.name, out.reason)
+
+    def pass_(self, conn: Any) -> None:
+        """One full reconcile pass (timer); each part guards itself."""
+        start = time.monotonic()
+        for part, args in ((self.orphans, ()), (self.realtime_backstop, ()),
+                           (self.rerender_inactive, (conn,))):
+            try:
+                part(*args)
+            except NumahookError as exc:
+                log.error("reconcile step %s failed: %s", part.__name__, exc)
+        self.stats.passes += 1
+        self.stats.last_pass_seconds = time.monotonic() - start
