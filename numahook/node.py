@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from numahook import cgroups, cpulist, fsutil, lifecycle, rtsched, sysfs
-from numahook.config import Config
+from numahook.config import DEFAULT_PATH, Config
 from numahook.errors import HostError, InputError, NumahookError
 from numahook.topology import Topology
 
@@ -346,46 +346,60 @@ def size_name(size_kib: int) -> str:
 # --------------------------------------------------------------------------- readers
 
 
-def _children_ratio(group: Path) -> int:
-    total = 0
-    for child in sorted(group.iterdir()):
-        if child.is_dir() and (child / rtsched.RUNTIME).is_file():
-            total += rtsched.to_ratio(fsutil.read_int(child / rtsched.PERIOD),
-                                      fsutil.read_int(child / rtsched.RUNTIME))
-    return total
+def _bandwidth(group: Path) -> tuple[int, int]:
+    """(runtime, period) with -1 (unlimited) read as the whole period."""
+    runtime = fsutil.read_int(group / rtsched.RUNTIME)
+    period = fsutil.read_int(group / rtsched.PERIOD)
+    return (period if runtime < 0 else runtime), period
 
 
-def _us(ratio: int, period: int) -> int:
-    return max(0, ratio) * period >> rtsched.BW_SHIFT
+def _in_period(pairs: list[tuple[int, int]], period: int) -> int:
+    """Runtime per ``period`` that ``pairs`` ((runtime, period)) add up to.
+
+    With one period throughout (the normal case) that is the plain sum an operator can
+    check by hand; otherwise the kernel's ratio, rounded up so free budget is never
+    overstated.
+    """
+    if all(p == period for _, p in pairs):
+        return sum(r for r, _ in pairs)
+    ratio = sum(rtsched.to_ratio(p, r) for r, p in pairs)
+    return -(-ratio * period >> rtsched.BW_SHIFT)
+
+
+def _children(group: Path) -> list[tuple[int, int]]:
+    return [_bandwidth(child) for child in sorted(group.iterdir())
+            if child.is_dir() and (child / rtsched.RUNTIME).is_file()]
 
 
 def read_rt_budget(cgroup_root: str, runtime: int, period: int) -> RtBudget | None:
     """The RT budget at the root and the machine group; None without RT group scheduling.
 
-    The root can never hand out more than the global sysctl allows, as in the kernel.
+    As in the kernel, the root never hands out more than the global sysctl allows.
     """
     cpu = rtsched.cpu_controller(cgroup_root)
     if cpu is None or not (cpu / rtsched.RUNTIME).is_file():
         return None
-    root_rt = fsutil.read_int(cpu / rtsched.RUNTIME)
-    root_period = fsutil.read_int(cpu / rtsched.PERIOD)
-    root_ratio = min(rtsched.to_ratio(root_period, root_rt), rtsched.to_ratio(period, runtime))
-    root_free = max(0, root_ratio - _children_ratio(cpu))
+    root_raw = fsutil.read_int(cpu / rtsched.RUNTIME)
+    root_rt, root_period = _bandwidth(cpu)
+    glob = period if runtime < 0 else runtime
+    root_cap = min(root_rt, glob if period == root_period else
+                   rtsched.to_ratio(period, glob) * root_period >> rtsched.BW_SHIFT)
+    root_free = max(0, root_cap - _in_period(_children(cpu), root_period))
     machine = next((cpu / g for g in _MACHINE_GROUPS if (cpu / g / rtsched.RUNTIME).is_file()),
                    None)
     if machine is None:
-        return RtBudget(str(cpu), root_rt, root_period, _us(root_free, root_period),
-                        None, None, None, None, _us(root_free, root_period))
-    m_rt = fsutil.read_int(machine / rtsched.RUNTIME)
-    m_period = fsutil.read_int(machine / rtsched.PERIOD)
-    m_ratio = rtsched.to_ratio(m_period, m_rt)
-    m_used = _children_ratio(machine)
-    m_free = max(0, m_ratio - m_used)
-    # The machine group can grow into the root's free share, but never past one period.
-    available = min(m_free + root_free, (1 << rtsched.BW_SHIFT) - m_used)
-    return RtBudget(str(cpu), root_rt, root_period, _us(root_free, root_period),
-                    machine.name, m_rt, m_period, _us(m_free, m_period),
-                    _us(available, m_period))
+        return RtBudget(str(cpu), root_raw, root_period, root_free,
+                        None, None, None, None, root_free)
+    m_raw = fsutil.read_int(machine / rtsched.RUNTIME)
+    m_rt, m_period = _bandwidth(machine)
+    m_used = _in_period(_children(machine), m_period)
+    m_free = max(0, m_rt - m_used)
+    # The machine group can grow into the root's free share, but never past its period.
+    grow = (root_free if m_period == root_period else
+            rtsched.to_ratio(root_period, root_free) * m_period >> rtsched.BW_SHIFT)
+    available = max(0, min(m_free + grow, m_period - m_used))
+    return RtBudget(str(cpu), root_raw, root_period, root_free,
+                    machine.name, m_raw, m_period, m_free, available)
 
 
 def _optional(path: Path, warnings: list[str], what: str) -> str | None:
@@ -483,7 +497,8 @@ def probe(cfg: Config, libvirt_reachable: bool | None = None) -> NodeCapability:
         reasons=(),
         warnings=tuple(warnings),
     )
-    return _with_reasons(cap)
+    path = cfg.source if cfg.source.startswith("/") else DEFAULT_PATH
+    return replace(cap, reasons=tuple(reasons(cap, path)))
 
 
 def _nodes(topo: Topology) -> tuple[NodeInfo, ...]:
@@ -497,12 +512,12 @@ def _pools(topo: Topology) -> tuple[Pool, ...]:
                  for p in sorted(n.hugepages.values(), key=lambda p: p.size_kib))
 
 
-def _with_reasons(cap: NodeCapability) -> NodeCapability:
-    return replace(cap, reasons=tuple(reasons(cap)))
+def reasons(cap: NodeCapability, config_path: str = DEFAULT_PATH) -> list[str]:
+    """Sentences saying why the node is or is not real-time capable, each with its fix.
 
-
-def reasons(cap: NodeCapability) -> list[str]:
-    """Sentences saying why the node is or is not real-time capable, each with its fix."""
+    The first is always KubeVirt's test; the others say what else decides how well a
+    real-time guest runs here. ``config_path`` is named where a fix is a config change.
+    """
     out: list[str] = []
     rt = cap.sched_rt_runtime_us
     if cap.realtime_capable:
@@ -513,7 +528,11 @@ def reasons(cap: NodeCapability) -> list[str]:
                    "kernel.sched_rt_runtime_us=-1` (and persist it in /etc/sysctl.d/) to make "
                    "this node real-time capable")
     policy = cap.start_policy
-    if not policy.ok:
+    if policy.mode == "refuse":
+        out.append("real-time domains are refused here because RT group scheduling would give "
+                   "libvirt's vCPU cgroups no budget; set throttled = delegate under [realtime] "
+                   f"in {config_path} to let numahook delegate budget instead")
+    elif not policy.ok:
         out.append(policy.reason)
     elif policy.mode == "delegate":
         free = cap.rt_budget.available_us if cap.rt_budget else 0
@@ -522,7 +541,7 @@ def reasons(cap: NodeCapability) -> list[str]:
                    "real-time vCPUs; turn throttling off as above to give them full CPUs")
     if not cap.preempt_rt:
         out.append("the kernel is not PREEMPT_RT (/sys/kernel/realtime is not 1), so latency "
-                   "is best effort; boot a PREEMPT_RT kernel (e.g. linux-image-rt-amd64 or "
+                   "is best effort; boot a PREEMPT_RT kernel (linux-image-rt-amd64 or "
                    "kernel-rt) for hard real-time guests")
     if not cap.isolcpus:
         out.append("no CPUs are isolated from the scheduler; add isolcpus=managed_irq,domain,"
@@ -539,14 +558,14 @@ def reasons(cap: NodeCapability) -> list[str]:
                        + " ".join(f"{m}={cpus}" for m in missing)
                        + " to the kernel command line")
     if not any(p.free for p in cap.hugepages):
-        out.append("no hugepages are free on any NUMA node; reserve some per node, e.g. `echo 4 "
+        out.append("no hugepages are free on any NUMA node; reserve some per node, such as `echo 4 "
                    "> /sys/devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages`")
     mounted = {m.pagesize_kib for m in cap.hugetlbfs}
     for size in cap.page_sizes():
         if any(p.nr for p in cap.hugepages if p.size_kib == size) and size not in mounted:
             out.append(f"{size} KiB hugepages are reserved but no hugetlbfs is mounted with that "
                        f"page size; mount one (pagesize={size_name(size)[:-1]}) before libvirtd "
-                       "starts, e.g. from /etc/fstab")
+                       "starts, from /etc/fstab")
     if cap.libvirt_reachable is False:
         out.append(f"libvirt at {cap.libvirt_uri} is not reachable; start libvirtd or virtqemud "
                    "(or fix libvirt_uri under [daemon])")
