@@ -66,8 +66,19 @@ class Reconciler:
 
     # -- what runs ----------------------------------------------------------------------
     def running_managed(self) -> list[RunningManaged]:
+        """Managed domains that are fully up: the ``started`` hook has run for them.
+
+        A domain still starting must be left alone: libvirt moves each vCPU thread into
+        its cgroup after QEMU launches, and the kernel refuses to move a SCHED_FIFO thread
+        into a group without RT budget, so an early FIFO would fail the start.
+        """
         out = []
+        phases = {}
+        if self.state.path.exists():
+            phases = {c.uuid: c.phase for c in self.state.list_claims()}
         for st in libvirtstatus.running_domains(self.cfg.libvirt_run):
+            if st.state != "running" or phases.get(st.uuid, "running") != "running":
+                continue
             meta = st.domain.find("metadata")
             if meta is None or meta.find(f"{{{NAMESPACE}}}domain") is None:
                 continue

@@ -9,9 +9,6 @@ from __future__ import annotations
 import json
 import os
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,75 +16,20 @@ import pytest
 
 from lab import env, guest
 from lab.report import parse as parse_report
-from numahook import hostinputs, render, rtsched
-from numahook.config import Config
-from numahook.state import StateDir
+from numahook import rtsched
+from tests.e2e.helpers import (
+    HOLD,
+    MACHINE_CPUSET,
+    claim_files,
+    delegate_config,
+    hook_config,
+    hugepages_2m,
+    metadata,
+    render_here,
+    wait_until,
+)
 
-CONF = Path("/etc/numahook/numahook.conf")
-CLAIMS = Path("/run/numahook/claims")
-MACHINE_CPUSET = Path("/sys/fs/cgroup/cpuset/machine/cpuset.cpus")
-HOLD = "numahook.hold=600"
-
-
-def metadata(*, passthrough: bool = True, mask: str | None = None, realtime: bool = False,
-             isolate: bool = False) -> str:
-    rt = ""
-    if realtime or mask is not None:
-        rt = f"<numahook:realtime mask='{mask}'/>" if mask is not None else "<numahook:realtime/>"
-    numa = ("<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>"
-            if passthrough else "")
-    iso = " isolateEmulatorThread='true'" if isolate else ""
-    return ("<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/domain/1'>"
-            f"<numahook:cpu dedicatedCpuPlacement='true'{iso}>{numa}{rt}</numahook:cpu>"
-            "</numahook:domain></metadata>")
-
-
-def render_here(xml: str) -> str:
-    """Render for this host as an operator's ``numahook render`` would."""
-    doc = render.parse(xml)
-    cfg = Config()
-    inputs, _ = hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None,
-                                  state=StateDir(cfg.state_dir))
-    return render.render_parsed(doc, inputs).xml
-
-
-@contextmanager
-def hook_config(text: str) -> Iterator[None]:
-    """Write /etc/numahook/numahook.conf for the hook, and put back what was there."""
-    old = CONF.read_text() if CONF.exists() else None
-    CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(text)
-    try:
-        yield
-    finally:
-        if old is None:
-            CONF.unlink()
-        else:
-            CONF.write_text(old)
-
-
-@pytest.fixture
-def delegate_config() -> Iterator[None]:
-    """This machine throttles RT (950000) with RT_GROUP_SCHED: opt in to delegation."""
-    with hook_config("[realtime]\nthrottled = delegate\n"):
-        yield
-
-
-def claim_files() -> list[Path]:
-    return sorted(CLAIMS.glob("*.json")) if CLAIMS.exists() else []
-
-
-def hugepages_2m() -> int:
-    return int(Path("/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages")
-               .read_text())
-
-
-def wait_until(pred: Any, timeout: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.2)
+__all__ = ["delegate_config"]  # a fixture, used by name
 
 
 def test_managed_domain_boots_with_rendered_pinning(domains: Any) -> None:

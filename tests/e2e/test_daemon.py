@@ -1,0 +1,314 @@
+"""numahookd against a real libvirtd (issue 5's "Show" list).
+
+Each test starts its own numahookd with a test config (1 s reconcile, 2 s probe), a
+NOTIFY_SOCKET the test owns and a watchdog, exactly as systemd would run it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import env, guest
+from lab.report import parse as parse_report
+from numahook import rtsched
+from numahook.state import Claim, StateDir
+from tests.e2e.helpers import (
+    CLAIMS,
+    HOLD,
+    claim_files,
+    hook_config,
+    hugepages_2m,
+    metadata,
+    render_here,
+    wait_until,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+SYSCTL = Path("/proc/sys/kernel/sched_rt_runtime_us")
+NODE_JSON = Path("/run/numahook/node.json")
+
+
+class Notifications:
+    """A NOTIFY_SOCKET the test owns: every datagram numahookd sends, in order."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.messages: list[str] = []
+
+    def wait_for(self, needle: str, timeout: float = 30.0, after: int = 0) -> int:
+        """Index of the first message from ``after`` on that contains ``needle``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for i in range(after, len(self.messages)):
+                if needle in self.messages[i]:
+                    return i
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"no {needle!r} from numahookd in {timeout:.0f} s; "
+                                     f"got {self.messages[after:]}")
+            self.sock.settimeout(left)
+            try:
+                self.messages.append(self.sock.recv(4096).decode())
+            except socket.timeout:
+                continue
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class Daemon:
+    def __init__(self, tmp: Path, throttled: str = "delegate") -> None:
+        self.tmp = tmp
+        self.nfd = tmp / "nfd"
+        self.prom = tmp / "prom"
+        self.nfd.mkdir(exist_ok=True)
+        self.prom.mkdir(exist_ok=True)
+        self.conf = tmp / "numahook.conf"
+        self.conf.write_text(
+            f"[realtime]\nthrottled = {throttled}\n[daemon]\nreconcile_interval = 1\n"
+            f"probe_interval = 2\nnfd_dir = {self.nfd}\ntextfile_dir = {self.prom}\n")
+        self.log = tmp / "numahookd.log"
+        self.notify = Notifications(tmp / "notify.sock")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY")}
+        environ.update(NOTIFY_SOCKET=str(self.notify.path), WATCHDOG_USEC="1000000",
+                       PYTHONPATH=str(REPO))
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "numahook.daemon.main", "--config", str(self.conf),
+                 "-v", "--log-file", str(self.log)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=environ)
+        self.mark = len(self.notify.messages)
+        self.notify.wait_for("READY=1", after=self.mark)
+
+    def signal(self, signum: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def stop(self) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.terminate()
+        try:
+            return self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(timeout=10)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def logtext(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@pytest.fixture
+def numahookd(lab: Any, tmp_path: Path) -> Iterator[Daemon]:
+    with hook_config("[realtime]\nthrottled = delegate\n"):
+        d = Daemon(tmp_path)
+        d.start()
+        try:
+            yield d
+        finally:
+            d.stop()
+            d.notify.close()
+            print(d.logtext()[-3000:], file=sys.stderr)
+
+
+def node_json() -> dict[str, Any]:
+    return json.loads(NODE_JSON.read_text())
+
+
+def rt_domain(domains: Any, suffix: str, mask: str = "0") -> Any:
+    xml = render_here(domains.probe_xml(suffix, vcpus=2, memory_mib=128, hugepage_kib=2048,
+                                        cmdline=HOLD, extra=metadata(mask=mask)))
+    dom = domains.define(xml)
+    domains.start(dom)
+    return dom
+
+
+def policy(tid: int) -> tuple[int, int]:
+    return os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+
+
+def test_sd_notify_ready_watchdog_status_reload_stop(numahookd: Daemon) -> None:
+    n = numahookd.notify
+    ready = n.wait_for("READY=1")
+    assert "STATUS=" in n.messages[ready]
+    n.wait_for("WATCHDOG=1", timeout=5, after=ready)
+    mark = len(n.messages)
+    numahookd.signal(signal.SIGHUP)
+    reloading = n.wait_for("RELOADING=1", after=mark)
+    assert "MONOTONIC_USEC=" in n.messages[reloading]
+    n.wait_for("READY=1", after=reloading)
+    n.wait_for("STATUS=", after=mark)
+    mark = len(n.messages)
+    numahookd.signal(signal.SIGTERM)
+    n.wait_for("STOPPING=1", after=mark)
+    assert numahookd.proc is not None and numahookd.proc.wait(timeout=20) == 0
+
+
+def test_bad_config_on_reload_keeps_the_old_one(numahookd: Daemon) -> None:
+    numahookd.conf.write_text("[features]\nNUMA = perhaps\n")
+    mark = len(numahookd.notify.messages)
+    numahookd.signal(signal.SIGHUP)
+    numahookd.notify.wait_for("READY=1", after=mark)
+    assert numahookd.proc is not None and numahookd.proc.poll() is None
+    assert "keeping the configuration in force" in numahookd.logtext()
+
+
+def test_bad_config_at_start_stops_with_a_clear_error(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.conf"
+    conf.write_text("[realtime]\nthrottled = sometimes\n")
+    proc = subprocess.run([sys.executable, "-m", "numahook.daemon.main", "--config", str(conf)],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        f"numahookd: {conf}:2: [realtime] throttled: 'sometimes' is not one of refuse, delegate"]
+
+
+def test_status_follows_the_rt_sysctl(numahookd: Daemon) -> None:
+    original = SYSCTL.read_text().strip()
+    try:
+        for value, capable in (("-1", True), ("950000", False), ("-1", True)):
+            env.set_value("kernel.sched_rt_runtime_us", value)
+            numahookd.signal(signal.SIGHUP)
+            wait_until(lambda c=capable: node_json()["node"]["realtime_capable"] is c,
+                       timeout=10, what=f"node.json realtime_capable={capable}")
+            # KubeVirt's semantics: the label exists only on a capable node
+            def labelled(c: bool = capable) -> bool:
+                lines = (numahookd.nfd / "numahook").read_text().splitlines()
+                return ("numahook.io/realtime=true" in lines) is c
+
+            wait_until(labelled, timeout=10, what=f"the realtime label present={capable}")
+            metric = f"numahook_node_realtime_capable {1 if capable else 0}"
+            wait_until(lambda m=metric: m in (numahookd.prom / "numahook.prom").read_text(),
+                       timeout=10, what=metric)
+    finally:
+        SYSCTL.write_text(original)
+
+
+def test_define_ends_rendered_and_starts_first_time(numahookd: Daemon, domains: Any,
+                                                    conn: Any) -> None:
+    import libvirt
+
+    xml = domains.probe_xml("define", vcpus=2, memory_mib=128, hugepage_kib=2048,
+                            extra=metadata())
+    assert "vcpupin" not in xml
+    dom = domains.define(xml)  # plain virsh define of an opted-in, unrendered domain
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE
+    wait_until(lambda: "vcpupin" in conn.lookupByName(dom.name()).XMLDesc(flags), timeout=15,
+               what="numahookd to render the definition")
+    persistent = conn.lookupByName(dom.name()).XMLDesc(flags)
+    assert "numahook:rendered" in persistent or "rendered digest" in persistent
+    domains.start(dom.name())  # the first attempt passes the hook's gate
+    text = guest.wait_for_report(conn.lookupByName(dom.name()), until_off=True,
+                                 timeout=guest.BOOT_TIMEOUT)
+    assert parse_report(text).nodes[0].cpus == frozenset({0, 1})
+    assert "redefined" in numahookd.logtext()
+
+
+def test_fifo_reset_by_hand_is_reapplied(numahookd: Daemon, domains: Any) -> None:
+    if not rtsched.needs_group_budget():
+        pytest.skip("no RT group budget needed here")
+    dom = rt_domain(domains, "reset")
+    _, tids = guest.vcpu_threads(dom.name())
+    assert policy(tids[0]) == (os.SCHED_FIFO, 1)
+    os.sched_setscheduler(tids[0], os.SCHED_OTHER, os.sched_param(0))
+    assert policy(tids[0])[0] == os.SCHED_OTHER
+    wait_until(lambda: policy(tids[0]) == (os.SCHED_FIFO, 1), timeout=5,
+               what="numahookd to re-apply SCHED_FIFO")
+    assert policy(tids[1]) == (os.SCHED_OTHER, 0)
+
+
+def test_kill9_and_restart_reconciles_every_time(numahookd: Daemon, domains: Any) -> None:
+    dom = rt_domain(domains, "kill9")
+    _, tids = guest.vcpu_threads(dom.name())
+    state = StateDir()
+    pages_running = hugepages_2m()
+    node0 = Path("/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages")
+    for round_ in range(3):
+        numahookd.kill9()
+        # what a crash mid-prepare leaves: pages added and a claim of a domain never started
+        orphan = f"00000000-0000-4000-8000-00000000000{round_}"
+        node0.write_text(str(int(node0.read_text()) + 2))
+        with state.lock(5):
+            state.save(Claim(uuid=orphan, name=f"crashed{round_}", cpus=frozenset(),
+                             hugepages={(0, 2048): 2}, phase="running"))
+        os.sched_setscheduler(tids[0], os.SCHED_OTHER, os.sched_param(0))
+        numahookd.start()
+        wait_until(lambda o=orphan: not (CLAIMS / f"{o}.json").exists(), timeout=10,
+                   what="the orphaned claim to be released")
+        wait_until(lambda: hugepages_2m() == pages_running, timeout=10,
+                   what="the orphan's hugepages to be given back")
+        wait_until(lambda: policy(tids[0]) == (os.SCHED_FIFO, 1), timeout=10,
+                   what="realtime back in force")
+        assert dom.isActive()
+        assert [p for p in claim_files() if dom.name() in p.read_text()]
+
+
+def test_daemon_survives_a_libvirtd_restart(numahookd: Daemon, domains: Any) -> None:
+    import libvirt
+
+    env.restart_daemon("libvirtd")
+    domains.conn = env.connect()
+    wait_until(lambda: numahookd.logtext().count("connected to qemu:///system") >= 2,
+               timeout=40, what="numahookd to reconnect")
+    dom = domains.define(domains.probe_xml("afterrestart", vcpus=1, memory_mib=128,
+                                           hugepage_kib=2048, extra=metadata()))
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE
+    wait_until(lambda: "vcpupin" in dom.XMLDesc(flags), timeout=15,
+               what="a DEFINED event handled after the restart")
+
+
+@pytest.mark.parametrize("throttled", ["refuse", "delegate"])
+def test_sysctl_flip_under_fifo_threads_never_stalls_them(lab: Any, tmp_path: Path,
+                                                          domains: Any, throttled: str) -> None:
+    """-1 -> 950000 under FIFO vCPUs in zero-budget groups: delegate at once, or demote."""
+    if rtsched.cpu_controller() is None:
+        pytest.skip("no cgroup v1 cpu controller: RT group scheduling is not in play")
+    original = SYSCTL.read_text().strip()
+    d = Daemon(tmp_path, throttled=throttled)
+    try:
+        env.set_value("kernel.sched_rt_runtime_us", "-1")
+        with hook_config(f"[realtime]\nthrottled = {throttled}\n"):
+            xml = render_here(domains.probe_xml("flip", vcpus=2, memory_mib=128,
+                                                hugepage_kib=2048, cmdline=HOLD,
+                                                extra=metadata(mask="0")))
+            assert "<vcpusched" in xml  # a real-time capable node: libvirt sets FIFO itself
+            dom = domains.define(xml)
+            domains.start(dom)
+            _, tids = guest.vcpu_threads(dom.name())
+            assert policy(tids[0]) == (os.SCHED_FIFO, 1)
+            d.start()
+            SYSCTL.write_text("950000")
+            if throttled == "delegate":
+                wait_until(lambda: not rtsched.unbudgeted_rt_threads([tids[0]]), timeout=5,
+                           what="a budget delegated to the FIFO vCPU")
+                assert policy(tids[0]) == (os.SCHED_FIFO, 1)
+            else:
+                wait_until(lambda: policy(tids[0])[0] == os.SCHED_OTHER, timeout=5,
+                           what="the stalled FIFO vCPU to be demoted")
+                assert "demoted to SCHED_OTHER" in d.logtext()
+    finally:
+        SYSCTL.write_text(original)
+        d.stop()
+        d.notify.close()
