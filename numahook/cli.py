@@ -28,15 +28,16 @@ EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
 _MAX_STDIN = 10 * 1024 * 1024
 
 
-def _read_source(path: str) -> str:
+def _read_source(path: str) -> bytes:
+    """Bytes, not text: the XML parser decodes (UTF-8, UTF-16, a declared encoding)."""
     if path == "-":
-        data = sys.stdin.read(_MAX_STDIN + 1)
+        data = sys.stdin.buffer.read(_MAX_STDIN + 1)
     else:
         try:
-            with open(path, encoding="utf-8") as fh:
+            with open(path, "rb") as fh:
                 data = fh.read(_MAX_STDIN + 1)
-        except (OSError, UnicodeDecodeError) as exc:
-            raise InputError(f"cannot read {path}: {exc}") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
     if len(data) > _MAX_STDIN:
         raise InputError(f"{path} is larger than {_MAX_STDIN} bytes")
     return data
@@ -67,9 +68,10 @@ def cmd_render(args: argparse.Namespace) -> int:
     inp, _ = _inputs(args, doc)
     result = render.render_parsed(doc, inp)  # type: ignore[arg-type]
     if args.diff:
-        sys.stdout.writelines(difflib.unified_diff(
-            source.splitlines(keepends=True), (result.xml + "\n").splitlines(keepends=True),
-            f"{args.file}", f"{args.file} (rendered)"))
+        before = source.decode("utf-8", "replace").splitlines(keepends=True)
+        after = (result.xml + "\n").splitlines(keepends=True)
+        sys.stdout.writelines(difflib.unified_diff(before, after, f"{args.file}",
+                                                   f"{args.file} (rendered)"))
     else:
         sys.stdout.write(result.xml + "\n")
     return EXIT_OK
@@ -110,7 +112,8 @@ def _libvirt(uri: str, readonly: bool = False) -> object:
     try:
         import libvirt
     except ImportError:
-        raise HostError("python3-libvirt is not installed; install it to talk to libvirt") from None
+        raise HostError("python3-libvirt is not installed; install it to talk to "
+                        "libvirt") from None
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
     try:
         return libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)

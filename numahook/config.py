@@ -50,6 +50,11 @@ class Config:
     textfile_dir: str = "/var/lib/prometheus/node-exporter"
     source: str = field(default="(defaults)", compare=False)
 
+    @property
+    def path(self) -> str:
+        """The file to name in messages: the one read, or where one would be read from."""
+        return DEFAULT_PATH if self.source == "(defaults)" else self.source
+
 
 def _bool(text: str) -> bool:
     low = text.strip().lower()

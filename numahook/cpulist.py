@@ -19,10 +19,15 @@ MAX_TEXT = 65536
 _ITEM = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 
 
+def _clip(text: str, limit: int = 40) -> str:
+    """Quote outside input for a message without echoing megabytes of it."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
 def _range(item: str, what: str, limit: int) -> range:
     m = _ITEM.fullmatch(item)
     if not m:
-        raise InputError(f"{what} {item!r} is not a number or a range A-B")
+        raise InputError(f"{what} {_clip(item)} is not a number or a range A-B")
     lo = int(m.group(1))
     hi = int(m.group(2)) if m.group(2) is not None else lo
     if hi < lo:
@@ -39,10 +44,16 @@ def parse(text: str, what: str = "CPU list") -> frozenset[int]:
     text = text.strip()
     if not text:
         return frozenset()
-    out: set[int] = set()
-    for item in text.split(","):
-        out.update(_range(item.strip(), what, MAX_CPU))
-    return frozenset(out)
+    spans = sorted((r.start, r.stop) for r in (_range(i.strip(), what, MAX_CPU)
+                                               for i in text.split(",")))
+    # merge first: 9000 copies of 0-8191 must cost one expansion, not 9000
+    merged: list[list[int]] = []
+    for lo, hi in spans:
+        if merged and lo <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return frozenset(c for lo, hi in merged for c in range(lo, hi))
 
 
 def format(cpus: Iterable[int]) -> str:

@@ -137,13 +137,13 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
             ck.ok("feature-gate-numa", "the NUMA feature gate is on")
         else:
             ck.fail("feature-gate-numa", f"{name} asks for guestMappingPassthrough but the NUMA "
-                    f"feature gate is off; set NUMA = true under [features] in {cfg.source}")
+                    f"feature gate is off; set NUMA = true under [features] in {cfg.path}")
     if req.realtime:
         if cfg.realtime_gate:
             ck.ok("feature-gate-realtime", "the Realtime feature gate is on")
         else:
             ck.fail("feature-gate-realtime", f"{name} asks for realtime but the Realtime feature "
-                    f"gate is off; set Realtime = true under [features] in {cfg.source}")
+                    f"gate is off; set Realtime = true under [features] in {cfg.path}")
 
     # combinations (the seed's preconditions)
     needs_dedicated = [w for w, on in (("guestMappingPassthrough", req.passthrough),

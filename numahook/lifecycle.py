@@ -52,7 +52,7 @@ def realtime_gate(cfg: Config) -> design.Check:
         f"this node is not real-time capable: kernel.sched_rt_runtime_us is {runtime}, so RT "
         "group scheduling gives libvirt's vCPU cgroups no budget; run `sysctl -w "
         "kernel.sched_rt_runtime_us=-1`, or set throttled = delegate under [realtime] in "
-        f"{cfg.source}"))
+        f"{cfg.path}"))
 
 
 def _pending_pages(state: StateDir, exclude_uuid: str) -> dict[tuple[int, int], int]:

@@ -418,7 +418,7 @@ def start_policy(cfg: Config) -> StartPolicy:
     if not cfg.realtime_gate:
         return StartPolicy(False, "disabled", (
             f"real-time domains are refused because the Realtime feature gate is off; set "
-            f"realtime = true under [features] in {cfg.source}"))
+            f"realtime = true under [features] in {cfg.path}"))
     check = lifecycle.realtime_gate(cfg)
     if not check.ok:
         mode = "refuse"

@@ -9,6 +9,11 @@ from numahook.errors import InputError
 _DECIMAL = re.compile(r"[0-9]+")
 
 
+def clip(text: str, limit: int = 40) -> str:
+    """Quote outside input in a message without echoing megabytes of it."""
+    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
+
+
 def is_decimal(text: str) -> bool:
     """ASCII digits only: ``str.isdigit`` accepts '²', which ``int()`` then rejects."""
     return _DECIMAL.fullmatch(text) is not None
@@ -30,13 +35,14 @@ def to_kib(value: str | None, unit: str | None, what: str, default_unit: str = "
     """Convert a libvirt scaled integer to KiB, rounding up as libvirt does."""
     text = (value or "").strip()
     if not is_decimal(text) or len(text) > 24:
-        raise InputError(f"{what} {value!r} is not a whole number")
+        raise InputError(f"{what} {clip(value or '')} is not a whole number")
     scale = _SCALE.get((unit or default_unit).strip().lower())
     if scale is None:
-        raise InputError(f"{what} has unknown unit {unit!r}; use KiB, MiB, GiB or TiB")
+        raise InputError(f"{what} has unknown unit {clip(unit or '')}; use KiB, MiB, GiB or TiB")
     kib = -(-int(text) * scale // 1024)
     if kib > MAX_KIB:
-        raise InputError(f"{what} {value} {unit or default_unit} is beyond any real host")
+        # both parts passed validation above: short digits and a known unit
+        raise InputError(f"{what} {text} {unit or default_unit} is beyond any real host")
     return kib
 
 

@@ -8,6 +8,7 @@ may reach the network, so every parse goes through :func:`parse`.
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 from lxml import etree
 
@@ -44,11 +45,16 @@ def parse(data: bytes | str, what: str = "domain XML") -> etree._Element:
     try:
         root = etree.fromstring(data, _parser())
     except etree.XMLSyntaxError as exc:
-        raise InputError(f"{what} is not well-formed XML: {exc}") from None
+        reason = (str(exc).splitlines() or ["syntax error"])[0][:200]
+        raise InputError(f"{what} is not well-formed XML: {reason}") from None
     except ValueError as exc:  # e.g. unicode strings with an encoding declaration
-        raise InputError(f"{what} cannot be parsed: {exc}") from None
+        raise InputError(f"{what} cannot be parsed: {str(exc)[:200]}") from None
     if root is None:
         raise InputError(f"{what} is empty")
+    info = root.getroottree().docinfo
+    if info.doctype or info.internalDTD is not None:
+        # the byte check above misses UTF-16 and friends; the parsed tree does not lie
+        raise InputError(f"{what} contains a DOCTYPE or ENTITY declaration, which is not allowed")
     _check_depth(root, what)
     return root
 
@@ -81,15 +87,33 @@ def _requote(attr: re.Match[str]) -> str:
     return attr.group(1) + "'" + value.replace("&quot;", '"') + "'"
 
 
-def _single(match: re.Match[str]) -> str:
-    tag = match.group(0)
-    if tag.startswith(("<!", "<?")):
-        return tag
-    # lxml escapes '<', '>' and '"' inside values, so a start tag holds no raw '>'
-    return _ATTR.sub(_requote, tag)
+def _requoter() -> Callable[[re.Match[str]], str]:
+    """Single-quote attributes as libvirt does, except inside <metadata>, which libvirt
+    prints through libxml2 with double quotes: both come back as libvirt wrote them."""
+    depth = 0
+
+    def one(match: re.Match[str]) -> str:
+        nonlocal depth
+        tag = match.group(0)
+        if tag.startswith(("<!", "<?")):
+            return tag
+        if tag.startswith("</"):
+            if tag[2:-1].strip() == "metadata":
+                depth -= 1
+            return tag
+        name = re.match(r"<([^\s/>]+)", tag)
+        if name and name.group(1) == "metadata" and not tag.endswith("/>"):
+            depth += 1
+            return _ATTR.sub(_requote, tag)
+        if depth > 0:
+            return tag
+        # lxml escapes '<', '>' and '"' inside values, so a start tag holds no raw '>'
+        return _ATTR.sub(_requote, tag)
+
+    return one
 
 
 def tostring(root: etree._Element, quote: str = '"') -> str:
     """Serialize without an XML declaration, as libvirt prints domains, in ``quote`` style."""
     text = etree.tostring(root, encoding="unicode")
-    return _MARKUP.sub(_single, text) if quote == "'" else text
+    return _MARKUP.sub(_requoter(), text) if quote == "'" else text

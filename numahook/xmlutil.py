@@ -87,19 +87,31 @@ def remove(el: etree._Element) -> None:
         parent.text = None
 
 
+_RANKS: dict[tuple[str, ...], dict[str, int]] = {}
+
+
+def _rank(order: Sequence[str]) -> dict[str, int]:
+    key = tuple(order)
+    ranks = _RANKS.get(key)
+    if ranks is None:
+        ranks = _RANKS[key] = {tag: i for i, tag in enumerate(key)}
+    return ranks
+
+
 def insert(parent: etree._Element, el: etree._Element, order: Sequence[str]) -> etree._Element:
     """Insert ``el`` into ``parent`` at its place in ``order``, indented like its siblings."""
+    ranks = _rank(order)
     tag = el.tag if isinstance(el.tag, str) else ""
-    rank = order.index(tag) if tag in order else len(order)
+    rank = ranks.get(tag, len(ranks))
     pos = 0
-    for i, child in enumerate(parent):
+    # scan from the end: a run of same-tag siblings (240 vcpupins) is appended to in O(1)
+    for i in range(len(parent) - 1, -1, -1):
+        child = parent[i]
         ctag = child.tag if isinstance(child.tag, str) else ""
-        if ctag in order and order.index(ctag) <= rank:
+        crank = ranks.get(ctag)
+        if (crank is not None and crank <= rank) or (crank is None and rank == len(ranks)):
             pos = i + 1
-        elif ctag in order:
             break
-        elif ctag not in order and rank == len(order):
-            pos = i + 1
     if len(parent) == 0:
         own = _own_indent(parent)
         indent = own + _STEP

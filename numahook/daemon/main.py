@@ -78,7 +78,9 @@ class Daemon:
                                          "last_pass_seconds": stats.last_pass_seconds,
                                          "refused": dict(stats.refused)}})),
                          ("node-feature-discovery", lambda: publish.write_nfd(
-                             self.capability, self.cfg.nfd_dir)),
+                             # labels expire if numahookd dies without removing them
+                             self.capability, self.cfg.nfd_dir,
+                             ttl=3 * self.cfg.probe_interval)),
                          ("metrics", lambda: publish.write_metrics(
                              self.capability, self.cfg.textfile_dir, metrics))):
             try:

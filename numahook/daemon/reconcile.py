@@ -161,7 +161,7 @@ class Reconciler:
                 "kernel.sched_rt_runtime_us is now %d: the real-time vCPU threads %s of %s "
                 "had no RT budget and would stall, so they were demoted to SCHED_OTHER; set "
                 "it back to -1 or set throttled = delegate under [realtime] in %s",
-                runtime, ",".join(map(str, demoted)), dom.status.name, self.cfg.source)
+                runtime, ",".join(map(str, demoted)), dom.status.name, self.cfg.path)
 
     # -- crash recovery ----------------------------------------------------------------
     def orphans(self, now: float | None = None) -> None:

@@ -177,10 +177,6 @@ def test_unrelated_xml_is_left_alone(topos: dict[str, Topology]) -> None:
     assert other is not None and other.get("a") == "1" and len(other) == 1
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: xmlsafe.tostring requotes every attribute to the "
-                   "document's first quote style, so other applications' <metadata> (which "
-                   "libvirt always prints with double quotes, via xmlNodeDump) is rewritten "
-                   "with single quotes instead of being left byte-identical")
 def test_other_metadata_is_byte_identical(topos: dict[str, Topology]) -> None:
     out = render.render(FULL, inputs(topos["quad-nosmt"])).xml
     for line in ('<app:owner xmlns:app="urn:example:app">team-ran</app:owner>',
@@ -196,14 +192,15 @@ def _removed_and_added(before: str, after: str) -> tuple[list[str], list[str]]:
 
 
 def _only_requoted(line: str, added: list[str]) -> bool:
-    return line.replace('"', "'") in added
+    """The line came back with other attribute quotes only (metadata keeps libvirt's ")."""
+    return line.replace('"', "'") in {a.replace('"', "'") for a in added}
 
 
 def test_diff_only_adds_and_replaces_what_numahook_owns(topos: dict[str, Topology]) -> None:
     out = render.render(FULL, inputs(topos["quad-nosmt"])).xml + "\n"
     removed, added = _removed_and_added(FULL, out)
     # the bare <page> gains a nodeset; nothing else of the source disappears, except
-    # metadata lines whose attribute quotes changed (the xfail above)
+    # metadata lines whose attribute quotes changed
     changed = [ln for ln in removed if not _only_requoted(ln, added)]
     assert changed == ["      <page size='2048' unit='KiB'/>"]
     assert len(added) - len(removed) >= 10
