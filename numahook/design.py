@@ -18,7 +18,7 @@ from numahook.domainxml import DomainFacts
 from numahook.errors import InputError, Refusal
 from numahook.request import Request
 from numahook.topology import Topology
-from numahook.units import human_kib
+from numahook.units import clip, human_kib
 
 #: Bump when the same inputs would render differently, so daemons re-render definitions.
 RENDER_VERSION = 1
@@ -184,7 +184,8 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
             if rt_vcpus:
                 ck.ok("realtime-mask", f"real-time vCPUs {cpulist.format(rt_vcpus)}")
             else:
-                ck.fail("realtime-mask", f"realtime mask {req.realtime_mask!r} selects no vCPU; "
+                mask = clip(req.realtime_mask or "")
+                ck.fail("realtime-mask", f"realtime mask {mask} selects no vCPU; "
                         "fix the mask or remove <numahook:realtime>")
 
     if not req.dedicated or ck.failing:
