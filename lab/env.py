@@ -568,11 +568,15 @@ def _report_pieces() -> None:
     )
 
 
-def up(holder: str = "cli", *, build_probe: bool = True, daemon: bool = True) -> dict[str, Any]:
+def up(
+    holder: str = "cli", *, build_probe: bool = True, daemon: bool = True, install: bool = True
+) -> dict[str, Any]:
     """Bring the lab up (idempotent) and register ``holder``; returns the record.
 
     ``daemon=False`` leaves numahookd out: tests of the hook alone must not have a daemon
     re-rendering definitions under them, and daemon tests start their own.
+    ``install=False`` neither pip-installs the checkout nor copies its hook: the installed
+    .deb's numahook and hook are tested (scripts/package-test).
     """
     if os.geteuid() != 0:
         raise LabError("the lab needs root (it installs packages and starts libvirtd)")
@@ -582,10 +586,11 @@ def up(holder: str = "cli", *, build_probe: bool = True, daemon: bool = True) ->
         if state is None:
             state = _new_state()
             save(state)
-        _install_numahook(state)
+        if install:
+            _install_numahook(state)
         _mount_hugetlbfs(state)
         _kvm(state)
-        hook_changed = _install_hook(state)
+        hook_changed = _install_hook(state) if install else False
         _start_pidfile_daemon(state, "virtlogd")
         was_running = _pidfile_pid(Path("/run/libvirtd.pid"), "libvirtd")
         pid = _start_pidfile_daemon(state, "libvirtd")
