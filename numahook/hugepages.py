@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from numahook import fsutil
+from numahook import faults, fsutil
 from numahook.errors import HostError, NumahookError, Refusal
 
 log = logging.getLogger(__name__)
@@ -110,11 +110,13 @@ class _Ledger:
         target = max(0, before + delta)
         self.pending[pool] = Pending(before, target - before)
         self._note()  # write-ahead: if this raises, nothing was touched
+        faults.point("hugepages.pending")
         failure: HostError | None = None
         try:
             fsutil.write_knob(knob, str(target))
         except HostError as exc:
             failure = exc
+        faults.point("hugepages.written")
         after = fsutil.read_int(knob)
         done = _clamp(after - before, target - before)
         self.added[pool] = self.added.get(pool, 0) + done

@@ -15,6 +15,7 @@ from numahook import (
     allocate,
     cpulist,
     design,
+    faults,
     hostinputs,
     hugepages,
     libvirtstatus,
@@ -112,6 +113,7 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
         claim = Claim(uuid=uuid, name=name, cpus=plan.cpus, phase="claimed", need=need)
         journal = ClaimJournal(state, claim)
         journal.update()  # the claim exists before any page is touched
+        faults.point("admit.claimed")
         try:
             if need:
                 asked = dict(need)
@@ -123,7 +125,9 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
         except NumahookError:
             rollback(journal, cfg.sysfs_root)
             raise
+        faults.point("admit.reserved")
         journal.update(phase="reserved")
+        faults.point("admit.phase-reserved")
         audit("admit", name, cpus=cpulist.format(plan.cpus),
               hugepages=",".join(f"node{n}:{p}x{s}kB" for (n, s), p in sorted(need.items())),
               added=",".join(f"node{n}:{p}" for (n, s), p in
@@ -168,6 +172,7 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
             uuid=doc.facts.uuid, name=name, cpus=_live_cpus(doc), phase="running")
         journal = ClaimJournal(state, claim)
         journal.update(phase="running", qemu_pid=pid)
+        faults.point("tune.journalled")
         earlier = list(claim.rt_budget)  # a re-apply adds to what an earlier one delegated
 
         def note(records: list[rtsched.BudgetRecord]) -> None:
@@ -177,6 +182,7 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
             tids, rt_vcpus, req.realtime_priority,
             allow_delegation=cfg.rt_throttled == "delegate", cap_us=cfg.rt_max_budget_us,
             cgroup_root=cfg.cgroup_root, proc_root=cfg.proc_root, journal=note)
+        faults.point("tune.applied")
     audit("realtime", name, vcpus=cpulist.format(rt_vcpus), priority=req.realtime_priority,
           path=result.path, detail=result.message)
     return Tuning(tuple(sorted(rt_vcpus)), result, result.message)
@@ -207,7 +213,9 @@ def release(uuid: str, name: str, cfg: Config, state: StateDir) -> bool:
         claim = state.load(uuid)
         if claim is None:
             return True
+        faults.point("release.before-rollback")
         ok = rollback(ClaimJournal(state, claim), cfg.sysfs_root)
+        faults.point("release.after-rollback")
     audit("release", name, ok=ok, cpus=cpulist.format(claim.cpus),
           hugepages=",".join(f"node{n}:{p}" for (n, s), p in sorted(claim.hugepages.items())))
     return ok

@@ -18,7 +18,7 @@ from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-from numahook import fsutil, procfs
+from numahook import faults, fsutil, procfs
 from numahook.errors import HostError, InputError, NumahookError, Refusal
 
 log = logging.getLogger(__name__)
@@ -240,12 +240,14 @@ def delegate(plan: BudgetPlan, journal: Journal | None = None) -> list[BudgetRec
         for rec in plan.records:
             done.append(rec._replace(applied=False))
             note()  # write-ahead
+            faults.point("rtsched.intent")
             try:
                 fsutil.write_knob(rec.path, str(rec.new), hint=_DELEGATE_HINTS)
             except HostError:
                 done.pop()
                 note()
                 raise
+            faults.point("rtsched.written")
             done[-1] = rec._replace(applied=True)
             note()
     except NumahookError:

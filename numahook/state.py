@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from numahook import fsutil, hugepages, rtsched
+from numahook import faults, fsutil, hugepages, rtsched
 from numahook.errors import InputError, NumahookError, StateError
 from numahook.hugepages import Pending, Pool
 from numahook.rtsched import BudgetRecord
@@ -334,6 +334,7 @@ def rollback(journal: ClaimJournal, sysfs_root: str = "/sys") -> bool:
     except NumahookError as exc:
         log.error("giving back the hugepages of %s failed: %s", claim.name, exc)
         ok = False
+    faults.point("rollback.hugepages-released")
     try:
         rtsched.undelegate(journal.claim.rt_budget, journal.rt_budget)
     except NumahookError as exc:
