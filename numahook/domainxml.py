@@ -7,8 +7,7 @@ decides what it means.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from lxml import etree
+from typing import Any
 
 from numahook import cpulist
 from numahook.errors import InputError
@@ -58,7 +57,7 @@ class DomainFacts:
     locked: bool = False
 
 
-def _int(el: etree._Element, attr: str | None, what: str, lo: int = 0, hi: int = 1 << 31) -> int:
+def _int(el: Any, attr: str | None, what: str, lo: int = 0, hi: int = 1 << 31) -> int:
     text = (el.get(attr) if attr else el.text) or ""
     text = text.strip()
     if not is_decimal(text) or len(text) > 10 or not lo <= int(text) <= hi:
@@ -66,11 +65,11 @@ def _int(el: etree._Element, attr: str | None, what: str, lo: int = 0, hi: int =
     return int(text)
 
 
-def _cpuset(el: etree._Element, what: str) -> frozenset[int]:
+def _cpuset(el: Any, what: str) -> frozenset[int]:
     return cpulist.parse(el.get("cpuset") or "", what)
 
 
-def read(root: etree._Element) -> DomainFacts:
+def read(root: Any) -> DomainFacts:
     """Read :class:`DomainFacts`; malformed values raise InputError naming the element."""
     if root.tag != "domain":
         raise InputError(f"expected a <domain> document, got <{root.tag}>")

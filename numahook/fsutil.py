@@ -10,7 +10,6 @@ from __future__ import annotations
 import errno
 import logging
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Union
@@ -114,6 +113,8 @@ def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600) -> None:
     tmp_name: str | None = None
     try:
         make_private_dirs(parent)
+        import tempfile  # only writers pay for it; the hook's read paths never do
+
         fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=parent)
         try:
             os.fchmod(fd, mode)

@@ -12,8 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-
-from lxml import etree
+from typing import Any
 
 from numahook import cpulist, fsutil, xmlsafe
 from numahook.errors import InputError
@@ -34,7 +33,7 @@ class RunningDomain:
     state: str
     #: vCPU id -> thread id (empty until QEMU's vCPUs exist)
     vcpu_tids: dict[int, int]
-    domain: etree._Element = field(repr=False, compare=False)
+    domain: Any = field(repr=False, compare=False)
     #: union of the vcpupin, emulatorpin and iothreadpin cpusets of the live definition
     pinned_cpus: frozenset[int] = frozenset()
 
@@ -48,7 +47,7 @@ def _int(text: str | None, what: str) -> int:
 
 def parse_status(data: str | bytes, what: str = "libvirt status XML") -> RunningDomain:
     """Parse one status document (pure; the caller did the reading)."""
-    root = xmlsafe.parse(data, what)
+    root = xmlsafe.parse_readonly(data, what)
     if root.tag != "domstatus":
         raise InputError(f"{what} has root <{root.tag}>, not <domstatus>")
     dom = root.find("domain")

@@ -22,7 +22,6 @@ from numahook import (
     procfs,
     render,
     rtsched,
-    tuningxml,
     xmlsafe,
 )
 from numahook.config import Config
@@ -78,7 +77,7 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
 
     Runs under the state lock, so two domains starting at once can never double-book.
     """
-    doc = render.parse(xml)
+    doc = render.parse(xml, readonly=True)
     if doc.request is None or not doc.request.managed:
         return None
     name, uuid = doc.facts.name, doc.facts.uuid
@@ -155,7 +154,7 @@ def vcpu_threads(name: str, cfg: Config) -> tuple[int | None, dict[int, int]]:
 
 def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
     """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs."""
-    doc = render.parse(xml)
+    doc = render.parse(xml, readonly=True)
     req = doc.request
     if req is None or not req.realtime:
         if req is not None and req.managed:
@@ -223,7 +222,7 @@ def release(uuid: str, name: str, cfg: Config, state: StateDir) -> bool:
 
 def adopt(xml: str, cfg: Config, state: StateDir) -> None:
     """``reconnect``: re-establish the claim of a running domain and re-check realtime."""
-    doc = render.parse(xml)
+    doc = render.parse(xml, readonly=True)
     if doc.request is None or not doc.request.managed:
         return
     state.ensure()
@@ -276,6 +275,8 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
                     f"{exc} ({view.describe()}); migrate it to a host whose cpuset spans "
                     "matching nodes", "guest-shape") from None
             plan = design.replan(facts, req, inputs, alloc, cells)
+    from numahook import tuningxml  # editing XML: the one lifecycle call that loads lxml
+
     tuningxml.apply_host_side(doc.root, plan)
     audit("relocate", name, cpus=cpulist.format(plan.cpus))
     return xmlsafe.tostring(doc.root, doc.quote)

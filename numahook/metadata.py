@@ -8,12 +8,10 @@ Unknown attributes or elements in our namespace are errors: a misspelt
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from lxml import etree
+from typing import Any
 
 from numahook import NAMESPACE
 from numahook.errors import InputError
-from numahook.xmlutil import insert
 
 NS = f"{{{NAMESPACE}}}"
 _MAX_ATTR = 4096
@@ -41,7 +39,15 @@ class Rendered:
     host: str
 
 
-def find(domain: etree._Element) -> etree._Element | None:
+def _split(tag: str) -> tuple[str | None, str]:
+    """``{ns}local`` -> (ns, local), as lxml's QName does, for either parser's trees."""
+    if tag.startswith("{"):
+        ns, _, local = tag[1:].partition("}")
+        return ns, local
+    return None, tag
+
+
+def find(domain: Any) -> Any | None:
     """Our element, or None for a domain that did not opt in."""
     meta = domain.find("metadata")
     if meta is None:
@@ -52,10 +58,10 @@ def find(domain: etree._Element) -> etree._Element | None:
     return found[0] if found else None
 
 
-def _attrs(el: etree._Element, allowed: set[str], where: str) -> dict[str, str]:
+def _attrs(el: Any, allowed: set[str], where: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for key, value in el.attrib.items():
-        name = etree.QName(key).localname if key.startswith("{") else key
+        name = _split(key)[1]
         if name not in allowed:
             raise InputError(
                 f"<numahook:{where}> has unknown attribute {name!r}; "
@@ -67,18 +73,18 @@ def _attrs(el: etree._Element, allowed: set[str], where: str) -> dict[str, str]:
     return out
 
 
-def _local(el: etree._Element) -> str | None:
+def _local(el: Any) -> str | None:
     if not isinstance(el.tag, str):
         return None  # comment or processing instruction
-    q = etree.QName(el)
-    if q.namespace != NAMESPACE:
+    namespace, local = _split(el.tag)
+    if namespace != NAMESPACE:
         raise InputError(
-            f"<{q.localname}> inside <numahook:domain> is not in the numahook namespace"
+            f"<{local}> inside <numahook:domain> is not in the numahook namespace"
         )
-    return q.localname
+    return local
 
 
-def parse(el: etree._Element) -> RawRequest:
+def parse(el: Any) -> RawRequest:
     """Read our element into a :class:`RawRequest`; structure errors raise InputError."""
     _attrs(el, set(), "domain")
     cpu = None
@@ -130,15 +136,19 @@ def parse(el: etree._Element) -> RawRequest:
     )
 
 
-def rendered(el: etree._Element) -> Rendered | None:
+def rendered(el: Any) -> Rendered | None:
     found = el.find(f"{NS}rendered")
     if found is None:
         return None
     return Rendered(digest=found.get("digest", ""), host=found.get("host", ""))
 
 
-def set_rendered(el: etree._Element, record: Rendered) -> None:
+def set_rendered(el: Any, record: Rendered) -> None:
     """Record what this rendering was computed from, so later checks are a string compare."""
+    from lxml import etree
+
+    from numahook.xmlutil import insert
+
     found = el.find(f"{NS}rendered")
     if found is None:
         found = insert(el, etree.Element(f"{NS}rendered"), ("cpu", f"{NS}cpu", f"{NS}rendered"))

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from lxml import etree
-
-from numahook import design, domainxml, metadata, request, tuningxml, xmlsafe
+from numahook import design, domainxml, metadata, request, xmlsafe
 from numahook.design import Evaluation, Inputs, Plan
 from numahook.domainxml import DomainFacts
 from numahook.errors import NumahookError
@@ -17,7 +16,7 @@ from numahook.request import Request
 class Parsed:
     """A domain document with our request read out of it; ``request`` is None if not opted in."""
 
-    root: etree._Element
+    root: Any
     facts: DomainFacts
     request: Request | None
     #: attribute quote of the source, kept on output so diffs show only real changes
@@ -33,8 +32,9 @@ class Result:
     request: Request
 
 
-def parse(xml: str | bytes) -> Parsed:
-    root = xmlsafe.parse(xml)
+def parse(xml: str | bytes, readonly: bool = False) -> Parsed:
+    """``readonly``: the stdlib parser, for code that never edits (the hook's gate)."""
+    root = xmlsafe.parse_readonly(xml) if readonly else xmlsafe.parse(xml)
     el = metadata.find(root) if root.tag == "domain" else None
     facts = domainxml.read(root)
     req = request.from_raw(metadata.parse(el)) if el is not None else None
@@ -58,6 +58,8 @@ def render_parsed(doc: Parsed, inp: Inputs) -> Result:
     if plan is None:  # opted in but asked for nothing that changes the XML
         raise NumahookError(f"{doc.facts.name}'s <numahook:cpu> asks for nothing; set "
                             "dedicatedCpuPlacement=\"true\" at least")
+    from numahook import tuningxml
+
     tuningxml.apply(doc.root, plan)
     el = metadata.find(doc.root)
     assert el is not None

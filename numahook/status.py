@@ -24,7 +24,7 @@ def _running(cfg: Config, claims: dict[str, Any]) -> list[dict[str, Any]]:
         if meta is None or meta.find(f"{{{NAMESPACE}}}domain") is None:
             continue
         try:
-            doc = render.parse(xmlsafe.tostring(st.domain))
+            doc = render.parse(xmlsafe.tostring(st.domain), readonly=True)
         except NumahookError as exc:
             log.warning("cannot read the live definition of %s: %s", st.name, exc)
             continue

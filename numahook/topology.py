@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -62,10 +60,18 @@ class Topology:
         return (c.package, c.die, c.core)
 
     def fingerprint(self) -> str:
+        import json
+
         """A digest of what rendering depends on (CPU placement and distances, not free pages)."""
         doc = {
             "cpus": [[c.id, c.node, c.package, c.die, c.core] for c in self.cpus.values()],
             "dist": {n.id: sorted(n.distances.items()) for n in self.nodes.values()},
         }
         raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        return hashlib.sha256(raw).hexdigest()[:16]
+        return _sha256(raw)[:16]
+
+
+def _sha256(raw: bytes) -> str:
+    import hashlib  # OpenSSL's init is not free; only digests pay for it
+
+    return hashlib.sha256(raw).hexdigest()

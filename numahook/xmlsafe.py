@@ -1,18 +1,25 @@
-"""One XML parser for everything numahook reads: no entities, no network, bounded size.
+"""Every XML parse numahook does: no entities, no DTD, no network, bounded size and depth.
 
 Root processes (the hook inside libvirtd's start path, the daemon) parse XML that anyone
 allowed to define a domain controls. lxml's defaults resolve entities and, with DTDs,
-may reach the network, so every parse goes through :func:`parse`.
+may reach the network, so every parse goes through this module.
+
+Two parsers, one policy. :func:`parse` gives an lxml tree, for code that edits XML and must
+keep comments and whitespace (rendering). :func:`parse_readonly` gives a stdlib
+ElementTree (expat), for code that only reads: the hook's lifecycle calls, where loading
+lxml (libxml2 + libxslt + ICU) would cost more than all the hook's work. Both refuse any
+DOCTYPE, which every entity trick needs, and bound size and depth the same way.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Callable
-
-from lxml import etree
+from typing import TYPE_CHECKING, Any, Callable
 
 from numahook.errors import InputError
+
+if TYPE_CHECKING:
+    from lxml import etree
 
 #: libvirt itself refuses domain XML over 10 MiB (VIR_DOMAIN_XML_MAX_LEN-ish limits on RPC).
 MAX_XML_BYTES = 10 * 1024 * 1024
@@ -21,6 +28,8 @@ MAX_DEPTH = 64
 
 
 def _parser() -> etree.XMLParser:
+    from lxml import etree
+
     return etree.XMLParser(
         resolve_entities=False,
         no_network=True,
@@ -34,7 +43,9 @@ def _parser() -> etree.XMLParser:
 
 
 def parse(data: bytes | str, what: str = "domain XML") -> etree._Element:
-    """Parse ``data`` into an element tree root, or raise :class:`InputError` with one line."""
+    """Parse ``data`` into an lxml tree root, or raise :class:`InputError` with one line."""
+    from lxml import etree
+
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogateescape")
     if len(data) > MAX_XML_BYTES:
@@ -59,7 +70,39 @@ def parse(data: bytes | str, what: str = "domain XML") -> etree._Element:
     return root
 
 
-def _check_depth(root: etree._Element, what: str) -> None:
+def parse_readonly(data: bytes | str, what: str = "domain XML") -> Any:
+    """Parse UTF-8 XML into a stdlib ElementTree root for reading only (see module doc).
+
+    libvirt always hands hooks and writes status files in UTF-8; anything else is refused.
+    Comments and processing instructions are dropped, which reading does not need.
+    """
+    import xml.etree.ElementTree as ET
+
+    if isinstance(data, bytes):
+        if len(data) > MAX_XML_BYTES:
+            raise InputError(f"{what} is {len(data)} bytes, more than the {MAX_XML_BYTES} "
+                             "allowed")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InputError(f"{what} is not UTF-8 text") from None
+    else:
+        text = data
+        if len(text) > MAX_XML_BYTES:
+            raise InputError(f"{what} is {len(text)} characters, more than the "
+                             f"{MAX_XML_BYTES} allowed")
+    # XML keywords are case-sensitive, and a DTD must precede the root element
+    if "<!DOCTYPE" in text or "<!ENTITY" in text:
+        raise InputError(f"{what} contains a DOCTYPE or ENTITY declaration, which is not allowed")
+    try:
+        root = ET.fromstring(text)
+    except ET.ParseError as exc:
+        raise InputError(f"{what} is not well-formed XML: {str(exc)[:200]}") from None
+    _check_depth(root, what)
+    return root
+
+
+def _check_depth(root: Any, what: str) -> None:
     # iterative walk: recursion would be the very stack problem we guard against
     stack = [(root, 1)]
     while stack:
@@ -113,7 +156,17 @@ def _requoter() -> Callable[[re.Match[str]], str]:
     return one
 
 
-def tostring(root: etree._Element, quote: str = '"') -> str:
-    """Serialize without an XML declaration, as libvirt prints domains, in ``quote`` style."""
-    text = etree.tostring(root, encoding="unicode")
+def tostring(root: Any, quote: str = '"') -> str:
+    """Serialize without an XML declaration, as libvirt prints domains, in ``quote`` style.
+
+    Takes an lxml element or a stdlib one (from :func:`parse_readonly`).
+    """
+    if hasattr(root, "getroottree"):
+        from lxml import etree
+
+        text = etree.tostring(root, encoding="unicode")
+    else:
+        import xml.etree.ElementTree as ET
+
+        text = ET.tostring(root, encoding="unicode")
     return _MARKUP.sub(_requoter(), text) if quote == "'" else text

@@ -84,7 +84,7 @@ class Reconciler:
                 continue
             xml = xmlsafe.tostring(st.domain)
             try:
-                doc = render.parse(xml)
+                doc = render.parse(xml, readonly=True)
             except NumahookError as exc:
                 log.warning("cannot read the live definition of %s: %s", st.name, exc)
                 continue
@@ -227,7 +227,7 @@ class Reconciler:
         partitions = set()
         for _, xml in managed:
             try:
-                partitions.add(render.parse(xml).facts.partition)
+                partitions.add(render.parse(xml, readonly=True).facts.partition)
             except NumahookError:
                 continue
         fp = self.inputs_fingerprint(partitions)

@@ -9,7 +9,6 @@ exits 0. stderr is shown to the user by libvirt: one sentence, never a traceback
 from __future__ import annotations
 
 import logging
-import logging.handlers
 import os
 import sys
 from collections.abc import Sequence
@@ -26,19 +25,35 @@ _MAX_STDIN = 10 * 1024 * 1024
 _HARMLESS = {"stopped", "release", "reconnect", "attach"}
 
 
+class _Syslog(logging.Handler):
+    """syslog(3) through the C module: logging.handlers would import socket and more,
+    which costs the hook more than its own work."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import syslog
+
+        self._syslog = syslog
+        syslog.openlog("numahook-hook", syslog.LOG_PID, syslog.LOG_DAEMON)
+        self._prio = {logging.DEBUG: syslog.LOG_DEBUG, logging.INFO: syslog.LOG_INFO,
+                      logging.WARNING: syslog.LOG_WARNING, logging.ERROR: syslog.LOG_ERR,
+                      logging.CRITICAL: syslog.LOG_CRIT}
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._syslog.syslog(self._prio.get(record.levelno, self._syslog.LOG_INFO),
+                                self.format(record))
+        except (OSError, ValueError):
+            self.handleError(record)
+
+
 def _logging() -> None:
     root = logging.getLogger()
     root.setLevel(logging.INFO)
-    if os.path.exists("/dev/log"):
-        try:
-            handler: logging.Handler = logging.handlers.SysLogHandler(
-                address="/dev/log", facility=logging.handlers.SysLogHandler.LOG_DAEMON)
-            handler.setFormatter(logging.Formatter("numahook-hook[%(process)d]: %(message)s"))
-            root.addHandler(handler)
-            return
-        except OSError:
-            pass
     path = os.environ.get("NUMAHOOK_HOOK_LOG")
+    if not path:
+        root.addHandler(_Syslog())
+        return
     if path:
         handler = logging.FileHandler(path)
         handler.setFormatter(logging.Formatter(
@@ -80,7 +95,7 @@ def run(argv: Sequence[str], xml: str) -> int:
                 sys.stdout.write(out)
         elif op in ("stopped", "release"):
             from numahook import render
-            doc = render.parse(xml)
+            doc = render.parse(xml, readonly=True)
             lifecycle.release(doc.facts.uuid, doc.facts.name, cfg, state)
         elif op == "reconnect" and subop == "begin":
             lifecycle.adopt(xml, cfg, state)
