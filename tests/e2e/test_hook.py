@@ -189,3 +189,26 @@ def test_concurrent_starts_never_share_a_cpu(domains: Any) -> None:
     else:
         (message,) = errors.values()
         assert "does not match this host" in message or "not enough dedicated CPUs" in message
+
+
+def test_save_and_restore_go_through_the_hook(domains: Any, tmp_path: Path) -> None:
+    """restore's stdout is the XML libvirt restores: it must be valid and keep the guest."""
+    xml = render_here(domains.probe_xml("restore", vcpus=2, memory_mib=128, hugepage_kib=2048,
+                                        cmdline=HOLD, extra=metadata()))
+    dom = domains.define(xml)
+    domains.start(dom)
+    name = dom.name()
+    pins_before = dom.vcpuPinInfo()
+    pages = hugepages_2m()
+    image = tmp_path / "saved.img"
+    dom.save(str(image))
+    assert not dom.isActive()
+    wait_until(lambda: not [p for p in claim_files() if name in p.read_text()],
+               what="the claim to be released at save")
+    domains.conn.restore(str(image))
+    restored = domains.conn.lookupByName(name)
+    assert restored.isActive()
+    assert restored.vcpuPinInfo() == pins_before
+    assert [p for p in claim_files() if name in p.read_text()], "restore claims again"
+    assert hugepages_2m() == pages
+    domains.stop(restored)
