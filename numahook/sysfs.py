@@ -7,7 +7,7 @@ import os
 import re
 from pathlib import Path
 
-from numahook import cpulist
+from numahook import cpulist, fsutil
 from numahook.errors import InputError
 from numahook.topology import Cpu, HugepagePool, Node, Topology
 from numahook.units import is_decimal
@@ -20,27 +20,13 @@ _MAX_FILE = 1 << 16
 
 
 def _read(path: Path) -> str:
-    try:
-        with open(path, encoding="ascii", errors="replace") as fh:
-            text = fh.read(_MAX_FILE + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    if len(text) > _MAX_FILE:
-        raise InputError(f"{path} is larger than any sysfs file should be")
-    return text
+    return fsutil.read_text(path, _MAX_FILE)
 
 
 def _read_int(path: Path, default: int | None = None) -> int:
-    try:
-        text = _read(path).strip()
-    except InputError:
-        if default is not None:
-            return default
-        raise
-    try:
-        return int(text)
-    except ValueError:
-        raise InputError(f"{path} holds {text[:40]!r}, not a number") from None
+    if default is not None and not path.exists():
+        return default
+    return fsutil.read_int(path)
 
 
 def _pools(directory: Path) -> dict[int, HugepagePool]:
