@@ -1,0 +1,397 @@
+#!/usr/bin/env python3
+"""Guest timer latency (cyclictest in the lab's probe guest) with and without numahook.
+
+Three configurations of the same 2-vCPU probe guest, on the same machine, in one run:
+
+* ``A``: plain libvirt: no pinning, no real-time;
+* ``B``: libvirt's own real-time: ``<vcpupin>`` plus ``<vcpusched scheduler='fifo'>`` for
+  vCPU 0. On a cgroup v1 kernel with RT_GROUP_SCHED and RT throttling on, libvirt cannot
+  start it ("Operation not permitted"): that refusal is B's result. ``B-pin`` is B without
+  the ``<vcpusched>`` (what such a host is left with: pinning, no real-time), so that B's
+  row has numbers too;
+* ``C``: numahook: dedicatedCpuPlacement, guestMappingPassthrough and
+  ``<numahook:realtime mask='0'/>``, rendered by ``numahook render`` and started through
+  the real hook with ``throttled = delegate``.
+
+Each runs on an idle host and under a CPU hog (``stress-ng --cpu N --taskset CPUS`` on the
+host CPUs the vCPUs run on, started before the domain and stopped after it). All three use
+the same 2 MiB hugepage backing, so pinning and scheduling are the only differences. Runs
+are interleaved (A, B-pin, C, then again, in a rotating order) so a noisy neighbour hurts
+every configuration alike; ``--reps`` sets how often. The guest's cyclictest runs one FIFO
+thread per vCPU; the figures are those of vCPU 0, the real-time one in C.
+
+The guest runs under TCG (nested KVM cannot run a guest kernel here): every vCPU is one
+host thread, so the host's scheduling of that thread is what is measured, but the guest's
+own code runs emulated, tens of times slower, so absolute latencies are far above a KVM
+guest's. The ratios are the result.
+
+Usage: /usr/bin/python3 bench/latency.py [--reps N] [--duration S] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from lab import LabError, env, guest  # noqa: E402
+from lab import report as rep  # noqa: E402
+
+CONF = Path("/etc/numahook/numahook.conf")
+NR_2M = Path("/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages")
+PREFIX = "nhbench-lat"
+VCPUS = 1
+MEMORY_MIB = 128
+META = ("<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/domain/1'>"
+        "<numahook:cpu dedicatedCpuPlacement='true' isolateEmulatorThread='true'>"
+        "<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>"
+        "<numahook:realtime mask='0'/></numahook:cpu></numahook:domain></metadata>")
+#: what numahook renders for C on a 2-CPU host, written by hand for B and B-pin
+PIN = "<vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='1'/>"
+CONFIGS = {
+    "A": "plain libvirt: no pinning, no real-time",
+    "B": "libvirt <vcpupin> + <vcpusched fifo> on vCPU 0",
+    "B-pin": "libvirt <vcpupin> only (B without the <vcpusched> it cannot start with)",
+    "C": "numahook: dedicated CPUs, passthrough, realtime mask=0, throttled=delegate",
+}
+MEASURED = ("A", "B-pin", "C")
+
+
+def holder() -> str:
+    """A lab holder whose liveness the lab can check (``bench:<pid>:<start>``)."""
+    return "bench" + env.holder_for_this_process()[len("pytest"):]
+
+
+@contextlib.contextmanager
+def lab_held() -> Iterator[None]:
+    """The lab up for this process (libvirtd, hook, probe; no numahookd), released after."""
+    who = holder()
+    env.up(who, build_probe=True, daemon=False)
+    try:
+        yield
+    finally:
+        problems = env.release(who)
+        if problems:
+            print(f"lab teardown left: {problems}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def hook_config(text: str) -> Iterator[None]:
+    """/etc/numahook/numahook.conf for the hook, with what was there put back after."""
+    old = CONF.read_text() if CONF.exists() else None
+    CONF.parent.mkdir(parents=True, exist_ok=True)
+    CONF.write_text(text)
+    try:
+        yield
+    finally:
+        if old is None:
+            CONF.unlink(missing_ok=True)
+        else:
+            CONF.write_text(old)
+
+
+@contextlib.contextmanager
+def hog(workers: int, cpus: str | None) -> Iterator[subprocess.Popen[bytes] | None]:
+    """``stress-ng --cpu workers --taskset cpus`` for the duration of the block."""
+    if not workers:
+        yield None
+        return
+    argv = ["stress-ng", "--cpu", str(workers), "--cpu-method", "matrixprod", "--quiet"]
+    if cpus:
+        argv += ["--taskset", cpus]
+    proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        time.sleep(0.5)  # let the workers fork and spin up
+        if proc.poll() is not None:
+            raise LabError(f"stress-ng exited at once with code {proc.returncode}")
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+@contextlib.contextmanager
+def extra_hugepages(pages: int) -> Iterator[None]:
+    """Raise node 0's 2 MiB pool by ``pages`` for plain-libvirt domains; give them back."""
+    before = int(NR_2M.read_text())
+    env.set_value(NR_2M, str(before + pages))
+    try:
+        got = int(NR_2M.read_text()) - before
+        if got < pages:
+            raise LabError(f"the kernel gave {got} of {pages} 2 MiB pages on node 0")
+        yield
+    finally:
+        NR_2M.write_text(str(before))
+
+
+def render(xml: str) -> str:
+    proc = subprocess.run([sys.executable, "-m", "numahook.cli", "render", "-"],
+                          input=xml.encode(), capture_output=True, check=False,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    if proc.returncode != 0:
+        raise LabError(f"numahook render failed: {proc.stderr.decode().strip()}")
+    return proc.stdout.decode()
+
+
+def domain_xml(config: str, name: str, cmdline: str) -> str:
+    extra = {"A": "", "B": f"<cputune>{PIN}<vcpusched vcpus='0' scheduler='fifo' "
+             "priority='1'/></cputune>", "B-pin": f"<cputune>{PIN}</cputune>", "C": META}[config]
+    xml = guest.probe_domain_xml(name, vcpus=VCPUS, memory_mib=MEMORY_MIB, hugepage_kib=2048,
+                                 cmdline=cmdline, extra=extra)
+    if config != "C":
+        return xml
+    out = render(xml)
+    for want in ("vcpupin vcpu='0' cpuset='0'", "emulatorpin cpuset='1'"):
+        if want not in out:
+            raise LabError(f"numahook rendered C without {want}, unlike B: compare them")
+    return out
+
+
+def cpu_ticks(tid: int) -> int:
+    try:
+        fields = Path(f"/proc/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def thread_view(name: str) -> dict[str, Any]:
+    """Policy and affinity of the vCPU threads and of QEMU's main (emulator) thread."""
+    pid, tids = guest.vcpu_threads(name)
+    out: dict[str, Any] = {"vcpus": {}}
+    for v, t in sorted(tids.items()):
+        try:
+            out["vcpus"][str(v)] = {
+                "tid": t, "policy": os.sched_getscheduler(t),
+                "priority": os.sched_getparam(t).sched_priority,
+                "cpus": sorted(os.sched_getaffinity(t))}
+        except OSError:
+            pass
+    if pid:
+        with contextlib.suppress(OSError):
+            out["emulator_cpus"] = sorted(os.sched_getaffinity(pid))
+    return out
+
+
+def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
+             seq: int) -> dict[str, Any]:
+    """Boot one probe guest in ``config`` and return its latency block (or its failure)."""
+    import libvirt
+
+    name = f"{PREFIX}-{config.lower()}-{os.getpid()}-{seq}"
+    xml = domain_xml(config, name, f"numahook.latency={duration}")
+    dom = guest.define(conn, xml)
+    result: dict[str, Any] = {"config": config, "load": load, "name": name}
+    try:
+        with hog(workers if load else 0, "0-1"):
+            t0 = time.monotonic()
+            try:
+                guest.start(dom)
+            except LabError as exc:
+                result["error"] = str(exc).split(": ", 1)[-1]
+                return result
+            time.sleep(1.0)
+            result["host"] = thread_view(name)
+            tids = {int(v): d["tid"] for v, d in result["host"]["vcpus"].items()}
+            ticks0 = {v: cpu_ticks(t) for v, t in tids.items()}
+            w0 = time.monotonic()
+            text = guest.wait_for_report(dom, until_off=True, latency=True,
+                                         timeout=duration + 240)
+            wall = time.monotonic() - w0
+            hz = os.sysconf("SC_CLK_TCK")
+            result["vcpu_cpu_share"] = {str(v): round((cpu_ticks(t) - ticks0[v]) / hz / wall, 3)
+                                        for v, t in tids.items() if cpu_ticks(t)}
+            result["seconds"] = round(time.monotonic() - t0, 1)
+        report = rep.parse(text)
+        lat = report.latency
+        if lat is None:
+            raise LabError(f"{name}: the guest printed no latency block")
+        result.update(exit=lat.exit_code, min_us=list(lat.min_us), avg_us=list(lat.avg_us),
+                      max_us=list(lat.max_us), overflows=list(lat.overflows),
+                      total=list(lat.total), stderr=list(lat.stderr),
+                      hist={str(k): list(v) for k, v in sorted(lat.histogram.items())})
+        return result
+    finally:
+        try:
+            guest.remove(conn, name)
+        except (LabError, libvirt.libvirtError) as exc:
+            print(f"warning: removing {name}: {exc}", file=sys.stderr)
+
+
+# --- statistics over cyclictest histograms ----------------------------------------------
+
+def thread_hist(run: dict[str, Any], thread: int) -> tuple[dict[int, int], int]:
+    """(latency us -> samples, samples beyond the histogram) of one cyclictest thread."""
+    h = {int(k): v[thread] for k, v in run.get("hist", {}).items()
+         if thread < len(v) and v[thread]}
+    over = run["overflows"][thread] if thread < len(run.get("overflows", [])) else 0
+    return h, over
+
+
+def percentile(hist: dict[int, int], over: int, p: float) -> float | None:
+    """The p-quantile in us; None when it lies beyond the histogram's range."""
+    n = sum(hist.values()) + over
+    if not n:
+        return None
+    rank = p * n
+    seen = 0
+    for us in sorted(hist):
+        seen += hist[us]
+        if seen >= rank:
+            return float(us)
+    return None
+
+
+def stats(runs: list[dict[str, Any]], thread: int = 0) -> dict[str, Any]:
+    """Pooled min/median/p99/p99.9/max of ``thread`` over ``runs``, plus the per-run spread."""
+    ok = [r for r in runs if "hist" in r]
+    if not ok:
+        return {"runs": 0}
+    pooled: dict[int, int] = {}
+    over = 0
+    per_run = []
+    for r in ok:
+        h, o = thread_hist(r, thread)
+        for k, v in h.items():
+            pooled[k] = pooled.get(k, 0) + v
+        over += o
+        per_run.append({"min_us": r["min_us"][thread], "median_us": percentile(h, o, 0.5),
+                        "p99_us": percentile(h, o, 0.99), "max_us": r["max_us"][thread],
+                        "avg_us": r["avg_us"][thread]})
+    out: dict[str, Any] = {
+        "runs": len(ok), "samples": sum(pooled.values()) + over, "overflows": over,
+        "hist_max_us": max(int(k) for r in ok for k in r["hist"]) if pooled else None,
+        "min_us": min(p["min_us"] for p in per_run),
+        "median_us": percentile(pooled, over, 0.5),
+        "p99_us": percentile(pooled, over, 0.99),
+        "p999_us": percentile(pooled, over, 0.999),
+        "max_us": max(p["max_us"] for p in per_run),
+        "per_run": per_run,
+    }
+    for key in ("median_us", "p99_us", "max_us"):
+        vals = [p[key] for p in per_run if p[key] is not None]
+        if vals:
+            out[f"{key}_spread"] = [min(vals), statistics.median(vals), max(vals)]
+    out["histogram"] = {str(k): pooled[k] for k in sorted(pooled)}
+    return out
+
+
+def ratio(a: float | None, c: float | None) -> float | None:
+    return round(a / c, 2) if a and c else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--reps", type=int, default=5, help="runs per configuration and load")
+    ap.add_argument("--duration", type=int, default=10, help="cyclictest seconds per run")
+    ap.add_argument("--workers", type=int, default=4,
+                    help="stress-ng --cpu workers on the 2 host CPUs under load")
+    ap.add_argument("--configs", default=",".join(MEASURED))
+    ap.add_argument("--loads", default="idle,load")
+    ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
+    args = ap.parse_args(argv)
+    if os.geteuid() != 0:
+        raise SystemExit("bench/latency.py needs root: it runs libvirtd and guests")
+
+    configs = [c for c in args.configs.split(",") if c]
+    loads = [x == "load" for x in args.loads.split(",") if x]
+    rng = random.Random(args.seed)
+    runs: list[dict[str, Any]] = []
+    b_attempts: list[dict[str, Any]] = []
+    t_start = time.monotonic()
+    load1 = os.getloadavg()
+    with lab_held(), hook_config("[realtime]\nthrottled = delegate\n"), \
+            extra_hugepages(MEMORY_MIB // 2):
+        conn = env.connect()
+        try:
+            seq = 0
+            for load in loads:
+                # B as a user would write it: libvirt must refuse it on this kernel
+                seq += 1
+                b = run_once(conn, "B", load, args.duration, args.workers, seq)
+                b_attempts.append({k: b.get(k) for k in ("load", "error", "exit")})
+                if "error" not in b:
+                    runs.append(b)
+                for i in range(args.reps):
+                    order = list(configs)
+                    rng.shuffle(order)
+                    for config in order:
+                        seq += 1
+                        r = run_once(conn, config, load, args.duration, args.workers, seq)
+                        r["rep"] = i
+                        runs.append(r)
+                        if not args.json:
+                            lat = (f"max {r['max_us'][0]} us, avg {r['avg_us'][0]} us"
+                                   if "max_us" in r else r.get("error"))
+                            print(f"  {config:<5} {'load' if load else 'idle'} rep {i}: {lat}",
+                                  file=sys.stderr, flush=True)
+        finally:
+            conn.close()
+
+    summary: dict[str, Any] = {}
+    for load in loads:
+        key = "load" if load else "idle"
+        summary[key] = {c: stats([r for r in runs if r["config"] == c and r["load"] == load])
+                        for c in configs}
+        a, c = summary[key].get("A", {}), summary[key].get("C", {})
+        summary[key]["ratio_A_over_C"] = {
+            k: ratio(a.get(k), c.get(k)) for k in ("median_us", "p99_us", "p999_us", "max_us")}
+    elapsed = time.monotonic() - t_start
+    out = {
+        "configs": {k: CONFIGS[k] for k in ["A", "B", *configs] if k in CONFIGS},
+        "vcpus": VCPUS, "memory_mib": MEMORY_MIB, "duration_s": args.duration,
+        "reps": args.reps, "hog": f"stress-ng --cpu {args.workers} --taskset 0-1",
+        "thread": 0, "tcg": guest.TCG_NOTE,
+        "b_vcpusched": b_attempts, "summary": summary,
+        "loadavg_before": [round(x, 2) for x in load1],
+        "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+        "elapsed_s": round(elapsed, 1),
+        "runs": [{k: v for k, v in r.items() if k != "hist"} for r in runs],
+    }
+    if args.json:
+        json.dump(out, sys.stdout, indent=2)
+        print()
+        return 0
+    for b in b_attempts:
+        print(f"B ({'load' if b['load'] else 'idle'}): "
+              + (f"refused: {b['error']}" if b.get("error") else "started (not refused)"))
+    for key, per in summary.items():
+        print(f"{key}:")
+        for config in configs:
+            s = per[config]
+            if not s.get("runs"):
+                print(f"  {config:<5} no runs")
+                continue
+            print(f"  {config:<5} min {s['min_us']} median {s['median_us']} p99 {s['p99_us']} "
+                  f"p99.9 {s['p999_us']} max {s['max_us']} us ({s['runs']} runs, "
+                  f"{s['samples']} samples; per-run p99 {s.get('p99_us_spread')}, max "
+                  f"{s.get('max_us_spread')})")
+        print(f"  A/C: {per['ratio_A_over_C']}")
+    print(f"{elapsed:.0f} s; load average before {load1[0]:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
