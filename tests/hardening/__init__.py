@@ -1,0 +1,1 @@
+"""Hardening tests: hostile input, races, crashes, faults and privileges (issue 8)."""
