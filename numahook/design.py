@@ -53,6 +53,10 @@ class Plan:
     realtime_extras: bool
     #: emit <memoryBacking><locked/> (real-time, where libvirtd may lift the memlock limit)
     locked: bool = False
+    #: the isolated emulator thread of a real-time domain runs SCHED_FIFO at ``priority``
+    #: on its own CPU: under TCG it delivers the guest's timer interrupts, under KVM it
+    #: emulates devices, and host load on that CPU must not delay either
+    emulator_realtime: bool = False
     #: guest distances: (cell a, cell b, value) for every ordered pair
     distances: tuple[tuple[int, int, int], ...] = ()
     kept_pinning: bool = field(default=False, compare=False)
@@ -67,8 +71,11 @@ class Plan:
         return {c.host_node: c.pages for c in self.cells}
 
     def digest(self) -> str:
-        # repr of plain tuples and ints is stable; asdict() deep-copies and was 8% of a render
-        parts = [(f.name, getattr(self, f.name)) for f in fields(self) if f.name != "kept_pinning"]
+        # repr of plain tuples and ints is stable; asdict() deep-copies and was 8% of a render.
+        # emulator_realtime joins only when set, so older renderings keep their digests.
+        parts = [(f.name, getattr(self, f.name)) for f in fields(self)
+                 if f.name != "kept_pinning"
+                 and (f.name != "emulator_realtime" or self.emulator_realtime)]
         raw = repr((RENDER_VERSION, parts)).encode()
         return "sha256:" + _sha256(raw)[:32]
 
@@ -243,6 +250,7 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
         vcpusched=req.realtime and inp.emit_vcpusched,
         realtime_extras=req.realtime,
         locked=req.realtime and inp.can_lock_memory,
+        emulator_realtime=bool(req.realtime and rt_vcpus and alloc.extra),
         distances=distances,
         kept_pinning=alloc.kept,
     )
@@ -390,11 +398,20 @@ def differences(facts: DomainFacts, plan: Plan) -> list[str]:
             out.append("the per-cell hugepage backing differs")
     want_sched = (((frozenset(plan.realtime_vcpus), "fifo", plan.priority),)
                   if plan.vcpusched else ())
-    have_sched = tuple(facts.vcpusched)
+    # libvirt stores <vcpusched vcpus='0-1'> as one element per vCPU: compare the union of
+    # the vCPUs per policy and priority, not the elements as written
+    merged: dict[tuple[str, int], frozenset[int]] = {}
+    for vcpus, policy, prio in facts.vcpusched:
+        merged[(policy, prio)] = merged.get((policy, prio), frozenset()) | vcpus
+    have_sched = tuple((v, p, pr) for (p, pr), v in sorted(merged.items()))
     # A definition without <vcpusched> is still fine where libvirt could have used it:
     # the hook applies FIFO right after start instead. The reverse is not: on a node that
     # needs an RT group budget, libvirt's own vcpusched fails with EPERM.
     tolerable = plan.vcpusched and not have_sched
     if plan.realtime_extras and have_sched != want_sched and not tolerable:
         out.append("the <vcpusched> real-time settings differ from what this node needs")
+    want_emu = ("fifo", plan.priority) if plan.vcpusched and plan.emulator_realtime else None
+    if (plan.realtime_extras and facts.emulatorsched != want_emu
+            and not (want_emu and facts.emulatorsched is None)):
+        out.append("the <emulatorsched> real-time setting differs from what this node needs")
     return out

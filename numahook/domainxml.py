@@ -48,6 +48,8 @@ class DomainFacts:
     #: <hugepages><page size nodeset>: (size KiB, guest cells) per page element
     page_nodesets: tuple[tuple[int, frozenset[int]], ...] = ()
     vcpusched: tuple[tuple[frozenset[int], str, int], ...] = ()
+    #: <emulatorsched>: (scheduler, priority), None when absent
+    emulatorsched: tuple[str, int] | None = None
     graphics: bool = False
     memballoon: str | None = None
     cpu_mode: str | None = None
@@ -123,6 +125,7 @@ def read(root: Any) -> DomainFacts:
     iothreadpin: dict[int, frozenset[int]] = {}
     emulatorpin = None
     sched: list[tuple[frozenset[int], str, int]] = []
+    emusched = None
     if cputune is not None:
         for pin in cputune.findall("vcpupin"):
             vcpupin[_int(pin, "vcpu", "<vcpupin vcpu>", 0, MAX_VCPUS)] = _cpuset(pin, "<vcpupin>")
@@ -136,6 +139,11 @@ def read(root: Any) -> DomainFacts:
             prio = _int(s, "priority", "<vcpusched priority>", 0, 99) if s.get("priority") else 0
             sched.append((cpulist.parse(s.get("vcpus") or "", "<vcpusched vcpus>"),
                           s.get("scheduler") or "", prio))
+        es = cputune.find("emulatorsched")
+        if es is not None:
+            prio = _int(es, "priority", "<emulatorsched priority>", 0, 99) if es.get(
+                "priority") else 0
+            emusched = (es.get("scheduler") or "", prio)
 
     cells: list[Cell] = []
     for c in root.findall("cpu/numa/cell"):
@@ -170,6 +178,7 @@ def read(root: Any) -> DomainFacts:
         memnodes=memnodes,
         page_nodesets=tuple(page_nodesets),
         vcpusched=tuple(sched),
+        emulatorsched=emusched,
         graphics=root.find("devices/graphics") is not None,
         memballoon=balloon.get("model") if balloon is not None else None,
         cpu_mode=cpu_el.get("mode") if cpu_el is not None else None,

@@ -165,6 +165,8 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
     pid, tids = vcpu_threads(name, cfg)
     # vCPUs not plugged yet have no thread; the daemon tunes them when they appear
     rt_vcpus = frozenset(v for v in rt_all if v in tids)
+    # QEMU's main thread is the emulator thread; real-time with it when it has its own CPU
+    emulator = pid if req.isolate_emulator and rt_all and pid else None
     state.ensure()
     with state.lock(cfg.lock_timeout):
         claim = state.load(doc.facts.uuid) or Claim(
@@ -180,10 +182,11 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
         result = rtsched.apply(
             tids, rt_vcpus, req.realtime_priority,
             allow_delegation=cfg.rt_throttled == "delegate", cap_us=cfg.rt_max_budget_us,
-            cgroup_root=cfg.cgroup_root, proc_root=cfg.proc_root, journal=note)
+            cgroup_root=cfg.cgroup_root, proc_root=cfg.proc_root, journal=note,
+            emulator_tid=emulator)
         faults.point("tune.applied")
     audit("realtime", name, vcpus=cpulist.format(rt_vcpus), priority=req.realtime_priority,
-          path=result.path, detail=result.message)
+          emulator=emulator is not None, path=result.path, detail=result.message)
     return Tuning(tuple(sorted(rt_vcpus)), result, result.message)
 
 

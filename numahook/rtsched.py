@@ -335,13 +335,17 @@ def undelegate(
         raise first
 
 
-def _set_policies(vcpu_tids: Mapping[int, int], rt_vcpus: AbstractSet[int], priority: int) -> None:
-    """Set FIFO on the masked vCPUs and OTHER on real-time others, then verify."""
+def _set_policies(vcpu_tids: Mapping[int, int], rt_vcpus: AbstractSet[int], priority: int,
+                  emulator_tid: int | None = None) -> None:
+    """Set FIFO on the masked vCPUs (and the emulator thread, if given) and OTHER on
+    real-time others, then verify."""
     for vcpu, tid in sorted(vcpu_tids.items()):
         if vcpu in rt_vcpus:
             procfs.set_fifo(tid, priority)
         elif procfs.sched_of(tid)[0] in _REALTIME:
             procfs.set_other(tid)
+    if emulator_tid is not None:
+        procfs.set_fifo(emulator_tid, priority)
     for vcpu, tid in sorted(vcpu_tids.items()):
         want = ("fifo", priority) if vcpu in rt_vcpus else None
         got = procfs.sched_of(tid)
@@ -350,6 +354,14 @@ def _set_policies(vcpu_tids: Mapping[int, int], rt_vcpus: AbstractSet[int], prio
             raise HostError(
                 f"vCPU {vcpu} (thread {tid}) is {got[0]} priority {got[1]} after setting it "
                 f"{expected}; check for another tool changing scheduling policies"
+            )
+    if emulator_tid is not None:
+        got = procfs.sched_of(emulator_tid)
+        if got != ("fifo", priority):
+            raise HostError(
+                f"the emulator thread {emulator_tid} is {got[0]} priority {got[1]} after "
+                f"setting it fifo priority {priority}; check for another tool changing "
+                "scheduling policies"
             )
 
 
@@ -363,11 +375,14 @@ def apply(
     cgroup_root: str = "/sys/fs/cgroup",
     proc_root: str = "/proc",
     journal: Journal | None = None,
+    emulator_tid: int | None = None,
 ) -> RtResult:
     """Make exactly the ``rt_vcpus`` SCHED_FIFO at ``priority``, verify, or undo and raise.
 
-    Where the host needs group budget and ``allow_delegation`` is off, nothing is touched
-    and a Refusal says how to enable real-time.
+    ``emulator_tid`` (QEMU's main thread, on its own isolated CPU) is made SCHED_FIFO at
+    the same priority too, its cgroup counted as one more real-time leaf. Where the host
+    needs group budget and ``allow_delegation`` is off, nothing is touched and a Refusal
+    says how to enable real-time.
     """
     missing = sorted(set(rt_vcpus) - set(vcpu_tids))
     if missing:
@@ -389,20 +404,25 @@ def apply(
                 check="realtime-budget",
             )
         leaves = [procfs.cgroup_of(vcpu_tids[v], "cpu", proc_root) for v in sorted(rt_vcpus)]
+        if emulator_tid is not None:
+            leaves.append(procfs.cgroup_of(emulator_tid, "cpu", proc_root))
         plan = plan_budget(leaves, cgroup_root, proc_root, cap_us)
         records = delegate(plan, journal)
         seconds = plan.period_us / 1_000_000
         result = RtResult(
             "budget",
-            f"budget delegated: {plan.per_vcpu_us} us per vCPU per {seconds:g} s period",
+            f"budget delegated: {plan.per_vcpu_us} us per vCPU"
+            + (" and for the emulator" if emulator_tid is not None else "")
+            + f" per {seconds:g} s period",
             plan.per_vcpu_us,
             plan.period_us,
             tuple(records),
         )
     try:
-        _set_policies(vcpu_tids, rt_vcpus, priority)
+        _set_policies(vcpu_tids, rt_vcpus, priority, emulator_tid)
     except NumahookError:
-        for tid in sorted(vcpu_tids[v] for v in rt_vcpus):
+        undo = [vcpu_tids[v] for v in rt_vcpus] + ([emulator_tid] if emulator_tid else [])
+        for tid in sorted(undo):
             try:
                 procfs.set_other(tid)
             except HostError as exc:
@@ -413,8 +433,9 @@ def apply(
             log.error("returning real-time budget failed: %s", exc)
         raise
     log.info(
-        "vCPUs %s are SCHED_FIFO priority %d (%s)",
+        "vCPUs %s%s are SCHED_FIFO priority %d (%s)",
         ",".join(map(str, sorted(rt_vcpus))) or "none",
+        " and the emulator thread" if emulator_tid is not None else "",
         priority,
         result.message,
     )

@@ -32,7 +32,7 @@ def set_cputune(root: etree._Element, plan: Plan) -> None:
     cputune = ensure(root, "cputune", DOMAIN_ORDER)
     owned = ["vcpupin", "emulatorpin", "iothreadpin"]
     if plan.realtime_extras:
-        owned.append("vcpusched")
+        owned += ["vcpusched", "emulatorsched"]
     for tag in owned:
         for el in cputune.findall(tag):
             remove(el)
@@ -46,6 +46,9 @@ def set_cputune(root: etree._Element, plan: Plan) -> None:
         insert(cputune, element("vcpusched", {
             "vcpus": _fmt(plan.realtime_vcpus), "scheduler": "fifo",
             "priority": str(plan.priority)}), CPUTUNE_ORDER)
+        if plan.emulator_realtime:
+            insert(cputune, element("emulatorsched", {
+                "scheduler": "fifo", "priority": str(plan.priority)}), CPUTUNE_ORDER)
 
 
 def set_vcpu_placement(root: etree._Element) -> None:

@@ -54,6 +54,8 @@ class RunningManaged:
     xml: str
     rt_vcpus: frozenset[int]
     priority: int
+    #: the isolated emulator thread is real-time too
+    emulator_rt: bool = False
 
 
 class Reconciler:
@@ -97,7 +99,8 @@ class Reconciler:
                     rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
                 except NumahookError:
                     rt = frozenset()
-            out.append(RunningManaged(st, xml, rt, req.realtime_priority))
+            out.append(RunningManaged(st, xml, rt, req.realtime_priority,
+                                      bool(rt and req.isolate_emulator)))
         return out
 
     # -- realtime backstop ----------------------------------------------------------
@@ -119,10 +122,19 @@ class Reconciler:
                         wrong.append(v)
                 except NumahookError:
                     continue  # the thread exited
-            if not wrong:
+            emulator_wrong = False
+            if dom.emulator_rt and dom.status.pid:
+                try:
+                    emulator_wrong = procfs.sched_of(dom.status.pid) != ("fifo", dom.priority)
+                except NumahookError:
+                    pass  # QEMU exited
+            if not wrong and not emulator_wrong:
                 continue
-            log.warning("%s: real-time vCPU(s) %s are not SCHED_FIFO %d; re-applying",
-                        dom.status.name, cpulist.format(wrong), dom.priority)
+            what = [f"vCPU(s) {cpulist.format(wrong)}"] if wrong else []
+            if emulator_wrong:
+                what.append("the emulator thread")
+            log.warning("%s: real-time %s not SCHED_FIFO %d; re-applying", dom.status.name,
+                        " and ".join(what), dom.priority)
             try:
                 lifecycle.tune(dom.xml, self.cfg, self.state)
                 self.stats.reapplied += len(wrong)
@@ -140,6 +152,8 @@ class Reconciler:
             return
         for dom in self.running_managed():
             tids = [t for v, t in dom.status.vcpu_tids.items() if v in dom.rt_vcpus]
+            if dom.emulator_rt and dom.status.pid:
+                tids.append(dom.status.pid)
             stalled = rtsched.unbudgeted_rt_threads(tids, self.cfg.cgroup_root,
                                                     self.cfg.proc_root)
             if not stalled:
