@@ -1,28 +1,29 @@
 #!/usr/bin/env python3
 """Guest timer latency (cyclictest in the lab's probe guest) with and without numahook.
 
-Three configurations of the same 2-vCPU probe guest, on the same machine, in one run:
+Three configurations of the same 1-vCPU probe guest, on the same machine, in one run:
 
 * ``A``: plain libvirt: no pinning, no real-time;
-* ``B``: libvirt's own real-time: ``<vcpupin>`` plus ``<vcpusched scheduler='fifo'>`` for
-  vCPU 0. On a cgroup v1 kernel with RT_GROUP_SCHED and RT throttling on, libvirt cannot
-  start it ("Operation not permitted"): that refusal is B's result. ``B-pin`` is B without
-  the ``<vcpusched>`` (what such a host is left with: pinning, no real-time), so that B's
-  row has numbers too;
-* ``C``: numahook: dedicatedCpuPlacement, guestMappingPassthrough and
-  ``<numahook:realtime mask='0'/>``, rendered by ``numahook render`` and started through
-  the real hook with ``throttled = delegate``.
+* ``B``: libvirt's own real-time, written by hand as numahook would lay it out: vCPU 0 on
+  CPU 0, the emulator on CPU 1, and ``<vcpusched scheduler='fifo'>`` for vCPU 0. On a
+  cgroup v1 kernel with RT_GROUP_SCHED and RT throttling on, libvirt cannot start it
+  ("Operation not permitted"): that refusal is B's result. ``B-pin`` is B without the
+  ``<vcpusched>`` (what such a host is left with: pinning, no real-time), so that B's row
+  has numbers too;
+* ``C``: numahook: dedicatedCpuPlacement, isolateEmulatorThread, guestMappingPassthrough
+  and ``<numahook:realtime mask='0'/>``, rendered by ``numahook render`` (the same CPUs
+  as B) and started through the real hook with ``throttled = delegate``.
 
-Each runs on an idle host and under a CPU hog (``stress-ng --cpu N --taskset CPUS`` on the
-host CPUs the vCPUs run on, started before the domain and stopped after it). All three use
-the same 2 MiB hugepage backing, so pinning and scheduling are the only differences. Runs
-are interleaved (A, B-pin, C, then again, in a rotating order) so a noisy neighbour hurts
-every configuration alike; ``--reps`` sets how often. The guest's cyclictest runs one FIFO
-thread per vCPU; the figures are those of vCPU 0, the real-time one in C.
+Each runs on an idle host and under a CPU hog (``stress-ng --cpu N --taskset 0-1``: every
+host CPU, so the vCPU's and the emulator's CPUs alike), started before the domain and
+stopped after it. All use the same 2 MiB hugepage backing, so pinning and scheduling are
+the only differences. Runs are interleaved in a shuffled order per repetition so that a
+noisy neighbour hurts every configuration alike; ``--reps`` sets how often.
 
-The guest runs under TCG (nested KVM cannot run a guest kernel here): every vCPU is one
-host thread, so the host's scheduling of that thread is what is measured, but the guest's
-own code runs emulated, tens of times slower, so absolute latencies are far above a KVM
+The guest runs under TCG (nested KVM cannot run a guest kernel here): the vCPU is one
+host thread and QEMU's main loop (the emulator thread) delivers its timer interrupts, so
+the host's scheduling of both threads is what is measured. The guest's own code runs
+emulated, tens of times slower than on KVM, so absolute latencies are far above a KVM
 guest's. The ratios are the result.
 
 Usage: /usr/bin/python3 bench/latency.py [--reps N] [--duration S] [--json]
@@ -64,9 +65,11 @@ META = ("<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/do
 PIN = "<vcpupin vcpu='0' cpuset='0'/><emulatorpin cpuset='1'/>"
 CONFIGS = {
     "A": "plain libvirt: no pinning, no real-time",
-    "B": "libvirt <vcpupin> + <vcpusched fifo> on vCPU 0",
-    "B-pin": "libvirt <vcpupin> only (B without the <vcpusched> it cannot start with)",
-    "C": "numahook: dedicated CPUs, passthrough, realtime mask=0, throttled=delegate",
+    "B": "libvirt <vcpupin>, <emulatorpin> + <vcpusched fifo> on vCPU 0",
+    "B-pin": "libvirt <vcpupin>, <emulatorpin> (B without the <vcpusched> it cannot start "
+             "with)",
+    "C": "numahook: dedicated CPUs, isolated emulator, passthrough, realtime mask=0, "
+         "throttled=delegate",
 }
 MEASURED = ("A", "B-pin", "C")
 
@@ -133,16 +136,22 @@ def hog(workers: int, cpus: str | None) -> Iterator[subprocess.Popen[bytes] | No
 
 @contextlib.contextmanager
 def extra_hugepages(pages: int) -> Iterator[None]:
-    """Raise node 0's 2 MiB pool by ``pages`` for plain-libvirt domains; give them back."""
+    """Add ``pages`` 2 MiB pages on node 0 for one plain-libvirt guest, then take them back.
+
+    Relative, never absolute: whatever others reserved meanwhile stays theirs. (C's pages
+    come from numahook's hook, which reserves and returns its own.)
+    """
+    env.set_value(NR_2M, NR_2M.read_text().strip())  # remembered for the lab's teardown
     before = int(NR_2M.read_text())
-    env.set_value(NR_2M, str(before + pages))
+    NR_2M.write_text(str(before + pages))
+    got = int(NR_2M.read_text()) - before
     try:
-        got = int(NR_2M.read_text()) - before
         if got < pages:
             raise LabError(f"the kernel gave {got} of {pages} 2 MiB pages on node 0")
         yield
     finally:
-        NR_2M.write_text(str(before))
+        now = int(NR_2M.read_text())
+        NR_2M.write_text(str(max(0, now - got)))
 
 
 def render(xml: str) -> str:
@@ -203,8 +212,9 @@ def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
     xml = domain_xml(config, name, f"numahook.latency={duration}")
     dom = guest.define(conn, xml)
     result: dict[str, Any] = {"config": config, "load": load, "name": name}
+    pages = contextlib.nullcontext() if config == "C" else extra_hugepages(MEMORY_MIB // 2)
     try:
-        with hog(workers if load else 0, "0-1"):
+        with pages, hog(workers if load else 0, "0-1"):
             t0 = time.monotonic()
             try:
                 guest.start(dom)
@@ -322,8 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     b_attempts: list[dict[str, Any]] = []
     t_start = time.monotonic()
     load1 = os.getloadavg()
-    with lab_held(), hook_config("[realtime]\nthrottled = delegate\n"), \
-            extra_hugepages(MEMORY_MIB // 2):
+    with lab_held(), hook_config("[realtime]\nthrottled = delegate\n"):
         conn = env.connect()
         try:
             seq = 0
