@@ -91,6 +91,17 @@ def cli(*args: str, stdin: str | None = None) -> str:
     return proc.stdout.decode()
 
 
+def rerender(conn: Any, name: str) -> None:
+    """What ``numahook apply NAME`` does: render for the CPUs free now, redefine."""
+    from numahook import config, redefine
+    from numahook.state import StateDir
+
+    cfg = config.load()
+    out = redefine.apply(conn, conn.lookupByName(name), cfg, StateDir(cfg.state_dir))
+    if out is None or out.refused:
+        raise LabError(f"re-rendering {name} failed: {out.refused if out else 'not managed'}")
+
+
 def proc_sample(pid: int) -> tuple[int, int]:
     """(VmRSS KiB, utime+stime ticks) of ``pid``."""
     rss = 0
@@ -300,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 for n in defined[:RUNNING]:
                     if n in running:
                         continue
-                    cli("apply", n)  # re-render for the CPUs left free by the others
+                    rerender(conn, n)  # for the CPUs left free by the others
                     guest.start(conn.lookupByName(n))
                     running.append(n)
                 daemon.start()
