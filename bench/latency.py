@@ -103,7 +103,8 @@ def hook_config(text: str) -> Iterator[None]:
     finally:
         if old is None:
             CONF.unlink(missing_ok=True)
-        else:
+        else:  # the directory may have gone meanwhile (a package purge)
+            CONF.parent.mkdir(parents=True, exist_ok=True)
             CONF.write_text(old)
 
 

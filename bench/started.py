@@ -103,7 +103,8 @@ def hook_config(text: str) -> Iterator[None]:
     finally:
         if old is None:
             CONF.unlink(missing_ok=True)
-        else:
+        else:  # the directory may have gone meanwhile (a package purge)
+            CONF.parent.mkdir(parents=True, exist_ok=True)
             CONF.write_text(old)
 
 
@@ -238,7 +239,12 @@ def one_start(conn: Any, xml: str, name: str, log: Path, poll_s: float, vcpus: i
             "polls": poller.polls,
         }
     finally:
-        guest.remove(conn, name)
+        import libvirt
+
+        try:
+            guest.remove(conn, name)
+        except (LabError, libvirt.libvirtError) as exc:
+            print(f"warning: removing {name}: {exc}", file=sys.stderr)
 
 
 def summary(samples: list[float]) -> dict[str, float]:
@@ -286,6 +292,19 @@ def measure(conn: Any, path: str, vcpus: int, reps: int, log: Path,
     }
 
 
+def floors(runs: int = 10) -> dict[str, Any]:
+    """What any Python hook pays before its work: the interpreter, then numahook's imports."""
+    def timed(code: str) -> float:
+        t0 = time.perf_counter()
+        subprocess.run(["/usr/bin/python3", "-I", "-c", code], check=True)
+        return (time.perf_counter() - t0) * 1e3
+
+    bare = [timed("pass") for _ in range(runs)]
+    imports = [timed("import numahook.hook.main, numahook.lifecycle, numahook.rtsched")
+               for _ in range(runs)]
+    return {"python_start": summary(bare), "python_with_hook_imports": summary(imports)}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=10)
@@ -303,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
                            "loadavg": [round(x, 2) for x in os.getloadavg()]}
     with lab_held(), hook_config("[realtime]\nthrottled = delegate\n"), ts_hooks() as log:
         conn = env.connect()
+        out["floors"] = floors()
         original = SYSCTL.read_text().strip()
         try:
             for path in args.paths.split(","):
