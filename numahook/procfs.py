@@ -82,12 +82,18 @@ def sched_of(tid: int) -> tuple[str, int]:
     return _POLICY_NAMES.get(policy, f"policy{policy}"), prio
 
 
-def set_fifo(tid: int, priority: int) -> None:
-    """Make ``tid`` SCHED_FIFO at ``priority``."""
+def set_fifo(tid: int, priority: int, reset_on_fork: bool = True) -> None:
+    """Make ``tid`` SCHED_FIFO at ``priority``.
+
+    With ``reset_on_fork`` (the default) threads it creates later start as SCHED_OTHER:
+    QEMU's main thread creates hot-plugged vCPUs and I/O workers, and libvirt cannot move
+    an RT thread into a cgroup without RT budget, nor should a worker inherit real-time.
+    """
     if not 1 <= priority <= 99:
         raise InputError(f"real-time priority {priority} is outside 1-99; pick one in that range")
+    policy = os.SCHED_FIFO | (_RESET_ON_FORK if reset_on_fork else 0)
     try:
-        os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(priority))
+        os.sched_setscheduler(tid, policy, os.sched_param(priority))
     except OSError as exc:
         if exc.errno == errno.EPERM and os.geteuid() != 0:
             hint = "run numahook as root"
