@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from numahook import procfs
+from numahook.errors import HostError
 
 CHILD = r"""
 import os, sys
@@ -28,7 +29,7 @@ def test_children_of_a_fifo_thread_start_as_sched_other() -> None:
     try:
         try:
             procfs.set_fifo(proc.pid, 1)
-        except Exception as exc:  # no RT budget where this test runs
+        except HostError as exc:  # no RT budget where this test runs
             pytest.skip(f"cannot make a test process SCHED_FIFO here: {exc}")
         assert procfs.sched_of(proc.pid) == ("fifo", 1)
         assert os.sched_getscheduler(proc.pid) & procfs._RESET_ON_FORK
