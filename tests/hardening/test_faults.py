@@ -20,11 +20,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import libvirt
 import pytest
 
 from numahook import cli, fsutil, hugepages, lifecycle, node, redefine, rtsched, state
-from numahook.daemon import connection as connmod
 from numahook.daemon.reconcile import Reconciler
 from numahook.errors import HostError, NumahookError, Refusal, StateError
 from numahook.state import StateDir
@@ -49,6 +47,27 @@ NAME = "fault"
 
 def fault(name: str) -> None:
     FIGURES.add("faults", name)
+
+
+@contextlib.contextmanager
+def logged(level: int = logging.INFO) -> Iterator[list[str]]:
+    """The messages numahook logs meanwhile (independent of pytest's logging plugin)."""
+    messages: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            messages.append(record.getMessage())
+
+    handler = Keep(level)
+    logger = logging.getLogger("numahook")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    try:
+        yield messages
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
 
 
 def one_line_refusal(proc: subprocess.CompletedProcess[str], *words: str) -> str:
@@ -410,14 +429,19 @@ def test_cgroup_write_einval_from_the_kernel(tmp_path: Path, rt_group: RtGroup,
 # --------------------------------------------------------------------------- libvirt
 
 
-class Dropped(libvirt.libvirtError):
-    """What libvirt-python raises when the daemon's socket goes away mid-call."""
+def _libvirt() -> Any:
+    """libvirt-python, or skip (the fault tests of the daemon and CLI need its error type)."""
+    return pytest.importorskip("libvirt")
 
-    def __init__(self) -> None:
-        super().__init__("internal error: client socket is closed")
-        self.err = (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC,
-                    "internal error: client socket is closed", libvirt.VIR_ERR_ERROR, None,
-                    None, None, -1, -1)
+
+def dropped() -> Exception:
+    """What libvirt-python raises when the daemon's socket goes away mid-call."""
+    libvirt = _libvirt()
+    exc = libvirt.libvirtError("internal error: client socket is closed")
+    exc.err = (libvirt.VIR_ERR_INTERNAL_ERROR, libvirt.VIR_FROM_RPC,
+               "internal error: client socket is closed", libvirt.VIR_ERR_ERROR, None, None,
+               None, -1, -1)
+    return exc
 
 
 class FakeDom:
@@ -429,7 +453,7 @@ class FakeDom:
 
     def XMLDesc(self, flags: int = 0) -> str:
         if self.drop_in == "XMLDesc":
-            raise Dropped()
+            raise dropped()
         return self.xml
 
 
@@ -443,12 +467,12 @@ class FakeConn:
 
     def listAllDomains(self, flags: int = 0) -> list[FakeDom]:
         if self.drop_in == "listAllDomains":
-            raise Dropped()
+            raise dropped()
         return [self.dom]
 
     def defineXML(self, xml: str) -> None:
         if self.drop_in == "defineXML":
-            raise Dropped()
+            raise dropped()
         self.defined.append(xml)
 
     def close(self) -> None:
@@ -460,18 +484,18 @@ def _unrendered(host: Host) -> str:
 
 
 @pytest.mark.parametrize("where", ["XMLDesc", "defineXML"])
-def test_daemon_rerender_survives_a_connection_dropping(host: Host, where: str,
-                                                        caplog: pytest.LogCaptureFixture) -> None:
+def test_daemon_rerender_survives_a_connection_dropping(host: Host, where: str) -> None:
+    _libvirt()
     fault(f"libvirt-drop-daemon-{where}")
     dom = FakeDom(_unrendered(host), where)
     conn = FakeConn(dom, where)
     r = Reconciler(host.cfg(), host.statedir())
-    with caplog.at_level(logging.INFO):
+    with logged() as messages:
         r.rerender_inactive(conn, force=True)
     assert conn.defined == [] and r.stats.redefined == 0
     if where == "defineXML":
         assert any("redefining failed: internal error: client socket is closed" in m
-                   for m in caplog.messages), caplog.messages
+                   for m in messages), messages
     assert host.claim_files() == []
 
 
@@ -507,7 +531,7 @@ def test_cli_apply_reports_a_dropped_connection_in_one_line(
 def test_redefine_apply_leaves_no_claim_when_the_connection_drops(host: Host) -> None:
     fault("libvirt-drop-redefine")
     conn = FakeConn(FakeDom(_unrendered(host), "defineXML"), "defineXML")
-    with pytest.raises(libvirt.libvirtError):
+    with pytest.raises(_libvirt().libvirtError):
         redefine.apply(conn, conn.dom, host.cfg(), host.statedir())
     assert host.claim_files() == []
 
@@ -525,8 +549,11 @@ class FakeLoop:
 
 
 def test_daemon_connection_drops_and_reconnects_with_backoff(
-        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+        monkeypatch: pytest.MonkeyPatch) -> None:
     fault("libvirt-drop-daemon-connection")
+    libvirt = _libvirt()
+    from numahook.daemon import connection as connmod
+
     attempts: list[str] = []
 
     def refuse(uri: str) -> Any:
@@ -539,7 +566,7 @@ def test_daemon_connection_drops_and_reconnects_with_backoff(
     events: list[str] = []
     c = connmod.Connection("qemu:///system", loop, lambda *a: None,  # type: ignore[arg-type]
                            lambda: events.append("up"), lambda: events.append("lost"))
-    with caplog.at_level(logging.WARNING):
+    with logged(logging.WARNING) as messages:
         c.open()
         delays = []
         for _ in range(7):  # each retry fires, fails and schedules the next, longer one
@@ -548,7 +575,7 @@ def test_daemon_connection_drops_and_reconnects_with_backoff(
             retry()
     assert delays == [1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0]
     assert not c.up and events == [] and len(attempts) == 8
-    assert all("\n" not in m for m in caplog.messages)
+    assert len(messages) == 8 and all("\n" not in m for m in messages), messages
     c.conn = object()
     c._closed(None, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)  # dropped while up
     assert not c.up and events == ["lost"] and len(loop.timers) >= 1
