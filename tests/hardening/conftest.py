@@ -1,7 +1,8 @@
 """Shared pieces of the hardening suite (issue 8).
 
-- Hypothesis profiles: ``ci`` (bounded, derandomized: what ``scripts/test`` runs) and
-  ``long`` (``NUMAHOOK_FUZZ=long``: many more examples, random seeds, more race rounds).
+- Hypothesis profiles: ``ci`` (150 examples per fuzzer, derandomized) and ``long``
+  (``NUMAHOOK_FUZZ=long``: 5000 examples, or ``NUMAHOOK_FUZZ_EXAMPLES``, random seeds,
+  and 150 race rounds instead of 10).
 - :data:`FIGURES`: every fuzzer, race round, kill point and injected fault counts itself
   here; at the end of the session the counts are printed and, when ``NUMAHOOK_FIGURES``
   names a directory, written there as one JSON file per kind for docs/reliability.md.
@@ -57,7 +58,8 @@ KILLED = 128 + 9
 _SUPPRESS = [HealthCheck.too_slow, HealthCheck.filter_too_much, HealthCheck.data_too_large]
 settings.register_profile("ci", max_examples=150, deadline=None, derandomize=True,
                           database=None, suppress_health_check=_SUPPRESS)
-settings.register_profile("long", max_examples=5000, deadline=None, database=None,
+settings.register_profile("long", deadline=None, database=None,
+                          max_examples=int(os.environ.get("NUMAHOOK_FUZZ_EXAMPLES", "5000")),
                           suppress_health_check=_SUPPRESS)
 #: apply to every fuzzer: ``@FUZZ`` above ``@given``
 FUZZ = settings(settings.get_profile(MODE))
