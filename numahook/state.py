@@ -316,6 +316,61 @@ class ClaimJournal:
         self.update(rt_budget=tuple(records))
 
 
+def hand_over(journal: ClaimJournal, sysfs_root: str = "/sys") -> None:
+    """Pages this claim added that other domains now count on change owner, not pool.
+
+    A stopping domain's pages turn free when its QEMU exits, before libvirt runs the
+    release hook; a domain starting in between is admitted on them without adding any.
+    Lowering the pool then would take its RAM away. So the pages that claims not yet
+    holding their own (their need minus what they added) can use are handed to them,
+    and they give them back when they stop: every page we added is still given back
+    exactly once. The giver's record shrinks before the taker's grows, so a crash in
+    between can strand pages but never make two claims own the same ones.
+    Must run under the state lock.
+    """
+    claim = journal.claim
+    if not claim.hugepages:
+        return
+    others = sorted((c for c in journal.state.list_claims() if c.uuid != claim.uuid),
+                    key=lambda c: c.created)
+    keep = dict(claim.hugepages)
+    transfers: dict[str, dict[Pool, int]] = {}
+    for pool, added in sorted(claim.hugepages.items()):
+        try:
+            free = hugepages.counts(sysfs_root, pool).free
+        except NumahookError:
+            continue  # the pool is gone; release() says so
+        waiting = sum(c.need.get(pool, 0) for c in others if c.phase in ("claimed", "reserved"))
+        # what the pool can lose without taking pages anyone counts on
+        spare = max(0, free - waiting)
+        retained = max(0, added - spare)
+        for other in others:
+            if retained <= 0:
+                break
+            wants = other.need.get(pool, 0) - other.hugepages.get(pool, 0)
+            if wants <= 0:
+                continue
+            n = min(wants, retained)
+            transfers.setdefault(other.uuid, {})[pool] = n
+            keep[pool] -= n
+            retained -= n
+    if not transfers:
+        return
+    journal.update(hugepages={p: n for p, n in keep.items() if n})
+    for uuid, pools in transfers.items():
+        taker = journal.state.load(uuid)
+        if taker is None:
+            log.error("handing %s pages to a claim that vanished; they stay in the pool",
+                      pools)
+            continue
+        merged = dict(taker.hugepages)
+        for pool, n in pools.items():
+            merged[pool] = merged.get(pool, 0) + n
+        ClaimJournal(journal.state, taker).update(hugepages=merged)
+        log.info("handed %s hugepages from %s to %s, which counts on them", pools, claim.name,
+                 taker.name)
+
+
 def rollback(journal: ClaimJournal, sysfs_root: str = "/sys") -> bool:
     """Give back the claim's hugepages and RT budget, then drop the claim.
 
@@ -330,6 +385,7 @@ def rollback(journal: ClaimJournal, sysfs_root: str = "/sys") -> bool:
         if claim.hugepages_pending:
             settled = hugepages.settle(claim.hugepages, claim.hugepages_pending, sysfs_root)
             journal.update(hugepages=settled, hugepages_pending={})
+        hand_over(journal, sysfs_root)
         hugepages.release(journal.claim.hugepages, sysfs_root, journal.hugepages)
     except NumahookError as exc:
         log.error("giving back the hugepages of %s failed: %s", claim.name, exc)

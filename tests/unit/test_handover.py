@@ -1,0 +1,59 @@
+"""A stopping domain's pages go to the domain counting on them, not back to the pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from numahook.state import Claim, ClaimJournal, StateDir, rollback
+
+POOL = (0, 2048)
+
+
+def pool_tree(tmp: Path, nr: int, free: int) -> Path:
+    d = tmp / "sys/devices/system/node/node0/hugepages/hugepages-2048kB"
+    d.mkdir(parents=True)
+    (d / "nr_hugepages").write_text(f"{nr}\n")
+    (d / "free_hugepages").write_text(f"{free}\n")
+    (d / "surplus_hugepages").write_text("0\n")
+    return tmp / "sys"
+
+
+def uuid(n: int) -> str:
+    return f"5e1b1a5e-0000-4000-8000-{n:012d}"
+
+
+@pytest.mark.parametrize("taker_phase,free", [("reserved", 32), ("running", 0)],
+                         ids=["starting, not mapped yet", "already mapped"])
+def test_pages_a_starting_domain_counts_on_are_handed_over(tmp_path: Path, taker_phase: str,
+                                                           free: int) -> None:
+    sysfs = pool_tree(tmp_path, nr=32, free=free)
+    state = StateDir(str(tmp_path / "state"))
+    state.ensure()
+    stopping = Claim(uuid=uuid(1), name="stopping", hugepages={POOL: 32}, need={POOL: 32},
+                     phase="running", created=1.0)
+    starting = Claim(uuid=uuid(2), name="starting", need={POOL: 32}, phase=taker_phase,
+                     created=2.0)
+    state.save(stopping)
+    state.save(starting)
+    with state.lock(5):
+        assert rollback(ClaimJournal(state, stopping), str(sysfs))
+    knob = sysfs / "devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
+    assert knob.read_text().strip() == "32"  # nothing taken from under the starting domain
+    assert state.load(uuid(1)) is None
+    taker = state.load(uuid(2))
+    assert taker is not None and dict(taker.hugepages) == {POOL: 32}  # it gives them back later
+
+
+def test_without_anyone_waiting_every_added_page_goes_back(tmp_path: Path) -> None:
+    sysfs = pool_tree(tmp_path, nr=40, free=40)
+    state = StateDir(str(tmp_path / "state"))
+    state.ensure()
+    stopping = Claim(uuid=uuid(1), name="stopping", hugepages={POOL: 32}, need={POOL: 32},
+                     phase="running")
+    state.save(stopping)
+    with state.lock(5):
+        assert rollback(ClaimJournal(state, stopping), str(sysfs))
+    knob = sysfs / "devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
+    assert knob.read_text().strip() == "8"
