@@ -297,7 +297,7 @@ def hugepages_by_node() -> dict[int, dict[int, tuple[int, int]]]:
 
 def _thread_info(tid: int, vcpu: int) -> VcpuThread | None:
     try:
-        policy = os.sched_getscheduler(tid)
+        policy = (os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK)
         prio = os.sched_getparam(tid).sched_priority
         aff = frozenset(os.sched_getaffinity(tid))
     except OSError:

@@ -136,9 +136,17 @@ def cmd_apply(args: argparse.Namespace) -> int:
         except libvirt.libvirtError:
             raise InputError(f"libvirt has no domain named {args.name!r}; check `virsh list "
                              "--all`") from None
-        outcome = redefine.apply(conn, dom, cfg, StateDir(cfg.state_dir))
+        try:
+            outcome = redefine.apply(conn, dom, cfg, StateDir(cfg.state_dir))
+        except libvirt.libvirtError as exc:
+            raise HostError(f"libvirt failed while redefining {args.name}: "
+                            f"{exc.get_error_message()}; check that libvirtd is running and "
+                            "try again") from None
     finally:
-        conn.close()  # type: ignore[attr-defined]
+        try:
+            conn.close()  # type: ignore[attr-defined]
+        except libvirt.libvirtError:
+            pass
     if outcome is None:
         raise InputError(f"{args.name} has no <numahook:domain> metadata; add it to opt in")
     if outcome.refused:
@@ -207,6 +215,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-libvirt", action="store_true",
                    help="do not try to connect to libvirt (reported as unknown)")
     p.set_defaults(func=cmd_node)
+    p = sub.add_parser("apply", help="render a defined domain for this host and redefine it")
+    _common(p)
+    p.add_argument("--uri", help="libvirt URI (default from the config: qemu:///system)")
+    p.add_argument("name", help="domain name")
+    p.set_defaults(func=cmd_apply)
+    p = sub.add_parser("status", help="managed domains: pinning, cells, vCPU scheduling, "
+                       "hugepages held")
+    _common(p)
+    p.add_argument("--uri", help="libvirt URI (default from the config: qemu:///system)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_status)
     return ap
 
 

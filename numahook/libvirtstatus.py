@@ -16,6 +16,7 @@ from typing import Any
 
 from numahook import cpulist, fsutil, xmlsafe
 from numahook.errors import InputError
+from numahook.units import clip, is_decimal
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +39,15 @@ class RunningDomain:
     pinned_cpus: frozenset[int] = frozenset()
 
 
-def _int(text: str | None, what: str) -> int:
-    try:
-        return int(text or "")
-    except ValueError:
-        raise InputError(f"{what} is {text!r}, not an integer") from None
+#: Linux's PID_MAX_LIMIT; 0 would mean "the caller" to sched_setscheduler
+_PID_MAX = 1 << 22
+
+
+def _int(text: str | None, what: str, lo: int = 0, hi: int = _PID_MAX) -> int:
+    value = (text or "").strip()
+    if not is_decimal(value) or len(value) > 10 or not lo <= int(value) <= hi:
+        raise InputError(f"{what} is {clip(value)}, not a number from {lo} to {hi}")
+    return int(value)
 
 
 def parse_status(data: str | bytes, what: str = "libvirt status XML") -> RunningDomain:
@@ -58,10 +63,11 @@ def parse_status(data: str | bytes, what: str = "libvirt status XML") -> Running
     if not name or not uuid:
         raise InputError(f"{what} has no domain name or uuid")
     pid_attr = root.get("pid")
-    pid = _int(pid_attr, f"{what} pid") if pid_attr is not None else None
+    pid = _int(pid_attr, f"{what} pid", 1) if pid_attr is not None else None
     tids: dict[int, int] = {}
     for vcpu in root.iterfind("vcpus/vcpu"):
-        tids[_int(vcpu.get("id"), f"{what} vcpu id")] = _int(vcpu.get("pid"), f"{what} vcpu pid")
+        tids[_int(vcpu.get("id"), f"{what} vcpu id", 0, 16383)] = _int(
+            vcpu.get("pid"), f"{what} vcpu pid", 1)
     pinned: set[int] = set()
     for tag in ("vcpupin", "emulatorpin", "iothreadpin"):
         for pin in dom.iterfind(f"cputune/{tag}"):

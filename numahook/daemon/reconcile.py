@@ -285,7 +285,9 @@ class Reconciler:
         log.info("redefined %s: %s", out.name, out.reason)
 
     def pass_(self, conn: Any) -> None:
-        """One full reconcile pass (timer); each part guards itself."""
+        """One full reconcile pass (timer); a failing step never skips the others."""
+        import libvirt
+
         start = time.monotonic()
         for part, args in ((self.orphans, ()), (self.realtime_backstop, ()),
                            (self.rerender_inactive, (conn,))):
@@ -293,5 +295,8 @@ class Reconciler:
                 part(*args)
             except NumahookError as exc:
                 log.error("reconcile step %s failed: %s", part.__name__, exc)
+            except libvirt.libvirtError as exc:  # the connection dropped mid-call
+                log.warning("reconcile step %s: libvirt failed (%s); the next pass retries",
+                            part.__name__, exc.get_error_message())
         self.stats.passes += 1
         self.stats.last_pass_seconds = time.monotonic() - start

@@ -145,7 +145,8 @@ def rt_domain(domains: Any, suffix: str, mask: str = "0") -> Any:
 
 
 def policy(tid: int) -> tuple[int, int]:
-    return os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+    policy = os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK
+    return policy, os.sched_getparam(tid).sched_priority
 
 
 def test_sd_notify_ready_watchdog_status_reload_stop(numahookd: Daemon) -> None:

@@ -63,7 +63,8 @@ def test_realtime_mask_on_throttled_rt_group_sched_host(domains: Any,
     domains.start(dom)
     _, tids = guest.vcpu_threads(dom.name())
     assert sorted(tids) == [0, 1]
-    policies = {v: (os.sched_getscheduler(t), os.sched_getparam(t).sched_priority)
+    policies = {v: (os.sched_getscheduler(t) & ~os.SCHED_RESET_ON_FORK,
+                    os.sched_getparam(t).sched_priority)
                 for v, t in tids.items()}
     assert policies[0] == (os.SCHED_FIFO, 1)
     assert policies[1] == (os.SCHED_OTHER, 0)

@@ -76,7 +76,8 @@ def claims_of(name: str) -> list[Path]:
 
 
 def policy(tid: int) -> tuple[int, int]:
-    return os.sched_getscheduler(tid), os.sched_getparam(tid).sched_priority
+    policy = os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK
+    return policy, os.sched_getparam(tid).sched_priority
 
 
 @pytest.fixture(scope="module")
