@@ -213,3 +213,37 @@ def test_save_and_restore_go_through_the_hook(domains: Any, tmp_path: Path) -> N
     assert [p for p in claim_files() if name in p.read_text()], "restore claims again"
     assert hugepages_2m() == pages
     domains.stop(restored)
+
+
+def test_cli_apply_and_status_on_the_real_libvirt(domains: Any) -> None:
+    import json as jsonlib
+    import subprocess
+    import sys
+
+    import libvirt
+
+    repo = Path(__file__).resolve().parents[2]
+    env_ = {**os.environ, "PYTHONPATH": str(repo)}
+
+    def numahook(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "numahook.cli", *args], env=env_,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    dom = domains.define(domains.probe_xml("cliapply", vcpus=1, memory_mib=128,
+                                           hugepage_kib=2048, cmdline=HOLD, extra=metadata()))
+    name = dom.name()
+    first = numahook("apply", name)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.startswith(f"{name}: redefined")
+    assert "vcpupin" in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+    again = numahook("apply", name)
+    assert (again.returncode, again.stdout.strip()) == (0, f"{name}: already rendered for "
+                                                           "this host")
+    missing = numahook("apply", "no-such-domain-here")
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    domains.start(dom)
+    status = numahook("status", "--json")
+    assert status.returncode == 0, status.stderr
+    mine = [d for d in jsonlib.loads(status.stdout)["running"] if d["name"] == name]
+    assert mine and mine[0]["cells"][0]["host_nodes"] == "0"
+    assert mine[0]["claim"]["hugepages_need"] == {"node0:2048kB": 64}
