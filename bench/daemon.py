@@ -2,7 +2,7 @@
 """numahookd's footprint and reconcile time with 20 and 50 managed domains defined.
 
 Targets: idle RSS <= 40 MB, idle CPU <= 0.5 % of one CPU, one reconcile pass <= 50 ms for
-50 domains. Every domain is a small rendered probe guest (1 vCPU, 64 MiB of 2 MiB pages,
+50 domains. Every domain is a small rendered probe guest (1 vCPU, 128 MiB of 2 MiB pages,
 dedicated CPUs, passthrough, realtime). This host has 2 CPUs, so with dedicated pinning
 only 2 of them can run at once (1 with isolateEmulatorThread); those 2 run (TCG guests
 that sleep, ``numahook.hold``), the rest stay defined, rendered for CPU 0 and refused a
@@ -302,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
             # render every definition while nothing runs: each gets CPU 0, as a host
             # operator's domains defined over time would have been rendered then
             xmls = [cli("render", "-", stdin=guest.probe_domain_xml(
-                n, vcpus=1, memory_mib=64, hugepage_kib=2048, cmdline="numahook.hold=900",
+                n, vcpus=1, memory_mib=128, hugepage_kib=2048, cmdline="numahook.hold=900",
                 extra=META)) for n in names]
             for size in sizes:
                 for n, xml in zip(names[len(defined):size], xmls[len(defined):size]):

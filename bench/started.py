@@ -158,6 +158,8 @@ class Poller(threading.Thread):
         self.fifo_at_first_sight = False
         self.fifo_ns: dict[int, int] = {}
         self.polls = 0
+        self.error = ""
+        self.tids: dict[int, int] = {}
         self.stop = threading.Event()
 
     def _tids(self) -> dict[int, int]:
@@ -180,6 +182,7 @@ class Poller(threading.Thread):
         if not tids:
             return
         tids = {v: t for v, t in tids.items() if v < self.masked}
+        self.tids = tids
         self.tids_seen_ns = time.time_ns()
         first = True
         while len(self.fifo_ns) < len(tids) and time.monotonic() < deadline:
@@ -187,8 +190,9 @@ class Poller(threading.Thread):
                 if v in self.fifo_ns:
                     continue
                 try:
-                    fifo = os.sched_getscheduler(tid) == os.SCHED_FIFO
-                except OSError:
+                    fifo = (os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK) == os.SCHED_FIFO
+                except OSError as exc:
+                    self.error = f"thread {tid}: {exc}"
                     return
                 self.polls += 1
                 if fifo:
@@ -225,7 +229,16 @@ def one_start(conn: Any, xml: str, name: str, log: Path, poll_s: float, vcpus: i
             raise LabError(f"the timestamp hooks did not run for {name}: {ts}")
         begin, end = ts["begin"], ts["end"]
         if len(poller.fifo_ns) < masked:
-            raise LabError(f"{name}: not every masked vCPU became SCHED_FIFO")
+            now = {}
+            for v, t in poller.tids.items():
+                try:
+                    now[v] = (os.sched_getscheduler(t) & ~os.SCHED_RESET_ON_FORK)
+                except OSError as exc:
+                    now[v] = str(exc)
+            raise LabError(f"{name}: not every masked vCPU became SCHED_FIFO (threads "
+                           f"{poller.tids}, policies now {now}, FIFO seen {poller.fifo_ns}, "
+                           f"{poller.polls} polls, error {poller.error!r}, poller alive "
+                           f"{poller.is_alive()})")
         last = max(poller.fifo_ns.values())
         return {
             "create_ms": (t_ret - t0) / 1e6,
@@ -263,7 +276,7 @@ def measure(conn: Any, path: str, vcpus: int, reps: int, log: Path,
     while len(runs) < reps:
         i += 1
         name = f"{PREFIX}-{path}-{vcpus}-{os.getpid()}-{i}"
-        xml = render(guest.probe_domain_xml(name, vcpus=vcpus, memory_mib=64,
+        xml = render(guest.probe_domain_xml(name, vcpus=vcpus, memory_mib=128,
                                             hugepage_kib=2048, cmdline="numahook.hold=120",
                                             extra=meta(mask)))
         has_vcpusched = "<vcpusched" in xml
