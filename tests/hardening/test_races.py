@@ -160,14 +160,16 @@ def make_domains(host: Host, rng: random.Random) -> list[Dom]:
                                                .read_text()))
     out = []
     for i in range(N_DOMAINS):
-        shape = rng.choice(["one", "one", "one", "two", "isolated"] if len(cpus) > 1
-                           else ["one"])
+        if i < len(cpus):  # one single-CPU domain per CPU, so several can hold CPUs at once
+            shape, pick = "one", frozenset({cpus[i]})
+        else:
+            shape = rng.choice(["one", "one", "one", "two", "isolated"] if len(cpus) > 1
+                               else ["one"])
+            pick = frozenset(rng.sample(cpus, 1 if shape == "one" else 2))
         pages = rng.randint(1, 4)
         name = f"race{i}"
         xml = domain_xml(name, uuid_of(100 + i), pages=pages, vcpus=2 if shape == "two" else 1,
                          isolate=shape == "isolated")
-        want = 1 if shape == "one" else 2
-        pick = frozenset(rng.sample(cpus, want))
         rendered = prerender(cfg, xml, pick)
         out.append(Dom(name, uuid_of(100 + i), rendered, pick, pages))
     return out
