@@ -58,11 +58,13 @@ def holder() -> str:
 @contextlib.contextmanager
 def lab_held() -> Iterator[None]:
     who = holder()
-    env.up(who, build_probe=True, daemon=False)
+    with contextlib.redirect_stdout(sys.stderr):  # the lab talks on stdout; --json owns it
+        env.up(who, build_probe=True, daemon=False)
     try:
         yield
     finally:
-        problems = env.release(who)
+        with contextlib.redirect_stdout(sys.stderr):
+            problems = env.release(who)
         if problems:
             print(f"lab teardown left: {problems}", file=sys.stderr)
 
@@ -282,6 +284,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steady", type=int, default=20, help="in-process steady passes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    result_stream = sys.stdout
+    if args.json:  # only the JSON goes to stdout; anything else said meanwhile to stderr
+        sys.stdout = sys.stderr
     if os.geteuid() != 0:
         raise SystemExit("bench/daemon.py needs root")
     sizes = sorted(int(s) for s in args.sizes.split(","))
@@ -345,8 +350,8 @@ def main(argv: list[str] | None = None) -> int:
         <= TARGETS["pass_ms_50"],
     }
     if args.json:
-        json.dump(out, sys.stdout, indent=2)
-        print()
+        json.dump(out, result_stream, indent=2)
+        result_stream.write("\n")
         return 0
     for size, s in out["sizes"].items():
         pub = s["published_pass_ms"] or {}

@@ -83,11 +83,13 @@ def holder() -> str:
 def lab_held() -> Iterator[None]:
     """The lab up for this process (libvirtd, hook, probe; no numahookd), released after."""
     who = holder()
-    env.up(who, build_probe=True, daemon=False)
+    with contextlib.redirect_stdout(sys.stderr):  # the lab talks on stdout; --json owns it
+        env.up(who, build_probe=True, daemon=False)
     try:
         yield
     finally:
-        problems = env.release(who)
+        with contextlib.redirect_stdout(sys.stderr):
+            problems = env.release(who)
         if problems:
             print(f"lab teardown left: {problems}", file=sys.stderr)
 
@@ -193,7 +195,7 @@ def thread_view(name: str) -> dict[str, Any]:
     for v, t in sorted(tids.items()):
         try:
             out["vcpus"][str(v)] = {
-                "tid": t, "policy": os.sched_getscheduler(t),
+                "tid": t, "policy": (os.sched_getscheduler(t) & ~os.SCHED_RESET_ON_FORK),
                 "priority": os.sched_getparam(t).sched_priority,
                 "cpus": sorted(os.sched_getaffinity(t))}
         except OSError:
@@ -323,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
+    result_stream = sys.stdout
+    if args.json:  # only the JSON goes to stdout; anything else said meanwhile to stderr
+        sys.stdout = sys.stderr
     if os.geteuid() != 0:
         raise SystemExit("bench/latency.py needs root: it runs libvirtd and guests")
 
@@ -381,8 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [{k: v for k, v in r.items() if k != "hist"} for r in runs],
     }
     if args.json:
-        json.dump(out, sys.stdout, indent=2)
-        print()
+        json.dump(out, result_stream, indent=2)
+        result_stream.write("\n")
         return 0
     for b in b_attempts:
         print(f"B ({'load' if b['load'] else 'idle'}): "

@@ -84,11 +84,13 @@ def holder() -> str:
 @contextlib.contextmanager
 def lab_held() -> Iterator[None]:
     who = holder()
-    env.up(who, build_probe=True, daemon=False)
+    with contextlib.redirect_stdout(sys.stderr):  # the lab talks on stdout; --json owns it
+        env.up(who, build_probe=True, daemon=False)
     try:
         yield
     finally:
-        problems = env.release(who)
+        with contextlib.redirect_stdout(sys.stderr):
+            problems = env.release(who)
         if problems:
             print(f"lab teardown left: {problems}", file=sys.stderr)
 
@@ -327,6 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="guest sizes to measure (all vCPUs masked real-time)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    result_stream = sys.stdout
+    if args.json:  # only the JSON goes to stdout; anything else said meanwhile to stderr
+        sys.stdout = sys.stderr
     if os.geteuid() != 0:
         raise SystemExit("bench/started.py needs root")
     poll_s = args.poll_ms / 1000
@@ -352,8 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             conn.close()
     if args.json:
-        json.dump(out, sys.stdout, indent=2)
-        print()
+        json.dump(out, result_stream, indent=2)
+        result_stream.write("\n")
         return 0
     for path in args.paths.split(","):
         for v in layouts:
