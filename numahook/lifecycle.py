@@ -262,6 +262,13 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
     assert plan is not None
     if facts.cells:
         cells = [tuple(sorted(c.cpus)) for c in sorted(facts.cells, key=lambda c: c.id)]
+        covered = [v for c in cells for v in c]
+        if not all(cells) or sorted(covered) != list(range(facts.vcpus)):
+            raise Refusal(
+                f"{name}'s guest NUMA cells do not hold every vCPU exactly once (a cell "
+                "without CPUs?), which numahook never renders, so it cannot keep their shape "
+                f"here; run `numahook apply {name}` on the source host and try again",
+                "guest-shape")
         want = [c.vcpus for c in plan.cells]
         if want != cells:
             threads = plan.topology[3]

@@ -92,3 +92,15 @@ def test_unmanaged_domains_print_nothing(tmp_path: Path) -> None:
     cfg = host_config(tmp_path, "single")
     plain = "<domain type='kvm'><name>p</name><memory>1024</memory></domain>"
     assert lifecycle.relocate(plain, cfg, StateDir(cfg.state_dir)) is None
+
+
+def test_a_cell_without_vcpus_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    source = (DATA / "quad-numavm-split-v2-out.xml").read_text()
+    bad = source.replace("<cell id='0' cpus='0-1' ", "<cell id='0' ")
+    assert bad != source
+    cfg = host_config(tmp_path, "quad-nosmt", 2)
+    with pytest.raises(Refusal) as exc:
+        lifecycle.relocate(bad, cfg, StateDir(cfg.state_dir))
+    assert exc.value.check == "guest-shape"
+    assert "do not hold every vCPU exactly once" in str(exc.value)
+    assert "\n" not in str(exc.value)
