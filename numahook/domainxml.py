@@ -67,14 +67,35 @@ def _int(el: Any, attr: str | None, what: str, lo: int = 0, hi: int = 1 << 31) -
     return int(text)
 
 
-def _cpuset(el: Any, what: str) -> frozenset[int]:
-    return cpulist.parse(el.get("cpuset") or "", what)
+#: CPUs all the sets of one document may expand to: a 4096-vCPU domain pinned 1:1 needs
+#: ~4096; without a bound, 10 MiB of "<vcpupin cpuset='0-8191'/>" would cost gigabytes
+MAX_EXPANDED = 1 << 20
+
+
+class _Budget:
+    """Counts the CPUs a document's cpusets expand to, so cost follows input size."""
+
+    def __init__(self) -> None:
+        self.left = MAX_EXPANDED
+
+    def parse(self, text: str, what: str) -> frozenset[int]:
+        cpus = cpulist.parse(text, what)
+        self.left -= len(cpus)
+        if self.left < 0:
+            raise InputError(f"the domain's CPU sets expand to more than {MAX_EXPANDED} CPUs "
+                             f"in all (at {what}); no real domain needs that many pins")
+        return cpus
+
+
+def _cpuset(el: Any, what: str, budget: _Budget) -> frozenset[int]:
+    return budget.parse(el.get("cpuset") or "", what)
 
 
 def read(root: Any) -> DomainFacts:
     """Read :class:`DomainFacts`; malformed values raise InputError naming the element."""
     if root.tag != "domain":
         raise InputError(f"expected a <domain> document, got <{root.tag}>")
+    budget = _Budget()
     name = (root.findtext("name") or "").strip()
     if not name:
         raise InputError("the domain has no <name>")
@@ -97,10 +118,10 @@ def read(root: Any) -> DomainFacts:
         for page in hp.findall("page"):
             size = to_kib(page.get("size"), page.get("unit"), "<page size>")
             page_sizes.append(size)
-            page_nodesets.append((size, cpulist.parse(page.get("nodeset") or "",
-                                                      "<page nodeset>")))
+            page_nodesets.append((size, budget.parse(page.get("nodeset") or "",
+                                                     "<page nodeset>")))
     memnodes = {
-        _int(m, "cellid", "<memnode cellid>", 0, 1 << 16): cpulist.parse(
+        _int(m, "cellid", "<memnode cellid>", 0, 1 << 16): budget.parse(
             m.get("nodeset") or "", "<memnode nodeset>")
         for m in root.findall("numatune/memnode")
     }
@@ -128,16 +149,17 @@ def read(root: Any) -> DomainFacts:
     emusched = None
     if cputune is not None:
         for pin in cputune.findall("vcpupin"):
-            vcpupin[_int(pin, "vcpu", "<vcpupin vcpu>", 0, MAX_VCPUS)] = _cpuset(pin, "<vcpupin>")
+            vcpu = _int(pin, "vcpu", "<vcpupin vcpu>", 0, MAX_VCPUS)
+            vcpupin[vcpu] = _cpuset(pin, "<vcpupin>", budget)
         for pin in cputune.findall("iothreadpin"):
             iothreadpin[_int(pin, "iothread", "<iothreadpin iothread>", 0, 1 << 16)] = _cpuset(
-                pin, "<iothreadpin>")
+                pin, "<iothreadpin>", budget)
         emu = cputune.find("emulatorpin")
         if emu is not None:
-            emulatorpin = _cpuset(emu, "<emulatorpin>")
+            emulatorpin = _cpuset(emu, "<emulatorpin>", budget)
         for s in cputune.findall("vcpusched"):
             prio = _int(s, "priority", "<vcpusched priority>", 0, 99) if s.get("priority") else 0
-            sched.append((cpulist.parse(s.get("vcpus") or "", "<vcpusched vcpus>"),
+            sched.append((budget.parse(s.get("vcpus") or "", "<vcpusched vcpus>"),
                           s.get("scheduler") or "", prio))
         es = cputune.find("emulatorsched")
         if es is not None:
@@ -149,7 +171,7 @@ def read(root: Any) -> DomainFacts:
     for c in root.findall("cpu/numa/cell"):
         cells.append(Cell(
             id=_int(c, "id", "<cell id>", 0, 1 << 16) if c.get("id") else len(cells),
-            cpus=cpulist.parse(c.get("cpus") or "", "<cell cpus>"),
+            cpus=budget.parse(c.get("cpus") or "", "<cell cpus>"),
             memory_kib=to_kib(c.get("memory"), c.get("unit"), "<cell memory>"),
         ))
 

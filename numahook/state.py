@@ -121,7 +121,7 @@ class Claim:
                 created=float(data["created"]),
                 qemu_pid=None if pid is None else _int(pid),
             )
-        except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"the claim record is malformed ({exc!r})") from None
 
 
@@ -152,6 +152,13 @@ class StateDir:
     def ensure(self) -> None:
         """Create the directories 0700, and refuse one that others could write to."""
         try:
+            # check what exists before creating anything inside it: a state dir that is a
+            # link must not get a claims/ directory in the link's target
+            for d in (self.path, self.claims_dir):
+                if os.path.lexists(d) and not stat.S_ISDIR(os.lstat(d).st_mode):
+                    raise StateError(f"{d} is not a directory owned by uid {os.geteuid()} "
+                                     "(a link or a file); remove it so numahook can recreate "
+                                     "it")
             fsutil.make_private_dirs(self.claims_dir)
             for d in (self.path, self.claims_dir):
                 st = os.lstat(d)
@@ -253,6 +260,11 @@ class StateDir:
             if name.startswith(".") or not name.endswith(".json"):
                 continue  # atomic_write's temporary files
             stem = name[: -len(".json")]
+            if (self.claims_dir / name).is_symlink():
+                # we never write links: one here points somewhere we must not trust
+                log.warning("ignoring claim record %s: it is a symbolic link", name)
+                yield stem, None
+                continue
             try:
                 yield stem, self._read(self.claims_dir / name)
             except InputError as exc:

@@ -98,6 +98,8 @@ def parse_readonly(data: bytes | str, what: str = "domain XML") -> Any:
         root = ET.fromstring(text)
     except ET.ParseError as exc:
         raise InputError(f"{what} is not well-formed XML: {str(exc)[:200]}") from None
+    except UnicodeError:  # surrogate escapes of non-UTF-8 bytes read as text
+        raise InputError(f"{what} is not UTF-8 text") from None
     _check_depth(root, what)
     return root
 

@@ -326,6 +326,36 @@ def other_hugepage_user() -> str | None:
     return None
 
 
+#: one hardening session at a time may use the real pool and RT budget
+_SESSION_LOCK = Path("/run/lock/numahook-hardening.lock")
+_held: dict[str, int] = {}
+
+
+def real_kernel_turn(wait: float = 900.0) -> None:
+    """Take the host-wide lock for the real-kernel parts (once per session), or skip.
+
+    Two hardening runs at once would each see the other's pages in their balance checks.
+    """
+    if "fd" in _held:
+        return
+    import fcntl
+    import time
+
+    fd = os.open(_SESSION_LOCK if _SESSION_LOCK.parent.is_dir() else "/tmp/numahook-hardening"
+                 ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            _held["fd"] = fd  # held until this process exits
+            return
+        except OSError:
+            if time.monotonic() > deadline:
+                os.close(fd)
+                pytest.skip("another hardening run holds the real hugepages and RT budget")
+            time.sleep(1)
+
+
 @dataclass
 class RealPool:
     baseline: int
@@ -348,6 +378,7 @@ def real_pool() -> Iterator[RealPool]:
     busy = other_hugepage_user()
     if busy:
         pytest.skip(f"real hugepages are in use by another test: {busy}")
+    real_kernel_turn()
     knob = REAL_POOL / "nr_hugepages"
     pool = RealPool(int(knob.read_text()))
     try:
@@ -397,6 +428,7 @@ def rt_group() -> Iterator[RtGroup]:
     busy = other_hugepage_user()
     if busy:
         pytest.skip(f"another test uses the RT budget and real VMs now: {busy}")
+    real_kernel_turn()
     base = CPU_CTL / f"numahook-hard-{os.getpid()}"
     groups = [base, base / "dom", base / "dom" / "vcpu0", base / "dom" / "vcpu1"]
     made: list[Path] = []

@@ -314,11 +314,6 @@ def test_crashed_pending_write_does_not_take_another_domains_pages(
 
 
 @pytest.mark.parametrize("sysfs", ["fixture", "real"])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pages added by a start that died before its claim reached phase 'reserved' "
-    "(admit.reserved) are not counted by lifecycle._pending_pages, so the next start counts "
-    "them as free and adds none; the dead claim's rollback then removes them, and the "
-    "admitted domain is left without its pages (its QEMU cannot allocate guest RAM)"))
 def test_pages_of_a_crashed_start_are_not_promised_twice(
         request: pytest.FixtureRequest, tmp_path: Path, sysfs: str) -> None:
     host, _pool, a, b = _two(request, tmp_path, sysfs)

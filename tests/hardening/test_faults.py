@@ -30,6 +30,7 @@ from numahook.state import StateDir
 from .conftest import (
     FIGURES,
     PAGE_KIB,
+    PY,
     ROOT,
     Host,
     RtGroup,
@@ -499,11 +500,6 @@ def test_daemon_rerender_survives_a_connection_dropping(host: Host, where: str) 
     assert host.claim_files() == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: Reconciler.pass_ guards each step against NumahookError only, so a libvirt "
-    "connection that drops during listAllDomains escapes as libvirt.libvirtError: the "
-    "daemon's Loop.guard logs it as a crash with a traceback and that pass publishes "
-    "nothing"))
 def test_daemon_pass_survives_a_connection_dropping_during_listing(host: Host) -> None:
     fault("libvirt-drop-daemon-listAllDomains")
     conn = FakeConn(FakeDom(_unrendered(host)), "listAllDomains")
@@ -592,7 +588,7 @@ def test_hook_never_calls_libvirt(host: Host) -> None:
             "    assert main.main(['fault', op, sub, '-']) == 0, op\n"
             "print('libvirt' in sys.modules)\n")
     env = host.env()
-    out = subprocess.run(["/usr/bin/python3", "-c", code, xml],
+    out = subprocess.run([PY, "-c", code, xml],
                          env={**env, "PYTHONPATH": env["NUMAHOOK_PYTHONPATH"]},
                          capture_output=True, text=True, check=False)
     assert out.stdout.strip() == "False", out.stderr

@@ -911,10 +911,6 @@ def test_claim_load_does_not_follow_symlinks_out_of_the_state_dir(tmp_path: Path
         sd.load(claim.uuid)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: StateDir.list_claims (and so held_cpus, the daemon's orphans and rollback) follows "
-    "a symlink in claims/ to a record outside the state dir, which StateDir.load refuses; "
-    "_scan joins names itself instead of using fsutil.under (low severity: the dir is 0700)"))
 def test_claim_scan_does_not_follow_symlinks_out_of_the_state_dir(tmp_path: Path) -> None:
     FIGURES.add("fuzz", "symlink-claim-scan", 1)
     out = _outside(tmp_path)
@@ -989,12 +985,6 @@ def test_partitions_cannot_climb_out_of_the_cgroup_tree(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------- known bugs
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a claim record whose number is too large for a float (\"created\": 1e400 written "
-    "as an integer) raises OverflowError out of Claim.from_json, which catches only "
-    "ValueError/TypeError/KeyError/AttributeError: StateDir.load/list_claims/"
-    "corrupt_records then fail, so every hook call (held_cpus) and the daemon's orphan "
-    "pass fail for all domains instead of skipping one corrupt record"))
 def test_claim_with_overflowing_number_is_skipped_as_corrupt(tmp_path: Path) -> None:
     sd = StateDir(str(tmp_path / "state"))
     sd.ensure()
@@ -1006,10 +996,6 @@ def test_claim_with_overflowing_number_is_skipped_as_corrupt(tmp_path: Path) -> 
     assert sd.corrupt_records() == [uuid_of(6)]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: libvirtstatus._int quotes the whole offending value in its message (pid='9'*65536 "
-    "gives a 65 KB line; up to 10 MiB), unlike every other parser, which clips it: the hook "
-    "and the daemon log it for every status file on every call"))
 def test_status_message_quotes_a_clipped_value() -> None:
     with pytest.raises(InputError) as exc:
         libvirtstatus.parse_status("<domstatus pid='" + "9" * 65536 + "x'><domain><name>a"
@@ -1018,12 +1004,6 @@ def test_status_message_quotes_a_clipped_value() -> None:
 
 
 @pytest.mark.parametrize("op", ["migrate", "restore"])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (found by the long-mode hook fuzzer): at migrate/restore, a managed domain whose "
-    "guest cells do not hold every vCPU (here a memory-only <cell> without cpus, which "
-    "libvirt allows) makes lifecycle.relocate -> design.replan -> _plan index past "
-    "alloc.vcpus: IndexError, so the hook cancels the migration with 'internal error' "
-    "instead of one sentence"))
 def test_relocating_a_domain_with_a_cpuless_cell_is_refused_in_one_sentence(
         tmp_path: Path, op: str) -> None:
     FIGURES.add("fuzz", "relocate-cpuless-cell")
@@ -1036,11 +1016,6 @@ def test_relocating_a_domain_with_a_cpuless_cell_is_refused_in_one_sentence(
 
 
 @pytest.mark.parametrize("pid", ["0", "-1", "99999999999999999999"])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: libvirtstatus.parse_status accepts any integer as a vCPU thread id. 0 means "
-    "'the caller' to sched_setscheduler, so tune/the daemon's backstop would make its own "
-    "thread SCHED_FIFO; one beyond pid_t makes procfs.sched_of raise OverflowError (not a "
-    "NumahookError), which ends the daemon's realtime backstop pass for every domain"))
 def test_status_vcpu_thread_ids_must_be_real_ids(pid: str) -> None:
     FIGURES.add("fuzz", "status-vcpu-pid")
     with pytest.raises(InputError):
@@ -1050,11 +1025,6 @@ def test_status_vcpu_thread_ids_must_be_real_ids(pid: str) -> None:
 
 
 @pytest.mark.skipif(not HAS_READONLY_PARSER, reason="no xmlsafe.parse_readonly in this tree")
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: xmlsafe.parse_readonly passes a str holding surrogate escapes (what "
-    "fsutil.read_text makes of non-UTF-8 bytes) to expat, which raises UnicodeEncodeError, "
-    "not InputError: one status file with a non-UTF-8 byte makes running_domains raise, "
-    "so every hook prepare (hostinputs.managed_running) and daemon pass fails"))
 def test_status_file_with_non_utf8_bytes_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "x.xml").write_bytes(
         b"<domstatus state='running' pid='1'><domain><name>caf\xe9</name>"

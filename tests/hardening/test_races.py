@@ -350,14 +350,6 @@ def test_parallel_starts_never_double_book_and_always_balance(race_host: Host,
     assert max_claims >= 1
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: between a domain's QEMU exiting and its stopped/release hook (libvirt runs them "
-    "after QEMU is gone), its claim is still 'running', so lifecycle._pending_pages does not "
-    "count its pages while admit sees them free: another domain's prepare adds none and is "
-    "admitted, then the stopping domain's release lowers the pool and the admitted domain's "
-    "QEMU cannot allocate its RAM. (If the admitted QEMU maps first, the release turns its "
-    "pages into surplus, reads nr_hugepages, which counts surplus, back as 'nothing given "
-    "back', and drops the claim anyway.)"))
 def test_pages_of_a_stopping_domain_are_not_promised_to_a_starting_one(
         race_host: Host, real_pool: RealPool) -> None:
     FIGURES.add("races", "stop-window-replays")
