@@ -507,11 +507,6 @@ def test_daemon_pass_survives_a_connection_dropping_during_listing(host: Host) -
 
 
 @pytest.mark.parametrize("where", ["XMLDesc", "defineXML"])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: `numahook apply` (cli.cmd_apply -> redefine.apply) lets libvirt.libvirtError out "
-    "when the connection drops in XMLDesc or defineXML; cli.main maps only NumahookError, "
-    "so the user gets a traceback. (Also: cmd_apply and cmd_status are not registered in "
-    "cli.parser(), though the README documents `numahook apply` and `numahook status`.)"))
 def test_cli_apply_reports_a_dropped_connection_in_one_line(
         host: Host, monkeypatch: pytest.MonkeyPatch, where: str) -> None:
     fault(f"libvirt-drop-cli-{where}")
