@@ -40,6 +40,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -180,9 +181,10 @@ def domain_xml(config: str, name: str, cmdline: str) -> str:
     return out
 
 
-def cpu_ticks(tid: int) -> int:
+def cpu_ticks(pid: int | None, tid: int) -> int:
+    """utime+stime of one thread (the process's main thread too, not the whole process)."""
     try:
-        fields = Path(f"/proc/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        fields = Path(f"/proc/{pid or tid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])
     except (OSError, IndexError, ValueError):
         return 0
@@ -207,12 +209,13 @@ def thread_view(name: str) -> dict[str, Any]:
 
 
 def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
-             seq: int) -> dict[str, Any]:
+             seq: int, settle: int = 0) -> dict[str, Any]:
     """Boot one probe guest in ``config`` and return its latency block (or its failure)."""
     import libvirt
 
     name = f"{PREFIX}-{config.lower()}-{os.getpid()}-{seq}"
-    xml = domain_xml(config, name, f"numahook.latency={duration}")
+    cmdline = f"numahook.latency={duration}" + (f" numahook.settle={settle}" if settle else "")
+    xml = domain_xml(config, name, cmdline)
     dom = guest.define(conn, xml)
     result: dict[str, Any] = {"config": config, "load": load, "name": name}
     pages = contextlib.nullcontext() if config == "C" else extra_hugepages(MEMORY_MIB // 2)
@@ -226,15 +229,39 @@ def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
                 return result
             time.sleep(1.0)
             result["host"] = thread_view(name)
-            tids = {int(v): d["tid"] for v, d in result["host"]["vcpus"].items()}
-            ticks0 = {v: cpu_ticks(t) for v, t in tids.items()}
-            w0 = time.monotonic()
-            text = guest.wait_for_report(dom, until_off=True, latency=True,
-                                         timeout=duration + 240)
-            wall = time.monotonic() - w0
+            pid = guest.vcpu_threads(name)[0]
+            threads = {f"vcpu{v}": d["tid"] for v, d in result["host"]["vcpus"].items()}
+            if pid:
+                threads["emulator"] = pid
             hz = os.sysconf("SC_CLK_TCK")
-            result["vcpu_cpu_share"] = {str(v): round((cpu_ticks(t) - ticks0[v]) / hz / wall, 3)
-                                        for v, t in tids.items() if cpu_ticks(t)}
+            # CPU used per second of wall time by the vCPU and the emulator thread while
+            # cyclictest runs: how close each comes to its delegated RT budget
+            series: list[tuple[float, dict[str, int]]] = []
+            stop = threading.Event()
+
+            def sample() -> None:
+                while not stop.is_set():
+                    now = {k: cpu_ticks(pid, t) for k, t in threads.items()}
+                    if not all(now.values()):
+                        return  # QEMU is gone
+                    series.append((time.monotonic(), now))
+                    stop.wait(0.25)
+
+            guest.wait_for_report(dom, until_off=False, timeout=240)  # booted
+            begin = time.monotonic() + settle
+            sampler = threading.Thread(target=sample, daemon=True)
+            sampler.start()
+            try:
+                text = guest.wait_for_report(dom, until_off=True, latency=True,
+                                             timeout=settle + duration + 180)
+            finally:
+                stop.set()
+                sampler.join(timeout=5)
+            window = [(t, v) for t, v in series if begin <= t <= begin + duration]
+            if len(window) >= 2:
+                (ta, a), (tb, b) = window[0], window[-1]
+                result["cpu_share"] = {k: round((b[k] - a[k]) / hz / (tb - ta), 3)
+                                       for k in threads}
             result["seconds"] = round(time.monotonic() - t0, 1)
         report = rep.parse(text)
         lat = report.latency
@@ -306,6 +333,11 @@ def stats(runs: list[dict[str, Any]], thread: int = 0) -> dict[str, Any]:
         vals = [p[key] for p in per_run if p[key] is not None]
         if vals:
             out[f"{key}_spread"] = [min(vals), statistics.median(vals), max(vals)]
+    shares: dict[str, list[float]] = {}
+    for r in ok:
+        for k, v in r.get("cpu_share", {}).items():
+            shares.setdefault(k, []).append(v)
+    out["cpu_share_max"] = {k: max(v) for k, v in shares.items()}
     out["histogram"] = {str(k): pooled[k] for k in sorted(pooled)}
     return out
 
@@ -318,6 +350,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=5, help="runs per configuration and load")
     ap.add_argument("--duration", type=int, default=10, help="cyclictest seconds per run")
+    ap.add_argument("--settle", type=int, default=3,
+                    help="seconds the guest idles after boot before cyclictest starts")
     ap.add_argument("--workers", type=int, default=4,
                     help="stress-ng --cpu workers on the 2 host CPUs under load")
     ap.add_argument("--configs", default=",".join(MEASURED))
@@ -345,7 +379,7 @@ def main(argv: list[str] | None = None) -> int:
             for load in loads:
                 # B as a user would write it: libvirt must refuse it on this kernel
                 seq += 1
-                b = run_once(conn, "B", load, args.duration, args.workers, seq)
+                b = run_once(conn, "B", load, args.duration, args.workers, seq, args.settle)
                 b_attempts.append({k: b.get(k) for k in ("load", "error", "exit")})
                 if "error" not in b:
                     runs.append(b)
@@ -354,7 +388,8 @@ def main(argv: list[str] | None = None) -> int:
                     rng.shuffle(order)
                     for config in order:
                         seq += 1
-                        r = run_once(conn, config, load, args.duration, args.workers, seq)
+                        r = run_once(conn, config, load, args.duration, args.workers, seq,
+                                     args.settle)
                         r["rep"] = i
                         runs.append(r)
                         if not args.json:
@@ -377,6 +412,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "configs": {k: CONFIGS[k] for k in ["A", "B", *configs] if k in CONFIGS},
         "vcpus": VCPUS, "memory_mib": MEMORY_MIB, "duration_s": args.duration,
+        "settle_s": args.settle,
         "reps": args.reps, "hog": f"stress-ng --cpu {args.workers} --taskset 0-1",
         "thread": 0, "tcg": guest.TCG_NOTE,
         "b_vcpusched": b_attempts, "summary": summary,
