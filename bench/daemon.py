@@ -245,11 +245,11 @@ def sample_daemon(d: Numahookd, settle: float, seconds: float) -> dict[str, Any]
 
 def in_process_passes(conf: Path, steady: int) -> dict[str, Any]:
     """Time Reconciler.pass_ against this host: the first (full) pass, then steady ones."""
+    import logging
+
     from numahook import config
     from numahook.daemon.reconcile import Reconciler
     from numahook.state import StateDir
-
-    import logging
 
     # the refusals of the inactive domains (no CPU is free) are expected: keep them quiet
     logging.getLogger("numahook").setLevel(logging.ERROR)
