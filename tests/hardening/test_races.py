@@ -4,9 +4,11 @@ Each round, every domain runs one randomized libvirt lifecycle in its own thread
 ``libvirt-hooks/numahook`` as libvirtd does (``prepare begin -``, then ``started begin -``,
 ``stopped end -``, ``release end -``; a refused or failed start goes straight to
 ``stopped``/``release``; a retried start calls ``prepare`` twice). The hugepages are this
-machine's real 2 MiB pages on node 0. Once ``started`` succeeds, a stand-in for QEMU maps
-and touches the domain's hugepages (MAP_HUGETLB, as QEMU's preallocation does) and holds
-them until ``stopped``, so the pages another start counts as free are really free.
+machine's real 2 MiB pages on node 0. Between ``prepare`` and ``started`` a stand-in for
+QEMU maps and touches the domain's hugepages (MAP_HUGETLB, as QEMU's preallocation does)
+and holds them until the VM stops; it exits before ``stopped`` runs, as QEMU does, so the
+pages another start counts as free are really free, and the "stop window" (QEMU gone, the
+claim not yet released) is part of every round.
 
 The definitions are rendered beforehand as numahookd would (each pinned to CPUs of node
 0), so they compete for the same CPUs: at ``prepare`` a domain whose CPUs are taken is
@@ -19,23 +21,15 @@ Checked continuously by a monitor that takes the state lock (so no hook is half-
 - the pages promised to domains that have been admitted but not mapped yet are free;
 and after every round: every admitted domain could map its pages, no claim is left, and
 ``nr_hugepages`` is back at its starting value.
-
-One interleaving is held back by default: a domain's QEMU exiting and its ``stopped``
-hook (the "stop window") do not overlap another domain's ``prepare``. In that window numahook
-counts the stopping domain's pages as free and then gives them back under the starting
-domain (a known bug, see the strict xfail below). ``NUMAHOOK_RACE_WINDOW=open`` lets the
-rounds hit it too, counting those hits as figures instead of failing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,8 +53,6 @@ from .conftest import (
 )
 
 N_DOMAINS = 8
-#: let prepares overlap a stopping domain's window (the known bug) and count, not fail
-WINDOW_OPEN = os.environ.get("NUMAHOOK_RACE_WINDOW", "") == "open"
 ROUNDS = scaled(10, 150)
 POOL = (0, PAGE_KIB)
 
@@ -98,55 +90,11 @@ class RoundLog:
     #: domains whose stand-in QEMU maps (or may map) their pages right now
     mapping: set[str] = field(default_factory=set)
     failures: list[str] = field(default_factory=list)
-    #: violations the stop-window bug explains (only counted with the window open)
-    known: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    gate: Gate = field(default_factory=lambda: Gate(WINDOW_OPEN))
 
-    def fail(self, text: str, window_bug: bool = False) -> None:
+    def fail(self, text: str) -> None:
         with self.lock:
-            (self.known if window_bug and WINDOW_OPEN else self.failures).append(text)
-
-
-class Gate:
-    """Prepares share it; a VM's stop window (QEMU exits, then its stopped hook) takes it
-    alone. Open (``NUMAHOOK_RACE_WINDOW=open``), it lets everything through."""
-
-    def __init__(self, open_: bool) -> None:
-        self.open = open_
-        self.cond = threading.Condition()
-        self.sharing = 0
-        self.exclusive_held = False
-
-    @contextlib.contextmanager
-    def shared(self) -> Iterator[None]:
-        if self.open:
-            yield
-            return
-        with self.cond:
-            self.cond.wait_for(lambda: not self.exclusive_held)
-            self.sharing += 1
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.sharing -= 1
-                self.cond.notify_all()
-
-    @contextlib.contextmanager
-    def exclusive(self) -> Iterator[None]:
-        if self.open:
-            yield
-            return
-        with self.cond:
-            self.cond.wait_for(lambda: not self.exclusive_held and self.sharing == 0)
-            self.exclusive_held = True
-        try:
-            yield
-        finally:
-            with self.cond:
-                self.exclusive_held = False
-                self.cond.notify_all()
+            self.failures.append(text)
 
 
 def node0_cpus() -> frozenset[int]:
@@ -209,13 +157,11 @@ class Monitor(threading.Thread):
             surplus = self.pool.surplus()
             self.log.fail(f"nr_hugepages {nr} != baseline {self.pool.baseline} + {added} "
                           f"added by {[(c.name, dict(c.hugepages)) for c in claims]} "
-                          f"(surplus {surplus})",
-                          window_bug=nr - self.pool.baseline - added == surplus)
+                          f"(surplus {surplus})")
         promised = sum(c.need.get(POOL, 0) for c in claims
                        if c.phase in ("claimed", "reserved") and c.uuid not in mapping)
         if free < promised:
-            self.log.fail(f"{free} pages free but {promised} promised to admitted domains",
-                          window_bug=True)
+            self.log.fail(f"{free} pages free but {promised} promised to admitted domains")
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -243,12 +189,10 @@ def lifecycle(host: Host, dom: Dom, rng: random.Random, log: RoundLog) -> None:
     """One randomized start/stop of ``dom``, in libvirt's order."""
     kind = rng.choice(["start", "start", "start", "start", "failed-start", "retried-start"])
     time.sleep(rng.uniform(0, 0.05))
-    with log.gate.shared():
-        rc = hook(host, dom, "prepare", "begin", log)
+    rc = hook(host, dom, "prepare", "begin", log)
     if kind == "retried-start":  # the first attempt died before release; libvirt retries
         time.sleep(rng.uniform(0, 0.02))
-        with log.gate.shared():
-            rc = hook(host, dom, "prepare", "begin", log)
+        rc = hook(host, dom, "prepare", "begin", log)
     claim = host.statedir().load(dom.uuid)
     if rc != 0:
         with log.lock:
@@ -273,7 +217,7 @@ def lifecycle(host: Host, dom: Dom, rng: random.Random, log: RoundLog) -> None:
             got = standin.stdout.readline().strip()
             if got != "ok":
                 log.fail(f"{dom.name} was admitted but could not map its {dom.pages} "
-                         f"hugepages: {got}", window_bug=True)
+                         f"hugepages: {got}")
             else:
                 with log.lock:
                     log.mapped += dom.pages
@@ -281,13 +225,13 @@ def lifecycle(host: Host, dom: Dom, rng: random.Random, log: RoundLog) -> None:
                 log.fail(f"{dom.name}: started failed")
             time.sleep(rng.uniform(0, 0.05))
     finally:
-        with log.gate.exclusive():  # the stop window: QEMU is gone, then the stopped hook
-            if standin is not None:
-                standin.kill()
-                standin.wait()
-            with log.lock:
-                log.mapping.discard(dom.uuid)
-            hook(host, dom, "stopped", "end", log)
+        if standin is not None:  # the VM stops: QEMU exits first ...
+            standin.kill()
+            standin.wait()
+        with log.lock:
+            log.mapping.discard(dom.uuid)
+    time.sleep(rng.uniform(0, 0.03))  # ... and libvirt runs the hooks a moment later
+    hook(host, dom, "stopped", "end", log)
     hook(host, dom, "release", "end", log)
 
 
@@ -333,8 +277,6 @@ def test_parallel_starts_never_double_book_and_always_balance(race_host: Host,
         FIGURES.add("races", "hugepages-mapped", log.mapped)
         FIGURES.add("races", "invariant-checks", monitor.snapshots + 1)
         FIGURES.add("races", "violations", len(log.failures))
-        if WINDOW_OPEN:
-            FIGURES.add("races", "known-bug-hits-stop-window", len(log.known))
         FIGURES.add("races", "claims-left", len(leftover))
         FIGURES.add("races", "pages-leaked", abs(real_pool.nr() - real_pool.baseline))
         FIGURES.maximum("races", "domains", len(doms))
