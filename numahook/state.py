@@ -226,6 +226,14 @@ class StateDir:
         fsutil.atomic_write(self._file(claim.uuid), text, 0o600)
 
     def _read(self, path: Path) -> Claim:
+        # a record root did not write (the dir was open once) is never acted on as root
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise InputError(f"claim record {path} cannot be read: {exc.strerror}") from None
+        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+            raise InputError(f"claim record {path} is not owned by uid {os.geteuid()} or is "
+                             "writable by others; numahook did not write it")
         try:
             data = json.loads(fsutil.read_text(path, _MAX_CLAIM))
         except ValueError as exc:

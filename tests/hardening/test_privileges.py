@@ -140,12 +140,6 @@ def test_numahook_listens_on_no_socket() -> None:
     assert found == [], found
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (hardening gap): StateDir.ensure() silently chmods a group/world-writable state "
-    "dir to 0700 instead of refusing it, and claim records are trusted without checking "
-    "their owner, so a record planted while the dir was open is acted on as root: its "
-    "hugepages are 'given back' from the pool (the admin's pages) and its rt_budget paths, "
-    "any file, are written"))
 def test_a_claim_planted_by_another_user_is_not_trusted(host: Host) -> None:
     if not ROOT:
         pytest.skip("chown needs root")
