@@ -23,6 +23,7 @@ Restarting libvirtd and numahookd under running VMs needs the lab; the lead runs
 from __future__ import annotations
 
 import os
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from numahook.daemon.reconcile import Reconciler
 from .conftest import (
     FIGURES,
     KILLED,
+    LONG,
     PAGE_KIB,
     Host,
     RealPool,
@@ -42,6 +44,7 @@ from .conftest import (
     domain_xml,
     make_host,
     prerender,
+    scaled,
     skip_if_disturbed,
     status_xml,
     uuid_of,
@@ -342,3 +345,58 @@ def test_fault_points_cost_nothing_when_unset() -> None:
         faults.point(name)
     assert faults._ARMED == {} and faults._HITS == {}
     assert faults._parse("a, b@3 ,c@x,,@2") == {"a": 1, "b": 3, "c": 1}
+
+
+# --------------------------------------------------------------------------- random kills
+
+RANDOM_KILLS = scaled(24, 400)
+
+
+def _kill_after(host: Host, xml: str, op: str, subop: str, delay: float) -> int:
+    proc = host.start(xml, NAME, op, subop)
+    assert proc.stdin is not None
+    try:
+        proc.stdin.write(xml)
+        proc.stdin.close()
+    except BrokenPipeError:
+        pass
+    time.sleep(delay)
+    proc.kill()  # the sh front exec'd python: this is SIGKILL to the hook itself
+    proc.wait(timeout=120)
+    for stream in (proc.stdout, proc.stderr):
+        if stream is not None:
+            stream.read()
+            stream.close()
+    return proc.returncode
+
+
+@pytest.mark.parametrize("sysfs", ["fixture", "real"])
+def test_killed_at_random_moments(request: pytest.FixtureRequest, tmp_path: Path,
+                                  sysfs: str) -> None:
+    """SIGKILL from outside after a random delay, anywhere in a start or a stop (imports,
+    parsing, an atomic write, a knob write), then one of the three recoveries."""
+    host, pool = _host(request, tmp_path, sysfs)
+    xml = _domain(host)
+    seed = random.randrange(1 << 30) if LONG else 8
+    rng = random.Random(seed)
+    print(f"random kills seed {seed}")
+    # how long each call takes here, so the kills land inside it (a calibration only)
+    span = {}
+    for op, sub in (("prepare", "begin"), ("stopped", "end")):
+        t0 = time.monotonic()
+        assert host.hook(xml, NAME, op, sub).returncode == 0
+        span[op] = time.monotonic() - t0
+    for i in range(RANDOM_KILLS):
+        op = rng.choice(["prepare", "stopped"])
+        if op == "stopped":
+            assert host.hook(xml, NAME, "prepare", "begin").returncode == 0
+        rc = _kill_after(host, xml, op, "begin" if op == "prepare" else "end",
+                         rng.uniform(0.0, span[op]))
+        FIGURES.add("crash", "random-kills" if rc == -9 else "random-kills-too-late")
+        _journal_is_honest(host, pool)
+        how = rng.choice(["libvirt", "next-start", "daemon"])
+        if op == "stopped" and how == "libvirt":
+            assert host.hook(xml, NAME, "release", "end").returncode == 0
+        else:
+            _recover(host, xml, how)
+        _consistent(host, pool, f"random kill {i} (seed {seed}) in {op}, then {how}")
