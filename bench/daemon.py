@@ -30,7 +30,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,8 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from lab import LabError, env, guest  # noqa: E402
+from lab.session import hook_config, lab_held  # noqa: E402
 
-CONF = Path("/etc/numahook/numahook.conf")
 NODE_JSON = Path("/run/numahook/node.json")
 PREFIX = "nhbench-d"
 RUNNING = 2
@@ -49,39 +48,6 @@ META = ("<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/do
         "<numahook:cpu dedicatedCpuPlacement='true'>"
         "<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>"
         "<numahook:realtime/></numahook:cpu></numahook:domain></metadata>")
-
-
-def holder() -> str:
-    return "bench" + env.holder_for_this_process()[len("pytest"):]
-
-
-@contextlib.contextmanager
-def lab_held() -> Iterator[None]:
-    who = holder()
-    with contextlib.redirect_stdout(sys.stderr):  # the lab talks on stdout; --json owns it
-        env.up(who, build_probe=True, daemon=False)
-    try:
-        yield
-    finally:
-        with contextlib.redirect_stdout(sys.stderr):
-            problems = env.release(who)
-        if problems:
-            print(f"lab teardown left: {problems}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def hook_config(text: str) -> Iterator[None]:
-    old = CONF.read_text() if CONF.exists() else None
-    CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(text)
-    try:
-        yield
-    finally:
-        if old is None:
-            CONF.unlink(missing_ok=True)
-        else:  # the directory may have gone meanwhile (a package purge)
-            CONF.parent.mkdir(parents=True, exist_ok=True)
-            CONF.write_text(old)
 
 
 def cli(*args: str, stdin: str | None = None) -> str:

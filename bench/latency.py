@@ -52,8 +52,8 @@ if str(REPO) not in sys.path:
 
 from lab import LabError, env, guest  # noqa: E402
 from lab import report as rep  # noqa: E402
+from lab.session import hook_config, lab_held  # noqa: E402
 
-CONF = Path("/etc/numahook/numahook.conf")
 NR_2M = Path("/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages")
 PREFIX = "nhbench-lat"
 VCPUS = 1
@@ -73,42 +73,6 @@ CONFIGS = {
          "throttled=delegate",
 }
 MEASURED = ("A", "B-pin", "C")
-
-
-def holder() -> str:
-    """A lab holder whose liveness the lab can check (``bench:<pid>:<start>``)."""
-    return "bench" + env.holder_for_this_process()[len("pytest"):]
-
-
-@contextlib.contextmanager
-def lab_held() -> Iterator[None]:
-    """The lab up for this process (libvirtd, hook, probe; no numahookd), released after."""
-    who = holder()
-    with contextlib.redirect_stdout(sys.stderr):  # the lab talks on stdout; --json owns it
-        env.up(who, build_probe=True, daemon=False)
-    try:
-        yield
-    finally:
-        with contextlib.redirect_stdout(sys.stderr):
-            problems = env.release(who)
-        if problems:
-            print(f"lab teardown left: {problems}", file=sys.stderr)
-
-
-@contextlib.contextmanager
-def hook_config(text: str) -> Iterator[None]:
-    """/etc/numahook/numahook.conf for the hook, with what was there put back after."""
-    old = CONF.read_text() if CONF.exists() else None
-    CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(text)
-    try:
-        yield
-    finally:
-        if old is None:
-            CONF.unlink(missing_ok=True)
-        else:  # the directory may have gone meanwhile (a package purge)
-            CONF.parent.mkdir(parents=True, exist_ok=True)
-            CONF.write_text(old)
 
 
 @contextlib.contextmanager

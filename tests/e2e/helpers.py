@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from lab.session import hook_config
 from numahook import hostinputs, render
 from numahook.config import Config
 from numahook.state import StateDir
 
-CONF = Path("/etc/numahook/numahook.conf")
 CLAIMS = Path("/run/numahook/claims")
 MACHINE_CPUSET = Path("/sys/fs/cgroup/cpuset/machine/cpuset.cpus")
 HOLD = "numahook.hold=600"
@@ -40,21 +39,6 @@ def render_here(xml: str) -> str:
     inputs, _ = hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None,
                                   state=StateDir(cfg.state_dir))
     return render.render_parsed(doc, inputs).xml
-
-
-@contextmanager
-def hook_config(text: str) -> Iterator[None]:
-    """Write /etc/numahook/numahook.conf for the hook, and put back what was there."""
-    old = CONF.read_text() if CONF.exists() else None
-    CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(text)
-    try:
-        yield
-    finally:
-        if old is None:
-            CONF.unlink()
-        else:
-            CONF.write_text(old)
 
 
 @pytest.fixture
