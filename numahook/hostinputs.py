@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from numahook import NAMESPACE, cgroups, cpulist, libvirtstatus, procfs, rtsched, sysfs
+from numahook import cgroups, cpulist, libvirtstatus, metadata, procfs, rtsched, sysfs
 from numahook.config import Config
 from numahook.design import Inputs
 from numahook.state import StateDir
@@ -47,8 +47,7 @@ def managed_running(cfg: Config, exclude_uuid: str | None) -> dict[str, frozense
     for dom in libvirtstatus.running_domains(cfg.libvirt_run):
         if exclude_uuid and dom.uuid == (exclude_uuid or "").lower():
             continue
-        meta = dom.domain.find("metadata")
-        if meta is None or meta.find(f"{{{NAMESPACE}}}domain") is None:
+        if not metadata.opted_in(dom.domain):
             continue
         out[dom.name] = dom.pinned_cpus
     return out

@@ -47,6 +47,12 @@ def _split(tag: str) -> tuple[str | None, str]:
     return None, tag
 
 
+def opted_in(domain: Any) -> bool:
+    """Whether a domain carries our element: the cheap test, no validation."""
+    meta = domain.find("metadata")
+    return meta is not None and meta.find(f"{NS}domain") is not None
+
+
 def find(domain: Any) -> Any | None:
     """Our element, or None for a domain that did not opt in."""
     meta = domain.find("metadata")

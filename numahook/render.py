@@ -35,10 +35,15 @@ class Result:
 def parse(xml: str | bytes, readonly: bool = False) -> Parsed:
     """``readonly``: the stdlib parser, for code that never edits (the hook's gate)."""
     root = xmlsafe.parse_readonly(xml) if readonly else xmlsafe.parse(xml)
+    return read(root, xmlsafe.quote_style(xml))
+
+
+def read(root: Any, quote: str = '"') -> Parsed:
+    """Read a domain tree already parsed (e.g. the <domain> inside a libvirt status file)."""
     el = metadata.find(root) if root.tag == "domain" else None
     facts = domainxml.read(root)
     req = request.from_raw(metadata.parse(el)) if el is not None else None
-    return Parsed(root, facts, req, xmlsafe.quote_style(xml))
+    return Parsed(root, facts, req, quote)
 
 
 def evaluate(doc: Parsed, inp: Inputs) -> Evaluation:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from numahook import NAMESPACE, cpulist, libvirtstatus, procfs, render, xmlsafe
+from numahook import NAMESPACE, cpulist, libvirtstatus, metadata, procfs, render
 from numahook.config import Config
 from numahook.errors import NumahookError
 from numahook.state import StateDir
@@ -20,11 +20,10 @@ log = logging.getLogger(__name__)
 def _running(cfg: Config, claims: dict[str, Any]) -> list[dict[str, Any]]:
     out = []
     for st in libvirtstatus.running_domains(cfg.libvirt_run):
-        meta = st.domain.find("metadata")
-        if meta is None or meta.find(f"{{{NAMESPACE}}}domain") is None:
+        if not metadata.opted_in(st.domain):
             continue
         try:
-            doc = render.parse(xmlsafe.tostring(st.domain), readonly=True)
+            doc = render.read(st.domain)
         except NumahookError as exc:
             log.warning("cannot read the live definition of %s: %s", st.name, exc)
             continue

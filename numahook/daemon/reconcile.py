@@ -20,6 +20,7 @@ from numahook import (
     hostinputs,
     libvirtstatus,
     lifecycle,
+    metadata,
     procfs,
     redefine,
     render,
@@ -81,12 +82,10 @@ class Reconciler:
         for st in libvirtstatus.running_domains(self.cfg.libvirt_run):
             if st.state != "running" or phases.get(st.uuid, "running") != "running":
                 continue
-            meta = st.domain.find("metadata")
-            if meta is None or meta.find(f"{{{NAMESPACE}}}domain") is None:
+            if not metadata.opted_in(st.domain):
                 continue
-            xml = xmlsafe.tostring(st.domain)
             try:
-                doc = render.parse(xml, readonly=True)
+                doc = render.read(st.domain)
             except NumahookError as exc:
                 log.warning("cannot read the live definition of %s: %s", st.name, exc)
                 continue
@@ -99,7 +98,7 @@ class Reconciler:
                     rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
                 except NumahookError:
                     rt = frozenset()
-            out.append(RunningManaged(st, xml, rt, req.realtime_priority,
+            out.append(RunningManaged(st, xmlsafe.tostring(st.domain), rt, req.realtime_priority,
                                       bool(rt and req.isolate_emulator)))
         return out
 
