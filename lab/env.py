@@ -300,6 +300,24 @@ def set_value(path: str | Path, value: str) -> None:
     _write(p, value)
 
 
+def write_file(path: Path, data: str) -> None:
+    """Write a file under /etc, remembering what was there for ``down``.
+
+    A test killed before it puts the file back leaves it to the lab's teardown, so no
+    config of ours outlives the lab (a package install refuses an unowned conffile).
+    """
+
+    def remember(state: dict[str, Any]) -> None:
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True)
+            state["dirs"].append(str(path.parent))
+        if str(path) not in state["files"]:
+            state["files"][str(path)] = path.read_bytes().hex() if path.exists() else None
+
+    _mutate(remember)
+    path.write_text(data)
+
+
 # --- steps of `up` ---------------------------------------------------------------------
 
 

@@ -37,11 +37,11 @@ def hook_config(text: str) -> Iterator[None]:
     """/etc/numahook/numahook.conf for the hook, with what was there put back after.
 
     libvirtd runs the hook with its own environment, so the file is the only way to
-    configure it for a test.
+    configure it for a test. The lab remembers the original too, so a killed test's
+    config goes at the next ``lab down``.
     """
     old = CONF.read_text() if CONF.exists() else None
-    CONF.parent.mkdir(parents=True, exist_ok=True)
-    CONF.write_text(text)
+    env.write_file(CONF, text)
     try:
         yield
     finally:
