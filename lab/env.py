@@ -48,7 +48,6 @@ PACKAGES = [
     "python3-setuptools",
     "python3-pytest",
     "python3-daemon",
-    "python3-pyroute2",
     "python3-sdnotify",
     "libxml2-utils",
     "libnuma1",

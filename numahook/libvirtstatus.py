@@ -83,7 +83,8 @@ def parse_status(data: str | bytes, what: str = "libvirt status XML") -> Running
     )
 
 
-def _load(path: Path) -> RunningDomain:
+def load(path: Path) -> RunningDomain:
+    """One status file, bounded in size."""
     return parse_status(fsutil.read_text(path, xmlsafe.MAX_XML_BYTES), f"status file {path}")
 
 
@@ -99,7 +100,7 @@ def running_domains(root: str = DEFAULT_ROOT) -> list[RunningDomain]:
     out: list[RunningDomain] = []
     for name in names:
         try:
-            out.append(_load(fsutil.under(root, name)))
+            out.append(load(fsutil.under(root, name)))
         except InputError as exc:
             log.warning("skipping libvirt status file %s/%s: %s", root, name, exc)
     return sorted(out, key=lambda d: d.name)
@@ -112,4 +113,4 @@ def status_of(name: str, root: str = DEFAULT_ROOT) -> RunningDomain | None:
     path = fsutil.under(root, f"{name}.xml")
     if not path.exists():
         return None
-    return _load(path)
+    return load(path)

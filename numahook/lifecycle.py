@@ -26,7 +26,7 @@ from numahook import (
 )
 from numahook.config import Config
 from numahook.errors import HostError, NumahookError, Refusal
-from numahook.state import Claim, ClaimJournal, StateDir, rollback
+from numahook.state import Claim, ClaimJournal, RealtimeIntent, StateDir, rollback
 
 log = logging.getLogger(__name__)
 
@@ -109,7 +109,11 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
                 raise Refusal(gate.reason, gate.name)
         need = {(c.host_node, plan.page_kib): c.pages for c in plan.cells
                 if plan.page_kib is not None}
-        claim = Claim(uuid=uuid, name=name, cpus=plan.cpus, phase="claimed", need=need)
+        early = tuple(v for v in plan.realtime_vcpus if v < doc.facts.current_vcpus)
+        intent = (RealtimeIntent(early, plan.priority, doc.request.isolate_emulator)
+                  if early else None)
+        claim = Claim(uuid=uuid, name=name, cpus=plan.cpus, phase="claimed", need=need,
+                      realtime=intent)
         journal = ClaimJournal(state, claim)
         journal.update()  # the claim exists before any page is touched
         faults.point("admit.claimed")
@@ -188,6 +192,48 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
     audit("realtime", name, vcpus=cpulist.format(rt_vcpus), priority=req.realtime_priority,
           emulator=emulator is not None, path=result.path, detail=result.message)
     return Tuning(tuple(sorted(rt_vcpus)), result, result.message)
+
+
+def tune_early(uuid: str, tids: dict[int, int], pid: int, cfg: Config,
+               state: StateDir) -> bool:
+    """numahookd, between ``prepare`` and ``started``: FIFO as soon as libvirt has put the
+    real-time vCPU threads in their cgroups, rather than ~100 ms after ``started``.
+
+    Only where the group budget must be delegated (elsewhere ``<vcpusched>`` does it
+    before the vCPUs run). ``tids`` are the threads found in the ``vcpuN`` cgroups so far.
+    True once done or once there is nothing to do; False to be asked again when more
+    vCPU threads have moved. The ``started`` hook still applies and verifies, and finds
+    the work done.
+    """
+    if cfg.rt_throttled != "delegate" or not rtsched.needs_group_budget(cfg.cgroup_root,
+                                                                          cfg.proc_root):
+        return True
+    claim = state.load(uuid)
+    if claim is None or claim.realtime is None or claim.phase == "running":
+        return True
+    intent = claim.realtime
+    if not set(intent.vcpus) <= set(tids):
+        return False
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(uuid)  # again, under the lock: the hook may have moved on
+        if claim is None or claim.realtime is None or claim.phase == "running":
+            return True
+        journal = ClaimJournal(state, claim)
+        journal.update(qemu_pid=pid)
+        earlier = list(claim.rt_budget)
+
+        def note(records: list[rtsched.BudgetRecord]) -> None:
+            journal.rt_budget(earlier + records)
+
+        result = rtsched.apply(
+            {v: tids[v] for v in intent.vcpus}, frozenset(intent.vcpus), intent.priority,
+            allow_delegation=True, cap_us=cfg.rt_max_budget_us, cgroup_root=cfg.cgroup_root,
+            proc_root=cfg.proc_root, journal=note,
+            emulator_tid=pid if intent.emulator else None)
+    audit("realtime-early", claim.name, vcpus=cpulist.format(intent.vcpus),
+          priority=intent.priority, emulator=intent.emulator, path=result.path,
+          detail=result.message)
+    return True
 
 
 def _live_cpus(doc: render.Parsed) -> frozenset[int]:

@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 #: QEMU names its vCPU threads "CPU <index>/<accelerator>"; KVM and TCG are the ones we run.
 _VCPU_COMM = re.compile(r"^CPU ([0-9]{1,5})/(KVM|TCG)\Z")
+_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 #: sched_getscheduler may OR this flag into the policy.
 _RESET_ON_FORK = 0x40000000
 _POLICY_NAMES = {
@@ -67,6 +68,33 @@ def vcpu_threads_from_proc(pid: int, proc_root: str = "/proc") -> dict[int, int]
         if m:
             out[int(m.group(1))] = tid
     return out
+
+
+def thread_group(tid: int, proc_root: str = "/proc") -> int | None:
+    """The process (``Tgid``) a thread belongs to, None when it has exited meanwhile."""
+    try:
+        text = fsutil.read_text(fsutil.under(proc_root, str(int(tid)), "status"), 1 << 16)
+    except InputError:
+        return None
+    for line in text.splitlines():
+        if line.startswith("Tgid:"):
+            value = line[5:].strip()
+            return int(value) if is_decimal(value) and len(value) <= 10 else None
+    return None
+
+
+def qemu_uuid(pid: int, proc_root: str = "/proc") -> str | None:
+    """The domain UUID libvirt passes QEMU as ``-uuid``; None for any other process."""
+    try:
+        raw = fsutil.read_text(fsutil.under(proc_root, str(int(pid)), "cmdline"), 1 << 20)
+    except InputError:
+        return None
+    args = raw.split("\0")
+    for i, arg in enumerate(args[:-1]):
+        if arg == "-uuid":
+            value = args[i + 1].strip().lower()
+            return value if _UUID.match(value) else None
+    return None
 
 
 def sched_of(tid: int) -> tuple[str, int]:

@@ -52,6 +52,32 @@ def _uuid(value: str) -> str:
 
 
 @dataclass(frozen=True)
+class RealtimeIntent:
+    """What ``prepare`` decided about realtime, so numahookd can apply it before ``started``.
+
+    ``vcpus`` are the masked vCPUs online at boot; ``emulator`` says QEMU's main thread is
+    real-time too (isolated emulator thread).
+    """
+
+    vcpus: tuple[int, ...]
+    priority: int
+    emulator: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {"vcpus": list(self.vcpus), "priority": self.priority, "emulator": self.emulator}
+
+    @classmethod
+    def from_json(cls, data: Any) -> RealtimeIntent:
+        vcpus = tuple(_int(v) for v in data["vcpus"])
+        priority = _int(data["priority"])
+        if not vcpus or any(not 0 <= v < 16384 for v in vcpus) or not 1 <= priority <= 99:
+            raise ValueError(f"realtime {data!r}")
+        if type(data["emulator"]) is not bool:
+            raise TypeError(f"{data['emulator']!r} is not a boolean")
+        return cls(vcpus, priority, data["emulator"])
+
+
+@dataclass(frozen=True)
 class Claim:
     """What one domain holds on this host."""
 
@@ -70,6 +96,8 @@ class Claim:
     phase: str = "claimed"
     created: float = field(default_factory=time.time)
     qemu_pid: int | None = None
+    #: realtime to apply once the vCPU threads sit in their cgroups (None: no realtime)
+    realtime: RealtimeIntent | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uuid", _uuid(self.uuid))
@@ -94,6 +122,7 @@ class Claim:
             "phase": self.phase,
             "created": self.created,
             "qemu_pid": self.qemu_pid,
+            "realtime": None if self.realtime is None else self.realtime.to_json(),
         }
 
     @classmethod
@@ -103,6 +132,7 @@ class Claim:
             if data.get("version") != VERSION:
                 raise ValueError(f"version {data.get('version')!r}")
             pid = data["qemu_pid"]
+            rt = data.get("realtime")  # absent in records of numahook 0.1.0
             return cls(
                 uuid=_str(data["uuid"]),
                 name=_str(data["name"]),
@@ -120,6 +150,7 @@ class Claim:
                 phase=_str(data["phase"]),
                 created=float(data["created"]),
                 qemu_pid=None if pid is None else _int(pid),
+                realtime=None if rt is None else RealtimeIntent.from_json(rt),
             )
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"the claim record is malformed ({exc!r})") from None

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from numahook import NAMESPACE, __version__, node, publish, status
+from numahook import NAMESPACE, __version__, node, publish, status, uevents
 from numahook import config as configmod
 from numahook.daemon.connection import EVENTS, Connection
 from numahook.daemon.loop import Loop
 from numahook.daemon.notify import Notifier
 from numahook.daemon.reconcile import Reconciler
+from numahook.daemon.vcpuwatch import VcpuWatch
 from numahook.errors import ConfigError, NumahookError
 from numahook.state import StateDir
 
@@ -42,6 +43,7 @@ class Daemon:
         self.capability: Any = None
         self._timers: dict[str, int] = {}
         self._uevents: Any = None
+        self.vcpus = VcpuWatch(cfg, self.state)
 
     # -- publishing ---------------------------------------------------------------------
     def probe_and_publish(self) -> None:
@@ -52,6 +54,8 @@ class Daemon:
         if self.capability is None:
             return
         domains = status.collect(self.cfg)
+        domains["inactive"] = [{"name": d.name, "uuid": d.uuid, "state": "shut off"}
+                               for d in self.reconciler.inactive()]
         stats = self.reconciler.stats
         running = len(domains["running"])
         metrics = [
@@ -114,6 +118,7 @@ class Daemon:
                 if managed:
                     self.reconciler.rerender_inactive(self.conn.conn, only=dom)
         elif event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
+            self.reconciler.forget(dom.UUIDString())
             self.reconciler.realtime_backstop(only=name)
             self.publish()
         elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
@@ -133,6 +138,7 @@ class Daemon:
         else:
             self.cfg = new
             self.reconciler.cfg = new
+            self.vcpus.cfg = new
             log.info("reloaded %s", new.source)
         self.probe_and_publish()
         self.reconciler.rerender_inactive(self.conn.conn, force=True)
@@ -151,26 +157,35 @@ class Daemon:
     # -- CPU hotplug ------------------------------------------------------------------
     def _watch_uevents(self) -> None:
         try:
-            from pyroute2.netlink.uevent import UeventSocket
-            sock = UeventSocket()
-            sock.bind()
-        except (ImportError, OSError) as exc:
+            sock = uevents.open_socket()
+        except OSError as exc:
             log.warning("no kobject uevents (%s); CPU hotplug is noticed by the probe timer",
-                        exc)
+                        exc.strerror)
             return
         self._uevents = sock
 
         def ready() -> None:
-            changed = False
-            for msg in sock.get():
-                if msg.get("SUBSYSTEM") in ("cpu", "node", "memory"):
-                    log.info("hotplug: %s %s", msg.get("ACTION"), msg.get("DEVPATH"))
-                    changed = True
-            if changed:
+            events, lost = uevents.drain(sock)
+            changed = uevents.hotplug(events)
+            for ev in changed:
+                log.info("hotplug: %s %s", ev.get("ACTION"), ev.get("DEVPATH"))
+            if lost:
+                log.warning("kobject uevents were lost (receive buffer full); probing again")
+            if changed or lost:
                 self.probe_and_publish()
                 self.reconciler.rerender_inactive(self.conn.conn)
 
         self.loop.watch_fd(sock.fileno(), ready, "uevents")
+
+    def _watch_vcpus(self) -> None:
+        try:
+            fd = self.vcpus.start()
+        except OSError as exc:
+            log.warning("cannot watch the cpu cgroups (%s); real-time vCPUs get FIFO from the "
+                        "started hook only", exc.strerror)
+            return
+        if fd is not None:
+            self.loop.watch_fd(fd, self.vcpus.ready, "vcpu watch")
 
     # -- running --------------------------------------------------------------------
     def run(self) -> int:
@@ -184,7 +199,8 @@ class Daemon:
                            ("realtime backstop", self.reconciler.realtime_backstop),
                            ("libvirt connect", self.conn.open),
                            ("probe", self.probe_and_publish),
-                           ("uevents", self._watch_uevents)):
+                           ("uevents", self._watch_uevents),
+                           ("vcpu watch", self._watch_vcpus)):
             self.loop.guard(name, step)
         self._timers["reconcile"] = self.loop.every(
             self.cfg.reconcile_interval, self._reconcile, "reconcile")
@@ -206,6 +222,9 @@ class Daemon:
             except (NumahookError, OSError) as exc:
                 log.warning("removing the node-feature-discovery file failed: %s", exc)
             self.conn.close()
+            if self._uevents is not None:
+                self._uevents.close()
+            self.vcpus.close()
             self.loop.close()
         return 0
 

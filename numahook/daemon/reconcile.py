@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from numahook import (
     NAMESPACE,
     cgroups,
     cpulist,
+    fsutil,
     hostinputs,
     libvirtstatus,
     lifecycle,
@@ -59,6 +61,22 @@ class RunningManaged:
     emulator_rt: bool = False
 
 
+@dataclass(frozen=True)
+class InactiveManaged:
+    name: str
+    uuid: str
+    #: the cpuset partition it renders from (None: the default)
+    partition: str | None
+
+
+def _stat_key(path: str) -> tuple[int, int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_ino, st.st_mtime_ns, st.st_size
+
+
 class Reconciler:
     def __init__(self, cfg: Config, state: StateDir) -> None:
         self.cfg = cfg
@@ -66,6 +84,12 @@ class Reconciler:
         self.stats = Stats()
         self._fingerprint = ""
         self._defined_digest: dict[str, tuple[str, float]] = {}
+        #: status file -> (its stat key, what it says); libvirt rewrites the file on change
+        self._status_seen: dict[str, tuple[tuple[int, int, int], RunningManaged | None]] = {}
+        #: uuid -> inactive managed definition, refreshed from libvirt on events only
+        self._inactive: dict[str, InactiveManaged] | None = None
+        #: (group budget needed, kernel.sched_rt_runtime_us) when the watch last found no stall
+        self._rt_clean: tuple[bool, int] | None = None
 
     # -- what runs ----------------------------------------------------------------------
     def running_managed(self) -> list[RunningManaged]:
@@ -75,32 +99,67 @@ class Reconciler:
         its cgroup after QEMU launches, and the kernel refuses to move a SCHED_FIFO thread
         into a group without RT budget, so an early FIFO would fail the start.
         """
-        out = []
         phases = {}
         if self.state.path.exists():
             phases = {c.uuid: c.phase for c in self.state.list_claims()}
-        for st in libvirtstatus.running_domains(self.cfg.libvirt_run):
-            if st.state != "running" or phases.get(st.uuid, "running") != "running":
-                continue
-            if not metadata.opted_in(st.domain):
-                continue
-            try:
-                doc = render.read(st.domain)
-            except NumahookError as exc:
-                log.warning("cannot read the live definition of %s: %s", st.name, exc)
-                continue
-            req = doc.request
-            if req is None:
-                continue
-            rt = frozenset()
-            if req.realtime:
-                try:
-                    rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
-                except NumahookError:
-                    rt = frozenset()
-            out.append(RunningManaged(st, xmlsafe.tostring(st.domain), rt, req.realtime_priority,
-                                      bool(rt and req.isolate_emulator)))
+        out = []
+        for dom in self._read_running():
+            if dom.status.state == "running" and phases.get(dom.status.uuid,
+                                                            "running") == "running":
+                out.append(dom)
         return out
+
+    def _read_running(self) -> list[RunningManaged]:
+        """Every managed status file, parsed again only when libvirt rewrote it.
+
+        The realtime watch and each pass need this; re-parsing every status XML each time
+        was most of the daemon's idle CPU.
+        """
+        root = self.cfg.libvirt_run
+        try:
+            names = sorted(n for n in os.listdir(root) if n.endswith(".xml"))
+        except OSError:
+            names = []
+        seen: dict[str, tuple[tuple[int, int, int], RunningManaged | None]] = {}
+        for name in names:
+            path = os.path.join(root, name)
+            key = _stat_key(path)
+            if key is None:
+                continue  # gone meanwhile
+            cached = self._status_seen.get(path)
+            if cached is not None and cached[0] == key:
+                seen[path] = cached
+                continue
+            seen[path] = (key, self._managed(root, name))
+        self._status_seen = seen
+        return sorted((d for _, d in seen.values() if d is not None),
+                      key=lambda d: d.status.name)
+
+    @staticmethod
+    def _managed(root: str, name: str) -> RunningManaged | None:
+        try:
+            st = libvirtstatus.load(fsutil.under(root, name))
+        except NumahookError as exc:
+            log.warning("skipping libvirt status file %s/%s: %s", root, name, exc)
+            return None
+        if not metadata.opted_in(st.domain):
+            return None
+        try:
+            doc = render.read(st.domain)
+        except NumahookError as exc:
+            log.warning("cannot read the live definition of %s: %s", st.name, exc)
+            return None
+        req = doc.request
+        if req is None:
+            return None
+        rt: frozenset[int] = frozenset()
+        if req.realtime:
+            try:
+                rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
+            except NumahookError:
+                rt = frozenset()
+        return RunningManaged(st, xmlsafe.tostring(st.domain), rt, req.realtime_priority,
+                              bool(rt and req.isolate_emulator))
 
     # -- realtime backstop ----------------------------------------------------------
     def realtime_backstop(self, only: str | None = None) -> None:
@@ -141,14 +200,27 @@ class Reconciler:
                 log.error("%s: re-applying real-time failed: %s", dom.status.name, exc)
 
     # -- the sysctl flip --------------------------------------------------------------
-    def rt_watch(self) -> None:
+    def rt_watch(self, force: bool = False) -> None:
         """FIFO threads in zero-budget groups once throttling is on get no CPU at all.
 
         That happens when kernel.sched_rt_runtime_us goes from -1 back to >= 0 under
         running real-time vCPUs. Delegate a budget at once, or demote them, loudly.
+        The kernel refuses to zero the budget of a group that holds RT threads, so a
+        stall can only begin at such a flip: between flips one sysctl read per tick is
+        enough, and the full check runs again on a change (or ``force``, each pass).
         """
-        if not rtsched.needs_group_budget(self.cfg.cgroup_root, self.cfg.proc_root):
+        needed = rtsched.needs_group_budget(self.cfg.cgroup_root, self.cfg.proc_root)
+        seen = (needed, rtsched.rt_sysctl(self.cfg.proc_root)[0])
+        if not force and seen == self._rt_clean:
             return
+        self._rt_clean = None
+        if needed and not self._rt_stall_check(seen[1]):
+            return  # something is still stalled: check again at the next tick
+        self._rt_clean = seen
+
+    def _rt_stall_check(self, runtime: int) -> bool:
+        """Fix every stalled real-time thread; True when none is left stalled."""
+        clean = True
         for dom in self.running_managed():
             tids = [t for v, t in dom.status.vcpu_tids.items() if v in dom.rt_vcpus]
             if dom.emulator_rt and dom.status.pid:
@@ -157,7 +229,6 @@ class Reconciler:
                                                     self.cfg.proc_root)
             if not stalled:
                 continue
-            runtime = rtsched.rt_sysctl(self.cfg.proc_root)[0]
             if self.cfg.rt_throttled == "delegate":
                 try:
                     lifecycle.tune(dom.xml, self.cfg, self.state)
@@ -170,11 +241,15 @@ class Reconciler:
                               dom.status.name, exc)
             demoted = rtsched.demote(stalled)
             self.stats.demoted += len(demoted)
+            if rtsched.unbudgeted_rt_threads(stalled, self.cfg.cgroup_root,
+                                             self.cfg.proc_root):
+                clean = False
             log.critical(
                 "kernel.sched_rt_runtime_us is now %d: the real-time vCPU threads %s of %s "
                 "had no RT budget and would stall, so they were demoted to SCHED_OTHER; set "
                 "it back to -1 or set throttled = delegate under [realtime] in %s",
                 runtime, ",".join(map(str, demoted)), dom.status.name, self.cfg.path)
+        return clean
 
     # -- crash recovery ----------------------------------------------------------------
     def orphans(self, now: float | None = None) -> None:
@@ -216,12 +291,23 @@ class Reconciler:
                      else "")
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
-    def rerender_inactive(self, conn: Any, force: bool = False, only: Any = None) -> None:
-        """Render inactive managed domains again when their inputs changed."""
+    def rerender_inactive(self, conn: Any, force: bool = False, only: Any = None,
+                          cached: bool = False) -> None:
+        """Render inactive managed domains again when their inputs changed.
+
+        ``cached`` (the periodic pass): compare the inputs of the definitions known from
+        the last listing and ask libvirt nothing unless they changed. Definitions only
+        change through events (DEFINED, UNDEFINED, STOPPED), which list again, and a new
+        connection forces a full pass, so a timer need not fetch every XML each time.
+        """
         import libvirt
 
         if conn is None:
             return
+        if cached and not force and only is None and self._inactive is not None:
+            fp = self.inputs_fingerprint({d.partition for d in self._inactive.values()})
+            if fp == self._fingerprint:
+                return
         if only is not None:
             doms = [only]
         else:
@@ -230,25 +316,41 @@ class Reconciler:
             doms = conn.listAllDomains(flags)
         xml_flags = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
         managed = []
+        listed: dict[str, InactiveManaged] = {}
         for dom in doms:
             try:
                 xml = dom.XMLDesc(xml_flags)
+                uuid = dom.UUIDString().lower()
             except libvirt.libvirtError:
                 continue  # undefined meanwhile
-            if NAMESPACE in xml:
-                managed.append((dom, xml))
-        partitions = set()
-        for _, xml in managed:
-            try:
-                partitions.add(render.parse(xml, readonly=True).facts.partition)
-            except NumahookError:
+            if NAMESPACE not in xml:
+                self.forget(uuid)  # its metadata was removed
                 continue
-        fp = self.inputs_fingerprint(partitions)
+            managed.append((dom, xml))
+            try:
+                partition = render.parse(xml, readonly=True).facts.partition
+            except NumahookError:
+                partition = None
+            listed[uuid] = InactiveManaged(dom.name(), uuid, partition)
+        if only is None:
+            self._inactive = listed
+        elif self._inactive is not None:
+            self._inactive.update(listed)
+        fp = self.inputs_fingerprint({d.partition for d in (self._inactive or listed).values()})
         if not force and only is None and fp == self._fingerprint:
             return
         self._fingerprint = fp
         for dom, xml in managed:
             self._rerender_one(conn, dom, xml)
+
+    def forget(self, uuid: str) -> None:
+        """A definition went away or started: the next listing has the truth."""
+        if self._inactive is not None:
+            self._inactive.pop(uuid.lower(), None)
+
+    def inactive(self) -> list[InactiveManaged]:
+        """Inactive managed definitions as last listed (empty before the first listing)."""
+        return sorted((self._inactive or {}).values(), key=lambda d: d.name)
 
     def _rerender_one(self, conn: Any, dom: Any, xml: str) -> None:
         import libvirt
@@ -289,7 +391,8 @@ class Reconciler:
 
         start = time.monotonic()
         for part, args in ((self.orphans, ()), (self.realtime_backstop, ()),
-                           (self.rerender_inactive, (conn,))):
+                           (self.rt_watch, (True,)),
+                           (self.rerender_inactive, (conn, False, None, True))):
             try:
                 part(*args)
             except NumahookError as exc:

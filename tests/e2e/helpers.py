@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,3 +66,35 @@ def wait_until(pred: Any, timeout: float = 30.0, what: str = "condition") -> Non
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(0.2)
+
+
+_STARTED_PROBE = """#!/bin/sh
+# test hook (removed after the test): the vCPU policies at the moment `started` begins
+[ "$2" = started ] && [ "$3" = begin ] || exit 0
+cat >/dev/null
+for pair in $(sed -n "s/.*<vcpu id='\\([0-9]*\\)' pid='\\([0-9]*\\)'.*/\\1:\\2/p" \\
+        "/run/libvirt/qemu/$1.xml"); do
+    echo "$1 vcpu${{pair%%:*}} $(chrt -p "${{pair#*:}}" | sed -n 's/.*policy: *//p')" >>{log}
+done
+exit 0
+"""
+
+
+@contextlib.contextmanager
+def started_probe(log: Path) -> Iterator[Path]:
+    """A qemu.d hook that runs before numahook's (``00-`` sorts first) and writes each
+    vCPU's policy as ``started`` begins: what was done before the hook ran."""
+    hook = Path("/etc/libvirt/hooks/qemu.d/00-nhtest-started-probe")
+    log.write_text("")
+    hook.write_text(_STARTED_PROBE.format(log=log))
+    hook.chmod(0o755)
+    libvirtd = int(Path("/run/libvirtd.pid").read_text().strip())
+    os.kill(libvirtd, signal.SIGHUP)  # libvirtd reads qemu.d again
+    time.sleep(1.0)
+    try:
+        yield log
+    finally:
+        hook.unlink(missing_ok=True)
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int(Path("/run/libvirtd.pid").read_text().strip()), signal.SIGHUP)
+        time.sleep(1.0)

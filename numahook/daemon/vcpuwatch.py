@@ -1,0 +1,183 @@
+"""Real-time vCPUs at SCHED_FIFO as soon as libvirt has put them in their cgroups.
+
+On a throttled node (RT group scheduling, ``kernel.sched_rt_runtime_us`` >= 0) FIFO needs
+an RT budget on the vCPU's own ``vcpuN`` cgroup, which libvirt creates with none while it
+sets up the vCPUs, so ``<vcpusched>`` cannot be used there. The ``started`` hook delegates
+the budget and sets FIFO, but only after Python has started and imported numahook: about
+100 ms during which the guest already runs. numahookd is up already, so it watches the
+cpu controller with inotify: a ``vcpuN`` directory appearing and libvirt's write of the
+thread id to its ``tasks`` file are events, and the moment every real-time vCPU of a
+starting domain sits in its cgroup, it applies what ``prepare`` recorded in the claim
+(:func:`numahook.lifecycle.tune_early`). The hook then applies and verifies as before and
+finds the work done; without numahookd nothing changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from pathlib import Path
+
+from numahook import fsutil, lifecycle, procfs, rtsched
+from numahook.config import Config
+from numahook.errors import NumahookError
+from numahook.inotify import (
+    IN_CREATE,
+    IN_IGNORED,
+    IN_ISDIR,
+    IN_MODIFY,
+    IN_ONLYDIR,
+    IN_Q_OVERFLOW,
+    Inotify,
+)
+from numahook.state import StateDir
+
+log = logging.getLogger(__name__)
+
+_VCPU_DIR = re.compile(r"vcpu([0-9]{1,5})\Z")
+#: machine partition -> domain scope -> libvirt/ -> vcpuN, with room for nested partitions
+_MAX_DEPTH = 6
+#: directories watched at most; a host with more cgroups than this falls back to the hook
+_MAX_WATCHES = 4096
+
+
+class VcpuWatch:
+    def __init__(self, cfg: Config, state: StateDir) -> None:
+        self.cfg = cfg
+        self.state = state
+        self.ino: Inotify | None = None
+        self._dirs: dict[int, tuple[Path, int]] = {}  # wd -> (directory, depth)
+        self._vcpus: dict[int, Path] = {}  # wd -> a vcpuN directory of a starting domain
+        self._done: set[Path] = set()  # domain directories handled (or not ours)
+
+    def start(self) -> int | None:
+        """Begin watching; the fd for the event loop, or None where it is not needed."""
+        cpu = rtsched.cpu_controller(self.cfg.cgroup_root)
+        if cpu is None:
+            log.info("no cgroup v1 cpu controller: <vcpusched> sets FIFO before the vCPUs run")
+            return None
+        self.ino = Inotify()
+        self._watch_dir(cpu, 0, scan=False)
+        for child in sorted(cpu.iterdir()):
+            if child.name.startswith("machine") and child.is_dir():
+                self._watch_dir(child, 1, scan=False)  # running domains are done already
+        return self.ino.fd
+
+    def close(self) -> None:
+        if self.ino is not None:
+            self.ino.close()
+            self.ino = None
+
+    # -- watches ----------------------------------------------------------------------
+    def _watch_dir(self, path: Path, depth: int, scan: bool = True) -> None:
+        assert self.ino is not None
+        if len(self._dirs) + len(self._vcpus) >= _MAX_WATCHES:
+            log.warning("watching %d cgroups already; %s is left to the started hook",
+                        _MAX_WATCHES, path)
+            return
+        try:
+            wd = self.ino.add(str(path), IN_CREATE | IN_ONLYDIR)
+        except OSError as exc:
+            log.debug("cannot watch %s: %s", path, exc.strerror)
+            return
+        self._dirs[wd] = (path, depth)
+        if scan:  # what was created before the watch existed
+            try:
+                names = sorted(os.listdir(path))
+            except OSError:
+                return
+            for name in names:
+                if (path / name).is_dir():
+                    self._created(path, depth, name)
+
+    def _created(self, parent: Path, depth: int, name: str) -> None:
+        child = parent / name
+        if _VCPU_DIR.match(name):
+            if parent in self._done or not self._wanted():
+                return
+            try:
+                wd = self.ino.add(str(child), IN_MODIFY | IN_ONLYDIR) if self.ino else -1
+            except OSError as exc:
+                log.debug("cannot watch %s: %s", child, exc.strerror)
+                return
+            self._vcpus[wd] = child
+            self._check(parent)
+        elif depth + 1 < _MAX_DEPTH:
+            self._watch_dir(child, depth + 1)
+
+    def _wanted(self) -> bool:
+        try:
+            return self.cfg.rt_throttled == "delegate" and rtsched.needs_group_budget(
+                self.cfg.cgroup_root, self.cfg.proc_root)
+        except NumahookError:
+            return False
+
+    # -- events -----------------------------------------------------------------------
+    def ready(self) -> None:
+        """Events are queued: follow new directories, check domains whose vCPUs moved."""
+        if self.ino is None:
+            return
+        touched: set[Path] = set()
+        for wd, mask, name in self.ino.read():
+            if mask & IN_Q_OVERFLOW:
+                log.warning("cgroup events were lost; real-time of domains starting now is "
+                            "left to the started hook")
+                continue
+            if mask & IN_IGNORED:  # the directory went away
+                self._forget(wd)
+                continue
+            if wd in self._dirs and mask & IN_CREATE and mask & IN_ISDIR:
+                parent, depth = self._dirs[wd]
+                self._created(parent, depth, name)
+            elif wd in self._vcpus and mask & IN_MODIFY and name == "tasks":
+                touched.add(self._vcpus[wd].parent)
+        for domain_dir in sorted(touched):
+            self._check(domain_dir)
+
+    def _forget(self, wd: int) -> None:
+        gone = self._dirs.pop(wd, None)
+        self._vcpus.pop(wd, None)
+        if gone is not None:
+            self._done.discard(gone[0])
+
+    def _check(self, domain_dir: Path) -> None:
+        """Apply once every real-time vCPU of the domain is in its cgroup."""
+        if domain_dir in self._done:
+            return
+        tids: dict[int, int] = {}
+        for vcpu_dir in self._vcpus.values():
+            if vcpu_dir.parent != domain_dir:
+                continue
+            tid = _first_task(vcpu_dir)
+            if tid is not None:
+                tids[int(vcpu_dir.name[4:])] = tid
+        if not tids:
+            return
+        pid = procfs.thread_group(next(iter(tids.values())), self.cfg.proc_root)
+        uuid = procfs.qemu_uuid(pid, self.cfg.proc_root) if pid else None
+        finished = True
+        if uuid is not None and pid is not None:
+            try:
+                finished = lifecycle.tune_early(uuid, tids, pid, self.cfg, self.state)
+            except NumahookError as exc:
+                log.warning("early real-time for domain %s failed (%s); the started hook "
+                            "applies it", uuid, exc)
+        if finished:
+            self._done.add(domain_dir)
+            for wd in [w for w, d in self._vcpus.items() if d.parent == domain_dir]:
+                del self._vcpus[wd]
+                if self.ino is not None:
+                    self.ino.remove(wd)
+
+
+def _first_task(vcpu_dir: Path) -> int | None:
+    """The thread libvirt moved into a vcpuN cgroup (v1 ``tasks``), None before it did."""
+    try:
+        text = fsutil.read_text(vcpu_dir / "tasks", 1 << 16)
+    except NumahookError:
+        return None
+    for line in text.split():
+        if line.isdigit() and len(line) <= 10:
+            return int(line)
+    return None
