@@ -100,12 +100,14 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600) -> None:
+def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600,
+                 durable: bool = True) -> None:
     """Replace ``path`` so readers see the old or the new content, never a torn file.
 
-    A temporary file in the same directory is written, fsynced and renamed over the target,
-    then the directory is fsynced so the rename survives a crash. Missing parents are
-    created 0700. On failure nothing but the old file remains.
+    A temporary file in the same directory is written and renamed over the target; with
+    ``durable`` it is fsynced first and the directory after, so the rename survives a
+    power loss. Missing parents are created 0700. On failure nothing but the old file
+    remains.
     """
     target = Path(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -122,12 +124,14 @@ def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600) -> None:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp_name, target)
         tmp_name = None
-        _fsync_dir(parent)
+        if durable:
+            _fsync_dir(parent)
     except OSError as exc:
         raise StateError(
             f"writing {target} failed: {exc.strerror or exc}; "

@@ -102,6 +102,7 @@ class VcpuWatch:
                 log.debug("cannot watch %s: %s", child, exc.strerror)
                 return
             self._vcpus[wd] = child
+            log.debug("vcpu watch: %s appeared", child)
             self._check(parent)
         elif depth + 1 < _MAX_DEPTH:
             self._watch_dir(child, depth + 1)
@@ -154,6 +155,7 @@ class VcpuWatch:
                 tids[int(vcpu_dir.name[4:])] = tid
         if not tids:
             return
+        log.debug("vcpu watch: threads %s in the vCPU cgroups of %s", tids, domain_dir)
         pid = procfs.thread_group(next(iter(tids.values())), self.cfg.proc_root)
         uuid = procfs.qemu_uuid(pid, self.cfg.proc_root) if pid else None
         finished = True

@@ -74,7 +74,8 @@ _STARTED_PROBE = """#!/bin/sh
 cat >/dev/null
 for pair in $(sed -n "s/.*<vcpu id='\\([0-9]*\\)' pid='\\([0-9]*\\)'.*/\\1:\\2/p" \\
         "/run/libvirt/qemu/$1.xml"); do
-    echo "$1 vcpu${{pair%%:*}} $(chrt -p "${{pair#*:}}" | sed -n 's/.*policy: *//p')" >>{log}
+    policy=$(chrt -p "${{pair#*:}}" | sed -n 's/.*policy: *//p')
+    echo "$1 vcpu${{pair%%:*}} $policy $(date +%T.%N)" >>{log}
 done
 exit 0
 """

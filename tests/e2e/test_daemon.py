@@ -319,19 +319,30 @@ def test_sysctl_flip_under_fifo_threads_never_stalls_them(lab: Any, tmp_path: Pa
 def test_realtime_vcpus_are_fifo_before_the_started_hook_runs(numahookd: Daemon, domains: Any,
                                                              tmp_path: Path) -> None:
     """On a throttled node the daemon applies realtime as libvirt moves the vCPU threads
-    into their cgroups, so FIFO does not wait ~100 ms for the started hook's Python."""
+    into their cgroups, so FIFO does not wait ~100 ms for the started hook's Python.
+
+    It races libvirt, which goes on to the started hook without waiting (about 25 ms
+    later here), so a loaded host may lose a round: then the hook does the work as
+    before. One start in three must show the daemon ahead; every start must end right.
+    """
     if not rtsched.needs_group_budget():
         pytest.skip("needs RT group scheduling with throttling on (sysctl >= 0)")
-    with started_probe(tmp_path / "started.log") as log:
-        dom = rt_domain(domains, "early", mask="0")
-    seen = [line.split(" ", 2)[1:] for line in log.read_text().splitlines()
-            if line.startswith(dom.name() + " ")]
-    assert dict(seen).keys() == {"vcpu0", "vcpu1"}, log.read_text()
-    assert dict(seen)["vcpu0"].startswith("SCHED_FIFO"), seen
-    assert dict(seen)["vcpu1"].startswith("SCHED_OTHER"), seen
-    _, tids = guest.vcpu_threads(dom.name())
-    assert policy(tids[0]) == (os.SCHED_FIFO, 1) and policy(tids[1])[0] == os.SCHED_OTHER
-    assert not rtsched.unbudgeted_rt_threads([tids[0]])
-    claim = StateDir().load(dom.UUIDString())
-    assert claim is not None and claim.phase == "running" and claim.rt_budget
-    assert f"domain={dom.name()} action=realtime-early" in numahookd.logtext()
+    rounds = []
+    for attempt in range(3):
+        with started_probe(tmp_path / f"started-{attempt}.log") as log:
+            dom = rt_domain(domains, f"early{attempt}", mask="0")
+        seen = dict(line.split(" ")[1:3] for line in log.read_text().splitlines()
+                    if line.startswith(dom.name() + " "))
+        assert seen.keys() == {"vcpu0", "vcpu1"}, log.read_text()
+        assert seen["vcpu1"] == "SCHED_OTHER", seen  # never a vCPU outside the mask
+        _, tids = guest.vcpu_threads(dom.name())
+        assert policy(tids[0]) == (os.SCHED_FIFO, 1) and policy(tids[1])[0] == os.SCHED_OTHER
+        assert not rtsched.unbudgeted_rt_threads([tids[0]])
+        claim = StateDir().load(dom.UUIDString())
+        assert claim is not None and claim.phase == "running" and claim.rt_budget
+        rounds.append(seen["vcpu0"].startswith("SCHED_FIFO"))
+        domains.stop(dom)
+        if rounds[-1]:
+            break
+    assert any(rounds), f"vCPU 0 was not FIFO yet when started began, in {len(rounds)} starts"
+    assert "action=realtime-early" in numahookd.logtext()
