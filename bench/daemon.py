@@ -246,6 +246,33 @@ def in_process_passes(conf: Path, steady: int) -> dict[str, Any]:
             "refused": len(rec.stats.refused), "redefined": rec.stats.redefined}
 
 
+def profile_idle_minute(conf: Path, top: int = 30) -> None:
+    """cProfile of what an idle minute asks of numahookd, to stderr: the timers' callbacks
+    (12 reconcile passes with their publish, 120 realtime-watch ticks, one probe)."""
+    import cProfile
+    import logging
+    import pstats
+
+    from numahook import config
+    from numahook.daemon.main import Daemon
+
+    logging.getLogger("numahook").setLevel(logging.ERROR)
+    d = Daemon(config.load(str(conf)), str(conf))
+    d.conn.open()
+    d.probe_and_publish()
+    d._reconcile()  # the first pass lists the definitions
+    prof = cProfile.Profile()
+    prof.enable()
+    for i in range(120):
+        d.reconciler.rt_watch()
+        if i % 10 == 0:
+            d._reconcile()
+    d.probe_and_publish()
+    prof.disable()
+    d.conn.close()
+    pstats.Stats(prof, stream=sys.stderr).sort_stats("cumulative").print_stats(top)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="20,50")
@@ -253,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--settle", type=float, default=12.0)
     ap.add_argument("--steady", type=int, default=20, help="in-process steady passes")
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--profile", action="store_true",
+                    help="also print a cProfile of an idle minute's work per size (stderr)")
     args = ap.parse_args(argv)
     result_stream = sys.stdout
     if args.json:  # only the JSON goes to stdout; anything else said meanwhile to stderr
@@ -296,6 +325,8 @@ def main(argv: list[str] | None = None) -> int:
                 finally:
                     daemon.stop()
                 passes = in_process_passes(daemon.conf, args.steady)
+                if args.profile:
+                    profile_idle_minute(daemon.conf)
                 passes["list_xml_ms"] = list_with_xml_ms()
                 out["sizes"][str(size)] = {"defined": len(defined), "running": len(running),
                                            **sample, "in_process": passes}

@@ -15,7 +15,10 @@ The figure is ``last masked vCPU seen FIFO - started hook begins``; the hook's o
 time is ``zz - 00``. Both paths are measured: ``delegate`` (``kernel.sched_rt_runtime_us``
 950000, ``throttled = delegate``) and ``vcpusched`` (the sysctl set to -1 for the run and
 restored: numahook renders ``<vcpusched>``, libvirt sets FIFO before the vCPUs ever run,
-so the delay is zero by construction and the poller only confirms it).
+so the delay is zero by construction and the poller only confirms it). ``daemon`` is
+``delegate`` with numahookd running: it sees libvirt put each vCPU thread in its cgroup
+(inotify) and applies the budget and FIFO then, racing libvirt to the ``started`` hook;
+its audit line's time gives the margin by which it won (or lost).
 
 Usage: /usr/bin/python3 bench/started.py [--reps N] [--json]
 """
@@ -23,6 +26,7 @@ Usage: /usr/bin/python3 bench/started.py [--reps N] [--json]
 from __future__ import annotations
 
 import argparse
+import calendar
 import contextlib
 import json
 import os
@@ -182,8 +186,44 @@ def read_ts(log: Path, name: str) -> dict[str, int]:
     return out
 
 
+@contextlib.contextmanager
+def numahookd(log: Path) -> Iterator[Path]:
+    """numahookd with the hook's config (/etc/numahook/numahook.conf), stopped after."""
+    log.write_text("")
+    proc = subprocess.Popen([sys.executable, "-m", "numahook.daemon.main", "-v", "--log-file",
+                             str(log)], env={**os.environ, "PYTHONPATH": str(REPO)},
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while " ready" not in log.read_text():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise LabError(f"numahookd did not get ready: {log.read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield log
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+def early_ns(daemon_log: Path | None, name: str) -> int | None:
+    """When numahookd logged applying realtime early for ``name`` (ms resolution)."""
+    if daemon_log is None:
+        return None
+    for line in daemon_log.read_text().splitlines():
+        if f"domain={name} action=realtime-early" in line:
+            stamp, ms = line[:23].split(",")
+            secs = calendar.timegm(time.strptime(stamp, "%Y-%m-%d %H:%M:%S"))
+            return (secs * 1000 + int(ms)) * 1_000_000
+    return None
+
+
 def one_start(conn: Any, xml: str, name: str, log: Path, poll_s: float, vcpus: int,
-              masked: int) -> dict[str, Any]:
+              masked: int, daemon_log: Path | None = None) -> dict[str, Any]:
     dom = guest.define(conn, xml)
     try:
         poller = Poller(name, vcpus, masked, poll_s)
@@ -209,7 +249,9 @@ def one_start(conn: Any, xml: str, name: str, log: Path, poll_s: float, vcpus: i
                            f"{poller.polls} polls, error {poller.error!r}, poller alive "
                            f"{poller.is_alive()})")
         last = max(poller.fifo_ns.values())
+        early = early_ns(daemon_log, name)
         return {
+            "early_before_started_ms": None if early is None else (begin - early) / 1e6,
             "create_ms": (t_ret - t0) / 1e6,
             "hook_wall_ms": (end - begin) / 1e6,
             "delay_ms": max(0.0, (last - begin) / 1e6) if not poller.fifo_at_first_sight
@@ -237,7 +279,7 @@ def summary(samples: list[float]) -> dict[str, float]:
 
 
 def measure(conn: Any, path: str, vcpus: int, reps: int, log: Path,
-            poll_s: float) -> dict[str, Any]:
+            poll_s: float, daemon_log: Path | None = None) -> dict[str, Any]:
     runs = []
     mask: str | None = None  # every vCPU is real-time
     problem = None
@@ -254,7 +296,7 @@ def measure(conn: Any, path: str, vcpus: int, reps: int, log: Path,
                            "<vcpusched>, not what this path needs")
         try:
             runs.append(one_start(conn, xml, name, log, poll_s, vcpus,
-                                  vcpus if mask is None else 1))
+                                  vcpus if mask is None else 1, daemon_log))
         except LabError as exc:
             if mask is not None or VCPUSCHED_SPLIT not in str(exc):
                 raise
@@ -271,6 +313,7 @@ def measure(conn: Any, path: str, vcpus: int, reps: int, log: Path,
         "hook_wall": summary([r["hook_wall_ms"] for r in runs]),
         "create": summary([r["create_ms"] for r in runs]),
         "fifo_at_first_sight": sum(r["fifo_at_first_sight"] for r in runs),
+        "early": [r["early_before_started_ms"] for r in runs],
     }
 
 
@@ -291,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--reps", type=int, default=10)
     ap.add_argument("--poll-ms", type=float, default=0.5)
-    ap.add_argument("--paths", default="delegate,vcpusched")
+    ap.add_argument("--paths", default="delegate,daemon,vcpusched")
     ap.add_argument("--vcpus", default=",".join(map(str, LAYOUTS)),
                     help="guest sizes to measure (all vCPUs masked real-time)")
     ap.add_argument("--json", action="store_true")
@@ -314,8 +357,14 @@ def main(argv: list[str] | None = None) -> int:
                 if path == "vcpusched":
                     env.set_value("kernel.sched_rt_runtime_us", "-1")
                 try:
-                    out[path] = {str(v): measure(conn, path, v, args.reps, log, poll_s)
-                                 for v in layouts}
+                    if path == "daemon":
+                        with numahookd(TS_DIR / f"numahookd-{os.getpid()}.log") as dlog:
+                            out[path] = {str(v): measure(conn, path, v, args.reps, log, poll_s,
+                                                         dlog) for v in layouts}
+                        dlog.unlink(missing_ok=True)
+                    else:
+                        out[path] = {str(v): measure(conn, path, v, args.reps, log, poll_s)
+                                     for v in layouts}
                 finally:
                     # every domain is gone by now: no FIFO thread is left in a zero-budget
                     # group when throttling comes back on
@@ -336,6 +385,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"{TARGET_MS:g}); started hook wall time median {h['median_ms']:.1f} ms; "
                   f"FIFO already at first sight in {r['fifo_at_first_sight']}/{d['runs']} "
                   "starts" + (f"; {r['problem']}" if r["problem"] else ""))
+            early = [e for e in r["early"] if e is not None]
+            if path == "daemon":
+                print(f"    numahookd logged applying it before started began in "
+                      f"{sum(e > 0 for e in early)}/{d['runs']} starts (margin median "
+                      f"{statistics.median(early) if early else float('nan'):.1f} ms)")
     return 0
 
 

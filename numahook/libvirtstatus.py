@@ -88,6 +88,12 @@ def load(path: Path) -> RunningDomain:
     return parse_status(fsutil.read_text(path, xmlsafe.MAX_XML_BYTES), f"status file {path}")
 
 
+#: status file -> (inode, mtime, size) and what it said. libvirt replaces the file (a new
+#: one renamed over it) whenever the domain changes, so a long-lived reader (numahookd,
+#: several times per pass) parses a file again only after that; shared, so read-only.
+_seen: dict[str, tuple[tuple[int, int, int], RunningDomain]] = {}
+
+
 def running_domains(root: str = DEFAULT_ROOT) -> list[RunningDomain]:
     """All domains with a status file, by name; unreadable or corrupt files are skipped."""
     try:
@@ -98,11 +104,30 @@ def running_domains(root: str = DEFAULT_ROOT) -> list[RunningDomain]:
         log.warning("cannot list libvirt status files in %s: %s", root, exc.strerror)
         return []
     out: list[RunningDomain] = []
+    listed = set()
     for name in names:
         try:
-            out.append(load(fsutil.under(root, name)))
+            path = fsutil.under(root, name)
+            st = os.stat(path)
+        except (InputError, OSError) as exc:
+            log.warning("skipping libvirt status file %s/%s: %s", root, name, exc)
+            continue
+        key = (st.st_ino, st.st_mtime_ns, st.st_size)
+        listed.add(str(path))
+        cached = _seen.get(str(path))
+        if cached is not None and cached[0] == key:
+            out.append(cached[1])
+            continue
+        try:
+            dom = load(path)
         except InputError as exc:
             log.warning("skipping libvirt status file %s/%s: %s", root, name, exc)
+            continue
+        _seen[str(path)] = (key, dom)
+        out.append(dom)
+    prefix = os.path.join(root, "")
+    for gone in [p for p in _seen if p.startswith(prefix) and p not in listed]:
+        del _seen[gone]
     return sorted(out, key=lambda d: d.name)
 
 

@@ -105,6 +105,11 @@ def rt_sysctl(proc_root: str = "/proc") -> tuple[int, int]:
     )
 
 
+def rt_runtime_us(proc_root: str = "/proc") -> int:
+    """``kernel.sched_rt_runtime_us`` alone: the one read numahookd's watch makes per tick."""
+    return fsutil.read_int(Path(proc_root) / "sys/kernel/sched_rt_runtime_us")
+
+
 def needs_group_budget(cgroup_root: str = "/sys/fs/cgroup", proc_root: str = "/proc") -> bool:
     """True when SCHED_FIFO needs ``cpu.rt_runtime_us`` > 0 on every cgroup of the thread."""
     cpu = cpu_controller(cgroup_root)

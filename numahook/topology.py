@@ -60,9 +60,9 @@ class Topology:
         return (c.package, c.die, c.core)
 
     def fingerprint(self) -> str:
+        """A digest of what rendering depends on (CPU placement and distances, not free pages)."""
         import json
 
-        """A digest of what rendering depends on (CPU placement and distances, not free pages)."""
         doc = {
             "cpus": [[c.id, c.node, c.package, c.die, c.core] for c in self.cpus.values()],
             "dist": {n.id: sorted(n.distances.items()) for n in self.nodes.values()},

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,7 +17,6 @@ from numahook import (
     NAMESPACE,
     cgroups,
     cpulist,
-    fsutil,
     hostinputs,
     libvirtstatus,
     lifecycle,
@@ -69,14 +67,6 @@ class InactiveManaged:
     partition: str | None
 
 
-def _stat_key(path: str) -> tuple[int, int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_ino, st.st_mtime_ns, st.st_size
-
-
 class Reconciler:
     def __init__(self, cfg: Config, state: StateDir) -> None:
         self.cfg = cfg
@@ -84,12 +74,14 @@ class Reconciler:
         self.stats = Stats()
         self._fingerprint = ""
         self._defined_digest: dict[str, tuple[str, float]] = {}
-        #: status file -> (its stat key, what it says); libvirt rewrites the file on change
-        self._status_seen: dict[str, tuple[tuple[int, int, int], RunningManaged | None]] = {}
+        #: id(status) -> (that status, what it says if managed), for unchanged status files
+        self._status_seen: dict[int, tuple[libvirtstatus.RunningDomain,
+                                           RunningManaged | None]] = {}
         #: uuid -> inactive managed definition, refreshed from libvirt on events only
         self._inactive: dict[str, InactiveManaged] | None = None
-        #: (group budget needed, kernel.sched_rt_runtime_us) when the watch last found no stall
-        self._rt_clean: tuple[bool, int] | None = None
+        #: kernel.sched_rt_runtime_us when the watch last found no stalled thread (the cgroup
+        #: controllers that decide whether a group budget is needed do not change at runtime)
+        self._rt_clean: int | None = None
 
     # -- what runs ----------------------------------------------------------------------
     def running_managed(self) -> list[RunningManaged]:
@@ -110,38 +102,22 @@ class Reconciler:
         return out
 
     def _read_running(self) -> list[RunningManaged]:
-        """Every managed status file, parsed again only when libvirt rewrote it.
+        """Every managed running domain, worked out again only for a rewritten status file.
 
         The realtime watch and each pass need this; re-parsing every status XML each time
-        was most of the daemon's idle CPU.
+        was most of the daemon's idle CPU. libvirtstatus returns the same object for an
+        unchanged file, which keys what was derived from it.
         """
-        root = self.cfg.libvirt_run
-        try:
-            names = sorted(n for n in os.listdir(root) if n.endswith(".xml"))
-        except OSError:
-            names = []
-        seen: dict[str, tuple[tuple[int, int, int], RunningManaged | None]] = {}
-        for name in names:
-            path = os.path.join(root, name)
-            key = _stat_key(path)
-            if key is None:
-                continue  # gone meanwhile
-            cached = self._status_seen.get(path)
-            if cached is not None and cached[0] == key:
-                seen[path] = cached
-                continue
-            seen[path] = (key, self._managed(root, name))
+        seen: dict[int, tuple[libvirtstatus.RunningDomain, RunningManaged | None]] = {}
+        for st in libvirtstatus.running_domains(self.cfg.libvirt_run):
+            cached = self._status_seen.get(id(st))
+            seen[id(st)] = cached if cached is not None and cached[0] is st else (
+                st, self._managed(st))
         self._status_seen = seen
-        return sorted((d for _, d in seen.values() if d is not None),
-                      key=lambda d: d.status.name)
+        return [d for _, d in seen.values() if d is not None]
 
     @staticmethod
-    def _managed(root: str, name: str) -> RunningManaged | None:
-        try:
-            st = libvirtstatus.load(fsutil.under(root, name))
-        except NumahookError as exc:
-            log.warning("skipping libvirt status file %s/%s: %s", root, name, exc)
-            return None
+    def _managed(st: libvirtstatus.RunningDomain) -> RunningManaged | None:
         if not metadata.opted_in(st.domain):
             return None
         try:
@@ -209,14 +185,14 @@ class Reconciler:
         stall can only begin at such a flip: between flips one sysctl read per tick is
         enough, and the full check runs again on a change (or ``force``, each pass).
         """
-        needed = rtsched.needs_group_budget(self.cfg.cgroup_root, self.cfg.proc_root)
-        seen = (needed, rtsched.rt_sysctl(self.cfg.proc_root)[0])
-        if not force and seen == self._rt_clean:
+        runtime = rtsched.rt_runtime_us(self.cfg.proc_root)
+        if not force and runtime == self._rt_clean:
             return
         self._rt_clean = None
-        if needed and not self._rt_stall_check(seen[1]):
+        if rtsched.needs_group_budget(self.cfg.cgroup_root, self.cfg.proc_root) and \
+                not self._rt_stall_check(runtime):
             return  # something is still stalled: check again at the next tick
-        self._rt_clean = seen
+        self._rt_clean = runtime
 
     def _rt_stall_check(self, runtime: int) -> bool:
         """Fix every stalled real-time thread; True when none is left stalled."""

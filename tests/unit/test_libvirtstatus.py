@@ -191,3 +191,19 @@ def test_status_of_missing_and_bad_names(tmp_path: Path) -> None:
 def test_running_domains_on_this_host_does_not_fail() -> None:
     for dom in libvirtstatus.running_domains():
         assert dom.uuid and dom.name
+
+
+def test_an_unchanged_status_file_is_parsed_once(tmp_path: Path) -> None:
+    """numahookd lists the running domains several times per pass: parse only what changed."""
+    one = tmp_path / "one.xml"
+    one.write_text(REAL_STATUS)
+    first = libvirtstatus.running_domains(str(tmp_path))
+    assert libvirtstatus.running_domains(str(tmp_path))[0] is first[0]
+    new = tmp_path / "one.new"  # as libvirt saves: a new file renamed over the old one
+    new.write_text(REAL_STATUS.replace("pid='7483'", "pid='7484'"))
+    os.replace(new, one)
+    again = libvirtstatus.running_domains(str(tmp_path))
+    assert again[0] is not first[0] and again[0].vcpu_tids[1] == 7484
+    one.unlink()
+    assert libvirtstatus.running_domains(str(tmp_path)) == []
+    assert not [p for p in libvirtstatus._seen if p.startswith(str(tmp_path))]

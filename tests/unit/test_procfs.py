@@ -154,3 +154,26 @@ def test_cgroup_of_real_thread_and_fixture(tmp_path: Path) -> None:
         procfs.cgroup_of(78, "memory", str(tmp_path))
     with pytest.raises(HostError, match="still running"):
         procfs.cgroup_of(79, "cpu", str(tmp_path))
+
+
+def test_thread_group_and_qemu_uuid_from_a_fixture_tree(tmp_path: Path) -> None:
+    uuid = "37458bd7-b570-4007-8934-5a9194048470"
+    (tmp_path / "501").mkdir()
+    (tmp_path / "501" / "status").write_text("Name:\tCPU 0/KVM\nTgid:\t500\nPid:\t501\n")
+    (tmp_path / "500").mkdir()
+    (tmp_path / "500" / "cmdline").write_text(
+        "/usr/bin/qemu-system-x86_64\0-name\0guest=vm\0-uuid\0" + uuid.upper() + "\0-S\0")
+    (tmp_path / "600").mkdir()
+    (tmp_path / "600" / "cmdline").write_text("sleep\0-uuid\0not-a-uuid\0")
+    (tmp_path / "700").mkdir()
+    (tmp_path / "700" / "cmdline").write_text("sleep\0-uuid")  # the flag last: no value
+    assert procfs.thread_group(501, str(tmp_path)) == 500
+    assert procfs.thread_group(999, str(tmp_path)) is None  # exited
+    assert procfs.qemu_uuid(500, str(tmp_path)) == uuid
+    for pid in (600, 700, 999):
+        assert procfs.qemu_uuid(pid, str(tmp_path)) is None
+
+
+def test_thread_group_of_a_real_thread(qemu_like: subprocess.Popen[str]) -> None:
+    tids = procfs.threads(qemu_like.pid)
+    assert {procfs.thread_group(t) for t in tids} == {qemu_like.pid}

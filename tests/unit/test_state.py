@@ -16,7 +16,7 @@ from numahook import fsutil, hugepages, state
 from numahook.errors import InputError, StateError
 from numahook.hugepages import Pending
 from numahook.rtsched import BudgetRecord
-from numahook.state import Claim, ClaimJournal, StateDir
+from numahook.state import Claim, ClaimJournal, RealtimeIntent, StateDir
 
 ROOT = os.geteuid() == 0
 U1 = "37458bd7-b570-4007-8934-5a9194048470"
@@ -40,6 +40,7 @@ def full_claim() -> Claim:
         phase="reserved",
         created=1700000000.5,
         qemu_pid=1234,
+        realtime=RealtimeIntent((0, 1), 10, emulator=True),
     )
 
 
@@ -285,3 +286,28 @@ def test_real_crash_after_raising_nr_hugepages_is_rolled_back(
     assert state.rollback(ClaimJournal(sd, on_disk)) is True
     assert int((REAL_POOL / "nr_hugepages").read_text()) == real_pool
     assert sd.load(U1) is None
+
+
+def test_realtime_intent_round_trips_and_old_records_still_load(sd: StateDir) -> None:
+    claim = full_claim()
+    sd.save(claim)
+    data = json.loads((sd.claims_dir / f"{U1}.json").read_text())
+    assert data["realtime"] == {"vcpus": [0, 1], "priority": 10, "emulator": True}
+    del data["realtime"]  # a record written by numahook 0.1.0
+    assert Claim.from_json(data).realtime is None
+
+
+@pytest.mark.parametrize("bad", [
+    [], "0-1", {"vcpus": [], "priority": 1, "emulator": False},
+    {"vcpus": [0], "priority": 0, "emulator": False},
+    {"vcpus": [0], "priority": 100, "emulator": False},
+    {"vcpus": [-1], "priority": 1, "emulator": False},
+    {"vcpus": [True], "priority": 1, "emulator": False},
+    {"vcpus": [0], "priority": 1, "emulator": "yes"},
+    {"vcpus": [0], "priority": 1},
+])
+def test_a_malformed_realtime_intent_makes_the_record_malformed(bad: object) -> None:
+    data = full_claim().to_json()
+    data["realtime"] = bad
+    with pytest.raises(InputError, match="malformed"):
+        Claim.from_json(data)
