@@ -41,11 +41,13 @@ from numahook import (
     design,
     fsutil,
     hugepages,
+    inotify,
     libvirtstatus,
     node,
     procfs,
     render,
     sysfs,
+    uevents,
     units,
     xmlsafe,
 )
@@ -655,6 +657,33 @@ def test_fuzz_procfs_files(meminfo: bytes, mounts: bytes, cgroup: bytes) -> None
                 f"rw,pagesize={text.strip()} 0 0\n" + text, 2048)
         attempt("procfs-cmdline", node.parse_cmdline, f"isolcpus={text} nohz_full={text}",
                 frozenset(range(8)))
+
+
+@FUZZ
+@given(st.binary(max_size=600), st.binary(max_size=300))
+def test_fuzz_qemu_process_files(status: bytes, cmdline: bytes) -> None:
+    """numahookd reads these for any thread libvirt puts in a vcpuN cgroup."""
+    with tempfile.TemporaryDirectory() as d:
+        (Path(d) / "77").mkdir()
+        (Path(d) / "77" / "status").write_bytes(b"Name:\tx\nTgid:" + status)
+        (Path(d) / "77" / "cmdline").write_bytes(b"qemu\0-uuid\0" + cmdline)
+        tgid = attempt("procfs-status-tgid", procfs.thread_group, 77, d)
+        assert tgid is None or (isinstance(tgid, int) and 0 <= tgid < 10**10)
+        uuid = attempt("procfs-qemu-uuid", procfs.qemu_uuid, 77, d)
+        assert uuid is None or (isinstance(uuid, str) and len(uuid) == 36)
+
+
+@FUZZ
+@given(st.one_of(st.binary(max_size=2000),
+                 st.lists(st.binary(max_size=40), max_size=80).map(b"\0".join),
+                 st.lists(st.binary(max_size=40), max_size=80).map(
+                     lambda f: b"add@/devices/system/cpu/cpu1\0" + b"\0".join(f))))
+def test_fuzz_kernel_messages(data: bytes) -> None:
+    """A kobject uevent or an inotify read: anything the kernel could hand numahookd."""
+    ev = attempt("uevent", uevents.parse, data)
+    assert ev is None or (isinstance(ev, dict) and len(ev) <= 66 and "ACTION" in ev)
+    got = attempt("inotify-read", inotify.parse, data)
+    assert isinstance(got, list) and all(isinstance(n, str) for _, _, n in got)
 
 
 # --------------------------------------------------------------------------- cgroupfs
