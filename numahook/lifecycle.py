@@ -26,7 +26,14 @@ from numahook import (
 )
 from numahook.config import Config
 from numahook.errors import HostError, NumahookError, Refusal
-from numahook.state import Claim, ClaimJournal, RealtimeIntent, StateDir, rollback
+from numahook.state import (
+    Claim,
+    ClaimJournal,
+    RealtimeIntent,
+    StateDir,
+    rollback,
+    settle_interrupted,
+)
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +90,7 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
     name, uuid = doc.facts.name, doc.facts.uuid
     state.ensure()
     with state.lock(cfg.lock_timeout):
+        settle_interrupted(state, cfg.sysfs_root)  # before this start changes a pool
         old = state.load(uuid)
         if old is not None:  # a start that failed before release ran: give it all back
             log.warning("%s has a claim left from an earlier start; releasing it first", name)

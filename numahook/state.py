@@ -426,6 +426,25 @@ def hand_over(journal: ClaimJournal, sysfs_root: str = "/sys") -> None:
                  taker.name)
 
 
+def settle_interrupted(state: StateDir, sysfs_root: str = "/sys") -> None:
+    """Fold every claim's interrupted hugepage writes into what it holds, now.
+
+    Only a holder of the state lock writes ``nr_hugepages``, so a pending record seen
+    under the lock was left by a writer that died. Read back before anyone changes a
+    pool again, the growth since its write-ahead is that writer's alone; once another
+    start has reserved, settling would count that start's pages as the dead one's and
+    give them back. So every call that writes a pool settles everyone first. Must run
+    under the state lock.
+    """
+    for claim in state.list_claims():
+        if not claim.hugepages_pending:
+            continue
+        settled = hugepages.settle(claim.hugepages, claim.hugepages_pending, sysfs_root)
+        log.warning("%s: a hugepage write was interrupted (a crash); it holds %s now",
+                    claim.name, settled or "no pages")
+        ClaimJournal(state, claim).update(hugepages=settled, hugepages_pending={})
+
+
 def rollback(journal: ClaimJournal, sysfs_root: str = "/sys") -> bool:
     """Give back the claim's hugepages and RT budget, then drop the claim.
 
@@ -434,10 +453,15 @@ def rollback(journal: ClaimJournal, sysfs_root: str = "/sys") -> bool:
     False, keeping the claim with what is still held, when something could not be given
     back; the error is logged and the next call retries.
     """
-    claim = journal.claim
     ok = True
     try:
-        if claim.hugepages_pending:
+        settle_interrupted(journal.state, sysfs_root)
+        journal.claim = journal.state.load(journal.claim.uuid) or journal.claim
+    except NumahookError as exc:
+        log.error("settling interrupted hugepage writes failed: %s", exc)
+    claim = journal.claim
+    try:
+        if claim.hugepages_pending:  # the record could not be re-read above
             settled = hugepages.settle(claim.hugepages, claim.hugepages_pending, sysfs_root)
             journal.update(hugepages=settled, hugepages_pending={})
         hand_over(journal, sysfs_root)

@@ -298,12 +298,6 @@ def _two(request: pytest.FixtureRequest, tmp_path: Path, sysfs: str) -> tuple[Ho
 
 
 @pytest.mark.parametrize("sysfs", ["fixture", "real"])
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a start killed between the write-ahead record and its nr_hugepages write leaves "
-    "Pending(before, delta); settle() later attributes *any* growth of the pool since then "
-    "to the dead start. If another domain reserved pages in between, the rollback gives "
-    "back that domain's pages: it is left short of its reservation, and its own release "
-    "then lowers the pool below the administrator's pages"))
 def test_crashed_pending_write_does_not_take_another_domains_pages(
         request: pytest.FixtureRequest, tmp_path: Path, sysfs: str) -> None:
     host, pool, a, b = _two(request, tmp_path, sysfs)
