@@ -314,6 +314,32 @@ class StateDir:
                 log.warning("ignoring corrupt claim record %s: %s", name, exc)
                 yield stem, None
 
+    def remove_temporaries(self) -> list[str]:
+        """Remove what a writer killed inside ``atomic_write`` left; the names removed.
+
+        Claims are written only under the lock, so a temporary file seen by a holder of
+        the lock has no writer any more. Must run under the state lock.
+        """
+        try:
+            names = sorted(os.listdir(self.claims_dir))
+        except OSError:
+            return []
+        removed = []
+        for name in names:
+            if not (name.startswith(".") and name.endswith(".tmp")):
+                continue
+            try:
+                os.unlink(self.claims_dir / name)
+            except OSError as exc:
+                log.warning("cannot remove the stale temporary file %s: %s", name,
+                            exc.strerror)
+                continue
+            removed.append(name)
+        if removed:
+            log.warning("removed temporary files left by a killed writer: %s",
+                        ", ".join(removed))
+        return removed
+
     def list_claims(self) -> list[Claim]:
         """Every readable claim, by UUID; corrupt records are logged and left out."""
         return [c for _, c in self._scan() if c is not None]

@@ -238,6 +238,7 @@ class Reconciler:
             log.error("claim record %s is corrupt; inspect and remove it by hand", path)
         try:
             with self.state.lock(self.cfg.lock_timeout):
+                self.state.remove_temporaries()
                 for claim in self.state.list_claims():
                     if claim.uuid in running:
                         continue

@@ -311,3 +311,13 @@ def test_a_malformed_realtime_intent_makes_the_record_malformed(bad: object) -> 
     data["realtime"] = bad
     with pytest.raises(InputError, match="malformed"):
         Claim.from_json(data)
+
+
+def test_temporaries_of_a_killed_writer_are_removed_under_the_lock(sd: StateDir) -> None:
+    sd.save(full_claim())
+    stale = sd.claims_dir / f".{U1}.json.4242-deadbeef.tmp"
+    stale.write_text("{half a record")
+    with sd.lock(5):
+        assert sd.remove_temporaries() == [stale.name]
+    assert not stale.exists() and sd.load(U1) == full_claim()
+    assert sd.remove_temporaries() == []
