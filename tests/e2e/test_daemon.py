@@ -346,3 +346,25 @@ def test_realtime_vcpus_are_fifo_before_the_started_hook_runs(numahookd: Daemon,
             break
     assert any(rounds), f"vCPU 0 was not FIFO yet when started began, in {len(rounds)} starts"
     assert "action=realtime-early" in numahookd.logtext()
+
+
+def test_early_realtime_covers_the_isolated_emulator_thread(numahookd: Daemon,
+                                                            domains: Any) -> None:
+    """The daemon budgets the emulator's group with the vCPUs', as the started hook would:
+    budgeting the vCPUs alone first would leave the emulator nothing when the hook runs."""
+    if not rtsched.needs_group_budget():
+        pytest.skip("needs RT group scheduling with throttling on (sysctl >= 0)")
+    xml = render_here(domains.probe_xml("earlyemu", vcpus=1, memory_mib=128, hugepage_kib=2048,
+                                        cmdline=HOLD, extra=metadata(mask="0", isolate=True)))
+    dom = domains.define(xml)
+    domains.start(dom)  # the started hook fails the start if it cannot apply both
+    pid, tids = guest.vcpu_threads(dom.name())
+    assert pid is not None
+    for tid in (tids[0], pid):
+        assert policy(tid) == (os.SCHED_FIFO, 1)
+    assert not rtsched.unbudgeted_rt_threads([tids[0], pid])
+    wait_until(lambda: f"domain={dom.name()} action=realtime-early" in numahookd.logtext(),
+               timeout=5, what="the daemon's early apply")
+    line = next(ln for ln in numahookd.logtext().splitlines()
+                if f"domain={dom.name()} action=realtime-early" in ln)
+    assert "emulator=True" in line
