@@ -452,6 +452,9 @@ class FakeDom:
     def name(self) -> str:
         return NAME
 
+    def UUIDString(self) -> str:
+        return UUID
+
     def XMLDesc(self, flags: int = 0) -> str:
         if self.drop_in == "XMLDesc":
             raise dropped()

@@ -129,10 +129,20 @@ def test_node_json_is_published_inside_the_private_state_dir(host: Host) -> None
 
 
 def test_numahook_listens_on_no_socket() -> None:
-    """The only sockets are clients: libvirt's, sd_notify's and the kernel's uevents."""
+    """The only sockets are clients: libvirt's, sd_notify's and the kernel's uevents.
+
+    numahook/uevents.py binds a netlink socket to the kernel's uevent multicast group:
+    no process can connect to it, and it drops any datagram not sent by the kernel.
+    """
     check("no-listening-socket")
+    uevents = (REPO / "numahook" / "uevents.py").read_text()
+    assert "socket.AF_NETLINK" in uevents and "NETLINK_KOBJECT_UEVENT)" in uevents
+    assert "if sender != 0:\n            continue" in uevents
+    assert "AF_INET" not in uevents and ".listen(" not in uevents
     found = []
     for path in sorted((REPO / "numahook").rglob("*.py")):
+        if path.name == "uevents.py" and path.parent.name == "numahook":
+            continue
         text = path.read_text()
         for pattern in (r"\.listen\(", r"\.bind\((?!\))", r"socket\.socket\(", r"AF_INET"):
             for m in re.finditer(pattern, text):
