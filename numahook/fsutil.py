@@ -8,15 +8,15 @@ sentence, and paths built from outside input cannot leave their root.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Union
 
+from numahook import log as logmod
 from numahook.errors import HostError, InputError, StateError
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 

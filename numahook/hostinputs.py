@@ -6,15 +6,15 @@ libvirt's API, so the hook can call it without deadlocking libvirtd.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from numahook import cgroups, cpulist, libvirtstatus, metadata, procfs, rtsched, sysfs
+from numahook import log as logmod
 from numahook.config import Config
 from numahook.design import Inputs
 from numahook.state import StateDir
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 #: lets libvirtd raise QEMU's RLIMIT_MEMLOCK, which <memoryBacking><locked/> needs
 CAP_SYS_RESOURCE = 24

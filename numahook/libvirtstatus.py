@@ -8,17 +8,17 @@ thread ids and the host CPUs they are pinned to from these root-only files. The 
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from numahook import cpulist, fsutil, xmlsafe
+from numahook import log as logmod
 from numahook.errors import InputError
 from numahook.units import clip, is_decimal
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 DEFAULT_ROOT = "/run/libvirt/qemu"
 

@@ -8,7 +8,6 @@ back: nothing is half-applied.
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 from numahook import (
@@ -24,6 +23,7 @@ from numahook import (
     rtsched,
     xmlsafe,
 )
+from numahook import log as logmod
 from numahook.config import Config
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.state import (
@@ -35,7 +35,7 @@ from numahook.state import (
     settle_interrupted,
 )
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 
 def audit(action: str, name: str, **fields: object) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import logging
 import os
 import re
 import stat
@@ -30,11 +29,12 @@ from pathlib import Path
 from typing import Any
 
 from numahook import faults, fsutil, hugepages, rtsched
+from numahook import log as logmod
 from numahook.errors import InputError, NumahookError, StateError
 from numahook.hugepages import Pending, Pool
 from numahook.rtsched import BudgetRecord
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 DEFAULT_DIR = "/run/numahook"
 PHASES = ("claimed", "reserved", "running")
