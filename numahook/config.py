@@ -10,16 +10,17 @@ from __future__ import annotations
 import configparser
 import os
 import re
-from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable
 
+from numahook import records
 from numahook.errors import ConfigError
+from numahook.records import field, record
 
 DEFAULT_PATH = "/etc/numahook/numahook.conf"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     #: [features] NUMA: guestMappingPassthrough may be used (KubeVirt's "NUMA" gate)
     numa_gate: bool = True
@@ -183,4 +184,4 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def field_names() -> list[str]:
-    return [f.name for f in fields(Config)]
+    return list(records.field_names(Config))

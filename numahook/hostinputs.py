@@ -6,12 +6,11 @@ libvirt's API, so the hook can call it without deadlocking libvirtd.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from numahook import cgroups, cpulist, libvirtstatus, metadata, procfs, rtsched, sysfs
 from numahook import log as logmod
 from numahook.config import Config
 from numahook.design import Inputs
+from numahook.records import record
 from numahook.state import StateDir
 
 log = logmod.get(__name__)
@@ -20,7 +19,7 @@ log = logmod.get(__name__)
 CAP_SYS_RESOURCE = 24
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostView:
     """Where the available set came from, for messages and ``numahook check``."""
 

@@ -7,11 +7,11 @@ Unknown attributes or elements in our namespace are errors: a misspelt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from numahook import NAMESPACE
 from numahook.errors import InputError
+from numahook.records import record
 
 NS = f"{{{NAMESPACE}}}"
 _MAX_ATTR = 4096
@@ -20,7 +20,7 @@ _CPU_ATTRS = {"dedicatedCpuPlacement", "isolateEmulatorThread", "ioThreadsPolicy
 _RT_ATTRS = {"mask", "priority"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RawRequest:
     """Attribute text as written, before validation (policy lives in :mod:`numahook.request`)."""
 
@@ -33,7 +33,7 @@ class RawRequest:
     realtime_priority: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rendered:
     digest: str
     host: str

@@ -17,7 +17,8 @@ from tests.golden.test_golden import DATA
 REPO = Path(__file__).resolve().parents[2]
 
 #: stdlib modules the hook does not need (top-level names; submodules count too)
-NOT_IN_HOOK = ("lxml", "logging", "tempfile", "random", "shutil", "signal")
+NOT_IN_HOOK = ("lxml", "logging", "tempfile", "random", "shutil", "signal", "dataclasses",
+               "inspect")
 
 #: the hook run as libvirtd runs it (-I, syslog), then what it imported
 _HOOK = """

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import inspect
 import pickle
+import pkgutil
 import re
 import sys
 from collections.abc import Callable
@@ -17,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import numahook
 from numahook import records
 
 Maker = Callable[[bool], Any]
@@ -192,3 +195,24 @@ def test_unsupported_features_are_refused() -> None:
         records._record(type("C", (), {"__annotations__": {"a": "ClassVar[int]"}}))
     with pytest.raises(TypeError):
         records._field(default=1, hash=False)  # type: ignore[call-arg]
+
+
+def all_records() -> list[type]:
+    found = []
+    for info in pkgutil.walk_packages(numahook.__path__, "numahook."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # the daemon without libvirt-python: it defines no records
+            continue
+        found += [obj for obj in vars(module).values()
+                  if isinstance(obj, type) and obj.__module__ == info.name
+                  and "__record_fields__" in vars(obj)]
+    return found
+
+
+def test_numahook_records_are_dataclasses_to_their_callers() -> None:
+    found = all_records()
+    assert len(found) >= 20
+    for cls in found:
+        assert dataclasses.is_dataclass(cls)
+        assert tuple(f.name for f in dataclasses.fields(cls)) == records.field_names(cls)
