@@ -16,10 +16,14 @@ fields (so only callers that use them import dataclasses). Not supported, and re
 at class creation: base classes, ClassVar/InitVar, and ``field`` options other than
 default, default_factory, repr and compare. Introspection differs in one way: ``__init__``
 itself takes ``(*args, **kwargs)`` (``inspect.signature`` of the class is exact).
+
+``NamedTuple`` is ``typing.NamedTuple`` without importing typing (only the field
+annotations stay strings, where typing makes them ForwardRefs).
 """
 
 from __future__ import annotations
 
+import collections
 import operator
 import reprlib
 import sys
@@ -284,8 +288,45 @@ def _shadow(cls: type) -> dict[str, object]:
             "__signature__": inspect.signature(made)}
 
 
+class _NamedTupleMeta(type):
+    """``class X(NamedTuple)`` as typing.NamedTuple makes it: a collections.namedtuple
+    with the annotated fields, their defaults and the class body's other attributes."""
+
+    def __new__(mcls, name: str, bases: tuple[type, ...], ns: dict[str, object]) -> type:
+        if not bases:  # NamedTuple itself
+            return super().__new__(mcls, name, bases, ns)
+        if bases != (NamedTuple,):
+            raise TypeError("can only inherit from a NamedTuple type and Generic")
+        annotations: dict[str, object] = ns.get("__annotations__", {})  # type: ignore[assignment]
+        with_default: list[str] = []
+        for field_name in annotations:
+            if field_name in ns:
+                with_default.append(field_name)
+            elif with_default:
+                raise TypeError(f"Non-default namedtuple field {field_name} cannot follow "
+                                f"default field{'s' if len(with_default) > 1 else ''} "
+                                f"{', '.join(with_default)}")
+        tpl = collections.namedtuple(name, list(annotations),  # type: ignore[misc]
+                                     defaults=[ns[n] for n in with_default],
+                                     module=ns["__module__"])
+        tpl.__annotations__ = tpl.__new__.__annotations__ = dict(annotations)
+        for key, value in ns.items():
+            if key in _TUPLE_PROHIBITED:
+                raise AttributeError("Cannot overwrite NamedTuple attribute " + key)
+            if key not in _TUPLE_SPECIAL and key not in tpl._fields:
+                setattr(tpl, key, value)
+        return tpl
+
+
+_TUPLE_SPECIAL = frozenset({"__module__", "__name__", "__annotations__"})
+_TUPLE_PROHIBITED = frozenset({"__new__", "__init__", "__slots__", "__getnewargs__", "_fields",
+                               "_field_defaults", "_make", "_replace", "_asdict", "_source"})
+
+
 if TYPE_CHECKING:  # type checkers see the semantics records reproduce
     from dataclasses import dataclass as record
     from dataclasses import field
+    from typing import NamedTuple
 else:
     record, field = _record, _field
+    NamedTuple = _NamedTupleMeta("NamedTuple", (), {"__module__": __name__})

@@ -14,6 +14,7 @@ import pickle
 import pkgutil
 import re
 import sys
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -216,3 +217,41 @@ def test_numahook_records_are_dataclasses_to_their_callers() -> None:
     for cls in found:
         assert dataclasses.is_dataclass(cls)
         assert tuple(f.name for f in dataclasses.fields(cls)) == records.field_names(cls)
+
+
+def budget(typed: bool) -> Any:
+    base: Any = typing.NamedTuple if typed else records.NamedTuple
+
+    class Budget(base):  # type: ignore[misc,valid-type]
+        """A budget."""
+
+        path: str
+        previous: int
+        applied: bool = False
+
+        def label(self) -> str:
+            return f"{self.path}:{self.previous}"
+
+    return Budget
+
+
+def test_named_tuples_match_typing() -> None:
+    ours, theirs = budget(typed=False), budget(typed=True)
+    a, b = ours("p", 1), theirs("p", 1)
+    assert repr(a) == repr(b) and tuple(a) == tuple(b) == ("p", 1, False)
+    assert a == b and hash(a) == hash(b) and isinstance(a, tuple)
+    assert ours._fields == theirs._fields and ours._field_defaults == theirs._field_defaults
+    assert a._replace(applied=True) == b._replace(applied=True)
+    assert a._asdict() == b._asdict() and a.label() == b.label() == "p:1"
+    assert ours.__doc__ == theirs.__doc__ == "A budget."
+    assert ours.__qualname__ == theirs.__qualname__ and ours.__module__ == theirs.__module__
+    assert ours.__bases__ == theirs.__bases__ == (tuple,)
+    assert list(ours.__annotations__) == list(theirs.__annotations__)
+    assert outcome(lambda: ours("p")) == outcome(lambda: theirs("p"))
+
+
+def test_named_tuple_definition_errors_match_typing() -> None:
+    for body in ["    a: int = 0\n    b: int\n", "    a: int\n    _fields = ()\n"]:
+        got, want = [outcome(lambda: exec(f"class C(NT):\n{body}", {"NT": nt}))  # noqa: B023
+                     for nt in (records.NamedTuple, typing.NamedTuple)]
+        assert got == want and got[0] != "ok", body
