@@ -10,12 +10,16 @@ from __future__ import annotations
 import configparser
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
 from numahook import records
 from numahook.errors import ConfigError
 from numahook.records import field, record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_PATH = "/etc/numahook/numahook.conf"
 

@@ -6,12 +6,14 @@ decides what it means.
 
 from __future__ import annotations
 
-from typing import Any
-
 from numahook import cpulist
 from numahook.errors import InputError
 from numahook.records import field, record
 from numahook.units import is_decimal, to_kib
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 #: QEMU's own ceiling for -smp maxcpus on x86_64 q35 (KVM_MAX_VCPUS is 1024 on new kernels).
 MAX_VCPUS = 4096

@@ -11,14 +11,17 @@ import errno
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Union
 
 from numahook import log as logmod
 from numahook.errors import HostError, InputError, StateError
 
 log = logmod.get(__name__)
 
-PathLike = Union[str, "os.PathLike[str]"]
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Union
+
+    PathLike = Union[str, "os.PathLike[str]"]
 
 #: Names tried for a temporary file before giving up (mkstemp's bound is 10000; a clash
 #: needs the same pid and 32 random bits, so a few are plenty).

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 from numahook import faults, fsutil
 from numahook import log as logmod
 from numahook.errors import HostError, NumahookError, Refusal
+from numahook.records import NamedTuple
 
 log = logmod.get(__name__)
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 from numahook import cpulist, fsutil, xmlsafe
 from numahook import log as logmod
 from numahook.errors import InputError
 from numahook.records import field, record
 from numahook.units import clip, is_decimal
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logmod.get(__name__)
 

@@ -7,11 +7,13 @@ Unknown attributes or elements in our namespace are errors: a misspelt
 
 from __future__ import annotations
 
-from typing import Any
-
 from numahook import NAMESPACE
 from numahook.errors import InputError
 from numahook.records import record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 NS = f"{{{NAMESPACE}}}"
 _MAX_ATTR = 4096

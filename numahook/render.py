@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from numahook import design, domainxml, metadata, request, xmlsafe
 from numahook.design import Evaluation, Inputs, Plan
 from numahook.domainxml import DomainFacts
 from numahook.errors import NumahookError
 from numahook.records import record
 from numahook.request import Request
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 
 @record

@@ -12,14 +12,14 @@ from __future__ import annotations
 
 import errno
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 from numahook import faults, fsutil, procfs
 from numahook import log as logmod
 from numahook.errors import HostError, InputError, NumahookError, Refusal
+from numahook.records import NamedTuple
 
 log = logmod.get(__name__)
 

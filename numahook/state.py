@@ -25,7 +25,6 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from numahook import faults, fsutil, hugepages, records, rtsched
 from numahook import log as logmod
@@ -33,6 +32,10 @@ from numahook.errors import InputError, NumahookError, StateError
 from numahook.hugepages import Pending, Pool
 from numahook.records import field, record
 from numahook.rtsched import BudgetRecord
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logmod.get(__name__)
 

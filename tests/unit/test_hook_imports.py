@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 #: stdlib modules the hook does not need (top-level names; submodules count too)
 NOT_IN_HOOK = ("lxml", "logging", "tempfile", "random", "shutil", "signal", "dataclasses",
-               "inspect")
+               "inspect", "typing")
 
 #: the hook run as libvirtd runs it (-I, syslog), then what it imported
 _HOOK = """
