@@ -37,7 +37,8 @@ print(" ".join(sorted(sys.modules)))
 """
 
 
-def test_managed_hook_calls_stay_out_of_the_heavy_modules(tmp_path: Path) -> None:
+def fixture_host(tmp_path: Path) -> tuple[Path, str]:
+    """A config for a fixture host, and a domain rendered for it (dedicated CPUs)."""
     case = next(c for c in CASES if c.id == "intel-dedicated-partition")
     roots = host_roots(tmp_path, case.host, case.cgroup_version, case.cpusets)
     (tmp_path / "run").mkdir()
@@ -45,7 +46,11 @@ def test_managed_hook_calls_stay_out_of_the_heavy_modules(tmp_path: Path) -> Non
     conf.write_text(f"[paths]\nstate_dir = {tmp_path / 'state'}\n"
                     f"sysfs_root = {roots['sysfs']}\ncgroup_root = {roots['cgroup']}\n"
                     f"proc_root = {roots['proc']}\nlibvirt_run = {tmp_path / 'run'}\n")
-    xml = (DATA / f"{case.id}-out.xml").read_text()
+    return conf, (DATA / f"{case.id}-out.xml").read_text()
+
+
+def test_managed_hook_calls_stay_out_of_the_heavy_modules(tmp_path: Path) -> None:
+    conf, xml = fixture_host(tmp_path)
     proc = subprocess.run([sys.executable, "-I", "-c", _HOOK, str(REPO),
                            str(tmp_path / "state")], input=xml, capture_output=True, text=True,
                           env={"NUMAHOOK_CONFIG": str(conf)}, check=False)
@@ -54,3 +59,31 @@ def test_managed_hook_calls_stay_out_of_the_heavy_modules(tmp_path: Path) -> Non
     loaded = {m.split(".")[0] for m in proc.stdout.split()}
     assert "numahook" in loaded
     assert sorted(loaded.intersection(NOT_IN_HOOK)) == []
+
+
+def test_the_sh_front_runs_the_hook_as_libvirtd_does(tmp_path: Path) -> None:
+    """The front's own Python (GC off, frozen at exit) still exits with main's status and
+    flushes what main printed: migrate's XML on stdout, a refusal on stderr."""
+    conf, xml = fixture_host(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "NUMAHOOK_CONFIG": str(conf),
+           "NUMAHOOK_PYTHON": sys.executable, "NUMAHOOK_PYTHONPATH": str(REPO)}
+
+    def hook(op: str, sub: str, doc: str = xml) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(REPO / "libvirt-hooks" / "numahook"), "dedicated", op,
+                               sub, "-"], input=doc, capture_output=True, text=True, env=env,
+                              check=False)
+
+    claims = tmp_path / "state" / "claims"
+    assert hook("prepare", "begin").returncode == 0
+    assert len(list(claims.iterdir())) == 1
+    migrated = hook("migrate", "begin")
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("<domain") and migrated.stdout.rstrip().endswith(
+        "</domain>")
+    assert hook("release", "end").returncode == 0
+    assert list(claims.iterdir()) == []
+    # the definition no longer matches what numahook renders: refused, in one line
+    refused = hook("prepare", "begin", xml.replace("<vcpupin vcpu='0' cpuset='2'/>",
+                                                   "<vcpupin vcpu='0' cpuset='5'/>"))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("numahook: ") and refused.stderr.count("\n") == 1
