@@ -157,15 +157,18 @@ def parse(text: str, source: str = "<string>") -> Config:
         sec = section.strip().lower()
         for key, raw in cp.items(section):
             entry = _SCHEMA.get((sec, key))
-            line = _line_of(text, sec, key)
+            # _line_of only for messages: it compiles a pattern per key, which every hook
+            # call would pay for each key of the shipped file
             if entry is None:
                 known = ", ".join(sorted({f"[{s}] {k}" for s, k in _SCHEMA if s == sec}))
                 hint = f"known keys there: {known}" if known else "unknown section"
+                line = _line_of(text, sec, key)
                 raise ConfigError(f"{source}:{line}: unknown setting [{section}] {key} ({hint})")
             name, conv = entry
             try:
                 values[name] = conv(raw)
             except ValueError as exc:
+                line = _line_of(text, sec, key)
                 raise ConfigError(f"{source}:{line}: [{section}] {key}: {exc}") from None
     return Config(source=source, **values)
 
