@@ -10,6 +10,7 @@ four times its own work. ``record`` builds the same methods from closures instea
   honouring ``field(repr=False)`` and ``field(compare=False)``; unhashable when not frozen;
 * ``frozen=True``: assignment raises ``dataclasses.FrozenInstanceError``.
 
+``field_names`` and ``replace`` serve numahook's own code without importing dataclasses.
 ``dataclasses.fields``, ``replace``, ``asdict`` and ``is_dataclass`` work on records: the
 first access to ``__dataclass_fields__`` builds them from a real dataclass of the same
 fields (so only callers that use them import dataclasses). Not supported, and refused
@@ -175,31 +176,35 @@ def _init(cls: type, specs: list[_Field]) -> Callable[..., None]:
 
     def __init__(self: object, *args: object, **kwargs: object) -> None:
         values = self.__dict__  # what object.__setattr__ writes for plain fields
-        if not kwargs and len(args) == count:
+        given = len(args)
+        if not kwargs and given == count:
             values.update(zip(order, args))
         else:
-            if len(args) > count:
-                raise TypeError(f"{qual}.__init__() takes {takes} but {len(args) + 1} were given")
-            given = dict(zip(order, args))
-            for name, value in kwargs.items():
-                if name not in known:
-                    raise TypeError(f"{qual}.__init__() got an unexpected keyword argument "
-                                    f"{name!r}")
-                if name in given:
-                    raise TypeError(f"{qual}.__init__() got multiple values for argument "
-                                    f"{name!r}")
-                given[name] = value
-            missing = [name for name, default, factory in fill
-                       if name not in given and default is MISSING and factory is MISSING]
-            if missing:
-                raise TypeError(f"{qual}.__init__() missing {_count_names(missing)}")
-            for name, default, factory in fill:
-                if name in given:
-                    values[name] = given[name]
+            if given > count:
+                raise TypeError(f"{qual}.__init__() takes {takes} but {given + 1} were given")
+            values.update(zip(order, args))
+            taken = 0
+            missing = []
+            for name, default, factory in fill[given:]:  # in field order, as dataclasses
+                if name in kwargs:
+                    values[name] = kwargs[name]
+                    taken += 1
                 elif default is not MISSING:
                     values[name] = default
-                else:
+                elif factory is not MISSING:
                     values[name] = factory()  # type: ignore[operator]
+                else:
+                    missing.append(name)
+            if taken != len(kwargs):
+                for name in kwargs:  # CPython names the first offending keyword
+                    if name not in known:
+                        raise TypeError(f"{qual}.__init__() got an unexpected keyword argument "
+                                        f"{name!r}")
+                    if order.index(name) < given:
+                        raise TypeError(f"{qual}.__init__() got multiple values for argument "
+                                        f"{name!r}")
+            if missing:
+                raise TypeError(f"{qual}.__init__() missing {_count_names(missing)}")
         if post_init:
             self.__post_init__()  # type: ignore[attr-defined]
 
