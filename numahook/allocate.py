@@ -10,17 +10,17 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from numahook import cpulist
 from numahook.errors import Refusal
+from numahook.records import record
 from numahook.topology import Topology
 
 #: Beyond this many candidate nodes, node selection is greedy instead of exhaustive.
 _EXHAUSTIVE_NODES = 16
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Allocation:
     #: host CPU of each vCPU, by vCPU id
     vcpus: tuple[int, ...]

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from pathlib import Path
 
 from numahook import cpulist
 from numahook.errors import InputError
+from numahook.records import record
 
 DEFAULT_PARTITION = "/machine"
 _COMPONENT = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
@@ -27,7 +27,7 @@ _CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blk
                 "cgroup")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cpuset:
     cpus: frozenset[int]
     #: the cgroup directory the set was read from

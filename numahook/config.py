@@ -10,16 +10,21 @@ from __future__ import annotations
 import configparser
 import os
 import re
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
 
+from numahook import records
 from numahook.errors import ConfigError
+from numahook.records import field, record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 DEFAULT_PATH = "/etc/numahook/numahook.conf"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Config:
     #: [features] NUMA: guestMappingPassthrough may be used (KubeVirt's "NUMA" gate)
     numa_gate: bool = True
@@ -152,15 +157,18 @@ def parse(text: str, source: str = "<string>") -> Config:
         sec = section.strip().lower()
         for key, raw in cp.items(section):
             entry = _SCHEMA.get((sec, key))
-            line = _line_of(text, sec, key)
+            # _line_of only for messages: it compiles a pattern per key, which every hook
+            # call would pay for each key of the shipped file
             if entry is None:
                 known = ", ".join(sorted({f"[{s}] {k}" for s, k in _SCHEMA if s == sec}))
                 hint = f"known keys there: {known}" if known else "unknown section"
+                line = _line_of(text, sec, key)
                 raise ConfigError(f"{source}:{line}: unknown setting [{section}] {key} ({hint})")
             name, conv = entry
             try:
                 values[name] = conv(raw)
             except ValueError as exc:
+                line = _line_of(text, sec, key)
                 raise ConfigError(f"{source}:{line}: [{section}] {key}: {exc}") from None
     return Config(source=source, **values)
 
@@ -183,4 +191,4 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
 
 
 def field_names() -> list[str]:
-    return [f.name for f in fields(Config)]
+    return list(records.field_names(Config))

@@ -7,13 +7,12 @@ split in whole pages with the remainder on the first cells, strict memory bindin
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
-
-from numahook import cpulist
+from numahook import cpulist, records
 from numahook.allocate import Allocation, allocate
 from numahook.config import Config
 from numahook.domainxml import DomainFacts
 from numahook.errors import InputError, Refusal
+from numahook.records import field, record
 from numahook.request import Request
 from numahook.topology import Topology, _sha256
 from numahook.units import clip, human_kib
@@ -22,7 +21,7 @@ from numahook.units import clip, human_kib
 RENDER_VERSION = 1
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Check:
     name: str
     #: True passed, False failed, None not evaluated (an earlier check failed)
@@ -30,7 +29,7 @@ class Check:
     reason: str
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cell:
     id: int
     host_node: int
@@ -39,7 +38,7 @@ class Cell:
     pages: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Plan:
     vcpu_pins: tuple[int, ...]
     emulator: tuple[int, ...]
@@ -73,14 +72,14 @@ class Plan:
     def digest(self) -> str:
         # repr of plain tuples and ints is stable; asdict() deep-copies and was 8% of a render.
         # emulator_realtime joins only when set, so older renderings keep their digests.
-        parts = [(f.name, getattr(self, f.name)) for f in fields(self)
-                 if f.name != "kept_pinning"
-                 and (f.name != "emulator_realtime" or self.emulator_realtime)]
+        parts = [(name, getattr(self, name)) for name in records.field_names(self)
+                 if name != "kept_pinning"
+                 and (name != "emulator_realtime" or self.emulator_realtime)]
         raw = repr((RENDER_VERSION, parts)).encode()
         return "sha256:" + _sha256(raw)[:32]
 
 
-@dataclass
+@record
 class Evaluation:
     checks: list[Check]
     plan: Plan | None
@@ -96,7 +95,7 @@ class Evaluation:
         return Refusal(bad.reason, bad.name)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Inputs:
     """Everything the plan depends on besides the domain itself."""
 

@@ -6,25 +6,27 @@ decides what it means.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from numahook import cpulist
 from numahook.errors import InputError
+from numahook.records import field, record
 from numahook.units import is_decimal, to_kib
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 #: QEMU's own ceiling for -smp maxcpus on x86_64 q35 (KVM_MAX_VCPUS is 1024 on new kernels).
 MAX_VCPUS = 4096
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cell:
     id: int
     cpus: frozenset[int]
     memory_kib: int
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class DomainFacts:
     name: str
     uuid: str

@@ -6,21 +6,20 @@ libvirt's API, so the hook can call it without deadlocking libvirtd.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-
 from numahook import cgroups, cpulist, libvirtstatus, metadata, procfs, rtsched, sysfs
+from numahook import log as logmod
 from numahook.config import Config
 from numahook.design import Inputs
+from numahook.records import record
 from numahook.state import StateDir
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 #: lets libvirtd raise QEMU's RLIMIT_MEMLOCK, which <memoryBacking><locked/> needs
 CAP_SYS_RESOURCE = 24
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HostView:
     """Where the available set came from, for messages and ``numahook check``."""
 

@@ -10,17 +10,17 @@ without ever lowering a pool below what the administrator configured.
 
 from __future__ import annotations
 
-import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 from numahook import faults, fsutil
+from numahook import log as logmod
 from numahook.errors import HostError, NumahookError, Refusal
+from numahook.records import NamedTuple
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 Pool = tuple[int, int]  # (node, size_kib)
 

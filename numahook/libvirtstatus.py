@@ -8,22 +8,25 @@ thread ids and the host CPUs they are pinned to from these root-only files. The 
 
 from __future__ import annotations
 
-import logging
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from numahook import cpulist, fsutil, xmlsafe
+from numahook import log as logmod
 from numahook.errors import InputError
+from numahook.records import field, record
 from numahook.units import clip, is_decimal
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
+
+log = logmod.get(__name__)
 
 DEFAULT_ROOT = "/run/libvirt/qemu"
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RunningDomain:
     """One domain libvirt considers active, as read from its status file."""
 

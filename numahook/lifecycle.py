@@ -8,9 +8,6 @@ back: nothing is half-applied.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
-
 from numahook import (
     allocate,
     cpulist,
@@ -24,8 +21,10 @@ from numahook import (
     rtsched,
     xmlsafe,
 )
+from numahook import log as logmod
 from numahook.config import Config
 from numahook.errors import HostError, NumahookError, Refusal
+from numahook.records import record
 from numahook.state import (
     Claim,
     ClaimJournal,
@@ -35,7 +34,7 @@ from numahook.state import (
     settle_interrupted,
 )
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 
 def audit(action: str, name: str, **fields: object) -> None:
@@ -73,7 +72,7 @@ def _pending_pages(state: StateDir, exclude_uuid: str) -> dict[tuple[int, int], 
     return out
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Admission:
     claim: Claim
     plan: design.Plan
@@ -146,7 +145,7 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
         return Admission(journal.claim, plan)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Tuning:
     rt_vcpus: tuple[int, ...]
     result: rtsched.RtResult | None

@@ -7,11 +7,13 @@ Unknown attributes or elements in our namespace are errors: a misspelt
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from numahook import NAMESPACE
 from numahook.errors import InputError
+from numahook.records import record
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 NS = f"{{{NAMESPACE}}}"
 _MAX_ATTR = 4096
@@ -20,7 +22,7 @@ _CPU_ATTRS = {"dedicatedCpuPlacement", "isolateEmulatorThread", "ioThreadsPolicy
 _RT_ATTRS = {"mask", "priority"}
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RawRequest:
     """Attribute text as written, before validation (policy lives in :mod:`numahook.request`)."""
 
@@ -33,7 +35,7 @@ class RawRequest:
     realtime_priority: str | None = None
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Rendered:
     digest: str
     host: str

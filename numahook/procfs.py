@@ -7,15 +7,15 @@ scheduler calls are the real syscalls, with errors that say what to change.
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import re
 
 from numahook import fsutil
+from numahook import log as logmod
 from numahook.errors import HostError, InputError
 from numahook.units import is_decimal
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 #: QEMU names its vCPU threads "CPU <index>/<accelerator>"; KVM and TCG are the ones we run.
 _VCPU_COMM = re.compile(r"^CPU ([0-9]{1,5})/(KVM|TCG)\Z")

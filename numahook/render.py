@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 from numahook import design, domainxml, metadata, request, xmlsafe
 from numahook.design import Evaluation, Inputs, Plan
 from numahook.domainxml import DomainFacts
 from numahook.errors import NumahookError
+from numahook.records import record
 from numahook.request import Request
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
-@dataclass
+
+@record
 class Parsed:
     """A domain document with our request read out of it; ``request`` is None if not opted in."""
 
@@ -23,7 +25,7 @@ class Parsed:
     quote: str = '"'
 
 
-@dataclass
+@record
 class Result:
     xml: str
     plan: Plan

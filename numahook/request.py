@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from numahook.errors import InputError
 from numahook.metadata import RawRequest
+from numahook.records import record
 from numahook.units import is_decimal
 
 IO_THREADS_POLICIES = ("shared", "auto")
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Request:
     dedicated: bool = False
     isolate_emulator: bool = False

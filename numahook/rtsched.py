@@ -11,17 +11,17 @@ else libvirt's ``<vcpusched>`` already did the work and this module only verifie
 from __future__ import annotations
 
 import errno
-import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Callable, NamedTuple
 
 from numahook import faults, fsutil, procfs
+from numahook import log as logmod
 from numahook.errors import HostError, InputError, NumahookError, Refusal
+from numahook.records import NamedTuple
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 RUNTIME = "cpu.rt_runtime_us"
 PERIOD = "cpu.rt_period_us"

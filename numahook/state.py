@@ -18,23 +18,26 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import logging
 import os
 import re
 import stat
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
 
-from numahook import faults, fsutil, hugepages, rtsched
+from numahook import faults, fsutil, hugepages, records, rtsched
+from numahook import log as logmod
 from numahook.errors import InputError, NumahookError, StateError
 from numahook.hugepages import Pending, Pool
+from numahook.records import field, record
 from numahook.rtsched import BudgetRecord
 
-log = logging.getLogger(__name__)
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
+
+log = logmod.get(__name__)
 
 DEFAULT_DIR = "/run/numahook"
 PHASES = ("claimed", "reserved", "running")
@@ -51,7 +54,7 @@ def _uuid(value: str) -> str:
     return u
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class RealtimeIntent:
     """What ``prepare`` decided about realtime, so numahookd can apply it before ``started``.
 
@@ -77,7 +80,7 @@ class RealtimeIntent:
         return cls(vcpus, priority, data["emulator"])
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Claim:
     """What one domain holds on this host."""
 
@@ -385,7 +388,7 @@ class ClaimJournal:
         self.claim = claim
 
     def update(self, **changes: Any) -> Claim:
-        claim = replace(self.claim, **changes)
+        claim = records.replace(self.claim, **changes)
         self.state.save(claim)
         self.claim = claim
         return claim

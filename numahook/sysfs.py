@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 from pathlib import Path
 
 from numahook import cpulist, fsutil
+from numahook import log as logmod
 from numahook.errors import InputError
 from numahook.topology import Cpu, HugepagePool, Node, Topology
 from numahook.units import is_decimal
 
-log = logging.getLogger(__name__)
+log = logmod.get(__name__)
 
 _MEMTOTAL = re.compile(r"^Node\s+[0-9]+\s+MemTotal:\s+([0-9]{1,15})\s+kB", re.MULTILINE)
 _PAGEDIR = re.compile(r"hugepages-([0-9]{1,9})kB")

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+
+from numahook.records import field, record
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Cpu:
     id: int
     node: int
@@ -17,7 +18,7 @@ class Cpu:
     siblings: frozenset[int]
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class HugepagePool:
     size_kib: int
     nr: int
@@ -25,7 +26,7 @@ class HugepagePool:
     surplus: int = 0
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Node:
     id: int
     cpus: frozenset[int]
@@ -35,7 +36,7 @@ class Node:
     distances: Mapping[int, int] = field(default_factory=dict)
 
 
-@dataclass(frozen=True)
+@record(frozen=True)
 class Topology:
     """Online CPUs and online NUMA nodes. CPU-less and memory-less nodes are kept."""
 

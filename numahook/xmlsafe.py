@@ -14,11 +14,14 @@ DOCTYPE, which every entity trick needs, and bound size and depth the same way.
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any, Callable
+from collections.abc import Callable
 
 from numahook.errors import InputError
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
+    from typing import Any
+
     from lxml import etree
 
 #: libvirt itself refuses domain XML over 10 MiB (VIR_DOMAIN_XML_MAX_LEN-ish limits on RPC).

@@ -8,57 +8,39 @@ exits 0. stderr is shown to the user by libvirt: one sentence, never a traceback
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 from collections.abc import Sequence
 
 from numahook import config as configmod
 from numahook import lifecycle
+from numahook import log as logmod
 from numahook.errors import NumahookError
 from numahook.state import StateDir
 
-log = logging.getLogger("numahook.hook")
+log = logmod.get("numahook.hook")
 
 _MAX_STDIN = 10 * 1024 * 1024
 #: calls whose failure must never reach libvirt
 _HARMLESS = {"stopped", "release", "reconnect", "attach"}
 
 
-class _Syslog(logging.Handler):
-    """syslog(3) through the C module: logging.handlers would import socket and more,
-    which costs the hook more than its own work."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        import syslog
-
-        self._syslog = syslog
-        syslog.openlog("numahook-hook", syslog.LOG_PID, syslog.LOG_DAEMON)
-        self._prio = {logging.DEBUG: syslog.LOG_DEBUG, logging.INFO: syslog.LOG_INFO,
-                      logging.WARNING: syslog.LOG_WARNING, logging.ERROR: syslog.LOG_ERR,
-                      logging.CRITICAL: syslog.LOG_CRIT}
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            self._syslog.syslog(self._prio.get(record.levelno, self._syslog.LOG_INFO),
-                                self.format(record))
-        except (OSError, ValueError):
-            self.handleError(record)
-
-
 def _logging() -> None:
-    root = logging.getLogger()
-    root.setLevel(logging.INFO)
+    """syslog(3) through the C module, with no stdlib logging at all: logging (and
+    logging.handlers' socket) would cost the hook more than its own work. Tests set
+    NUMAHOOK_HOOK_LOG to read the records from a file; that path pays for logging."""
     path = os.environ.get("NUMAHOOK_HOOK_LOG")
     if not path:
-        root.addHandler(_Syslog())
+        logmod.to_syslog("numahook-hook", logmod.INFO)
         return
-    if path:
-        handler = logging.FileHandler(path)
-        handler.setFormatter(logging.Formatter(
-            "%(asctime)s numahook-hook[%(process)d]: %(levelname)s %(message)s"))
-        root.addHandler(handler)
+    import logging
+
+    root = logging.getLogger()
+    root.setLevel(logging.INFO)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s numahook-hook[%(process)d]: %(levelname)s %(message)s"))
+    root.addHandler(handler)
 
 
 def _refuse(op: str, name: str, message: str) -> int:

@@ -57,6 +57,47 @@ def test_atomic_write_creates_private_parents_and_file(tmp_path: Path) -> None:
     assert os.listdir(target.parent) == ["claim.json"]
 
 
+def test_atomic_write_takes_another_name_when_the_temporary_one_exists(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "claim.json"
+    clash = tmp_path / f".claim.json.{os.getpid()}-00000000.tmp"
+    clash.write_text("someone else's")
+    draws = iter([b"\0" * 4, b"\1" * 4])
+    monkeypatch.setattr(fsutil.os, "urandom", lambda n: next(draws))
+    fsutil.atomic_write(target, "one")
+    assert target.read_text() == "one"
+    assert clash.read_text() == "someone else's", "an existing file is never opened"
+    assert sorted(os.listdir(tmp_path)) == [clash.name, "claim.json"]
+
+
+def test_atomic_write_gives_up_after_bounded_clashes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "claim.json"
+    (tmp_path / f".claim.json.{os.getpid()}-00000000.tmp").write_text("")
+    monkeypatch.setattr(fsutil.os, "urandom", lambda n: b"\0" * n)
+    with pytest.raises(StateError, match="no free temporary file name"):
+        fsutil.atomic_write(target, "one")
+    assert not target.exists()
+
+
+def test_atomic_write_failure_removes_the_temporary_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "claim.json"
+    fsutil.atomic_write(target, "old")
+
+    def broken(fd: int) -> None:
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(fsutil.os, "fsync", broken)
+    with pytest.raises(StateError, match="Input/output error"):
+        fsutil.atomic_write(target, "new")
+    assert os.listdir(tmp_path) == ["claim.json"]
+    assert target.read_text() == "old"
+
+
 @pytest.mark.skipif(not ROOT, reason="mounting a tmpfs needs root")
 def test_atomic_write_on_full_filesystem_keeps_old_file(tmp_path: Path) -> None:
     mnt = tmp_path / "small"
