@@ -30,6 +30,7 @@ from numahook.state import (
     ClaimJournal,
     RealtimeIntent,
     StateDir,
+    forget_earlier_boots,
     rollback,
     settle_interrupted,
 )
@@ -89,6 +90,7 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
     name, uuid = doc.facts.name, doc.facts.uuid
     state.ensure()
     with state.lock(cfg.lock_timeout):
+        forget_earlier_boots(state)  # their CPUs and pages are not held any more
         settle_interrupted(state, cfg.sysfs_root)  # before this start changes a pool
         old = state.load(uuid)
         if old is not None:  # a start that failed before release ran: give it all back

@@ -47,6 +47,20 @@ _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{1
 _MAX_CLAIM = 1 << 20
 
 
+_BOOT: list[str] = []
+
+
+def boot_id() -> str:
+    """This boot's id (``kernel.random.boot_id``); "" where the kernel does not say."""
+    if not _BOOT:
+        try:
+            with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
+                _BOOT.append(fh.read(64).strip())
+        except (OSError, ValueError):
+            _BOOT.append("")
+    return _BOOT[0]
+
+
 def _uuid(value: str) -> str:
     u = value.strip().lower()
     if not _UUID.match(u):
@@ -101,6 +115,12 @@ class Claim:
     qemu_pid: int | None = None
     #: realtime to apply once the vCPU threads sit in their cgroups (None: no realtime)
     realtime: RealtimeIntent | None = None
+    #: the boot the claim was made in: pools, budgets and cgroups do not outlive it
+    boot: str = field(default_factory=boot_id)
+
+    def from_earlier_boot(self) -> bool:
+        """Made before the last reboot ("" is a record of numahook 0.1.0: this boot)."""
+        return bool(self.boot) and bool(boot_id()) and self.boot != boot_id()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "uuid", _uuid(self.uuid))
@@ -126,6 +146,7 @@ class Claim:
             "created": self.created,
             "qemu_pid": self.qemu_pid,
             "realtime": None if self.realtime is None else self.realtime.to_json(),
+            "boot": self.boot,
         }
 
     @classmethod
@@ -154,6 +175,7 @@ class Claim:
                 created=float(data["created"]),
                 qemu_pid=None if pid is None else _int(pid),
                 realtime=None if rt is None else RealtimeIntent.from_json(rt),
+                boot=_str(data.get("boot", "")),
             )
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"the claim record is malformed ({exc!r})") from None
@@ -455,6 +477,20 @@ def hand_over(journal: ClaimJournal, sysfs_root: str = "/sys") -> None:
                  taker.name)
 
 
+def forget_earlier_boots(state: StateDir) -> None:
+    """Drop claims made before the last reboot, giving nothing back.
+
+    Where /run is not a tmpfs, records survive a reboot, but the pools, budgets and
+    cgroups they journal do not: rolling one back would lower a freshly booted pool by
+    pages it never added. Must run under the state lock.
+    """
+    for claim in state.list_claims():
+        if claim.from_earlier_boot():
+            log.warning("dropping the claim of %s from an earlier boot; what it held went "
+                        "with that boot", claim.name)
+            state.remove(claim.uuid)
+
+
 def settle_interrupted(state: StateDir, sysfs_root: str = "/sys") -> None:
     """Fold every claim's interrupted hugepage writes into what it holds, now.
 
@@ -482,8 +518,13 @@ def rollback(journal: ClaimJournal, sysfs_root: str = "/sys") -> bool:
     False, keeping the claim with what is still held, when something could not be given
     back; the error is logged and the next call retries.
     """
+    if journal.claim.from_earlier_boot():
+        forget_earlier_boots(journal.state)  # this one, and any other of that boot
+        journal.state.remove(journal.claim.uuid)
+        return True
     ok = True
     try:
+        forget_earlier_boots(journal.state)
         settle_interrupted(journal.state, sysfs_root)
         journal.claim = journal.state.load(journal.claim.uuid) or journal.claim
     except NumahookError as exc:

@@ -57,3 +57,26 @@ def test_without_anyone_waiting_every_added_page_goes_back(tmp_path: Path) -> No
         assert rollback(ClaimJournal(state, stopping), str(sysfs))
     knob = sysfs / "devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
     assert knob.read_text().strip() == "8"
+
+
+def test_a_claim_from_an_earlier_boot_gives_nothing_back(tmp_path: Path) -> None:
+    """/run on disk kept the record over a reboot; the pages it added went with the boot,
+    and these 40 are the new boot's (the administrator's)."""
+    sysfs = pool_tree(tmp_path, nr=40, free=40)
+    state = StateDir(str(tmp_path / "state"))
+    state.ensure()
+    old = Claim(uuid=uuid(1), name="before-reboot", hugepages={POOL: 32}, need={POOL: 32},
+                phase="running", boot="00000000-0000-4000-8000-000000000000")
+    other = Claim(uuid=uuid(2), name="also-before", hugepages={POOL: 8}, phase="running",
+                  boot="00000000-0000-4000-8000-000000000000")
+    legacy = Claim(uuid=uuid(3), name="numahook-0.1.0", phase="reserved", boot="")
+    for c in (old, other, legacy):
+        state.save(c)
+    assert old.from_earlier_boot() and not legacy.from_earlier_boot()
+    assert not Claim(uuid=uuid(4), name="now").from_earlier_boot()  # this boot by default
+    with state.lock(5):
+        assert rollback(ClaimJournal(state, old), str(sysfs))
+    knob = sysfs / "devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
+    assert knob.read_text().strip() == "40"
+    assert state.load(uuid(1)) is None and state.load(uuid(2)) is None  # both dropped
+    assert state.load(uuid(3)) == legacy  # a record without a boot id is kept
