@@ -1,6 +1,8 @@
 """One single-threaded main loop: libvirt's default event loop, with our timers and signals.
 
-Everything runs here: libvirt events, timers (watchdog, reconcile, probe) and signals.
+Everything runs here: libvirt events, timers (watchdog, reconcile, probe) and signals;
+only the vCPU cgroup watch (vcpuwatch.py) has a thread of its own, because it races
+libvirt and must not wait behind a pass.
 Signals arrive through a wakeup pipe registered as a libvirt handle, so the loop blocks in
 poll() until something happens and never spins. The watchdog is pinged from a timer of
 this loop, so a hung loop stops the pings and systemd restarts us.

@@ -185,7 +185,7 @@ class Daemon:
                         "started hook only", exc.strerror)
             return
         if fd is not None:
-            self.loop.watch_fd(fd, self.vcpus.ready, "vcpu watch")
+            self.vcpus.run_in_thread()
 
     # -- running --------------------------------------------------------------------
     def run(self) -> int:

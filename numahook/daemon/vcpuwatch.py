@@ -10,6 +10,11 @@ thread id to its ``tasks`` file are events, and the moment every real-time vCPU 
 starting domain sits in its cgroup, it applies what ``prepare`` recorded in the claim
 (:func:`numahook.lifecycle.tune_early`). The hook then applies and verifies as before and
 finds the work done; without numahookd nothing changes.
+
+It runs in its own thread, blocked in poll(2) on the inotify fd: libvirt does not wait
+for it, and the main loop may be busy with the very DEFINED event of the domain being
+started (``virt-install`` defines and starts at once). Its state is its own; the claim
+is shared through the state lock like any hook call's.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import select
+import threading
 from pathlib import Path
 
 from numahook import fsutil, lifecycle, procfs, rtsched
@@ -50,6 +57,8 @@ class VcpuWatch:
         self._dirs: dict[int, tuple[Path, int]] = {}  # wd -> (directory, depth)
         self._vcpus: dict[int, Path] = {}  # wd -> a vcpuN directory of a starting domain
         self._done: set[Path] = set()  # domain directories handled (or not ours)
+        self._thread: threading.Thread | None = None
+        self._stop_r, self._stop_w = -1, -1
 
     def start(self) -> int | None:
         """Begin watching; the fd for the event loop, or None where it is not needed."""
@@ -64,7 +73,33 @@ class VcpuWatch:
                 self._watch_dir(child, 1, scan=False)  # running domains are done already
         return self.ino.fd
 
+    def run_in_thread(self) -> None:
+        """Serve the events from a thread of its own until :meth:`close`."""
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._thread = threading.Thread(target=self._serve, name="vcpu-watch", daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        assert self.ino is not None
+        poller = select.poll()
+        poller.register(self.ino.fd, select.POLLIN)
+        poller.register(self._stop_r, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if self._stop_r in ready:
+                return
+            try:
+                self.ready()
+            except Exception:  # a bug here must not end the watch, nor the daemon
+                log.exception("the vcpu watch failed on an event; it carries on")
+
     def close(self) -> None:
+        if self._thread is not None:
+            os.write(self._stop_w, b"x")
+            self._thread.join(timeout=10)
+            for fd in (self._stop_r, self._stop_w):
+                os.close(fd)
+            self._thread = None
         if self.ino is not None:
             self.ino.close()
             self.ino = None
