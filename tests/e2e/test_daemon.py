@@ -368,3 +368,29 @@ def test_early_realtime_covers_the_isolated_emulator_thread(numahookd: Daemon,
     line = next(ln for ln in numahookd.logtext().splitlines()
                 if f"domain={dom.name()} action=realtime-early" in ln)
     assert "emulator=True" in line
+
+
+def test_a_hot_plugged_real_time_vcpu_becomes_fifo(numahookd: Daemon, domains: Any) -> None:
+    """vCPU 1 is plugged after start (``<vcpu current='1'>2``): the daemon makes it FIFO,
+    with its share of the budget where one must be delegated."""
+    import libvirt
+
+    xml = domains.probe_xml("hotplug", vcpus=2, memory_mib=128, hugepage_kib=2048,
+                            cmdline=HOLD, extra=metadata(mask="0-1"))
+    assert "<vcpu placement='static'>2</vcpu>" in xml
+    xml = xml.replace("<vcpu placement='static'>2</vcpu>",
+                      "<vcpu placement='static' current='1'>2</vcpu>")
+    dom = domains.define(render_here(xml))
+    domains.start(dom)
+    _, tids = guest.vcpu_threads(dom.name())
+    assert set(tids) == {0} and policy(tids[0]) == (os.SCHED_FIFO, 1)
+    dom.setVcpusFlags(2, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+    def plugged_and_fifo() -> bool:
+        now = guest.vcpu_threads(dom.name())[1]
+        return 1 in now and policy(now[1]) == (os.SCHED_FIFO, 1)
+
+    wait_until(plugged_and_fifo, timeout=10, what="the hot-plugged vCPU 1 at FIFO 1")
+    _, tids = guest.vcpu_threads(dom.name())
+    assert policy(tids[0]) == (os.SCHED_FIFO, 1)
+    assert not rtsched.unbudgeted_rt_threads([tids[0], tids[1]])
