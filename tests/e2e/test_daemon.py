@@ -21,7 +21,7 @@ import pytest
 
 from lab import env, guest
 from lab.report import parse as parse_report
-from numahook import rtsched
+from numahook import procfs, rtsched
 from numahook.state import Claim, StateDir
 from tests.e2e.helpers import (
     CLAIMS,
@@ -370,9 +370,9 @@ def test_early_realtime_covers_the_isolated_emulator_thread(numahookd: Daemon,
     assert "emulator=True" in line
 
 
-def test_a_hot_plugged_real_time_vcpu_becomes_fifo(numahookd: Daemon, domains: Any) -> None:
-    """vCPU 1 is plugged after start (``<vcpu current='1'>2``): the daemon makes it FIFO,
-    with its share of the budget where one must be delegated."""
+def _hot_plug_vcpu1(domains: Any) -> tuple[Any, dict[int, int]]:
+    """A real-time domain started with vCPU 0 of 2 (``<vcpu current='1'>``), then vCPU 1
+    plugged live; returns it with its vCPU threads once the daemon made vCPU 1 FIFO."""
     import libvirt
 
     xml = domains.probe_xml("hotplug", vcpus=2, memory_mib=128, hugepage_kib=2048,
@@ -391,6 +391,28 @@ def test_a_hot_plugged_real_time_vcpu_becomes_fifo(numahookd: Daemon, domains: A
         return 1 in now and policy(now[1]) == (os.SCHED_FIFO, 1)
 
     wait_until(plugged_and_fifo, timeout=10, what="the hot-plugged vCPU 1 at FIFO 1")
-    _, tids = guest.vcpu_threads(dom.name())
+    return dom, guest.vcpu_threads(dom.name())[1]
+
+
+def test_a_hot_plugged_real_time_vcpu_becomes_fifo(numahookd: Daemon, domains: Any) -> None:
+    """vCPU 1 is plugged after start: the daemon's pass makes it FIFO, with a budget of
+    its own where one must be delegated."""
+    _, tids = _hot_plug_vcpu1(domains)
     assert policy(tids[0]) == (os.SCHED_FIFO, 1)
     assert not rtsched.unbudgeted_rt_threads([tids[0], tids[1]])
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "OPEN: re-planning keeps every group at least at its current budget, so vCPU 0 keeps "
+    "the 900000 us it got alone and the hot-plugged vCPU 1 gets what is left (50000 us "
+    "here), while numahook says the budget is split evenly"))
+def test_a_hot_plugged_vcpu_gets_an_even_share_of_the_budget(numahookd: Daemon,
+                                                             domains: Any) -> None:
+    if not rtsched.needs_group_budget():
+        pytest.skip("needs RT group scheduling with throttling on (sysctl >= 0)")
+    _, tids = _hot_plug_vcpu1(domains)
+    cpu = rtsched.cpu_controller()
+    assert cpu is not None
+    budgets = [int((cpu / procfs.cgroup_of(t, "cpu").lstrip("/") / "cpu.rt_runtime_us")
+                   .read_text()) for t in (tids[0], tids[1])]
+    assert budgets[0] == budgets[1], budgets
