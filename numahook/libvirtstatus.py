@@ -86,8 +86,7 @@ def parse_status(data: str | bytes, what: str = "libvirt status XML") -> Running
     )
 
 
-def load(path: Path) -> RunningDomain:
-    """One status file, bounded in size."""
+def _load(path: Path) -> RunningDomain:
     return parse_status(fsutil.read_text(path, xmlsafe.MAX_XML_BYTES), f"status file {path}")
 
 
@@ -122,7 +121,7 @@ def running_domains(root: str = DEFAULT_ROOT) -> list[RunningDomain]:
             out.append(cached[1])
             continue
         try:
-            dom = load(path)
+            dom = _load(path)
         except InputError as exc:
             log.warning("skipping libvirt status file %s/%s: %s", root, name, exc)
             continue
@@ -141,4 +140,4 @@ def status_of(name: str, root: str = DEFAULT_ROOT) -> RunningDomain | None:
     path = fsutil.under(root, f"{name}.xml")
     if not path.exists():
         return None
-    return load(path)
+    return _load(path)

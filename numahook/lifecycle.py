@@ -8,6 +8,8 @@ back: nothing is half-applied.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from numahook import (
     allocate,
     cpulist,
@@ -30,9 +32,8 @@ from numahook.state import (
     ClaimJournal,
     RealtimeIntent,
     StateDir,
-    forget_earlier_boots,
+    recover,
     rollback,
-    settle_interrupted,
 )
 
 log = logmod.get(__name__)
@@ -90,8 +91,7 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
     name, uuid = doc.facts.name, doc.facts.uuid
     state.ensure()
     with state.lock(cfg.lock_timeout):
-        forget_earlier_boots(state)  # their CPUs and pages are not held any more
-        settle_interrupted(state, cfg.sysfs_root)  # before this start changes a pool
+        recover(state, cfg.sysfs_root)  # before this start counts or changes a pool
         old = state.load(uuid)
         if old is not None:  # a start that failed before release ran: give it all back
             log.warning("%s has a claim left from an earlier start; releasing it first", name)
@@ -165,6 +165,22 @@ def vcpu_threads(name: str, cfg: Config) -> tuple[int | None, dict[int, int]]:
     return status.pid, tids
 
 
+def _apply_journalled(journal: ClaimJournal, tids: Mapping[int, int],
+                      rt_vcpus: frozenset[int], priority: int, emulator: int | None,
+                      cfg: Config, allow_delegation: bool) -> rtsched.RtResult:
+    """rtsched.apply with each budget write journalled in the claim, after what an
+    earlier application delegated (a re-apply adds to it). Under the state lock."""
+    earlier = list(journal.claim.rt_budget)
+
+    def note(records: list[rtsched.BudgetRecord]) -> None:
+        journal.rt_budget(earlier + records)
+
+    return rtsched.apply(
+        tids, rt_vcpus, priority, allow_delegation=allow_delegation,
+        cap_us=cfg.rt_max_budget_us, cgroup_root=cfg.cgroup_root, proc_root=cfg.proc_root,
+        journal=note, emulator_tid=emulator)
+
+
 def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
     """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs."""
     doc = render.parse(xml, readonly=True)
@@ -187,16 +203,8 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
         journal = ClaimJournal(state, claim)
         journal.update(phase="running", qemu_pid=pid)
         faults.point("tune.journalled")
-        earlier = list(claim.rt_budget)  # a re-apply adds to what an earlier one delegated
-
-        def note(records: list[rtsched.BudgetRecord]) -> None:
-            journal.rt_budget(earlier + records)
-
-        result = rtsched.apply(
-            tids, rt_vcpus, req.realtime_priority,
-            allow_delegation=cfg.rt_throttled == "delegate", cap_us=cfg.rt_max_budget_us,
-            cgroup_root=cfg.cgroup_root, proc_root=cfg.proc_root, journal=note,
-            emulator_tid=emulator)
+        result = _apply_journalled(journal, tids, rt_vcpus, req.realtime_priority, emulator,
+                                   cfg, allow_delegation=cfg.rt_throttled == "delegate")
         faults.point("tune.applied")
     audit("realtime", name, vcpus=cpulist.format(rt_vcpus), priority=req.realtime_priority,
           emulator=emulator is not None, path=result.path, detail=result.message)
@@ -229,16 +237,10 @@ def tune_early(uuid: str, tids: dict[int, int], pid: int, cfg: Config,
             return True
         journal = ClaimJournal(state, claim)
         journal.update(qemu_pid=pid)
-        earlier = list(claim.rt_budget)
-
-        def note(records: list[rtsched.BudgetRecord]) -> None:
-            journal.rt_budget(earlier + records)
-
-        result = rtsched.apply(
-            {v: tids[v] for v in intent.vcpus}, frozenset(intent.vcpus), intent.priority,
-            allow_delegation=True, cap_us=cfg.rt_max_budget_us, cgroup_root=cfg.cgroup_root,
-            proc_root=cfg.proc_root, journal=note,
-            emulator_tid=pid if intent.emulator else None)
+        result = _apply_journalled(journal, {v: tids[v] for v in intent.vcpus},
+                                   frozenset(intent.vcpus), intent.priority,
+                                   pid if intent.emulator else None, cfg,
+                                   allow_delegation=True)
     audit("realtime-early", claim.name, vcpus=cpulist.format(intent.vcpus),
           priority=intent.priority, emulator=intent.emulator, path=result.path,
           detail=result.message)

@@ -97,17 +97,15 @@ def cpu_controller(cgroup_root: str = "/sys/fs/cgroup") -> Path | None:
     return None
 
 
-def rt_sysctl(proc_root: str = "/proc") -> tuple[int, int]:
-    """``kernel.sched_rt_runtime_us`` and ``kernel.sched_rt_period_us``."""
-    kernel = fsutil.under(proc_root, "sys/kernel")
-    return fsutil.read_int(kernel / "sched_rt_runtime_us"), fsutil.read_int(
-        kernel / "sched_rt_period_us"
-    )
-
-
 def rt_runtime_us(proc_root: str = "/proc") -> int:
     """``kernel.sched_rt_runtime_us`` alone: the one read numahookd's watch makes per tick."""
-    return fsutil.read_int(Path(proc_root) / "sys/kernel/sched_rt_runtime_us")
+    return fsutil.read_int(fsutil.under(proc_root, "sys/kernel/sched_rt_runtime_us"))
+
+
+def rt_sysctl(proc_root: str = "/proc") -> tuple[int, int]:
+    """``kernel.sched_rt_runtime_us`` and ``kernel.sched_rt_period_us``."""
+    return rt_runtime_us(proc_root), fsutil.read_int(
+        fsutil.under(proc_root, "sys/kernel/sched_rt_period_us"))
 
 
 def needs_group_budget(cgroup_root: str = "/sys/fs/cgroup", proc_root: str = "/proc") -> bool:

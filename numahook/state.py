@@ -477,37 +477,27 @@ def hand_over(journal: ClaimJournal, sysfs_root: str = "/sys") -> None:
                  taker.name)
 
 
-def forget_earlier_boots(state: StateDir) -> None:
-    """Drop claims made before the last reboot, giving nothing back.
+def recover(state: StateDir, sysfs_root: str = "/sys") -> None:
+    """Before a call changes a pool: make every claim say what it still holds.
 
-    Where /run is not a tmpfs, records survive a reboot, but the pools, budgets and
-    cgroups they journal do not: rolling one back would lower a freshly booted pool by
-    pages it never added. Must run under the state lock.
+    Only a holder of the state lock writes ``nr_hugepages``, so a pending record seen
+    under the lock was left by a writer that died. Read back now, the pool's growth since
+    its write-ahead is that writer's alone; once another start has reserved, settling
+    would count that start's pages as the dead one's and give them back. And where /run
+    is not a tmpfs, records outlive a reboot but the pools, budgets and cgroups they
+    journal do not: such a claim is dropped, giving nothing back. Must run under the
+    state lock.
     """
     for claim in state.list_claims():
         if claim.from_earlier_boot():
             log.warning("dropping the claim of %s from an earlier boot; what it held went "
                         "with that boot", claim.name)
             state.remove(claim.uuid)
-
-
-def settle_interrupted(state: StateDir, sysfs_root: str = "/sys") -> None:
-    """Fold every claim's interrupted hugepage writes into what it holds, now.
-
-    Only a holder of the state lock writes ``nr_hugepages``, so a pending record seen
-    under the lock was left by a writer that died. Read back before anyone changes a
-    pool again, the growth since its write-ahead is that writer's alone; once another
-    start has reserved, settling would count that start's pages as the dead one's and
-    give them back. So every call that writes a pool settles everyone first. Must run
-    under the state lock.
-    """
-    for claim in state.list_claims():
-        if not claim.hugepages_pending:
-            continue
-        settled = hugepages.settle(claim.hugepages, claim.hugepages_pending, sysfs_root)
-        log.warning("%s: a hugepage write was interrupted (a crash); it holds %s now",
-                    claim.name, settled or "no pages")
-        ClaimJournal(state, claim).update(hugepages=settled, hugepages_pending={})
+        elif claim.hugepages_pending:
+            settled = hugepages.settle(claim.hugepages, claim.hugepages_pending, sysfs_root)
+            log.warning("%s: a hugepage write was interrupted (a crash); it holds %s now",
+                        claim.name, settled or "no pages")
+            ClaimJournal(state, claim).update(hugepages=settled, hugepages_pending={})
 
 
 def rollback(journal: ClaimJournal, sysfs_root: str = "/sys") -> bool:
@@ -518,17 +508,16 @@ def rollback(journal: ClaimJournal, sysfs_root: str = "/sys") -> bool:
     False, keeping the claim with what is still held, when something could not be given
     back; the error is logged and the next call retries.
     """
-    if journal.claim.from_earlier_boot():
-        forget_earlier_boots(journal.state)  # this one, and any other of that boot
-        journal.state.remove(journal.claim.uuid)
-        return True
+    stale = journal.claim.from_earlier_boot()
     ok = True
     try:
-        forget_earlier_boots(journal.state)
-        settle_interrupted(journal.state, sysfs_root)
+        recover(journal.state, sysfs_root)
         journal.claim = journal.state.load(journal.claim.uuid) or journal.claim
     except NumahookError as exc:
         log.error("settling interrupted hugepage writes failed: %s", exc)
+    if stale:  # recover() dropped it, unless its record could not be read
+        journal.state.remove(journal.claim.uuid)
+        return True
     claim = journal.claim
     try:
         if claim.hugepages_pending:  # the record could not be re-read above

@@ -179,13 +179,10 @@ class Daemon:
 
     def _watch_vcpus(self) -> None:
         try:
-            fd = self.vcpus.start()
+            self.vcpus.start()
         except OSError as exc:
             log.warning("cannot watch the cpu cgroups (%s); real-time vCPUs get FIFO from the "
                         "started hook only", exc.strerror)
-            return
-        if fd is not None:
-            self.vcpus.run_in_thread()
 
     # -- running --------------------------------------------------------------------
     def run(self) -> int:

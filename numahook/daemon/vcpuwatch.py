@@ -60,24 +60,22 @@ class VcpuWatch:
         self._thread: threading.Thread | None = None
         self._stop_r, self._stop_w = -1, -1
 
-    def start(self) -> int | None:
-        """Begin watching; the fd for the event loop, or None where it is not needed."""
+    def start(self) -> bool:
+        """Begin watching, in a thread of its own until :meth:`close`; False where there is
+        nothing to watch (cgroup v2: ``<vcpusched>`` sets FIFO before the vCPUs run)."""
         cpu = rtsched.cpu_controller(self.cfg.cgroup_root)
         if cpu is None:
             log.info("no cgroup v1 cpu controller: <vcpusched> sets FIFO before the vCPUs run")
-            return None
+            return False
         self.ino = Inotify()
         self._watch_dir(cpu, 0, scan=False)
         for child in sorted(cpu.iterdir()):
             if child.name.startswith("machine") and child.is_dir():
                 self._watch_dir(child, 1, scan=False)  # running domains are done already
-        return self.ino.fd
-
-    def run_in_thread(self) -> None:
-        """Serve the events from a thread of its own until :meth:`close`."""
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._serve, name="vcpu-watch", daemon=True)
         self._thread.start()
+        return True
 
     def _serve(self) -> None:
         assert self.ino is not None
@@ -89,7 +87,7 @@ class VcpuWatch:
             if self._stop_r in ready:
                 return
             try:
-                self.ready()
+                self._ready()
             except Exception:  # a bug here must not end the watch, nor the daemon
                 log.exception("the vcpu watch failed on an event; it carries on")
 
@@ -132,7 +130,8 @@ class VcpuWatch:
             if parent in self._done or not self._wanted():
                 return
             try:
-                wd = self.ino.add(str(child), IN_MODIFY | IN_ONLYDIR) if self.ino else -1
+                assert self.ino is not None
+                wd = self.ino.add(str(child), IN_MODIFY | IN_ONLYDIR)
             except OSError as exc:
                 log.debug("cannot watch %s: %s", child, exc.strerror)
                 return
@@ -150,7 +149,7 @@ class VcpuWatch:
             return False
 
     # -- events -----------------------------------------------------------------------
-    def ready(self) -> None:
+    def _ready(self) -> None:
         """Events are queued: follow new directories, check domains whose vCPUs moved."""
         if self.ino is None:
             return

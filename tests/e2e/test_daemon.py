@@ -6,6 +6,7 @@ NOTIFY_SOCKET the test owns and a watchdog, exactly as systemd would run it.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import signal
@@ -368,6 +369,14 @@ def test_early_realtime_covers_the_isolated_emulator_thread(numahookd: Daemon,
     line = next(ln for ln in numahookd.logtext().splitlines()
                 if f"domain={dom.name()} action=realtime-early" in ln)
     assert "emulator=True" in line
+    # what numahookd's sysctl watch relies on: the kernel refuses to zero the budget of a
+    # group holding a real-time thread, so a stall can only begin at a sysctl flip
+    cpu = rtsched.cpu_controller()
+    assert cpu is not None
+    group = cpu / procfs.cgroup_of(tids[0], "cpu").lstrip("/")
+    with pytest.raises(OSError) as refused:
+        (group / "cpu.rt_runtime_us").write_text("0")
+    assert refused.value.errno == errno.EBUSY
 
 
 def _hot_plug_vcpu1(domains: Any) -> tuple[Any, dict[int, int]]:
