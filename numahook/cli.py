@@ -13,8 +13,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from numahook import __version__, cpulist, explain, hostinputs, render
+from numahook import __version__
 from numahook import config as configmod
+from numahook.core import cpulist, explain, render
 from numahook.errors import (
     ConfigError,
     HostError,
@@ -23,6 +24,7 @@ from numahook.errors import (
     Refusal,
     StateError,
 )
+from numahook.ops import hostinputs
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
 _MAX_STDIN = 10 * 1024 * 1024
@@ -57,7 +59,7 @@ def _config(args: argparse.Namespace) -> configmod.Config:
 def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[object, object]:
     cfg = _config(args)
     override = cpulist.parse(args.cpuset, "--cpuset") if args.cpuset is not None else None
-    from numahook.state import StateDir
+    from numahook.state.statedir import StateDir
     state = StateDir(cfg.state_dir) if not args.no_state else None
     return hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None, override, state)
 
@@ -95,7 +97,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_node(args: argparse.Namespace) -> int:
     """Report whether this node is real-time capable and why; a report, so exit 0."""
-    from numahook import node
+    from numahook.node import probe as node
 
     cfg = _config(args)
     reachable = None if args.no_libvirt else node.check_libvirt(cfg.libvirt_uri)
@@ -125,8 +127,8 @@ def _libvirt(uri: str, readonly: bool = False) -> object:
 def cmd_apply(args: argparse.Namespace) -> int:
     import libvirt
 
-    from numahook import redefine
-    from numahook.state import StateDir
+    from numahook.ops import redefine
+    from numahook.state.statedir import StateDir
 
     cfg = _config(args)
     conn = _libvirt(args.uri or cfg.libvirt_uri)
@@ -157,7 +159,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from numahook import status
+    from numahook.ops import status
 
     cfg = _config(args)
     conn = None

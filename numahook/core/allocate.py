@@ -11,10 +11,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 
-from numahook import cpulist
+from numahook.core import cpulist
+from numahook.core.topology import Topology
 from numahook.errors import Refusal
 from numahook.records import record
-from numahook.topology import Topology
 
 #: Beyond this many candidate nodes, node selection is greedy instead of exhaustive.
 _EXHAUSTIVE_NODES = 16

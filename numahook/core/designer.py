@@ -1,4 +1,6 @@
-"""Write a :class:`~numahook.design.Plan` into domain XML. XML only: every decision is in the plan.
+"""Write a :class:`~numahook.core.hardware.Plan` into domain XML.
+
+XML only: every decision is in the plan.
 
 Each function owns a set of elements and replaces exactly those, leaving everything
 else (devices, comments, other metadata, unknown elements) byte-for-byte alone.
@@ -8,9 +10,9 @@ from __future__ import annotations
 
 from lxml import etree
 
-from numahook import cpulist
-from numahook.design import Plan
-from numahook.xmlutil import (
+from numahook.core import cpulist
+from numahook.core.hardware import Plan
+from numahook.xml.edit import (
     CPU_ORDER,
     CPUTUNE_ORDER,
     DEVICE_ORDER,

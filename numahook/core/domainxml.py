@@ -1,15 +1,15 @@
 """Facts read from libvirt domain XML: what the domain already says, so we never duplicate it.
 
-XML only, no policy: this module reports what is written; :mod:`numahook.design`
+XML only, no policy: this module reports what is written; :mod:`numahook.core.hardware`
 decides what it means.
 """
 
 from __future__ import annotations
 
-from numahook import cpulist
+from numahook.core import cpulist
+from numahook.core.units import is_decimal, to_kib
 from numahook.errors import InputError
 from numahook.records import field, record
-from numahook.units import is_decimal, to_kib
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:

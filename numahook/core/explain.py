@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from numahook import cpulist
-from numahook.design import Evaluation, Plan
+from numahook.core import cpulist
+from numahook.core.hardware import Evaluation, Plan
 
 
 def plan_dict(plan: Plan | None) -> dict[str, Any]:

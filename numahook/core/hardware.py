@@ -7,15 +7,16 @@ split in whole pages with the remainder on the first cells, strict memory bindin
 
 from __future__ import annotations
 
-from numahook import cpulist, records
-from numahook.allocate import Allocation, allocate
+from numahook import records
 from numahook.config import Config
-from numahook.domainxml import DomainFacts
+from numahook.core import cpulist
+from numahook.core.allocate import Allocation, allocate
+from numahook.core.domainxml import DomainFacts
+from numahook.core.request import Request
+from numahook.core.topology import Topology, _sha256
+from numahook.core.units import clip, human_kib
 from numahook.errors import InputError, Refusal
 from numahook.records import field, record
-from numahook.request import Request
-from numahook.topology import Topology, _sha256
-from numahook.units import clip, human_kib
 
 #: Bump when the same inputs would render differently, so daemons re-render definitions.
 RENDER_VERSION = 1

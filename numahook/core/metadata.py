@@ -24,7 +24,7 @@ _RT_ATTRS = {"mask", "priority"}
 
 @record(frozen=True)
 class RawRequest:
-    """Attribute text as written, before validation (policy lives in :mod:`numahook.request`)."""
+    """Attribute text as written, before validation (policy: :mod:`numahook.core.request`)."""
 
     dedicated: str | None = None
     isolate_emulator: str | None = None
@@ -155,7 +155,7 @@ def set_rendered(el: Any, record: Rendered) -> None:
     """Record what this rendering was computed from, so later checks are a string compare."""
     from lxml import etree
 
-    from numahook.xmlutil import insert
+    from numahook.xml.edit import insert
 
     found = el.find(f"{NS}rendered")
     if found is None:

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from numahook import design, domainxml, metadata, request, xmlsafe
-from numahook.design import Evaluation, Inputs, Plan
-from numahook.domainxml import DomainFacts
+from numahook.core import domainxml, hardware, metadata, request
+from numahook.core.domainxml import DomainFacts
+from numahook.core.hardware import Evaluation, Inputs, Plan
+from numahook.core.request import Request
 from numahook.errors import NumahookError
 from numahook.records import record
-from numahook.request import Request
+from numahook.xml import safe
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -36,8 +37,8 @@ class Result:
 
 def parse(xml: str | bytes, readonly: bool = False) -> Parsed:
     """``readonly``: the stdlib parser, for code that never edits (the hook's gate)."""
-    root = xmlsafe.parse_readonly(xml) if readonly else xmlsafe.parse(xml)
-    return read(root, xmlsafe.quote_style(xml))
+    root = safe.parse_readonly(xml) if readonly else safe.parse(xml)
+    return read(root, safe.quote_style(xml))
 
 
 def read(root: Any, quote: str = '"') -> Parsed:
@@ -52,7 +53,7 @@ def evaluate(doc: Parsed, inp: Inputs) -> Evaluation:
     if doc.request is None:
         raise NumahookError(f"{doc.facts.name} has no <numahook:domain> metadata, so numahook "
                             "leaves it alone; add the metadata element to opt in")
-    return design.evaluate(doc.facts, doc.request, inp)
+    return hardware.evaluate(doc.facts, doc.request, inp)
 
 
 def render_parsed(doc: Parsed, inp: Inputs) -> Result:
@@ -65,13 +66,13 @@ def render_parsed(doc: Parsed, inp: Inputs) -> Result:
     if plan is None:  # opted in but asked for nothing that changes the XML
         raise NumahookError(f"{doc.facts.name}'s <numahook:cpu> asks for nothing; set "
                             "dedicatedCpuPlacement=\"true\" at least")
-    from numahook import tuningxml
+    from numahook.core import designer
 
-    tuningxml.apply(doc.root, plan)
+    designer.apply(doc.root, plan)
     el = metadata.find(doc.root)
     assert el is not None
     metadata.set_rendered(el, metadata.Rendered(plan.digest(), inp.topology.fingerprint()))
-    return Result(xmlsafe.tostring(doc.root, doc.quote), plan, ev, doc.facts, doc.request)
+    return Result(safe.tostring(doc.root, doc.quote), plan, ev, doc.facts, doc.request)
 
 
 def render(xml: str | bytes, inp: Inputs) -> Result:

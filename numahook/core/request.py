@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from numahook.core.metadata import RawRequest
+from numahook.core.units import is_decimal
 from numahook.errors import InputError
-from numahook.metadata import RawRequest
 from numahook.records import record
-from numahook.units import is_decimal
 
 IO_THREADS_POLICIES = ("shared", "auto")
 

@@ -1,4 +1,4 @@
-"""The host's CPU and NUMA topology as plain data (no I/O; see :mod:`numahook.sysfs`)."""
+"""The host's CPU and NUMA topology as plain data (no I/O; see :mod:`numahook.host.sysfs`)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any
 
-from numahook import NAMESPACE, __version__, node, publish, status, uevents
+from numahook import NAMESPACE, __version__
 from numahook import config as configmod
 from numahook.daemon.connection import EVENTS, Connection
 from numahook.daemon.loop import Loop
@@ -22,7 +22,11 @@ from numahook.daemon.notify import Notifier
 from numahook.daemon.reconcile import Reconciler
 from numahook.daemon.vcpuwatch import VcpuWatch
 from numahook.errors import ConfigError, NumahookError
-from numahook.state import StateDir
+from numahook.host import uevents
+from numahook.node import probe as node
+from numahook.node import publish
+from numahook.ops import status
+from numahook.state.statedir import StateDir
 
 log = logging.getLogger("numahookd")
 

@@ -13,24 +13,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from numahook import (
-    NAMESPACE,
-    cgroups,
-    cpulist,
-    hostinputs,
-    libvirtstatus,
-    lifecycle,
-    metadata,
-    procfs,
-    redefine,
-    render,
-    rtsched,
-    sysfs,
-    xmlsafe,
-)
+from numahook import NAMESPACE
 from numahook.config import Config
+from numahook.core import cpulist, metadata, render
 from numahook.errors import NumahookError
-from numahook.state import ClaimJournal, StateDir, rollback
+from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
+from numahook.ops import hostinputs, lifecycle, redefine
+from numahook.state.statedir import ClaimJournal, StateDir, rollback
+from numahook.xml import safe
 
 log = logging.getLogger(__name__)
 
@@ -134,7 +124,7 @@ class Reconciler:
                 rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
             except NumahookError:
                 rt = frozenset()
-        return RunningManaged(st, xmlsafe.tostring(st.domain), rt, req.realtime_priority,
+        return RunningManaged(st, safe.tostring(st.domain), rt, req.realtime_priority,
                               bool(rt and req.isolate_emulator))
 
     # -- realtime backstop ----------------------------------------------------------

@@ -13,10 +13,10 @@ import sys
 from collections.abc import Sequence
 
 from numahook import config as configmod
-from numahook import lifecycle
 from numahook import log as logmod
 from numahook.errors import NumahookError
-from numahook.state import StateDir
+from numahook.ops import lifecycle
+from numahook.state.statedir import StateDir
 
 log = logmod.get("numahook.hook")
 
@@ -76,7 +76,7 @@ def run(argv: Sequence[str], xml: str) -> int:
             if out is not None:
                 sys.stdout.write(out)
         elif op in ("stopped", "release"):
-            from numahook import render
+            from numahook.core import render
             doc = render.parse(xml, readonly=True)
             lifecycle.release(doc.facts.uuid, doc.facts.name, cfg, state)
         elif op == "reconnect" and subop == "begin":

@@ -12,7 +12,7 @@ import os
 import re
 from pathlib import Path
 
-from numahook import cpulist
+from numahook.core import cpulist
 from numahook.errors import InputError
 from numahook.records import record
 

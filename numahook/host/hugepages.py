@@ -15,9 +15,10 @@ import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from numahook import faults, fsutil
+from numahook import faults
 from numahook import log as logmod
 from numahook.errors import HostError, NumahookError, Refusal
+from numahook.host import fsutil
 from numahook.records import NamedTuple
 
 log = logmod.get(__name__)

@@ -11,11 +11,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from numahook import cpulist, fsutil, xmlsafe
 from numahook import log as logmod
+from numahook.core import cpulist
+from numahook.core.units import clip, is_decimal
 from numahook.errors import InputError
+from numahook.host import fsutil
 from numahook.records import field, record
-from numahook.units import clip, is_decimal
+from numahook.xml import safe
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ def _int(text: str | None, what: str, lo: int = 0, hi: int = _PID_MAX) -> int:
 
 def parse_status(data: str | bytes, what: str = "libvirt status XML") -> RunningDomain:
     """Parse one status document (pure; the caller did the reading)."""
-    root = xmlsafe.parse_readonly(data, what)
+    root = safe.parse_readonly(data, what)
     if root.tag != "domstatus":
         raise InputError(f"{what} has root <{root.tag}>, not <domstatus>")
     dom = root.find("domain")
@@ -87,7 +89,7 @@ def parse_status(data: str | bytes, what: str = "libvirt status XML") -> Running
 
 
 def _load(path: Path) -> RunningDomain:
-    return parse_status(fsutil.read_text(path, xmlsafe.MAX_XML_BYTES), f"status file {path}")
+    return parse_status(fsutil.read_text(path, safe.MAX_XML_BYTES), f"status file {path}")
 
 
 #: status file -> (inode, mtime, size) and what it said. libvirt replaces the file (a new

@@ -10,10 +10,10 @@ import errno
 import os
 import re
 
-from numahook import fsutil
 from numahook import log as logmod
+from numahook.core.units import is_decimal
 from numahook.errors import HostError, InputError
-from numahook.units import is_decimal
+from numahook.host import fsutil
 
 log = logmod.get(__name__)
 

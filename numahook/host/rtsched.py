@@ -16,9 +16,10 @@ from collections.abc import Callable, Iterable, Mapping
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 
-from numahook import faults, fsutil, procfs
+from numahook import faults
 from numahook import log as logmod
 from numahook.errors import HostError, InputError, NumahookError, Refusal
+from numahook.host import fsutil, procfs
 from numahook.records import NamedTuple
 
 log = logmod.get(__name__)

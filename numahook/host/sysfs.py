@@ -1,4 +1,4 @@
-"""Read :class:`~numahook.topology.Topology` from a sysfs tree (``/sys`` or a fixture)."""
+"""Read :class:`~numahook.core.topology.Topology` from a sysfs tree (``/sys`` or a fixture)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ import os
 import re
 from pathlib import Path
 
-from numahook import cpulist, fsutil
 from numahook import log as logmod
+from numahook.core import cpulist
+from numahook.core.topology import Cpu, HugepagePool, Node, Topology
+from numahook.core.units import is_decimal
 from numahook.errors import InputError
-from numahook.topology import Cpu, HugepagePool, Node, Topology
-from numahook.units import is_decimal
+from numahook.host import fsutil
 
 log = logmod.get(__name__)
 

@@ -8,7 +8,7 @@ the hugetlbfs mounts, and what numahook itself would do with a real-time start h
 
 Everything is read under the configured roots (``sysfs_root``, ``cgroup_root``,
 ``proc_root``) so fixture trees stand in for hosts we do not have. The result is plain
-data: :mod:`numahook.publish` writes it out, the CLI prints it.
+data: :mod:`numahook.node.publish` writes it out, the CLI prints it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from numahook import cgroups, cpulist, fsutil, lifecycle, rtsched, sysfs
 from numahook.config import DEFAULT_PATH, Config
+from numahook.core import cpulist
+from numahook.core.topology import Topology
 from numahook.errors import HostError, InputError, NumahookError
-from numahook.topology import Topology
+from numahook.host import cgroups, fsutil, rtsched, sysfs
+from numahook.ops import lifecycle
 
 log = logging.getLogger(__name__)
 

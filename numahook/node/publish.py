@@ -27,9 +27,10 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
-from numahook import __version__, fsutil
+from numahook import __version__
 from numahook.errors import InputError, StateError
-from numahook.node import NodeCapability, size_name
+from numahook.host import fsutil
+from numahook.node.probe import NodeCapability, size_name
 
 log = logging.getLogger(__name__)
 

@@ -6,12 +6,13 @@ libvirt's API, so the hook can call it without deadlocking libvirtd.
 
 from __future__ import annotations
 
-from numahook import cgroups, cpulist, libvirtstatus, metadata, procfs, rtsched, sysfs
 from numahook import log as logmod
 from numahook.config import Config
-from numahook.design import Inputs
+from numahook.core import cpulist, metadata
+from numahook.core.hardware import Inputs
+from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
 from numahook.records import record
-from numahook.state import StateDir
+from numahook.state.statedir import StateDir
 
 log = logmod.get(__name__)
 

@@ -10,24 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from numahook import (
-    allocate,
-    cpulist,
-    design,
-    faults,
-    hostinputs,
-    hugepages,
-    libvirtstatus,
-    procfs,
-    render,
-    rtsched,
-    xmlsafe,
-)
+from numahook import faults
 from numahook import log as logmod
 from numahook.config import Config
+from numahook.core import allocate, cpulist, hardware, render
 from numahook.errors import HostError, NumahookError, Refusal
+from numahook.host import hugepages, libvirtstatus, procfs, rtsched
+from numahook.ops import hostinputs
 from numahook.records import record
-from numahook.state import (
+from numahook.state.statedir import (
     Claim,
     ClaimJournal,
     RealtimeIntent,
@@ -35,6 +26,7 @@ from numahook.state import (
     recover,
     rollback,
 )
+from numahook.xml import safe
 
 log = logmod.get(__name__)
 
@@ -45,18 +37,18 @@ def audit(action: str, name: str, **fields: object) -> None:
     log.info("domain=%s action=%s %s", name, action, extra)
 
 
-def realtime_gate(cfg: Config) -> design.Check:
+def realtime_gate(cfg: Config) -> hardware.Check:
     """Whether this node can run a real-time domain under the configured policy."""
     runtime, _ = rtsched.rt_sysctl(cfg.proc_root)
     if not rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root):
         how = ("RT throttling is off (kernel.sched_rt_runtime_us = -1)" if runtime < 0
                else "no RT group budget is needed on this kernel")
-        return design.Check("realtime-node", True, f"real-time capable: {how}")
+        return hardware.Check("realtime-node", True, f"real-time capable: {how}")
     if cfg.rt_throttled == "delegate":
-        return design.Check("realtime-node", True, (
+        return hardware.Check("realtime-node", True, (
             f"RT throttling is on (kernel.sched_rt_runtime_us = {runtime}); numahook will "
             "delegate RT group budget, split between the real-time vCPUs"))
-    return design.Check("realtime-node", False, (
+    return hardware.Check("realtime-node", False, (
         f"this node is not real-time capable: kernel.sched_rt_runtime_us is {runtime}, so RT "
         "group scheduling gives libvirt's vCPU cgroups no budget; run `sysctl -w "
         "kernel.sched_rt_runtime_us=-1`, or set throttled = delegate under [realtime] in "
@@ -77,7 +69,7 @@ def _pending_pages(state: StateDir, exclude_uuid: str) -> dict[tuple[int, int], 
 @record(frozen=True)
 class Admission:
     claim: Claim
-    plan: design.Plan
+    plan: hardware.Plan
 
 
 def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
@@ -105,7 +97,7 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
             raise ev.refusal()
         plan = ev.plan
         assert plan is not None
-        stale = design.differences(doc.facts, plan)
+        stale = hardware.differences(doc.facts, plan)
         if stale:
             raise Refusal(
                 f"{name}'s definition does not match this host: {stale[0]}; "
@@ -312,7 +304,7 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
     facts, req = doc.facts, doc.request
     name = facts.name
     inputs, view = hostinputs.gather(cfg, facts.partition, facts.uuid, state=state)
-    ev = design.evaluate(facts, req, inputs)
+    ev = hardware.evaluate(facts, req, inputs)
     if ev.failed is not None:
         raise ev.refusal()
     plan = ev.plan
@@ -341,12 +333,12 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
                     f"({len(cells)} cells of {'/'.join(str(len(c)) for c in cells)} vCPUs): "
                     f"{exc} ({view.describe()}); migrate it to a host whose cpuset spans "
                     "matching nodes", "guest-shape") from None
-            plan = design.replan(facts, req, inputs, alloc, cells)
-    from numahook import tuningxml  # editing XML: the one lifecycle call that loads lxml
+            plan = hardware.replan(facts, req, inputs, alloc, cells)
+    from numahook.core import designer  # editing XML: the one lifecycle call that loads lxml
 
-    tuningxml.apply_host_side(doc.root, plan)
+    designer.apply_host_side(doc.root, plan)
     audit("relocate", name, cpus=cpulist.format(plan.cpus))
-    return xmlsafe.tostring(doc.root, doc.quote)
+    return safe.tostring(doc.root, doc.quote)
 
 
 def claim_summary(claim: Claim) -> str:

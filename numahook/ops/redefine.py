@@ -1,6 +1,6 @@
 """Keep a persistent definition rendered: shared by ``numahook apply`` and numahookd.
 
-Compares meaning (see :func:`numahook.design.differences`) plus the rendered digest, so a
+Compares meaning (see :func:`numahook.core.hardware.differences`) plus the rendered digest, so a
 definition we wrote is never rewritten again for nothing: no redefine loops.
 """
 
@@ -10,10 +10,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from numahook import design, hostinputs, metadata, render
 from numahook.config import Config
+from numahook.core import hardware, metadata, render
 from numahook.errors import NumahookError
-from numahook.state import StateDir
+from numahook.ops import hostinputs
+from numahook.state.statedir import StateDir
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ def rerender(xml: str, cfg: Config, state: StateDir | None) -> Outcome | None:
         result = render.render_parsed(doc, inputs)
     except NumahookError as exc:
         return Outcome(name, False, "cannot be rendered", refused=str(exc))
-    diffs = design.differences(facts, result.plan)
+    diffs = hardware.differences(facts, result.plan)
     digest = result.plan.digest()
     if diffs:
         return Outcome(name, True, diffs[0], result.xml)

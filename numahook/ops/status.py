@@ -9,10 +9,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from numahook import NAMESPACE, cpulist, libvirtstatus, metadata, procfs, render
+from numahook import NAMESPACE
 from numahook.config import Config
+from numahook.core import cpulist, metadata, render
 from numahook.errors import NumahookError
-from numahook.state import StateDir
+from numahook.host import libvirtstatus, procfs
+from numahook.state.statedir import StateDir
 
 log = logging.getLogger(__name__)
 

@@ -26,12 +26,13 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from numahook import faults, fsutil, hugepages, records, rtsched
+from numahook import faults, records
 from numahook import log as logmod
 from numahook.errors import InputError, NumahookError, StateError
-from numahook.hugepages import Pending, Pool
+from numahook.host import fsutil, hugepages, rtsched
+from numahook.host.hugepages import Pending, Pool
+from numahook.host.rtsched import BudgetRecord
 from numahook.records import field, record
-from numahook.rtsched import BudgetRecord
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -402,7 +403,7 @@ class ClaimJournal:
     """The latest version of one claim, saved on every change: the write-ahead log.
 
     Pass :meth:`hugepages` and :meth:`rt_budget` as the ``journal`` callbacks of
-    :func:`numahook.hugepages.reserve` and :func:`numahook.rtsched.apply`.
+    :func:`numahook.host.hugepages.reserve` and :func:`numahook.host.rtsched.apply`.
     """
 
     def __init__(self, state: StateDir, claim: Claim) -> None:

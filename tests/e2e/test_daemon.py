@@ -22,8 +22,8 @@ import pytest
 
 from lab import env, guest
 from lab.report import parse as parse_report
-from numahook import procfs, rtsched
-from numahook.state import Claim, StateDir
+from numahook.host import procfs, rtsched
+from numahook.state.statedir import Claim, StateDir
 from tests.e2e.helpers import (
     CLAIMS,
     HOLD,

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from numahook import hostinputs, render
 from numahook.config import Config
+from numahook.core import render
+from numahook.ops import hostinputs
 from tests.fixtures.hosts import HOSTS, host_roots
-from tests.golden.cases import CASES, Case
+from tests.golden.cases import CASES, DATA, Case
 
-DATA = Path(__file__).parent / "data"
 UPDATE = os.environ.get("NUMAHOOK_UPDATE_GOLDEN") == "1"
 
 

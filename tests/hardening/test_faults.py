@@ -22,10 +22,14 @@ from typing import Any
 
 import pytest
 
-from numahook import cli, fsutil, hugepages, lifecycle, node, redefine, rtsched, state
+from numahook import cli
 from numahook.daemon.reconcile import Reconciler
 from numahook.errors import HostError, NumahookError, Refusal, StateError
-from numahook.state import StateDir
+from numahook.host import fsutil, hugepages, rtsched
+from numahook.node import probe as node
+from numahook.ops import lifecycle, redefine
+from numahook.state import statedir as state
+from numahook.state.statedir import StateDir
 
 from .conftest import (
     FIGURES,

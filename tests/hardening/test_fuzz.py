@@ -33,35 +33,22 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from numahook import (
-    NAMESPACE,
-    cgroups,
-    config,
-    cpulist,
-    design,
-    fsutil,
-    hugepages,
-    inotify,
-    libvirtstatus,
-    node,
-    procfs,
-    render,
-    sysfs,
-    uevents,
-    units,
-    xmlsafe,
-)
+from numahook import NAMESPACE, config
 from numahook.config import Config
-from numahook.design import Inputs
+from numahook.core import cpulist, hardware, render, units
+from numahook.core.hardware import Inputs
 from numahook.errors import ConfigError, InputError, NumahookError
 from numahook.hook import main as hookmain
-from numahook.state import Claim, StateDir
+from numahook.host import cgroups, fsutil, hugepages, inotify, libvirtstatus, procfs, sysfs, uevents
+from numahook.node import probe as node
+from numahook.state.statedir import Claim, StateDir
+from numahook.xml import safe
 from tests.fixtures.hosts import CpuSpec, HostSpec, NodeSpec, build_sysfs, host_roots
 
 from .conftest import FIGURES, FUZZ, domain_xml, make_host, prerender, uuid_of
 
 READONLY = "readonly" in inspect.signature(render.parse).parameters
-HAS_READONLY_PARSER = hasattr(xmlsafe, "parse_readonly")
+HAS_READONLY_PARSER = hasattr(safe, "parse_readonly")
 #: a message may quote a path and a clipped value, never the whole input
 MAX_MESSAGE = 1500
 
@@ -471,7 +458,7 @@ def _full_pipeline(xml: str | bytes, readonly: bool) -> Any:
     _check_parsed(doc)
     if doc.request is None:
         return doc
-    ev = design.evaluate(doc.facts, doc.request, INPUTS)
+    ev = hardware.evaluate(doc.facts, doc.request, INPUTS)
     if ev.failed is not None:
         one_line(ev.refusal())
         return ev
@@ -1048,7 +1035,7 @@ def test_status_vcpu_thread_ids_must_be_real_ids(pid: str) -> None:
                                    "</domain></domstatus>")
 
 
-@pytest.mark.skipif(not HAS_READONLY_PARSER, reason="no xmlsafe.parse_readonly in this tree")
+@pytest.mark.skipif(not HAS_READONLY_PARSER, reason="no safe.parse_readonly in this tree")
 def test_status_file_with_non_utf8_bytes_is_skipped(tmp_path: Path) -> None:
     (tmp_path / "x.xml").write_bytes(
         b"<domstatus state='running' pid='1'><domain><name>caf\xe9</name>"

@@ -17,10 +17,11 @@ from pathlib import Path
 
 import pytest
 
-from numahook import node, publish
 from numahook.daemon.reconcile import Reconciler
 from numahook.errors import StateError
-from numahook.state import Claim
+from numahook.node import probe as node
+from numahook.node import publish
+from numahook.state.statedir import Claim
 
 from .conftest import FIGURES, HOOK, REPO, ROOT, Host, domain_xml, make_host, prerender, uuid_of
 
@@ -131,7 +132,7 @@ def test_node_json_is_published_inside_the_private_state_dir(host: Host) -> None
 def test_numahook_listens_on_no_socket() -> None:
     """The only sockets are clients: libvirt's, sd_notify's and the kernel's uevents.
 
-    numahook/uevents.py binds a netlink socket to the kernel's uevent multicast group:
+    numahook/host/uevents.py binds a netlink socket to the kernel's uevent multicast group:
     no process can connect to it, and it drops any datagram not sent by the kernel.
     """
     check("no-listening-socket")

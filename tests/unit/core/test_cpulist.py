@@ -1,4 +1,4 @@
-"""The kernel cpulist syntax and KubeVirt's realtime mask grammar (numahook.cpulist)."""
+"""The kernel cpulist syntax and KubeVirt's realtime mask grammar (numahook.core.cpulist)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from numahook import cpulist
+from numahook.core import cpulist
 from numahook.errors import InputError
 from tests.fixtures import hosts
 

@@ -17,10 +17,13 @@ from types import SimpleNamespace
 
 import pytest
 
-from numahook import NAMESPACE, config, design, domainxml, render, rtsched, sysfs, xmlsafe
-from numahook.design import Inputs
-from numahook.rtsched import RUNTIME
-from numahook.topology import Topology
+from numahook import NAMESPACE, config
+from numahook.core import domainxml, hardware, render
+from numahook.core.hardware import Inputs
+from numahook.core.topology import Topology
+from numahook.host import rtsched, sysfs
+from numahook.host.rtsched import RUNTIME
+from numahook.xml import safe
 from tests.fixtures.hosts import HOSTS, build_sysfs
 
 
@@ -57,7 +60,7 @@ def domain(isolate: bool, realtime: str = "<numahook:realtime priority='5'/>",
 
 
 def facts(xml: str) -> domainxml.DomainFacts:
-    return domainxml.read(xmlsafe.parse(xml))
+    return domainxml.read(safe.parse(xml))
 
 
 def test_isolated_emulator_of_a_realtime_domain_gets_emulatorsched(topo: Topology) -> None:
@@ -65,7 +68,7 @@ def test_isolated_emulator_of_a_realtime_domain_gets_emulatorsched(topo: Topolog
     assert res.plan.emulator_realtime
     assert "<emulatorsched scheduler='fifo' priority='5'/>" in res.xml
     assert facts(res.xml).emulatorsched == ("fifo", 5)
-    assert not design.differences(facts(res.xml), res.plan)
+    assert not hardware.differences(facts(res.xml), res.plan)
 
 
 def test_no_emulatorsched_without_isolation_or_realtime(topo: Topology) -> None:
@@ -82,7 +85,7 @@ def test_throttled_node_drops_emulatorsched_and_the_hook_applies_it(topo: Topolo
     moved = render.render(capable.xml, inputs(topo, vcpusched=False))
     assert moved.plan.emulator_realtime  # still real-time: applied at started
     assert "emulatorsched" not in moved.xml and "vcpusched" not in moved.xml
-    stale = design.differences(facts(capable.xml), moved.plan)
+    stale = hardware.differences(facts(capable.xml), moved.plan)
     assert any("<emulatorsched>" in s for s in stale)
 
 
@@ -90,7 +93,7 @@ def test_definition_without_emulatorsched_is_tolerated_where_it_could_be(
         topo: Topology) -> None:
     throttled = render.render(domain(isolate=True), inputs(topo, vcpusched=False))
     plan = render.render(throttled.xml, inputs(topo, vcpusched=True)).plan
-    assert not design.differences(facts(throttled.xml), plan)
+    assert not hardware.differences(facts(throttled.xml), plan)
 
 
 def test_plans_without_emulator_realtime_keep_their_digest(topo: Topology) -> None:
@@ -99,7 +102,7 @@ def test_plans_without_emulator_realtime_keep_their_digest(topo: Topology) -> No
               if f not in ("kept_pinning", "emulator_realtime")]
     import hashlib
 
-    raw = repr((design.RENDER_VERSION, fields)).encode()
+    raw = repr((hardware.RENDER_VERSION, fields)).encode()
     assert plan.digest() == "sha256:" + hashlib.sha256(raw).hexdigest()[:32]
 
 
@@ -111,10 +114,10 @@ def test_vcpusched_split_per_vcpu_by_libvirt_is_not_stale(topo: Topology) -> Non
         "<vcpusched vcpus='0-1' scheduler='fifo' priority='1'/>",
         "<vcpusched vcpus='0' scheduler='fifo' priority='1'/>"
         "<vcpusched vcpus='1' scheduler='fifo' priority='1'/>")
-    assert not design.differences(facts(as_libvirt_stores_it), res.plan)
+    assert not hardware.differences(facts(as_libvirt_stores_it), res.plan)
     other_prio = as_libvirt_stores_it.replace("vcpus='1' scheduler='fifo' priority='1'",
                                               "vcpus='1' scheduler='fifo' priority='2'")
-    assert design.differences(facts(other_prio), res.plan)
+    assert hardware.differences(facts(other_prio), res.plan)
 
 
 # ---------------------------------------------------------------- the real kernel

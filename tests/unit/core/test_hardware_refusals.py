@@ -1,6 +1,6 @@
 """Every refusal the pure core can produce: its check name, its key words and the fix it names.
 
-Refusals are ``Check``s that failed in :func:`numahook.design.evaluate` (and the
+Refusals are ``Check``s that failed in :func:`numahook.core.hardware.evaluate` (and the
 :class:`~numahook.errors.Refusal` that ``render_parsed`` raises from the first of them);
 malformed input is an :class:`~numahook.errors.InputError`. Either way the message is one
 line an operator can act on.
@@ -14,13 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from numahook import NAMESPACE, allocate, config, design, render, sysfs
-from numahook.design import Inputs
+from numahook import NAMESPACE, config
+from numahook.core import allocate, hardware, render
+from numahook.core.hardware import Inputs
+from numahook.core.topology import Topology
 from numahook.errors import InputError, NumahookError, Refusal
-from numahook.topology import Topology
+from numahook.host import sysfs
 from tests.fixtures.hosts import HOSTS, build_sysfs
 
-CORE = Path(__file__).resolve().parents[2] / "numahook"
+CORE = Path(__file__).resolve().parents[3] / "numahook" / "core"
 CONF = "/etc/numahook/numahook.conf"
 #: every message checked in this module, for the single-line test at the end
 SEEN: list[str] = []
@@ -67,7 +69,7 @@ class Dom:
 
 
 def inputs(topo: Topology, available: str | frozenset[int], cfg_text: str = "") -> Inputs:
-    from numahook import cpulist
+    from numahook.core import cpulist
     avail = cpulist.parse(available) if isinstance(available, str) else available
     return Inputs(topology=topo, available=avail, config=config.parse(cfg_text, CONF))
 
@@ -76,7 +78,7 @@ def refusal(dom: Dom, inp: Inputs, check: str, *words: str) -> str:
     """Assert the evaluation fails first at ``check`` with ``words``; return the message."""
     doc = render.parse(dom.xml())
     assert doc.request is not None
-    ev = design.evaluate(doc.facts, doc.request, inp)
+    ev = hardware.evaluate(doc.facts, doc.request, inp)
     assert ev.plan is None
     bad = ev.failed
     assert bad is not None, [c for c in ev.checks]
@@ -114,7 +116,7 @@ def test_realtime_gate_off(topos: dict[str, Topology]) -> None:
 def test_gate_off_does_not_matter_for_domains_not_asking(topos: dict[str, Topology]) -> None:
     doc = render.parse(Dom().xml())
     assert doc.request is not None
-    ev = design.evaluate(doc.facts, doc.request,
+    ev = hardware.evaluate(doc.facts, doc.request,
                          inputs(topos["quad-nosmt"], "0-31", "[features]\nRealtime = false\n"))
     assert ev.failed is None and ev.plan is not None
     assert "feature-gate-realtime" not in [c.name for c in ev.checks]
@@ -243,7 +245,7 @@ def test_refusal_order_reports_the_first_failure(topos: dict[str, Topology]) -> 
     dom = Dom(backing="")
     doc = render.parse(dom.xml())
     assert doc.request is not None
-    ev = design.evaluate(doc.facts, doc.request,
+    ev = hardware.evaluate(doc.facts, doc.request,
                          inputs(topos["quad-nosmt"], "0-31", "[features]\nNUMA = false\n"))
     failed = [c.name for c in ev.checks if c.ok is False]
     assert failed[0] == "feature-gate-numa"
@@ -262,7 +264,7 @@ def test_allocator_refuses_vcpus_not_divisible_by_threads(topos: dict[str, Topol
 
 def _shape_refusal(topo: Topology, available: str, cells: list[tuple[int, ...]],
                    threads: int = 1, extra: int = 0) -> str:
-    from numahook import cpulist
+    from numahook.core import cpulist
     with pytest.raises(Refusal) as exc:
         allocate.allocate_cells(topo, cpulist.parse(available), cells, threads, extra)
     assert exc.value.check == "guest-shape"
@@ -287,7 +289,7 @@ def test_fixed_guest_shape_no_cpu_for_the_emulator(topos: dict[str, Topology]) -
 
 
 def test_fixed_guest_shape_fits(topos: dict[str, Topology]) -> None:
-    from numahook import cpulist
+    from numahook.core import cpulist
     alloc = allocate.allocate_cells(topos["quad-nosmt"], cpulist.parse("6-9,16"),
                                     [(0, 1), (2, 3)], 1, 1)
     assert alloc.cell_nodes == (0, 1)
@@ -436,7 +438,7 @@ def test_unicode_digits_are_input_errors(xml: str) -> None:
 
 
 def _core_check_names() -> set[str]:
-    names = set(re.findall(r'ck\.fail\(\s*"([a-z-]+)"', (CORE / "design.py").read_text()))
+    names = set(re.findall(r'ck\.fail\(\s*"([a-z-]+)"', (CORE / "hardware.py").read_text()))
     names |= set(re.findall(r'"([a-z-]+)",?\s*\)', (CORE / "allocate.py").read_text()))
     return names
 
@@ -452,7 +454,7 @@ COVERED = {
 
 def test_every_check_name_in_the_core_has_a_test_here() -> None:
     names = _core_check_names()
-    assert names, "no check names found; did design.py change shape?"
+    assert names, "no check names found; did hardware.py change shape?"
     missing = names - COVERED
     assert not missing, f"refusals without a test in this module: {sorted(missing)}"
 

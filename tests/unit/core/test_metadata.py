@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from lxml import etree
 
-from numahook import NAMESPACE, metadata, render, request
+from numahook import NAMESPACE
+from numahook.core import metadata, render, request
+from numahook.core.request import Request
 from numahook.errors import InputError
-from numahook.request import Request
 
 NS = f'xmlns:numahook="{NAMESPACE}"'
 

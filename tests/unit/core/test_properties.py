@@ -1,6 +1,6 @@
 """Property tests: random hosts, random requests, random free CPUs; the plan's invariants.
 
-Hosts are built directly as :class:`numahook.topology.Topology` objects (sysfs reading has
+Hosts are built directly as :class:`numahook.core.topology.Topology` objects (sysfs reading has
 its own tests). Every invariant is checked against an independent computation here, not
 against the allocator's own helpers.
 """
@@ -14,10 +14,12 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from numahook import NAMESPACE, config, cpulist, design, domainxml, render, xmlsafe
-from numahook.design import Inputs, Plan
+from numahook import NAMESPACE, config
+from numahook.core import cpulist, domainxml, hardware, render
+from numahook.core.hardware import Inputs, Plan
+from numahook.core.topology import Cpu, HugepagePool, Node, Topology
 from numahook.errors import Refusal
-from numahook.topology import Cpu, HugepagePool, Node, Topology
+from numahook.xml import safe
 
 PAGE = 2048
 SETTINGS = settings(max_examples=150, deadline=None,
@@ -307,7 +309,7 @@ def test_plan_invariants(case: tuple[Topology, Ask, frozenset[int]]) -> None:
     topo, ask, available = case
     doc = render.parse(ask.xml())
     assert doc.request is not None
-    ev = design.evaluate(doc.facts, doc.request, inputs(topo, available))
+    ev = hardware.evaluate(doc.facts, doc.request, inputs(topo, available))
     if ev.failed is not None:
         check_refusal(topo, ask, available, ev.refusal())
         return
@@ -333,8 +335,8 @@ def test_rendered_xml_round_trips(case: tuple[Topology, Ask, frozenset[int]]) ->
     assert render.render(ask.xml(), inp).xml == first.xml
 
     # what the XML says is what the plan says
-    facts = domainxml.read(xmlsafe.parse(first.xml))
-    assert design.differences(facts, plan) == []
+    facts = domainxml.read(safe.parse(first.xml))
+    assert hardware.differences(facts, plan) == []
     assert facts.vcpupin == {v: frozenset({c}) for v, c in enumerate(plan.vcpu_pins)}
     assert facts.emulatorpin == frozenset(plan.emulator)
     if ask.passthrough:
@@ -390,8 +392,8 @@ def test_vcpusched_only_where_libvirt_can_use_it(
     assert "<vcpusched" not in without.xml
     assert with_sched.plan.vcpu_pins == without.plan.vcpu_pins
     # a definition without <vcpusched> is tolerated where libvirt could have used it
-    facts = domainxml.read(xmlsafe.parse(without.xml))
-    assert design.differences(facts, with_sched.plan) == []
+    facts = domainxml.read(safe.parse(without.xml))
+    assert hardware.differences(facts, with_sched.plan) == []
     # but a definition with <vcpusched> is stale on a node that needs a group budget
-    facts = domainxml.read(xmlsafe.parse(with_sched.xml))
-    assert design.differences(facts, without.plan) != []
+    facts = domainxml.read(safe.parse(with_sched.xml))
+    assert hardware.differences(facts, without.plan) != []

@@ -14,13 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from numahook import NAMESPACE, cli, config, cpulist, design, domainxml, render, sysfs, xmlsafe
-from numahook.design import Inputs
+from numahook import NAMESPACE, cli, config
+from numahook.core import cpulist, domainxml, hardware, render
+from numahook.core.hardware import Inputs
+from numahook.core.topology import Topology
 from numahook.errors import Refusal
-from numahook.topology import Topology
+from numahook.host import sysfs
+from numahook.xml import safe
 from tests.fixtures.hosts import HOSTS, build_sysfs, host_roots
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CONF = REPO / "packaging" / "numahook.conf"
 
 
@@ -79,7 +82,7 @@ def domain(cpu_attrs: str = 'dedicatedCpuPlacement="true"', *, numa: bool = True
 
 
 def facts_of(xml: str) -> domainxml.DomainFacts:
-    return domainxml.read(xmlsafe.parse(xml))
+    return domainxml.read(safe.parse(xml))
 
 
 # --------------------------------------------------------------------------- leave alone
@@ -170,7 +173,7 @@ def test_unrelated_xml_is_left_alone(topos: dict[str, Topology]) -> None:
                  "<seclabel type='dynamic' model='dac' relabel='yes'/>"):
         assert line in out, line
     # other applications' metadata keeps its content (quoting aside, see below)
-    f = xmlsafe.parse(out).find("metadata")
+    f = safe.parse(out).find("metadata")
     assert f is not None
     assert f.findtext("{urn:example:app}owner") == "team-ran"
     other = f.find("{urn:other}thing")
@@ -411,9 +414,9 @@ def test_differences_detect_a_changed_cpuset(topos: dict[str, Topology]) -> None
     assert first.plan.vcpu_pins == (0, 1, 2, 3)
     doc = render.parse(first.xml)
     assert doc.request is not None
-    ev = design.evaluate(doc.facts, doc.request, inputs(topo, "4-7"))
+    ev = hardware.evaluate(doc.facts, doc.request, inputs(topo, "4-7"))
     assert ev.plan is not None and ev.plan.vcpu_pins == (4, 5, 6, 7)
-    diffs = design.differences(doc.facts, ev.plan)
+    diffs = hardware.differences(doc.facts, ev.plan)
     assert diffs
     first_diff = diffs[0]
     assert first_diff.startswith("vCPU 0 ")
@@ -427,9 +430,9 @@ def test_differences_name_cells_spanning_more_nodes(topos: dict[str, Topology]) 
     first = render.render(domain(), inputs(topo, "0-7"))
     doc = render.parse(first.xml)
     assert doc.request is not None
-    ev = design.evaluate(doc.facts, doc.request, inputs(topo, "6-9"))
+    ev = hardware.evaluate(doc.facts, doc.request, inputs(topo, "6-9"))
     assert ev.plan is not None
-    diffs = design.differences(doc.facts, ev.plan)
+    diffs = hardware.differences(doc.facts, ev.plan)
     assert "the guest has 1 NUMA cells, but its CPUs now span 2 host nodes (0, 1)" in diffs
     assert "the strict memory binding of the cells to host nodes differs" in diffs
 
@@ -437,9 +440,9 @@ def test_differences_name_cells_spanning_more_nodes(topos: dict[str, Topology]) 
 def test_differences_of_an_unrendered_domain(topos: dict[str, Topology]) -> None:
     doc = render.parse(domain())
     assert doc.request is not None
-    ev = design.evaluate(doc.facts, doc.request, inputs(topos["quad-nosmt"]))
+    ev = hardware.evaluate(doc.facts, doc.request, inputs(topos["quad-nosmt"]))
     assert ev.plan is not None
-    diffs = design.differences(doc.facts, ev.plan)
+    diffs = hardware.differences(doc.facts, ev.plan)
     assert diffs[0].startswith("vCPU 0 ")
     assert "not pinned" in diffs[0] or "unpinned" in diffs[0]
     assert "CPU 0" in diffs[0]
@@ -452,14 +455,14 @@ def test_differences_tolerate_a_missing_vcpusched(topos: dict[str, Topology]) ->
     assert on.plan.vcpusched
     stripped = re.sub(r"\n *<vcpusched [^>]*/>", "", on.xml)
     assert "vcpusched" not in stripped
-    assert design.differences(facts_of(stripped), on.plan) == []
+    assert hardware.differences(facts_of(stripped), on.plan) == []
     # the reverse is stale: a node that needs an RT group budget cannot use <vcpusched>
     off = render.render(domain(realtime=RT), inputs(topo, vcpusched=False))
-    assert design.differences(facts_of(on.xml), off.plan) == [
+    assert hardware.differences(facts_of(on.xml), off.plan) == [
         "the <vcpusched> real-time settings differ from what this node needs"]
     # and a wrong priority is stale as well
     wrong = on.xml.replace("priority='1'", "priority='9'")
-    assert design.differences(facts_of(wrong), on.plan) == [
+    assert hardware.differences(facts_of(wrong), on.plan) == [
         "the <vcpusched> real-time settings differ from what this node needs"]
 
 
@@ -468,7 +471,7 @@ def test_differences_empty_for_a_fresh_rendering(topos: dict[str, Topology]) -> 
                 domain('dedicatedCpuPlacement="true" isolateEmulatorThread="true"',
                        numa=False)):
         res = render.render(dom, inputs(topos["epyc-nps4"]))
-        assert design.differences(facts_of(res.xml), res.plan) == []
+        assert hardware.differences(facts_of(res.xml), res.plan) == []
 
 
 def test_refusal_is_raised_not_rendered(topos: dict[str, Topology]) -> None:

@@ -8,11 +8,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from test_libvirtstatus import REAL_STATUS
-
 from numahook.config import Config
 from numahook.daemon.reconcile import Reconciler
-from numahook.state import StateDir
+from numahook.state.statedir import StateDir
+from tests.fixtures.status import REAL_STATUS
 
 META = ("<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/domain/1'>"
         "<numahook:cpu dedicatedCpuPlacement='true'><numahook:realtime mask='0'/></numahook:cpu>"

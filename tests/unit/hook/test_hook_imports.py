@@ -11,10 +11,9 @@ import sys
 from pathlib import Path
 
 from tests.fixtures.hosts import host_roots
-from tests.golden.cases import CASES
-from tests.golden.test_golden import DATA
+from tests.golden.cases import CASES, DATA
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 #: stdlib modules the hook does not need (top-level names; submodules count too)
 NOT_IN_HOOK = ("lxml", "logging", "tempfile", "random", "shutil", "signal", "dataclasses",

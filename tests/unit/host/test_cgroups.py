@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from numahook import cgroups
 from numahook.errors import InputError
+from numahook.host import cgroups
 from tests.fixtures.hosts import build_cgroup
 
 # --------------------------------------------------------------------------- validation

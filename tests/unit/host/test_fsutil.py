@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from numahook import fsutil
 from numahook.errors import HostError, InputError, StateError
+from numahook.host import fsutil
 
 ROOT = os.geteuid() == 0
 NR_2M = Path("/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages")

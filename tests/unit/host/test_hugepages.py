@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from numahook import fsutil, hugepages
 from numahook.errors import HostError, Refusal, StateError
-from numahook.hugepages import Pending, Pool
+from numahook.host import fsutil, hugepages
+from numahook.host.hugepages import Pending, Pool
 
 ROOT = os.geteuid() == 0
 REAL_POOL = Path("/sys/devices/system/node/node0/hugepages/hugepages-2048kB")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from numahook import inotify
+from numahook.host import inotify
 
 
 def test_mkdir_and_a_write_are_events(tmp_path: Path) -> None:

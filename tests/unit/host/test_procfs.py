@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from numahook import procfs
 from numahook.errors import HostError, InputError
+from numahook.host import procfs
 
 ROOT = os.geteuid() == 0
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from numahook import procfs
 from numahook.errors import HostError
+from numahook.host import procfs
 
 CHILD = r"""
 import os, sys

@@ -16,9 +16,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from numahook import fsutil, procfs, rtsched
 from numahook.errors import HostError, InputError, Refusal
-from numahook.rtsched import RUNTIME, BudgetRecord
+from numahook.host import fsutil, procfs, rtsched
+from numahook.host.rtsched import RUNTIME, BudgetRecord
 
 ROOT = os.geteuid() == 0
 DOM = "/machine/qemu-1-rt.libvirt-qemu"

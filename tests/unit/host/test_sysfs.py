@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from numahook import sysfs
+from numahook.core.topology import Topology
 from numahook.errors import InputError
-from numahook.topology import Topology
+from numahook.host import sysfs
 from tests.fixtures.hosts import GIB_KIB, HOSTS, HUGE_1G, HUGE_2M, build_proc, build_sysfs
 
 

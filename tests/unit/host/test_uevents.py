@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from numahook import uevents
+from numahook.host import uevents
 
 CPU0_UEVENT = Path("/sys/devices/system/cpu/cpu0/uevent")
 

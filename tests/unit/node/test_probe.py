@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from numahook import cli, cpulist, node
+from numahook import cli
 from numahook.config import Config
+from numahook.core import cpulist
 from numahook.errors import HostError, InputError
+from numahook.node import probe as node
 from tests.fixtures.hosts import HOSTS, HUGE_1G, HUGE_2M, host_roots
 
 RT_CPUS = frozenset(range(2, 20)) | frozenset(range(42, 60))

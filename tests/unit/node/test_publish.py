@@ -18,14 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from numahook import node, publish
 from numahook.config import Config
 from numahook.errors import InputError
-from numahook.publish import Metric
+from numahook.node import probe as node
+from numahook.node import publish
+from numahook.node.publish import Metric
 from tests.fixtures.hosts import host_roots
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
-DOCS = Path(__file__).resolve().parents[2] / "docs/status-schema.md"
+DOCS = Path(__file__).resolve().parents[3] / "docs/status-schema.md"
 MOUNTS = ("hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
           "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,pagesize=1024M 0 0\n")
 

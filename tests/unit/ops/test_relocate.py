@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from numahook import domainxml, lifecycle, xmlsafe
 from numahook.config import Config
+from numahook.core import domainxml
 from numahook.errors import Refusal
-from numahook.state import StateDir
+from numahook.ops import lifecycle
+from numahook.state.statedir import StateDir
+from numahook.xml import safe
 from tests.fixtures.hosts import host_roots
-from tests.golden.cases import CASES
-from tests.golden.test_golden import DATA
+from tests.golden.cases import CASES, DATA
 
 WIDE = next(c for c in CASES if c.id == "intel-wide")
 
@@ -31,7 +32,7 @@ def rendered_on_intel() -> str:
 
 
 def facts(xml: str) -> domainxml.DomainFacts:
-    return domainxml.read(xmlsafe.parse(xml))
+    return domainxml.read(safe.parse(xml))
 
 
 def test_relocation_keeps_the_guest_view_and_repins_to_this_host(tmp_path: Path) -> None:
@@ -44,9 +45,9 @@ def test_relocation_keeps_the_guest_view_and_repins_to_this_host(tmp_path: Path)
     assert after.cells == before.cells
     assert after.topology == before.topology
     assert after.memory_kib == before.memory_kib
-    src_numa = xmlsafe.parse(source).find("cpu/numa")
-    out_numa = xmlsafe.parse(out).find("cpu/numa")
-    assert xmlsafe.tostring(out_numa) == xmlsafe.tostring(src_numa)
+    src_numa = safe.parse(source).find("cpu/numa")
+    out_numa = safe.parse(out).find("cpu/numa")
+    assert safe.tostring(out_numa) == safe.tostring(src_numa)
     # the host side follows this host: 256 CPUs, siblings N and N+128, 16 cores per node
     pins = [next(iter(after.vcpupin[v])) for v in range(after.vcpus)]
     assert len(set(pins)) == after.vcpus and pins != [next(iter(before.vcpupin[v]))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from numahook.state import Claim, ClaimJournal, StateDir, rollback
+from numahook.state.statedir import Claim, ClaimJournal, StateDir, rollback
 
 POOL = (0, 2048)
 

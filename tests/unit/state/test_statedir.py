@@ -12,11 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from numahook import fsutil, hugepages, state
 from numahook.errors import InputError, StateError
-from numahook.hugepages import Pending
-from numahook.rtsched import BudgetRecord
-from numahook.state import Claim, ClaimJournal, RealtimeIntent, StateDir
+from numahook.host import fsutil, hugepages
+from numahook.host.hugepages import Pending
+from numahook.host.rtsched import BudgetRecord
+from numahook.state import statedir as state
+from numahook.state.statedir import Claim, ClaimJournal, RealtimeIntent, StateDir
 
 ROOT = os.geteuid() == 0
 U1 = "37458bd7-b570-4007-8934-5a9194048470"

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from numahook import render, xmlsafe
+from numahook.core import render
 from numahook.errors import InputError
+from numahook.xml import safe
+from tests.golden.cases import DATA
 
-GOLDEN = Path(__file__).resolve().parents[1] / "golden" / "data"
+GOLDEN = DATA
 
 XXE = ('<?xml version="1.0"?><!DOCTYPE d [<!ENTITY x SYSTEM "file:///etc/passwd">]>'
        "<domain><name>&x;</name></domain>")
@@ -30,13 +32,13 @@ HOSTILE = {
     "latin1-bytes": "<domain><name>caf\xe9</name></domain>".encode("latin-1"),
     "truncated": b"<domain><name>x</name>",
     "nul": b"<domain>\x00</domain>",
-    "oversized": b"<a>" + b"x" * (xmlsafe.MAX_XML_BYTES + 1) + b"</a>",
+    "oversized": b"<a>" + b"x" * (safe.MAX_XML_BYTES + 1) + b"</a>",
     "empty": b"",
 }
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-@pytest.mark.parametrize("parser", [xmlsafe.parse, xmlsafe.parse_readonly],
+@pytest.mark.parametrize("parser", [safe.parse, safe.parse_readonly],
                          ids=["lxml", "readonly"])
 def test_hostile_input_is_one_input_error(parser: object, name: str) -> None:
     with pytest.raises(InputError) as exc:
@@ -56,16 +58,16 @@ def test_both_parsers_read_the_same_domain(path: Path) -> None:
 
 
 def test_readonly_tree_serializes_for_callers_that_need_text() -> None:
-    root = xmlsafe.parse_readonly(b"<domain type='kvm'><name>x</name></domain>")
-    assert xmlsafe.tostring(root, "'") == "<domain type='kvm'><name>x</name></domain>"
+    root = safe.parse_readonly(b"<domain type='kvm'><name>x</name></domain>")
+    assert safe.tostring(root, "'") == "<domain type='kvm'><name>x</name></domain>"
 
 
 def test_hook_path_does_not_load_lxml() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; import numahook.hook.main, numahook.lifecycle; "
+    code = ("import sys; import numahook.hook.main, numahook.ops.lifecycle; "
             "print(any(m == 'lxml' or m.startswith('lxml.') for m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=Path(__file__).resolve().parents[2], check=True).stdout
+                         cwd=Path(__file__).resolve().parents[3], check=True).stdout
     assert out.strip() == "False"
