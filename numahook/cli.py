@@ -97,16 +97,16 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_node(args: argparse.Namespace) -> int:
     """Report whether this node is real-time capable and why; a report, so exit 0."""
-    from numahook.node import probe as node
+    from numahook.node import probe, report
 
     cfg = _config(args)
-    reachable = None if args.no_libvirt else node.check_libvirt(cfg.libvirt_uri)
-    cap = node.probe(cfg, reachable)  # HostError (exit 3) only if the host cannot be read
+    reachable = None if args.no_libvirt else probe.check_libvirt(cfg.libvirt_uri)
+    cap = probe.probe(cfg, reachable)  # HostError (exit 3) only if the host cannot be read
     if args.json:
         json.dump(cap.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        print(node.text_report(cap))
+        print(report.text_report(cap))
     return EXIT_OK
 
 

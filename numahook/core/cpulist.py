@@ -37,23 +37,31 @@ def _range(item: str, what: str, limit: int) -> range:
     return range(lo, hi + 1)
 
 
-def parse(text: str, what: str = "CPU list") -> frozenset[int]:
-    """Parse kernel cpulist text. Empty (or whitespace) means the empty set."""
+def spans(text: str, what: str = "CPU list") -> list[tuple[int, int]]:
+    """The ``[lo, hi)`` spans of cpulist text, in order and unmerged; checked, not expanded."""
     if len(text) > MAX_TEXT:
         raise InputError(f"{what} is {len(text)} characters long, more than {MAX_TEXT}")
     text = text.strip()
     if not text:
-        return frozenset()
-    spans = sorted((r.start, r.stop) for r in (_range(i.strip(), what, MAX_CPU)
-                                               for i in text.split(",")))
-    # merge first: 9000 copies of 0-8191 must cost one expansion, not 9000
+        return []
+    return [(r.start, r.stop) for r in (_range(i.strip(), what, MAX_CPU) for i in text.split(","))]
+
+
+def merge(parts: Iterable[tuple[int, int]]) -> frozenset[int]:
+    """The CPUs of ``[lo, hi)`` spans, merged first: 9000 copies of 0-8191 must cost one
+    expansion, not 9000."""
     merged: list[list[int]] = []
-    for lo, hi in spans:
+    for lo, hi in sorted(parts):
         if merged and lo <= merged[-1][1]:
             merged[-1][1] = max(merged[-1][1], hi)
         else:
             merged.append([lo, hi])
     return frozenset(c for lo, hi in merged for c in range(lo, hi))
+
+
+def parse(text: str, what: str = "CPU list") -> frozenset[int]:
+    """Parse kernel cpulist text. Empty (or whitespace) means the empty set."""
+    return merge(spans(text, what))
 
 
 def format(cpus: Iterable[int]) -> str:

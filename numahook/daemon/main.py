@@ -23,7 +23,7 @@ from numahook.daemon.reconcile import Reconciler
 from numahook.daemon.vcpuwatch import VcpuWatch
 from numahook.errors import ConfigError, NumahookError
 from numahook.host import uevents
-from numahook.node import probe as node
+from numahook.node import probe as node  # node.probe(): what this host can do
 from numahook.node import publish
 from numahook.ops import status
 from numahook.state.statedir import StateDir

@@ -30,7 +30,7 @@ from typing import Any, NamedTuple, Union
 from numahook import __version__
 from numahook.errors import InputError, StateError
 from numahook.host import fsutil
-from numahook.node.probe import NodeCapability, size_name
+from numahook.node.model import NodeCapability, size_name
 
 log = logging.getLogger(__name__)
 

@@ -37,24 +37,6 @@ def audit(action: str, name: str, **fields: object) -> None:
     log.info("domain=%s action=%s %s", name, action, extra)
 
 
-def realtime_gate(cfg: Config) -> hardware.Check:
-    """Whether this node can run a real-time domain under the configured policy."""
-    runtime, _ = rtsched.rt_sysctl(cfg.proc_root)
-    if not rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root):
-        how = ("RT throttling is off (kernel.sched_rt_runtime_us = -1)" if runtime < 0
-               else "no RT group budget is needed on this kernel")
-        return hardware.Check("realtime-node", True, f"real-time capable: {how}")
-    if cfg.rt_throttled == "delegate":
-        return hardware.Check("realtime-node", True, (
-            f"RT throttling is on (kernel.sched_rt_runtime_us = {runtime}); numahook will "
-            "delegate RT group budget, split between the real-time vCPUs"))
-    return hardware.Check("realtime-node", False, (
-        f"this node is not real-time capable: kernel.sched_rt_runtime_us is {runtime}, so RT "
-        "group scheduling gives libvirt's vCPU cgroups no budget; run `sysctl -w "
-        "kernel.sched_rt_runtime_us=-1`, or set throttled = delegate under [realtime] in "
-        f"{cfg.path}"))
-
-
 def _pending_pages(state: StateDir, exclude_uuid: str) -> dict[tuple[int, int], int]:
     """Pages other starting domains were promised but QEMU has not mapped yet."""
     out: dict[tuple[int, int], int] = {}
@@ -105,7 +87,7 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
                 f"`numahook apply {name}` or let numahookd re-render it, then start again",
                 "stale-definition")
         if plan.realtime_vcpus:
-            gate = realtime_gate(cfg)
+            gate = rtsched.realtime_gate(cfg)
             if not gate.ok:
                 raise Refusal(gate.reason, gate.name)
         need = {(c.host_node, plan.page_kib): c.pages for c in plan.cells

@@ -28,10 +28,10 @@ from pathlib import Path
 
 from numahook import faults, records
 from numahook import log as logmod
+from numahook.core.rtbudget import BudgetRecord
 from numahook.errors import InputError, NumahookError, StateError
 from numahook.host import fsutil, hugepages, rtsched
 from numahook.host.hugepages import Pending, Pool
-from numahook.host.rtsched import BudgetRecord
 from numahook.records import field, record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook

@@ -26,7 +26,7 @@ from numahook import cli
 from numahook.daemon.reconcile import Reconciler
 from numahook.errors import HostError, NumahookError, Refusal, StateError
 from numahook.host import fsutil, hugepages, rtsched
-from numahook.node import probe as node
+from numahook.node import probe, report
 from numahook.ops import lifecycle, redefine
 from numahook.state import statedir as state
 from numahook.state.statedir import StateDir
@@ -200,9 +200,9 @@ def test_missing_hugetlbfs_mount_is_reported_and_leaves_nothing_behind(host: Hos
     fault("hugetlbfs-missing")
     baseline = host.nr()
     (host.proc / "mounts").write_text("sysfs /sys sysfs rw 0 0\nproc /proc proc rw 0 0\n")
-    cap = node.probe(host.cfg(), libvirt_reachable=None)
-    why = [r for r in node.reasons(cap, str(host.config)) if "hugetlbfs" in r]
-    assert len(why) == 1 and "mount one (pagesize=2M)" in why[0], node.reasons(cap)
+    cap = probe.probe(host.cfg(), libvirt_reachable=None)
+    why = [r for r in report.reasons(cap, str(host.config)) if "hugetlbfs" in r]
+    assert len(why) == 1 and "mount one (pagesize=2M)" in why[0], report.reasons(cap)
     xml = rendered(host)
     assert host.hook(xml, NAME, "prepare", "begin").returncode == 0
     # libvirt: "hugetlbfs filesystem is not mounted or disabled by administrator config"

@@ -19,8 +19,7 @@ import pytest
 
 from numahook.daemon.reconcile import Reconciler
 from numahook.errors import StateError
-from numahook.node import probe as node
-from numahook.node import publish
+from numahook.node import probe, publish
 from numahook.state.statedir import Claim
 
 from .conftest import FIGURES, HOOK, REPO, ROOT, Host, domain_xml, make_host, prerender, uuid_of
@@ -121,7 +120,7 @@ def test_a_symlinked_state_dir_is_refused_before_anything_is_created(host: Host)
 
 def test_node_json_is_published_inside_the_private_state_dir(host: Host) -> None:
     check("node-json")
-    cap = node.probe(host.cfg(), libvirt_reachable=None)
+    cap = probe.probe(host.cfg(), libvirt_reachable=None)
     host.statedir().ensure()
     path = publish.write_status(cap, str(host.state))
     assert path.parent == host.state and mode(host.state) == 0o700

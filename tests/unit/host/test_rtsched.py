@@ -16,9 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
+from numahook.core.rtbudget import BudgetRecord
 from numahook.errors import HostError, InputError, Refusal
 from numahook.host import fsutil, procfs, rtsched
-from numahook.host.rtsched import RUNTIME, BudgetRecord
+from numahook.host.rtsched import RUNTIME
 
 ROOT = os.geteuid() == 0
 DOM = "/machine/qemu-1-rt.libvirt-qemu"
@@ -174,7 +175,7 @@ def test_delegate_failure_returns_what_was_written(
             raise fsutil.KnobWriteError("writing 10000 failed: Invalid argument; retry", "", 22)
         real_write(path, value, hint)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rtsched.fsutil, "write_knob", refuse_leaf)
+    monkeypatch.setattr(fsutil, "write_knob", refuse_leaf)
     journal: list[list[BudgetRecord]] = []
     with pytest.raises(HostError, match="Invalid argument"):
         rtsched.delegate(p, journal.append)
@@ -224,7 +225,7 @@ def test_undelegate_failure_keeps_the_record_once(
             raise fsutil.KnobWriteError("writing failed: Device or resource busy; x", "", 16)
         real_write(path, value, hint)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(rtsched.fsutil, "write_knob", refuse_machine)
+    monkeypatch.setattr(fsutil, "write_knob", refuse_machine)
     journal: list[list[BudgetRecord]] = []
     with pytest.raises(HostError, match="busy"):
         rtsched.undelegate(a, journal.append)

@@ -20,8 +20,7 @@ import pytest
 
 from numahook.config import Config
 from numahook.errors import InputError
-from numahook.node import probe as node
-from numahook.node import publish
+from numahook.node import model, probe, publish
 from numahook.node.publish import Metric
 from tests.fixtures.hosts import host_roots
 
@@ -32,7 +31,7 @@ MOUNTS = ("hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
 
 
 def capability(tmp_path: Path, name: str = "intel-2s-ht-rt", runtime: int = -1,
-               version: int = 1, libvirt: bool | None = True) -> node.NodeCapability:
+               version: int = 1, libvirt: bool | None = True) -> model.NodeCapability:
     """Probe a fixture host (v1 trees get the cpu.shares every real v1 cpu controller has)."""
     roots = host_roots(tmp_path / "host", name, version)
     if version == 1:
@@ -43,16 +42,16 @@ def capability(tmp_path: Path, name: str = "intel-2s-ht-rt", runtime: int = -1,
     (roots["proc"] / "mounts").write_text(MOUNTS)
     cfg = Config(sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
                  proc_root=str(roots["proc"]))
-    return node.probe(cfg, libvirt)
+    return probe.probe(cfg, libvirt)
 
 
 @pytest.fixture(scope="module")
-def rt_cap(tmp_path_factory: pytest.TempPathFactory) -> node.NodeCapability:
+def rt_cap(tmp_path_factory: pytest.TempPathFactory) -> model.NodeCapability:
     return capability(tmp_path_factory.mktemp("rt"))
 
 
 @pytest.fixture(scope="module")
-def plain_cap(tmp_path_factory: pytest.TempPathFactory) -> node.NodeCapability:
+def plain_cap(tmp_path_factory: pytest.TempPathFactory) -> model.NodeCapability:
     return capability(tmp_path_factory.mktemp("plain"), "intel-2s-ht", 950000, 1, None)
 
 
@@ -99,7 +98,7 @@ DAEMON = {"orphan_claims": [], "reconcile_passes": 12, "last_pass_seconds": 0.00
           "refused": {}}
 
 
-def test_write_status(tmp_path: Path, rt_cap: node.NodeCapability) -> None:
+def test_write_status(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
     state = tmp_path / "run"
     path = publish.write_status(rt_cap, state, {"domains": [DOMAIN], "daemon": DAEMON}, NOW)
     assert path == state / "node.json" and only(state) == ["node.json"]
@@ -110,7 +109,7 @@ def test_write_status(tmp_path: Path, rt_cap: node.NodeCapability) -> None:
     assert doc["schema_version"] == publish.SCHEMA_VERSION == 1
     assert doc["generated_at"] == "2024-05-01T12:00:00Z"
     assert doc["generator"].startswith("numahook ")
-    assert node.NodeCapability.from_json(doc["node"]) == rt_cap
+    assert model.NodeCapability.from_json(doc["node"]) == rt_cap
     assert doc["domains"] == [DOMAIN] and doc["daemon"] == DAEMON
 
     publish.write_status(rt_cap, state)  # rewriting drops the daemon's sections
@@ -120,7 +119,7 @@ def test_write_status(tmp_path: Path, rt_cap: node.NodeCapability) -> None:
     assert only(state) == ["node.json"]
 
 
-def test_write_status_refuses_bad_sections(tmp_path: Path, rt_cap: node.NodeCapability) -> None:
+def test_write_status_refuses_bad_sections(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
     with pytest.raises(InputError, match="no section 'vms'; use one of domains, daemon"):
         publish.write_status(rt_cap, tmp_path, {"vms": []})
     with pytest.raises(InputError, match="lacks uuid"):
@@ -130,7 +129,7 @@ def test_write_status_refuses_bad_sections(tmp_path: Path, rt_cap: node.NodeCapa
     assert only(tmp_path) == []
 
 
-def test_schema_doc_names_every_key(tmp_path: Path, rt_cap: node.NodeCapability) -> None:
+def test_schema_doc_names_every_key(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
     doc = publish.status_document(rt_cap, {"domains": [DOMAIN], "daemon": DAEMON}, NOW)
     text = DOCS.read_text()
     missing = sorted(k for k in keys(doc) if f"`{k}`" not in text)
@@ -141,7 +140,7 @@ def test_schema_doc_names_every_key(tmp_path: Path, rt_cap: node.NodeCapability)
     assert set(example) == set(doc)
     assert set(example["node"]) == set(doc["node"])
     assert keys(example["node"]) == keys(doc["node"])
-    node.NodeCapability.from_json(example["node"])
+    model.NodeCapability.from_json(example["node"])
 
 
 # --------------------------------------------------------------------------- NFD
@@ -167,7 +166,7 @@ def nfd_read(text: str, now: datetime) -> dict[str, str]:
     return labels
 
 
-def test_nfd_file_for_a_real_time_host(tmp_path: Path, rt_cap: node.NodeCapability) -> None:
+def test_nfd_file_for_a_real_time_host(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
     path = publish.write_nfd(rt_cap, tmp_path, ttl=180, now=NOW)
     assert path == tmp_path / "numahook" and only(tmp_path) == ["numahook"]
     assert mode(path) == 0o644
@@ -190,7 +189,7 @@ def test_nfd_file_for_a_real_time_host(tmp_path: Path, rt_cap: node.NodeCapabili
     assert nfd_read(text, NOW + timedelta(seconds=181)) == {}
 
 
-def test_nfd_file_for_a_throttled_host(tmp_path: Path, plain_cap: node.NodeCapability) -> None:
+def test_nfd_file_for_a_throttled_host(tmp_path: Path, plain_cap: model.NodeCapability) -> None:
     text = publish.write_nfd(plain_cap, tmp_path).read_text()  # type: ignore[union-attr]
     assert "expiry-time" not in text
     labels = nfd_read(text, NOW)
@@ -209,7 +208,7 @@ def test_nfd_file_for_a_throttled_host(tmp_path: Path, plain_cap: node.NodeCapab
 
 
 def test_nfd_needs_its_directory_and_is_removed(tmp_path: Path,
-                                                rt_cap: node.NodeCapability) -> None:
+                                                rt_cap: model.NodeCapability) -> None:
     missing = tmp_path / "etc/kubernetes/node-feature-discovery/features.d"
     assert publish.write_nfd(rt_cap, missing) is None
     assert not (tmp_path / "etc").exists()
@@ -282,7 +281,7 @@ def prom_check(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float
     return series
 
 
-def test_metrics_file(tmp_path: Path, rt_cap: node.NodeCapability) -> None:
+def test_metrics_file(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
     extra = [
         Metric.gauge("numahook_managed_domains", "Managed domains by state.",
                      samples=[({"state": "running"}, 2), ({"state": "shut off"}, 1)]),
@@ -317,7 +316,7 @@ def test_metrics_file(tmp_path: Path, rt_cap: node.NodeCapability) -> None:
 
 
 def test_metrics_leave_out_what_is_unknown(tmp_path: Path,
-                                           plain_cap: node.NodeCapability) -> None:
+                                           plain_cap: model.NodeCapability) -> None:
     series = prom_check(publish.metrics_text(plain_cap))
     names = {n for n, _ in series}
     assert "numahook_libvirt_up" not in names  # unknown, not down
@@ -327,12 +326,12 @@ def test_metrics_leave_out_what_is_unknown(tmp_path: Path,
     assert series[("numahook_rt_budget_available_us", ())] == 950000
 
 
-def test_metrics_need_their_directory(tmp_path: Path, rt_cap: node.NodeCapability) -> None:
+def test_metrics_need_their_directory(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
     assert publish.write_metrics(rt_cap, tmp_path / "node-exporter") is None
     assert only(tmp_path) == []
 
 
-def test_metric_validation(rt_cap: node.NodeCapability) -> None:
+def test_metric_validation(rt_cap: model.NodeCapability) -> None:
     with pytest.raises(InputError, match="not valid in Prometheus"):
         Metric.gauge("numahook-bad", "x", 1)
     with pytest.raises(InputError, match="label name '__x'"):
@@ -367,7 +366,7 @@ def test_prom_check_catches_bad_files() -> None:
 # --------------------------------------------------------------------------- STATUS=
 
 
-def test_status_line(rt_cap: node.NodeCapability, plain_cap: node.NodeCapability) -> None:
+def test_status_line(rt_cap: model.NodeCapability, plain_cap: model.NodeCapability) -> None:
     assert publish.status_line(rt_cap, {"managed": 3, "running": 2}) == (
         "realtime capable (sched_rt_runtime_us=-1); 3 managed domains, 2 running")
     assert publish.status_line(rt_cap, publish.DomainCounts(1, 1)) == (

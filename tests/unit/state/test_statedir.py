@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from numahook.core.rtbudget import BudgetRecord
 from numahook.errors import InputError, StateError
 from numahook.host import fsutil, hugepages
 from numahook.host.hugepages import Pending
-from numahook.host.rtsched import BudgetRecord
 from numahook.state import statedir as state
 from numahook.state.statedir import Claim, ClaimJournal, RealtimeIntent, StateDir
 
