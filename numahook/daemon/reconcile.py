@@ -19,7 +19,8 @@ from numahook.core import cpulist, metadata, render
 from numahook.errors import NumahookError
 from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
 from numahook.ops import hostinputs, lifecycle, redefine
-from numahook.state.statedir import ClaimJournal, StateDir, rollback
+from numahook.state.recovery import rollback
+from numahook.state.statedir import ClaimJournal, StateDir
 from numahook.xml import safe
 
 log = logging.getLogger(__name__)

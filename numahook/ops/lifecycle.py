@@ -18,14 +18,9 @@ from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import hugepages, libvirtstatus, procfs, rtsched
 from numahook.ops import hostinputs
 from numahook.records import record
-from numahook.state.statedir import (
-    Claim,
-    ClaimJournal,
-    RealtimeIntent,
-    StateDir,
-    recover,
-    rollback,
-)
+from numahook.state.claims import Claim, RealtimeIntent
+from numahook.state.recovery import recover, rollback
+from numahook.state.statedir import ClaimJournal, StateDir
 from numahook.xml import safe
 
 log = logmod.get(__name__)

@@ -23,7 +23,8 @@ import pytest
 from lab import env, guest
 from lab.report import parse as parse_report
 from numahook.host import procfs, rtsched
-from numahook.state.statedir import Claim, StateDir
+from numahook.state.claims import Claim
+from numahook.state.statedir import StateDir
 from tests.e2e.helpers import (
     CLAIMS,
     HOLD,

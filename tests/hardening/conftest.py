@@ -37,7 +37,8 @@ from numahook import NAMESPACE, config
 from numahook.core import render
 from numahook.host import rtsched
 from numahook.ops import hostinputs
-from numahook.state.statedir import Claim, StateDir
+from numahook.state.claims import Claim
+from numahook.state.statedir import StateDir
 from tests.fixtures.hosts import (
     CpuSpec,
     HostSpec,

@@ -28,7 +28,7 @@ from numahook.errors import HostError, NumahookError, Refusal, StateError
 from numahook.host import fsutil, hugepages, rtsched
 from numahook.node import probe, report
 from numahook.ops import lifecycle, redefine
-from numahook.state import statedir as state
+from numahook.state import claims
 from numahook.state.statedir import StateDir
 
 from .conftest import (
@@ -290,7 +290,7 @@ class JournalFault:
         self.on = True
         real = StateDir.save
 
-        def save(sd: StateDir, claim: state.Claim) -> None:
+        def save(sd: StateDir, claim: claims.Claim) -> None:
             self.calls += 1
             if self.on and (self.calls == at or (persistent and self.calls > at)):
                 self.fired += 1

@@ -41,7 +41,8 @@ from numahook.errors import ConfigError, InputError, NumahookError
 from numahook.hook import main as hookmain
 from numahook.host import cgroups, fsutil, hugepages, inotify, libvirtstatus, procfs, sysfs, uevents
 from numahook.node import cmdline, probe
-from numahook.state.statedir import Claim, StateDir
+from numahook.state.claims import Claim
+from numahook.state.statedir import StateDir
 from numahook.xml import safe
 from tests.fixtures.hosts import CpuSpec, HostSpec, NodeSpec, build_sysfs, host_roots
 

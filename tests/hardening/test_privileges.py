@@ -20,7 +20,7 @@ import pytest
 from numahook.daemon.reconcile import Reconciler
 from numahook.errors import StateError
 from numahook.node import probe, publish
-from numahook.state.statedir import Claim
+from numahook.state.claims import Claim
 
 from .conftest import FIGURES, HOOK, REPO, ROOT, Host, domain_xml, make_host, prerender, uuid_of
 

@@ -6,7 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from numahook.state.statedir import Claim, ClaimJournal, StateDir, rollback
+from numahook.state.claims import Claim
+from numahook.state.recovery import rollback
+from numahook.state.statedir import ClaimJournal, StateDir
 
 POOL = (0, 2048)
 

@@ -16,8 +16,9 @@ from numahook.core.rtbudget import BudgetRecord
 from numahook.errors import InputError, StateError
 from numahook.host import fsutil, hugepages
 from numahook.host.hugepages import Pending
-from numahook.state import statedir as state
-from numahook.state.statedir import Claim, ClaimJournal, RealtimeIntent, StateDir
+from numahook.state import recovery
+from numahook.state.claims import Claim, RealtimeIntent
+from numahook.state.statedir import ClaimJournal, StateDir
 
 ROOT = os.geteuid() == 0
 U1 = "37458bd7-b570-4007-8934-5a9194048470"
@@ -217,7 +218,7 @@ def test_rollback_returns_budget_and_drops_claim(sd: StateDir, tmp_path: Path) -
     f = _cgroup_file(tmp_path, "machine", 60000)
     claim = Claim(uuid=U1, name="x", rt_budget=(BudgetRecord(str(f), 10000, 60000, True),))
     sd.save(claim)
-    assert state.rollback(ClaimJournal(sd, claim), str(tmp_path / "sys")) is True
+    assert recovery.rollback(ClaimJournal(sd, claim), str(tmp_path / "sys")) is True
     assert f.read_text().strip() == "10000"
     assert sd.load(U1) is None
 
@@ -238,7 +239,7 @@ def test_rollback_failure_keeps_what_is_still_held(
     records = (BudgetRecord(str(stuck), 0, 900, True), BudgetRecord(str(ok), 0, 500, True))
     claim = Claim(uuid=U1, name="x", rt_budget=records)
     sd.save(claim)
-    assert state.rollback(ClaimJournal(sd, claim), str(tmp_path / "sys")) is False
+    assert recovery.rollback(ClaimJournal(sd, claim), str(tmp_path / "sys")) is False
     kept = sd.load(U1)
     assert kept is not None and kept.rt_budget == (records[0],)
     assert ok.read_text().strip() == "0"
@@ -284,7 +285,7 @@ def test_real_crash_after_raising_nr_hugepages_is_rolled_back(
     assert on_disk is not None
     assert on_disk.hugepages == {}
     assert on_disk.hugepages_pending == {(0, 2048): Pending(real_pool, 3)}
-    assert state.rollback(ClaimJournal(sd, on_disk)) is True
+    assert recovery.rollback(ClaimJournal(sd, on_disk)) is True
     assert int((REAL_POOL / "nr_hugepages").read_text()) == real_pool
     assert sd.load(U1) is None
 
