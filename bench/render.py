@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
 
 from numahook import NAMESPACE, config  # noqa: E402
 from numahook.core import render  # noqa: E402
-from numahook.core.hardware import Inputs  # noqa: E402
+from numahook.core.plan import Inputs  # noqa: E402
 from numahook.core.topology import Topology  # noqa: E402
 from numahook.host import sysfs  # noqa: E402
 from tests.fixtures.hosts import HOSTS, build_sysfs  # noqa: E402

@@ -11,7 +11,7 @@ from __future__ import annotations
 from lxml import etree
 
 from numahook.core import cpulist
-from numahook.core.hardware import Plan
+from numahook.core.plan import Plan
 from numahook.xml.edit import (
     CPU_ORDER,
     CPUTUNE_ORDER,

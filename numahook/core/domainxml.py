@@ -20,7 +20,9 @@ MAX_VCPUS = 4096
 
 
 @record(frozen=True)
-class Cell:
+class DefinedCell:
+    """A guest cell as the domain XML defines it (``<cpu><numa><cell>``)."""
+
     id: int
     cpus: frozenset[int]
     memory_kib: int
@@ -44,7 +46,7 @@ class DomainFacts:
     vcpupin: dict[int, frozenset[int]] = field(default_factory=dict)
     emulatorpin: frozenset[int] | None = None
     iothreadpin: dict[int, frozenset[int]] = field(default_factory=dict)
-    cells: tuple[Cell, ...] = ()
+    cells: tuple[DefinedCell, ...] = ()
     #: <numatune><memnode cellid nodeset>, by cell id
     memnodes: dict[int, frozenset[int]] = field(default_factory=dict)
     #: <hugepages><page size nodeset>: (size KiB, guest cells) per page element
@@ -169,9 +171,9 @@ def read(root: Any) -> DomainFacts:
                 "priority") else 0
             emusched = (es.get("scheduler") or "", prio)
 
-    cells: list[Cell] = []
+    cells: list[DefinedCell] = []
     for c in root.findall("cpu/numa/cell"):
-        cells.append(Cell(
+        cells.append(DefinedCell(
             id=_int(c, "id", "<cell id>", 0, 1 << 16) if c.get("id") else len(cells),
             cpus=budget.parse(c.get("cpus") or "", "<cell cpus>"),
             memory_kib=to_kib(c.get("memory"), c.get("unit"), "<cell memory>"),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from numahook.core import cpulist
-from numahook.core.hardware import Evaluation, Plan
+from numahook.core.plan import Evaluation, Plan
 
 
 def plan_dict(plan: Plan | None) -> dict[str, Any]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from numahook.core import domainxml, hardware, metadata, request
 from numahook.core.domainxml import DomainFacts
-from numahook.core.hardware import Evaluation, Inputs, Plan
+from numahook.core.plan import Evaluation, Inputs, Plan
 from numahook.core.request import Request
 from numahook.errors import NumahookError
 from numahook.records import record

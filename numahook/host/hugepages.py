@@ -23,7 +23,7 @@ from numahook.records import NamedTuple
 
 log = logmod.get(__name__)
 
-Pool = tuple[int, int]  # (node, size_kib)
+PoolKey = tuple[int, int]  # (node, size_kib)
 
 
 class Pending(NamedTuple):
@@ -34,7 +34,7 @@ class Pending(NamedTuple):
 
 
 #: journal(added, pending): persist both before returning, or raise to stop the change.
-Journal = Callable[[dict[Pool, int], dict[Pool, Pending]], None]
+Journal = Callable[[dict[PoolKey, int], dict[PoolKey, Pending]], None]
 
 _SIZE_DIR = re.compile(r"^hugepages-([0-9]{1,9})kB\Z")
 
@@ -49,7 +49,7 @@ def node_dir(sysfs_root: str, node: int) -> Path:
     return fsutil.under(sysfs_root, "devices/system/node", f"node{int(node)}")
 
 
-def pool_dir(sysfs_root: str, pool: Pool) -> Path:
+def pool_dir(sysfs_root: str, pool: PoolKey) -> Path:
     node, size = pool
     return node_dir(sysfs_root, node) / "hugepages" / f"hugepages-{int(size)}kB"
 
@@ -63,7 +63,7 @@ def supported_sizes(sysfs_root: str, node: int) -> list[int]:
     return sorted(int(m.group(1)) for m in map(_SIZE_DIR.match, names) if m)
 
 
-def counts(sysfs_root: str, pool: Pool) -> PoolCounts:
+def counts(sysfs_root: str, pool: PoolKey) -> PoolCounts:
     d = pool_dir(sysfs_root, pool)
     return PoolCounts(
         fsutil.read_int(d / "nr_hugepages"),
@@ -72,7 +72,7 @@ def counts(sysfs_root: str, pool: Pool) -> PoolCounts:
     )
 
 
-def check_pools(pools: list[Pool], sysfs_root: str = "/sys") -> None:
+def check_pools(pools: list[PoolKey], sysfs_root: str = "/sys") -> None:
     """Refuse pools the host does not have, naming what it does have."""
     for node, size in pools:
         if not node_dir(sysfs_root, node).is_dir():
@@ -95,16 +95,16 @@ def check_pools(pools: list[Pool], sysfs_root: str = "/sys") -> None:
 class _Ledger:
     """What we added per pool plus the one write in flight, journalled on every change."""
 
-    def __init__(self, added: Mapping[Pool, int], journal: Journal | None) -> None:
-        self.added: dict[Pool, int] = {p: n for p, n in added.items() if n}
-        self.pending: dict[Pool, Pending] = {}
+    def __init__(self, added: Mapping[PoolKey, int], journal: Journal | None) -> None:
+        self.added: dict[PoolKey, int] = {p: n for p, n in added.items() if n}
+        self.pending: dict[PoolKey, Pending] = {}
         self.journal = journal
 
     def _note(self) -> None:
         if self.journal is not None:
             self.journal(dict(self.added), dict(self.pending))
 
-    def change(self, sysfs_root: str, pool: Pool, delta: int) -> int:
+    def change(self, sysfs_root: str, pool: PoolKey, delta: int) -> int:
         """Move ``nr_hugepages`` by ``delta``; return the change the kernel really made."""
         knob = pool_dir(sysfs_root, pool) / "nr_hugepages"
         before = fsutil.read_int(knob)
@@ -145,12 +145,12 @@ def _compact(proc_root: str) -> None:
 
 
 def reserve(
-    need: Mapping[Pool, int],
+    need: Mapping[PoolKey, int],
     sysfs_root: str = "/sys",
     proc_root: str = "/proc",
     journal: Journal | None = None,
     compact: bool = True,
-) -> dict[Pool, int]:
+) -> dict[PoolKey, int]:
     """Make ``need[pool]`` pages free in every pool; return the pages we added per pool.
 
     Only the deficit over what is already free is added. When the kernel delivers fewer
@@ -161,8 +161,8 @@ def reserve(
     pools = sorted(p for p, n in need.items() if n > 0)
     check_pools(pools, sysfs_root)
     ledger = _Ledger({}, journal)
-    asked: dict[Pool, int] = {}
-    short: dict[Pool, int] = {}
+    asked: dict[PoolKey, int] = {}
+    short: dict[PoolKey, int] = {}
     compacted = not compact
     try:
         for pool in pools:
@@ -203,10 +203,10 @@ def _rollback(ledger: _Ledger, sysfs_root: str) -> None:
 
 
 def _shortage_message(
-    need: Mapping[Pool, int],
-    short: Mapping[Pool, int],
-    asked: Mapping[Pool, int],
-    got: Mapping[Pool, int],
+    need: Mapping[PoolKey, int],
+    short: Mapping[PoolKey, int],
+    asked: Mapping[PoolKey, int],
+    got: Mapping[PoolKey, int],
 ) -> str:
     by_size: dict[int, list[str]] = {}
     for (node, size), free in sorted(short.items()):
@@ -222,7 +222,7 @@ def _shortage_message(
 
 
 def release(
-    added: Mapping[Pool, int],
+    added: Mapping[PoolKey, int],
     sysfs_root: str = "/sys",
     journal: Journal | None = None,
 ) -> None:
@@ -251,10 +251,10 @@ def _release_into(ledger: _Ledger, sysfs_root: str) -> None:
 
 
 def settle(
-    added: Mapping[Pool, int],
-    pending: Mapping[Pool, Pending],
+    added: Mapping[PoolKey, int],
+    pending: Mapping[PoolKey, Pending],
     sysfs_root: str = "/sys",
-) -> dict[Pool, int]:
+) -> dict[PoolKey, int]:
     """Fold writes interrupted by a crash into ``added`` by reading the pools back.
 
     A pending raise counts only the pages the pool really grew by (up to what was

@@ -15,7 +15,7 @@ from collections.abc import Set as AbstractSet
 
 from numahook import log as logmod
 from numahook.config import Config
-from numahook.core.hardware import Check
+from numahook.core.plan import Check
 from numahook.core.rtbudget import BudgetRecord, Journal
 from numahook.errors import HostError, InputError, NumahookError, Refusal
 from numahook.host import procfs

@@ -9,7 +9,7 @@ from __future__ import annotations
 from numahook import log as logmod
 from numahook.config import Config
 from numahook.core import cpulist, metadata
-from numahook.core.hardware import Inputs
+from numahook.core.plan import Inputs
 from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
 from numahook.records import record
 from numahook.state.statedir import StateDir
@@ -21,7 +21,7 @@ CAP_SYS_RESOURCE = 24
 
 
 @record(frozen=True)
-class HostView:
+class CpuSource:
     """Where the available set came from, for messages and ``numahook check``."""
 
     partition: str
@@ -55,7 +55,7 @@ def managed_running(cfg: Config, exclude_uuid: str | None) -> dict[str, frozense
 
 def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
            cpuset_override: frozenset[int] | None = None,
-           state: StateDir | None = None) -> tuple[Inputs, HostView]:
+           state: StateDir | None = None) -> tuple[Inputs, CpuSource]:
     topo = sysfs.read_topology(cfg.sysfs_root)
     if cpuset_override is not None:
         cpus, path = cpuset_override, "--cpuset"
@@ -77,5 +77,5 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
         default_page_kib=sysfs.default_page_kib(cfg.proc_root),
         can_lock_memory=procfs.libvirtd_has_capability(CAP_SYS_RESOURCE, cfg.proc_root),
     )
-    view = HostView(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed)
+    view = CpuSource(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed)
     return inputs, view

@@ -14,6 +14,7 @@ from numahook import faults
 from numahook import log as logmod
 from numahook.config import Config
 from numahook.core import allocate, cpulist, hardware, render
+from numahook.core.plan import Plan
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import hugepages, libvirtstatus, procfs, rtsched
 from numahook.ops import hostinputs
@@ -46,7 +47,7 @@ def _pending_pages(state: StateDir, exclude_uuid: str) -> dict[tuple[int, int], 
 @record(frozen=True)
 class Admission:
     claim: Claim
-    plan: hardware.Plan
+    plan: Plan
 
 
 def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:

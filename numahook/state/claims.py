@@ -14,7 +14,7 @@ from collections.abc import Mapping
 
 from numahook.core.rtbudget import BudgetRecord
 from numahook.errors import InputError
-from numahook.host.hugepages import Pending, Pool
+from numahook.host.hugepages import Pending, PoolKey
 from numahook.records import field, record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
@@ -81,12 +81,12 @@ class Claim:
     name: str
     cpus: frozenset[int] = frozenset()
     #: (node, size_kib) -> pages we added to that pool
-    hugepages: Mapping[Pool, int] = field(default_factory=dict)
+    hugepages: Mapping[PoolKey, int] = field(default_factory=dict)
     #: (node, size_kib) -> pages this domain needs; promised to it between prepare and
     #: started, so concurrent prepares do not count the same free pages twice
-    need: Mapping[Pool, int] = field(default_factory=dict)
+    need: Mapping[PoolKey, int] = field(default_factory=dict)
     #: (node, size_kib) -> an nr_hugepages write journalled but not yet confirmed
-    hugepages_pending: Mapping[Pool, Pending] = field(default_factory=dict)
+    hugepages_pending: Mapping[PoolKey, Pending] = field(default_factory=dict)
     #: cpu.rt_runtime_us files we raised, parents first
     rt_budget: tuple[BudgetRecord, ...] = ()
     phase: str = "claimed"
@@ -169,6 +169,6 @@ def _str(v: Any) -> str:
     return v
 
 
-def _pool(key: str) -> Pool:
+def _pool(key: str) -> PoolKey:
     node, size = key.split(":")
     return int(node), int(size)

@@ -10,7 +10,7 @@ from numahook import faults
 from numahook import log as logmod
 from numahook.errors import NumahookError
 from numahook.host import hugepages, rtsched
-from numahook.host.hugepages import Pool
+from numahook.host.hugepages import PoolKey
 from numahook.state.statedir import ClaimJournal, StateDir
 
 log = logmod.get(__name__)
@@ -34,7 +34,7 @@ def hand_over(journal: ClaimJournal, sysfs_root: str = "/sys") -> None:
     others = sorted((c for c in journal.state.list_claims() if c.uuid != claim.uuid),
                     key=lambda c: c.created)
     keep = dict(claim.hugepages)
-    transfers: dict[str, dict[Pool, int]] = {}
+    transfers: dict[str, dict[PoolKey, int]] = {}
     for pool, added in sorted(claim.hugepages.items()):
         try:
             free = hugepages.counts(sysfs_root, pool).free

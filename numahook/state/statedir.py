@@ -30,7 +30,7 @@ from numahook import records
 from numahook.core.rtbudget import BudgetRecord
 from numahook.errors import InputError, StateError
 from numahook.host import fsutil
-from numahook.host.hugepages import Pending, Pool
+from numahook.host.hugepages import Pending, PoolKey
 from numahook.state.claims import UUID_PATTERN, Claim, check_uuid
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
@@ -261,7 +261,7 @@ class ClaimJournal:
         self.claim = claim
         return claim
 
-    def hugepages(self, added: dict[Pool, int], pending: dict[Pool, Pending]) -> None:
+    def hugepages(self, added: dict[PoolKey, int], pending: dict[PoolKey, Pending]) -> None:
         self.update(hugepages=added, hugepages_pending=pending)
 
     def rt_budget(self, records: list[BudgetRecord]) -> None:

@@ -36,7 +36,7 @@ from hypothesis import strategies as st
 from numahook import NAMESPACE, config
 from numahook.config import Config
 from numahook.core import cpulist, hardware, render, units
-from numahook.core.hardware import Inputs
+from numahook.core.plan import Inputs
 from numahook.errors import ConfigError, InputError, NumahookError
 from numahook.hook import main as hookmain
 from numahook.host import cgroups, fsutil, hugepages, inotify, libvirtstatus, procfs, sysfs, uevents

@@ -19,7 +19,7 @@ import pytest
 
 from numahook import NAMESPACE, config
 from numahook.core import domainxml, hardware, render
-from numahook.core.hardware import Inputs
+from numahook.core.plan import RENDER_VERSION, Inputs
 from numahook.core.topology import Topology
 from numahook.host import rtsched, sysfs
 from numahook.host.rtsched import RUNTIME
@@ -102,7 +102,7 @@ def test_plans_without_emulator_realtime_keep_their_digest(topo: Topology) -> No
               if f not in ("kept_pinning", "emulator_realtime")]
     import hashlib
 
-    raw = repr((hardware.RENDER_VERSION, fields)).encode()
+    raw = repr((RENDER_VERSION, fields)).encode()
     assert plan.digest() == "sha256:" + hashlib.sha256(raw).hexdigest()[:32]
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from numahook import NAMESPACE, config
 from numahook.core import allocate, hardware, render
-from numahook.core.hardware import Inputs
+from numahook.core.plan import Inputs
 from numahook.core.topology import Topology
 from numahook.errors import InputError, NumahookError, Refusal
 from numahook.host import sysfs

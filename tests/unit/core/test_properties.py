@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from numahook import NAMESPACE, config
 from numahook.core import cpulist, domainxml, hardware, render
-from numahook.core.hardware import Inputs, Plan
+from numahook.core.plan import Inputs, Plan
 from numahook.core.topology import Cpu, HugepagePool, Node, Topology
 from numahook.errors import Refusal
 from numahook.xml import safe

@@ -10,7 +10,7 @@ import pytest
 
 from numahook.errors import HostError, Refusal, StateError
 from numahook.host import fsutil, hugepages
-from numahook.host.hugepages import Pending, Pool
+from numahook.host.hugepages import Pending, PoolKey
 
 ROOT = os.geteuid() == 0
 REAL_POOL = Path("/sys/devices/system/node/node0/hugepages/hugepages-2048kB")
@@ -29,11 +29,11 @@ class FakeKernel:
         self.proc = root / "proc"
         (self.proc / "sys" / "vm").mkdir(parents=True)
         (self.proc / "sys" / "vm" / "compact_memory").write_text("")
-        self.capacity: dict[Pool, int] = {}
-        self.after_compaction: dict[Pool, int] = {}
+        self.capacity: dict[PoolKey, int] = {}
+        self.after_compaction: dict[PoolKey, int] = {}
         self.compactions = 0
-        self.refuse: set[Pool] = set()
-        self.writes: list[tuple[Pool, int]] = []
+        self.refuse: set[PoolKey] = set()
+        self.writes: list[tuple[PoolKey, int]] = []
         real_write = fsutil.write_knob
 
         def write(path: fsutil.PathLike, value: str, hint: str | None = None) -> None:
@@ -54,7 +54,7 @@ class FakeKernel:
 
         monkeypatch.setattr(hugepages.fsutil, "write_knob", write)
 
-    def pool_of(self, path: Path) -> Pool:
+    def pool_of(self, path: Path) -> PoolKey:
         size = int(path.parent.name[len("hugepages-") : -len("kB")])
         node = int(path.parent.parent.parent.name[len("node") :])
         return node, size
@@ -67,10 +67,10 @@ class FakeKernel:
             (d / f"{name}_hugepages").write_text(f"{value}\n")
         self.capacity[(node, size)] = capacity
 
-    def read(self, pool: Pool, what: str = "nr") -> int:
+    def read(self, pool: PoolKey, what: str = "nr") -> int:
         return int((hugepages.pool_dir(str(self.sys), pool) / f"{what}_hugepages").read_text())
 
-    def set_nr(self, pool: Pool, target: int) -> None:
+    def set_nr(self, pool: PoolKey, target: int) -> None:
         d = hugepages.pool_dir(str(self.sys), pool)
         nr, free = self.read(pool), self.read(pool, "free")
         if target > nr:
@@ -95,8 +95,8 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
     return k
 
 
-def reserve(k: FakeKernel, need: dict[Pool, int], journal: hugepages.Journal | None = None
-            ) -> dict[Pool, int]:
+def reserve(k: FakeKernel, need: dict[PoolKey, int], journal: hugepages.Journal | None = None
+            ) -> dict[PoolKey, int]:
     return hugepages.reserve(need, str(k.sys), str(k.proc), journal)
 
 
@@ -187,9 +187,9 @@ def test_refused_write_rolls_back_other_pools(kernel: FakeKernel) -> None:
 
 
 def test_journal_is_written_ahead_and_after(kernel: FakeKernel) -> None:
-    seen: list[tuple[dict[Pool, int], dict[Pool, Pending]]] = []
+    seen: list[tuple[dict[PoolKey, int], dict[PoolKey, Pending]]] = []
 
-    def journal(added: dict[Pool, int], pending: dict[Pool, Pending]) -> None:
+    def journal(added: dict[PoolKey, int], pending: dict[PoolKey, Pending]) -> None:
         # the intent is on record while sysfs still shows the old value
         if pending:
             assert kernel.read((0, 2048)) == pending[(0, 2048)].before
@@ -203,7 +203,7 @@ def test_journal_is_written_ahead_and_after(kernel: FakeKernel) -> None:
 
 
 def test_failing_journal_touches_nothing(kernel: FakeKernel) -> None:
-    def full(added: dict[Pool, int], pending: dict[Pool, Pending]) -> None:
+    def full(added: dict[PoolKey, int], pending: dict[PoolKey, Pending]) -> None:
         raise StateError("writing the claim failed: No space left on device; free space")
 
     with pytest.raises(StateError):
@@ -221,9 +221,9 @@ def test_crash_between_intent_and_outcome_can_be_rolled_back(
 ) -> None:
     kernel.capacity[(1, 2048)] = 5  # the kernel delivers fewer on node 1
     kernel.after_compaction[(1, 2048)] = 0
-    persisted: list[tuple[dict[Pool, int], dict[Pool, Pending]]] = [({}, {})]
+    persisted: list[tuple[dict[PoolKey, int], dict[PoolKey, Pending]]] = [({}, {})]
 
-    def journal(added: dict[Pool, int], pending: dict[Pool, Pending]) -> None:
+    def journal(added: dict[PoolKey, int], pending: dict[PoolKey, Pending]) -> None:
         if len(persisted) == kill_at + 1:
             raise Killed()
         persisted.append((added, pending))
@@ -261,7 +261,7 @@ def real_pool() -> Iterator[int]:
 
 def test_real_node0_reserve_and_release(real_pool: int) -> None:
     free = int((REAL_POOL / "free_hugepages").read_text())
-    journal: list[dict[Pool, int]] = []
+    journal: list[dict[PoolKey, int]] = []
     added = hugepages.reserve({(0, 2048): free + 4}, journal=lambda a, p: journal.append(a))
     assert added == {(0, 2048): 4}
     assert int((REAL_POOL / "nr_hugepages").read_text()) == real_pool + 4

@@ -271,7 +271,8 @@ def test_real_crash_after_raising_nr_hugepages_is_rolled_back(
     sd.save(j.claim)
     saves = 0
 
-    def journal(added: dict[hugepages.Pool, int], pending: dict[hugepages.Pool, Pending]) -> None:
+    def journal(added: dict[hugepages.PoolKey, int],
+                pending: dict[hugepages.PoolKey, Pending]) -> None:
         nonlocal saves
         saves += 1
         if saves == 2:
