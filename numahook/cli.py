@@ -25,9 +25,9 @@ from numahook.errors import (
     StateError,
 )
 from numahook.ops import hostinputs
+from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
-_MAX_STDIN = 10 * 1024 * 1024
 
 
 def _read_source(path: str) -> bytes:

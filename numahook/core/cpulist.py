@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
+from numahook.core.units import clip
 from numahook.errors import InputError
 
 #: Highest CPU id we accept. Linux's NR_CPUS tops out at 8192 on x86_64.
@@ -19,15 +20,10 @@ MAX_TEXT = 65536
 _ITEM = re.compile(r"([0-9]{1,5})(?:-([0-9]{1,5}))?")
 
 
-def _clip(text: str, limit: int = 40) -> str:
-    """Quote outside input for a message without echoing megabytes of it."""
-    return repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} chars)"
-
-
 def _range(item: str, what: str, limit: int) -> range:
     m = _ITEM.fullmatch(item)
     if not m:
-        raise InputError(f"{what} {_clip(item)} is not a number or a range A-B")
+        raise InputError(f"{what} {clip(item)} is not a number or a range A-B")
     lo = int(m.group(1))
     hi = int(m.group(2)) if m.group(2) is not None else lo
     if hi < lo:

@@ -7,7 +7,7 @@ decides what it means.
 from __future__ import annotations
 
 from numahook.core import cpulist
-from numahook.core.units import is_decimal, to_kib
+from numahook.core.units import clip, is_decimal, to_kib
 from numahook.errors import InputError
 from numahook.records import field, record
 
@@ -67,7 +67,7 @@ def _int(el: Any, attr: str | None, what: str, lo: int = 0, hi: int = 1 << 31) -
     text = (el.get(attr) if attr else el.text) or ""
     text = text.strip()
     if not is_decimal(text) or len(text) > 10 or not lo <= int(text) <= hi:
-        raise InputError(f"{what} {text[:40]!r} is not a whole number between {lo} and {hi}")
+        raise InputError(f"{what} {clip(text)} is not a whole number between {lo} and {hi}")
     return int(text)
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from numahook.core.metadata import RawRequest
-from numahook.core.units import is_decimal
+from numahook.core.units import clip, is_decimal
 from numahook.errors import InputError
 from numahook.records import record
 
@@ -35,7 +35,7 @@ def _bool(value: str | None, name: str) -> bool:
         return True
     if low == "false":
         return False
-    raise InputError(f"numahook:cpu {name}={value[:40]!r} must be \"true\" or \"false\"")
+    raise InputError(f"numahook:cpu {name}={clip(value)} must be \"true\" or \"false\"")
 
 
 def from_raw(raw: RawRequest) -> Request:
@@ -45,7 +45,7 @@ def from_raw(raw: RawRequest) -> Request:
         policy = policy.strip()
         if policy not in IO_THREADS_POLICIES:
             raise InputError(
-                f"numahook:cpu ioThreadsPolicy={policy[:40]!r} must be one of "
+                f"numahook:cpu ioThreadsPolicy={clip(policy)} must be one of "
                 f"{', '.join(IO_THREADS_POLICIES)}"
             )
     priority = 1
@@ -53,7 +53,7 @@ def from_raw(raw: RawRequest) -> Request:
         text = raw.realtime_priority.strip()
         if len(text) > 2 or not is_decimal(text) or not 1 <= int(text) <= 99:
             raise InputError(
-                f"numahook:realtime priority={text[:40]!r} must be a whole number from 1 to 99"
+                f"numahook:realtime priority={clip(text)} must be a whole number from 1 to 99"
             )
         priority = int(text)
     return Request(

@@ -17,10 +17,10 @@ from numahook import log as logmod
 from numahook.errors import NumahookError
 from numahook.ops import lifecycle
 from numahook.state.statedir import StateDir
+from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
 log = logmod.get("numahook.hook")
 
-_MAX_STDIN = 10 * 1024 * 1024
 #: calls whose failure must never reach libvirt
 _HARMLESS = {"stopped", "release", "reconnect", "attach"}
 

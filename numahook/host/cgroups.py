@@ -13,6 +13,7 @@ import re
 from pathlib import Path
 
 from numahook.core import cpulist
+from numahook.core.units import clip
 from numahook.errors import InputError
 from numahook.records import record
 
@@ -40,17 +41,17 @@ def validate_partition(partition: str | None) -> list[str]:
     """Split a partition into components, refusing anything that could escape the tree."""
     text = DEFAULT_PARTITION if partition is None else partition
     if not text.startswith("/") or len(text) > 512:
-        raise InputError(f"resource partition {text[:80]!r} must be an absolute path like "
+        raise InputError(f"resource partition {clip(text, 80)} must be an absolute path like "
                          "/machine or /machine/rt")
     parts = text.strip("/").split("/")
     if not parts or parts == [""]:
         raise InputError("resource partition '/' is the root cgroup; use /machine or below")
     if len(parts) > _MAX_DEPTH:
-        raise InputError(f"resource partition {text[:80]!r} nests deeper than {_MAX_DEPTH}")
+        raise InputError(f"resource partition {clip(text, 80)} nests deeper than {_MAX_DEPTH}")
     for p in parts:
         if not _COMPONENT.fullmatch(p):
             raise InputError(
-                f"resource partition {text[:80]!r} has component {p[:40]!r}; use letters, "
+                f"resource partition {clip(text, 80)} has component {clip(p)}; use letters, "
                 "digits, '_' and '-' only ('..', '.' and empty components are refused)"
             )
     return parts

@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from numahook import log as logmod
+from numahook.core.units import clip
 from numahook.errors import HostError, InputError, StateError
 
 log = logmod.get(__name__)
@@ -78,7 +79,7 @@ def read_int(path: PathLike) -> int:
         return int(text)
     except ValueError:
         raise InputError(
-            f"{os.fspath(path)} holds {text[:40]!r}, not an integer; check the kernel interface"
+            f"{os.fspath(path)} holds {clip(text)}, not an integer; check the kernel interface"
         ) from None
 
 

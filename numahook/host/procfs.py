@@ -10,12 +10,9 @@ import errno
 import os
 import re
 
-from numahook import log as logmod
 from numahook.core.units import is_decimal
 from numahook.errors import HostError, InputError
 from numahook.host import fsutil
-
-log = logmod.get(__name__)
 
 #: QEMU names its vCPU threads "CPU <index>/<accelerator>"; KVM and TCG are the ones we run.
 _VCPU_COMM = re.compile(r"^CPU ([0-9]{1,5})/(KVM|TCG)\Z")

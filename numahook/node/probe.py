@@ -22,6 +22,7 @@ from pathlib import Path
 from numahook.config import DEFAULT_PATH, Config
 from numahook.core import rtbudget
 from numahook.core.topology import Topology
+from numahook.core.units import clip
 from numahook.errors import HostError, InputError, NumahookError
 from numahook.host import cgroups, fsutil, rtsched, sysfs
 from numahook.node.cmdline import parse_cmdline
@@ -50,11 +51,11 @@ def pagesize_kib(text: str) -> int:
     """``2M``/``1G``/``2048k``/``2097152`` (bytes, as mount(8) takes it) to KiB."""
     m = _SIZE.fullmatch(text.strip())
     if not m:
-        raise InputError(f"hugetlbfs pagesize {text[:20]!r} is not a size like 2M or 1G")
+        raise InputError(f"hugetlbfs pagesize {clip(text, 20)} is not a size like 2M or 1G")
     number, unit = int(m.group(1)), m.group(2).upper()
     kib = {"": number // 1024, "K": number, "M": number * 1024, "G": number * 1024 * 1024}[unit]
     if kib <= 0:
-        raise InputError(f"hugetlbfs pagesize {text[:20]!r} is smaller than one KiB")
+        raise InputError(f"hugetlbfs pagesize {clip(text, 20)} is smaller than one KiB")
     return kib
 
 

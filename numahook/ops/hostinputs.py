@@ -6,15 +6,12 @@ libvirt's API, so the hook can call it without deadlocking libvirtd.
 
 from __future__ import annotations
 
-from numahook import log as logmod
 from numahook.config import Config
 from numahook.core import cpulist, metadata
 from numahook.core.plan import Inputs
 from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
 from numahook.records import record
 from numahook.state.statedir import StateDir
-
-log = logmod.get(__name__)
 
 #: lets libvirtd raise QEMU's RLIMIT_MEMLOCK, which <memoryBacking><locked/> needs
 CAP_SYS_RESOURCE = 24

@@ -317,10 +317,3 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
     designer.apply_host_side(doc.root, plan)
     audit("relocate", name, cpus=cpulist.format(plan.cpus))
     return safe.tostring(doc.root, doc.quote)
-
-
-def claim_summary(claim: Claim) -> str:
-    return (f"{claim.name} phase={claim.phase} cpus={cpulist.format(claim.cpus)} "
-            f"hugepages={dict(claim.hugepages)} rt_budget={len(claim.rt_budget)}")
-
-

@@ -138,16 +138,6 @@ def ensure(parent: etree._Element, tag: str, order: Sequence[str]) -> etree._Ele
     return insert(parent, etree.Element(tag), order)
 
 
-def replace_all(parent: etree._Element, tag: str, new: Sequence[etree._Element],
-                order: Sequence[str]) -> None:
-    """Replace every ``tag`` child with ``new`` (in that order), in place when possible."""
-    old = parent.findall(tag)
-    for el in old:
-        remove(el)
-    for el in new:
-        insert(parent, el, order)
-
-
 def element(tag: str, attrib: dict[str, str] | None = None,
             children: Sequence[etree._Element] = ()) -> etree._Element:
     el = etree.Element(tag, attrib or {})
