@@ -51,7 +51,7 @@ def _config(args: argparse.Namespace) -> configmod.Config:
                                                 "state_dir", "libvirt_run")
                  if getattr(args, k, None)}
     if overrides:
-        from dataclasses import replace
+        from numahook.records import replace
         cfg = replace(cfg, **overrides)
     return cfg
 

@@ -10,13 +10,10 @@ four times its own work. ``record`` builds the same methods from closures instea
   honouring ``field(repr=False)`` and ``field(compare=False)``; unhashable when not frozen;
 * ``frozen=True``: assignment raises ``dataclasses.FrozenInstanceError``.
 
-``field_names`` and ``replace`` serve numahook's own code without importing dataclasses.
-``dataclasses.fields``, ``replace``, ``asdict`` and ``is_dataclass`` work on records: the
-first access to ``__dataclass_fields__`` builds them from a real dataclass of the same
-fields (so only callers that use them import dataclasses). Not supported, and refused
-at class creation: base classes, ClassVar/InitVar, and ``field`` options other than
-default, default_factory, repr and compare. Introspection differs in one way: ``__init__``
-itself takes ``(*args, **kwargs)`` (``inspect.signature`` of the class is exact).
+``field_names`` and ``replace`` stand in for ``dataclasses.fields`` and ``replace``; the
+other functions of ``dataclasses`` do not know records. Not supported, and refused at
+class creation: base classes, ClassVar/InitVar, and ``field`` options other than
+default, default_factory, repr and compare. ``__init__`` takes ``(*args, **kwargs)``.
 
 ``NamedTuple`` is ``typing.NamedTuple`` without importing typing (only the field
 annotations stay strings, where typing makes them ForwardRefs).
@@ -38,8 +35,6 @@ if TYPE_CHECKING:
 
 MISSING = object()
 
-#: attributes dataclasses (and inspect) read, built from a real dataclass on first access
-_LAZY = ("__dataclass_fields__", "__dataclass_params__", "__signature__")
 _SPECS = "__record_fields__"
 _FROZEN = "__record_frozen__"
 
@@ -147,8 +142,6 @@ def _process(cls: type, frozen: bool) -> type:
         cls.__hash__ = None  # type: ignore[assignment]
     if sys.version_info >= (3, 10) and "__match_args__" not in own:
         cls.__match_args__ = tuple(f.name for f in specs)  # type: ignore[attr-defined]
-    for attr in _LAZY:
-        setattr(cls, attr, _DataclassView(attr))
     return cls
 
 
@@ -254,43 +247,6 @@ def _freeze(cls: type, fields: frozenset[str]) -> None:
     for fn in (__setattr__, __delattr__):
         fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
         setattr(cls, fn.__name__, fn)
-
-
-class _DataclassView:
-    """Class attribute standing for what ``@dataclass`` would have set: on first access,
-    a real dataclass with the same fields is made and its attributes replace these."""
-
-    def __init__(self, attr: str) -> None:
-        self.attr = attr
-
-    def __get__(self, obj: object, cls: type) -> object:
-        if obj is not None and self.attr == "__signature__":
-            raise AttributeError(self.attr)  # instances have none, as with dataclasses
-        shadow = _shadow(cls)
-        for attr in _LAZY:
-            setattr(cls, attr, shadow[attr])
-        return shadow[self.attr]
-
-
-def _shadow(cls: type) -> dict[str, object]:
-    import dataclasses
-    import inspect
-
-    specs: tuple[_Field, ...] = getattr(cls, _SPECS)
-    annotations = getattr(cls, "__annotations__", {})
-    ns: dict[str, object] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                             "__annotations__": {f.name: annotations[f.name] for f in specs}}
-    for f in specs:
-        kwargs: dict[str, object] = {"repr": f.repr, "compare": f.compare}
-        if f.default is not MISSING:
-            kwargs["default"] = f.default
-        if f.factory is not MISSING:
-            kwargs["default_factory"] = f.factory
-        ns[f.name] = dataclasses.field(**kwargs)  # type: ignore[call-overload]
-    made = dataclasses.dataclass(frozen=getattr(cls, _FROZEN))(type(cls.__name__, (), ns))
-    return {"__dataclass_fields__": made.__dataclass_fields__,
-            "__dataclass_params__": made.__dataclass_params__,  # type: ignore[attr-defined]
-            "__signature__": inspect.signature(made)}
 
 
 class _NamedTupleMeta(type):

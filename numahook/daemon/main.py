@@ -11,7 +11,6 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
 from numahook import NAMESPACE, __version__
@@ -26,6 +25,7 @@ from numahook.host import uevents
 from numahook.node import probe as node  # node.probe(): what this host can do
 from numahook.node import publish
 from numahook.ops import status
+from numahook.records import replace
 from numahook.state.statedir import StateDir
 
 log = logging.getLogger("numahookd")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from numahook.config import Config
 from numahook.core import render
 from numahook.ops import hostinputs
+from numahook.records import replace
 from tests.fixtures.hosts import HOSTS, host_roots
 from tests.golden.cases import CASES, DATA, Case
 

@@ -17,7 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from numahook import NAMESPACE, config
+from numahook import NAMESPACE, config, records
 from numahook.core import domainxml, hardware, render
 from numahook.core.plan import RENDER_VERSION, Inputs
 from numahook.core.topology import Topology
@@ -98,7 +98,7 @@ def test_definition_without_emulatorsched_is_tolerated_where_it_could_be(
 
 def test_plans_without_emulator_realtime_keep_their_digest(topo: Topology) -> None:
     plan = render.render(domain(isolate=False), inputs(topo)).plan
-    fields = [(f, getattr(plan, f)) for f in plan.__dataclass_fields__
+    fields = [(f, getattr(plan, f)) for f in records.field_names(plan)
               if f not in ("kept_pinning", "emulator_realtime")]
     import hashlib
 

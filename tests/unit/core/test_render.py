@@ -9,7 +9,6 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,6 +19,7 @@ from numahook.core.plan import Inputs
 from numahook.core.topology import Topology
 from numahook.errors import Refusal
 from numahook.host import sysfs
+from numahook.records import replace
 from numahook.xml import safe
 from tests.fixtures.hosts import HOSTS, build_sysfs, host_roots
 

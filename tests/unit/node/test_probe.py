@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from numahook.config import Config
 from numahook.core import cpulist
 from numahook.errors import HostError, InputError
 from numahook.node import cmdline, model, probe, report
+from numahook.records import replace
 from tests.fixtures.hosts import HOSTS, HUGE_1G, HUGE_2M, host_roots
 
 RT_CPUS = frozenset(range(2, 20)) | frozenset(range(42, 60))

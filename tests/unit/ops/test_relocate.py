@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -11,6 +10,7 @@ from numahook.config import Config
 from numahook.core import domainxml
 from numahook.errors import Refusal
 from numahook.ops import lifecycle
+from numahook.records import replace
 from numahook.state.statedir import StateDir
 from numahook.xml import safe
 from tests.fixtures.hosts import host_roots
