@@ -6,6 +6,7 @@ the modules that were taken out of the hook's path from coming back, without tim
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,16 +49,38 @@ def fixture_host(tmp_path: Path) -> tuple[Path, str]:
     return conf, (DATA / f"{case.id}-out.xml").read_text()
 
 
-def test_managed_hook_calls_stay_out_of_the_heavy_modules(tmp_path: Path) -> None:
+def hook_modules(tmp_path: Path) -> list[str]:
+    """Every module a managed prepare, started and release load, as libvirtd runs them."""
     conf, xml = fixture_host(tmp_path)
     proc = subprocess.run([sys.executable, "-I", "-c", _HOOK, str(REPO),
                            str(tmp_path / "state")], input=xml, capture_output=True, text=True,
                           env={"NUMAHOOK_CONFIG": str(conf)}, check=False)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""
-    loaded = {m.split(".")[0] for m in proc.stdout.split()}
+    return proc.stdout.split()
+
+
+def test_managed_hook_calls_stay_out_of_the_heavy_modules(tmp_path: Path) -> None:
+    loaded = {m.split(".")[0] for m in hook_modules(tmp_path)}
     assert "numahook" in loaded
     assert sorted(loaded.intersection(NOT_IN_HOOK)) == []
+
+
+def test_ruffs_import_budget_covers_exactly_the_hooks_modules(tmp_path: Path) -> None:
+    """pyproject.toml bans NOT_IN_HOOK at module level (ruff TID253) in the files listed
+    there; that list must be the hook's own modules, no more and no fewer."""
+    files = set()
+    for name in hook_modules(tmp_path):
+        if name == "numahook" or name.startswith("numahook."):
+            path = Path(*name.split("."))
+            files.add(str(path / "__init__.py") if (REPO / path).is_dir() else f"{path}.py")
+    text = (REPO / "pyproject.toml").read_text()
+    listed = re.search(r'^"!\{([^}]*)\}" = \["TID253"\]$', text, re.MULTILINE)
+    assert listed, "pyproject.toml has no TID253 exemption for files outside the hook's path"
+    assert set(listed.group(1).split(",")) == files
+    banned = re.search(r"banned-module-level-imports = \[([^]]*)\]", text)
+    assert banned
+    assert set(re.findall(r'"([a-z]+)"', banned.group(1))) == set(NOT_IN_HOOK)
 
 
 def test_the_sh_front_runs_the_hook_as_libvirtd_does(tmp_path: Path) -> None:
