@@ -12,10 +12,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from numahook import __version__
 from numahook import config as configmod
 from numahook.core import cpulist, explain, render
+from numahook.core.plan import Inputs
 from numahook.errors import (
     ConfigError,
     HostError,
@@ -25,6 +27,7 @@ from numahook.errors import (
     StateError,
 )
 from numahook.ops import hostinputs
+from numahook.ops.hostinputs import CpuSource
 from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
@@ -56,7 +59,7 @@ def _config(args: argparse.Namespace) -> configmod.Config:
     return cfg
 
 
-def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[object, object]:
+def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[Inputs, CpuSource]:
     cfg = _config(args)
     override = cpulist.parse(args.cpuset, "--cpuset") if args.cpuset is not None else None
     from numahook.state.statedir import StateDir
@@ -68,7 +71,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     source = _read_source(args.file)
     doc = render.parse(source)
     inp, _ = _inputs(args, doc)
-    result = render.render_parsed(doc, inp)  # type: ignore[arg-type]
+    result = render.render_parsed(doc, inp)
     if args.diff:
         before = source.decode("utf-8", "replace").splitlines(keepends=True)
         after = (result.xml + "\n").splitlines(keepends=True)
@@ -82,16 +85,16 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     doc = render.parse(_read_source(args.file))
     inp, view = _inputs(args, doc)
-    ev = render.evaluate(doc, inp)  # type: ignore[arg-type]
+    ev = render.evaluate(doc, inp)
     if args.json:
         out = explain.evaluation_dict(doc.facts.name, ev)
-        out["available_cpus"] = cpulist.format(inp.available)  # type: ignore[attr-defined]
-        out["host"] = view.describe()  # type: ignore[attr-defined]
+        out["available_cpus"] = cpulist.format(inp.available)
+        out["host"] = view.describe()
         json.dump(out, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
         print(explain.evaluation_text(doc.facts.name, ev))
-        print(f"  host: {view.describe()}")  # type: ignore[attr-defined]
+        print(f"  host: {view.describe()}")
     return EXIT_OK if ev.failed is None else EXIT_REFUSED
 
 
@@ -110,7 +113,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _libvirt(uri: str, readonly: bool = False) -> object:
+def _libvirt(uri: str, readonly: bool = False) -> Any:
     try:
         import libvirt
     except ImportError:
@@ -134,7 +137,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
     conn = _libvirt(args.uri or cfg.libvirt_uri)
     try:
         try:
-            dom = conn.lookupByName(args.name)  # type: ignore[attr-defined]
+            dom = conn.lookupByName(args.name)
         except libvirt.libvirtError:
             raise InputError(f"libvirt has no domain named {args.name!r}; check `virsh list "
                              "--all`") from None
@@ -146,7 +149,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                             "try again") from None
     finally:
         try:
-            conn.close()  # type: ignore[attr-defined]
+            conn.close()
         except libvirt.libvirtError:
             pass
     if outcome is None:
@@ -171,7 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc = status.collect(cfg, conn)
     finally:
         if conn is not None:
-            conn.close()  # type: ignore[attr-defined]
+            conn.close()
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

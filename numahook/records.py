@@ -64,7 +64,7 @@ def replace(obj: _T, **changes: object) -> _T:
     """``dataclasses.replace`` for a record: a new one with ``changes`` applied."""
     values = {f.name: getattr(obj, f.name) for f in getattr(obj, _SPECS)}
     values.update(changes)
-    return obj.__class__(**values)  # type: ignore[call-arg]
+    return obj.__class__(**values)
 
 
 def _record(cls: type | None = None, *, frozen: bool = False) -> object:
@@ -136,12 +136,13 @@ def _process(cls: type, frozen: bool) -> type:
 
         fn = __hash__
         fn.__qualname__ = f"{qual}.__hash__"
+        # mypy types __hash__ as a method of object, not a slot a class decorator fills
         cls.__hash__ = fn  # type: ignore[assignment]
         _freeze(cls, frozenset(f.name for f in specs))
     elif not explicit_hash:
-        cls.__hash__ = None  # type: ignore[assignment]
+        cls.__hash__ = None  # type: ignore[assignment]  # unhashable, as dataclasses does
     if sys.version_info >= (3, 10) and "__match_args__" not in own:
-        cls.__match_args__ = tuple(f.name for f in specs)  # type: ignore[attr-defined]
+        setattr(cls, "__match_args__", tuple(f.name for f in specs))  # noqa: B010
     return cls
 
 
@@ -152,7 +153,7 @@ def _key(compared: list[str]) -> Callable[[object], tuple[object, ...]]:
     if len(compared) == 1:
         one = operator.attrgetter(compared[0])
         return lambda self: (one(self),)
-    return operator.attrgetter(*compared)  # type: ignore[return-value]
+    return operator.attrgetter(*compared)
 
 
 def _init(cls: type, specs: list[_Field]) -> Callable[..., None]:
@@ -185,6 +186,7 @@ def _init(cls: type, specs: list[_Field]) -> Callable[..., None]:
                 elif default is not MISSING:
                     values[name] = default
                 elif factory is not MISSING:
+                    # _Field.factory is typed object so MISSING fits; here it is callable
                     values[name] = factory()  # type: ignore[operator]
                 else:
                     missing.append(name)
@@ -199,6 +201,7 @@ def _init(cls: type, specs: list[_Field]) -> Callable[..., None]:
             if missing:
                 raise TypeError(f"{qual}.__init__() missing {_count_names(missing)}")
         if post_init:
+            # post_init says the class defines it; mypy sees only the generic self
             self.__post_init__()  # type: ignore[attr-defined]
 
     return __init__
@@ -235,14 +238,14 @@ def _freeze(cls: type, fields: frozenset[str]) -> None:
             from dataclasses import FrozenInstanceError
 
             raise FrozenInstanceError(f"cannot assign to field {name!r}")
-        super(cls, self).__setattr__(name, value)  # type: ignore[misc]
+        object.__setattr__(self, name, value)  # a record has no base class
 
     def __delattr__(self: object, name: str) -> None:
         if type(self) is cls or name in fields:
             from dataclasses import FrozenInstanceError
 
             raise FrozenInstanceError(f"cannot delete field {name!r}")
-        super(cls, self).__delattr__(name)  # type: ignore[misc]
+        object.__delattr__(self, name)
 
     for fn in (__setattr__, __delattr__):
         fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
@@ -258,6 +261,7 @@ class _NamedTupleMeta(type):
             return super().__new__(mcls, name, bases, ns)
         if bases != (NamedTuple,):
             raise TypeError("can only inherit from a NamedTuple type and Generic")
+        # a class namespace maps "__annotations__" to a dict (typed object in ns)
         annotations: dict[str, object] = ns.get("__annotations__", {})  # type: ignore[assignment]
         with_default: list[str] = []
         for field_name in annotations:
@@ -267,9 +271,11 @@ class _NamedTupleMeta(type):
                 raise TypeError(f"Non-default namedtuple field {field_name} cannot follow "
                                 f"default field{'s' if len(with_default) > 1 else ''} "
                                 f"{', '.join(with_default)}")
+        # mypy checks namedtuple() calls as class definitions (literal fields and defaults);
+        # this one builds a namedtuple class at run time, as typing.NamedTuple does
         tpl = collections.namedtuple(name, list(annotations),  # type: ignore[misc]
-                                     defaults=[ns[n] for n in with_default],
-                                     module=ns["__module__"])
+                                     defaults=[ns[n] for n in with_default],  # type: ignore[misc]
+                                     module=str(ns["__module__"]))
         tpl.__annotations__ = tpl.__new__.__annotations__ = dict(annotations)
         for key, value in ns.items():
             if key in _TUPLE_PROHIBITED:

@@ -36,7 +36,8 @@ def _units(topo: Topology, cpus: frozenset[int], threads: int) -> list[tuple[int
     cores: dict[tuple[int, int, int], list[int]] = {}
     for c in sorted(cpus):
         cores.setdefault(topo.core_key(c), []).append(c)
-    whole, split = [], []
+    whole: list[list[int]] = []
+    split: list[list[int]] = []
     for key in sorted(cores):
         free = cores[key]
         online_siblings = topo.cpus[free[0]].siblings
@@ -85,9 +86,11 @@ def _choose_nodes(topo: Topology, caps: dict[int, tuple[int, int]], units: int,
 
     if len(ids) <= _EXHAUSTIVE_NODES:
         for k in range(1, len(ids) + 1):
-            combos = [c for c in itertools.combinations(ids, k) if fits(c)]
+            combos: list[tuple[int, ...]] = [c for c in itertools.combinations(ids, k)
+                                             if fits(c)]
             if combos:
-                return sorted(min(combos, key=score))
+                best = min(combos, key=score)
+                return sorted(best)
         return []
     # many nodes: largest first, then the best-fitting last node
     order = sorted(ids, key=lambda n: (-caps[n][0], n))

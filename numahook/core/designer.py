@@ -8,6 +8,8 @@ else (devices, comments, other metadata, unknown elements) byte-for-byte alone.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from lxml import etree
 
 from numahook.core import cpulist
@@ -26,8 +28,8 @@ from numahook.xml.edit import (
 )
 
 
-def _fmt(cpus: object) -> str:
-    return cpulist.format(cpus)  # type: ignore[arg-type]
+def _fmt(cpus: Iterable[int]) -> str:
+    return cpulist.format(cpus)
 
 
 def set_cputune(root: etree._Element, plan: Plan) -> None:

@@ -131,12 +131,13 @@ def read(root: Any) -> DomainFacts:
     }
 
     topo_el = root.find("cpu/topology")
-    topology = None
+    topology: tuple[int, int, int, int] | None = None
     if topo_el is not None:
-        topology = tuple(
+        sockets, dies, cores, threads = (
             _int(topo_el, a, f"<topology {a}>", 1, MAX_VCPUS) if topo_el.get(a) else 1
             for a in ("sockets", "dies", "cores", "threads")
         )
+        topology = (sockets, dies, cores, threads)
 
     ids: list[int] = []
     idlist = root.findall("iothreadids/iothread")
@@ -194,7 +195,7 @@ def read(root: Any) -> DomainFacts:
         memory_kib=memory,
         hugepages=hp is not None,
         page_sizes=tuple(page_sizes),
-        topology=topology,  # type: ignore[arg-type]
+        topology=topology,
         iothread_ids=tuple(ids),
         partition=(root.findtext("resource/partition") or "").strip() or None,
         vcpupin=vcpupin,

@@ -53,9 +53,10 @@ def evaluation_text(name: str, ev: Evaluation) -> str:
     if plan is not None:
         pins = ", ".join(f"{v}->{c}" for v, c in enumerate(plan.vcpu_pins))
         lines.append(f"  pinning: vCPU {pins}; emulator {cpulist.format(plan.emulator)}")
-        for c in plan.cells:
-            lines.append(f"  cell {c.id}: host node {c.host_node}, vCPUs "
-                         f"{cpulist.format(c.vcpus)}, {c.memory_kib} KiB ({c.pages} pages)")
+        for cell in plan.cells:
+            lines.append(f"  cell {cell.id}: host node {cell.host_node}, vCPUs "
+                         f"{cpulist.format(cell.vcpus)}, {cell.memory_kib} KiB "
+                         f"({cell.pages} pages)")
         if plan.realtime_vcpus:
             lines.append(f"  realtime: vCPUs {cpulist.format(plan.realtime_vcpus)} SCHED_FIFO "
                          f"priority {plan.priority}"

@@ -8,10 +8,14 @@ refuses a child whose bandwidth would exceed its parent's.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 
 from numahook.records import NamedTuple
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
 
 #: The kernel compares bandwidths as ``(runtime << 20) / period`` (kernel/sched/core.c).
 BW_SHIFT = 20
@@ -75,22 +79,23 @@ class Tree(NamedTuple):
     ``others`` the (runtime, period) of every child that is not on our paths.
     """
 
-    groups: Sequence[Hashable]
-    kids: Mapping[Hashable, list[Hashable]]
-    current: Mapping[Hashable, tuple[int, int]]
-    others: Mapping[Hashable, list[tuple[int, int]]]
-    leaves: AbstractSet[Hashable]
-    root: Hashable
+    # Any: the adapter's groups are paths; this module only needs them hashable
+    groups: Sequence[Any]
+    kids: Mapping[Any, Sequence[Any]]
+    current: Mapping[Any, tuple[int, int]]
+    others: Mapping[Any, list[tuple[int, int]]]
+    leaves: AbstractSet[Any]
+    root: Any
 
 
-def solve(tree: Tree, budget: int, root_ratio: int) -> dict[Hashable, int] | None:
+def solve(tree: Tree, budget: int, root_ratio: int) -> dict[Any, int] | None:
     """New runtimes giving every leaf ``budget``, or None where the kernel would refuse.
 
     Each group keeps at least its current value and is raised to cover its children
     (ours at the planned budget, others as they are); at the top, all groups together
     must fit the root's bandwidth.
     """
-    new: dict[Hashable, int] = {}
+    new: dict[Any, int] = {}
     for n in reversed(tree.groups):  # children first
         runtime, period = tree.current[n]
         below = tree.others[n] + [(new[k], tree.current[k][1]) for k in tree.kids[n]]

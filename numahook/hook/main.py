@@ -1,6 +1,6 @@
 """Dispatch one libvirt hook call: ``DOMAIN OP SUBOP EXTRA`` with the domain XML on stdin.
 
-What a failure does depends on the call (see ARCHITECTURE.md): a non-zero exit aborts
+What a failure does depends on the call (docs/architecture.md): a non-zero exit aborts
 ``prepare``, ``started``, ``migrate`` and ``restore``; on ``reconnect`` it would make
 libvirtd kill the running VM, so there, and for ``stopped``/``release``, this always
 exits 0. stderr is shown to the user by libvirt: one sentence, never a traceback.

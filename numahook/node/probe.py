@@ -242,7 +242,7 @@ def check_libvirt(uri: str, timeout: float = 3.0) -> bool | None:
     wedged libvirtd cannot hang the caller; it is abandoned, not killed, on timeout.
     """
     try:
-        import libvirt  # type: ignore[import-not-found]
+        import libvirt
     except ImportError:
         return None
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)

@@ -36,7 +36,7 @@ def rerender(xml: str, cfg: Config, state: StateDir | None) -> Outcome | None:
     if doc.request is None or not doc.request.managed:
         return None
     name = doc.facts.name
-    before = metadata.rendered(metadata.find(doc.root))  # type: ignore[arg-type]
+    before = metadata.rendered(metadata.find(doc.root))
     facts = doc.facts
     try:
         inputs, _ = hostinputs.gather(cfg, facts.partition, facts.uuid or None, state=state)

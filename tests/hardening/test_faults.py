@@ -586,7 +586,7 @@ def test_daemon_connection_drops_and_reconnects_with_backoff(
 
 
 def test_hook_never_calls_libvirt(host: Host) -> None:
-    """No connection can drop under the hook: it never imports libvirt (ARCHITECTURE)."""
+    """No connection can drop under the hook: it never imports libvirt (docs/architecture.md)."""
     fault("libvirt-hook-no-connection")
     xml = rendered(host)
     code = ("import io, sys\n"
