@@ -151,7 +151,7 @@ def rendered(el: Any) -> Rendered | None:
     return Rendered(digest=found.get("digest", ""), host=found.get("host", ""))
 
 
-def set_rendered(el: Any, record: Rendered) -> None:
+def set_rendered(el: Any, mark: Rendered) -> None:
     """Record what this rendering was computed from, so later checks are a string compare."""
     from lxml import etree
 
@@ -160,5 +160,5 @@ def set_rendered(el: Any, record: Rendered) -> None:
     found = el.find(f"{NS}rendered")
     if found is None:
         found = insert(el, etree.Element(f"{NS}rendered"), ("cpu", f"{NS}cpu", f"{NS}rendered"))
-    found.set("digest", record.digest)
-    found.set("host", record.host)
+    found.set("digest", mark.digest)
+    found.set("host", mark.host)

@@ -264,5 +264,5 @@ class ClaimJournal:
     def hugepages(self, added: dict[PoolKey, int], pending: dict[PoolKey, Pending]) -> None:
         self.update(hugepages=added, hugepages_pending=pending)
 
-    def rt_budget(self, records: list[BudgetRecord]) -> None:
-        self.update(rt_budget=tuple(records))
+    def rt_budget(self, budget: list[BudgetRecord]) -> None:
+        self.update(rt_budget=tuple(budget))
