@@ -21,7 +21,7 @@ from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
 from numahook.ops import hostinputs, lifecycle, redefine
 from numahook.state.recovery import rollback
 from numahook.state.statedir import ClaimJournal, StateDir
-from numahook.xml import safe
+from numahook.xml import safe as xmlsafe
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ class Reconciler:
                 rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
             except NumahookError:
                 rt = frozenset()
-        return RunningManaged(st, safe.tostring(st.domain), rt, req.realtime_priority,
+        return RunningManaged(st, xmlsafe.tostring(st.domain), rt, req.realtime_priority,
                               bool(rt and req.isolate_emulator))
 
     # -- realtime backstop ----------------------------------------------------------
