@@ -238,14 +238,15 @@ def _freeze(cls: type, fields: frozenset[str]) -> None:
             from dataclasses import FrozenInstanceError
 
             raise FrozenInstanceError(f"cannot assign to field {name!r}")
-        object.__setattr__(self, name, value)  # a record has no base class
+        # a subclass may mix in its own __setattr__; mypy wants self typed as cls for super()
+        super(cls, self).__setattr__(name, value)  # type: ignore[arg-type]
 
     def __delattr__(self: object, name: str) -> None:
         if type(self) is cls or name in fields:
             from dataclasses import FrozenInstanceError
 
             raise FrozenInstanceError(f"cannot delete field {name!r}")
-        object.__delattr__(self, name)
+        super(cls, self).__delattr__(name)  # type: ignore[arg-type]  # as in __setattr__
 
     for fn in (__setattr__, __delattr__):
         fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
