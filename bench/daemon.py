@@ -62,8 +62,9 @@ def cli(*args: str, stdin: str | None = None) -> str:
 
 def rerender(conn: Any, name: str) -> None:
     """What ``numahook apply NAME`` does: render for the CPUs free now, redefine."""
-    from numahook import config, redefine
-    from numahook.state import StateDir
+    from numahook import config
+    from numahook.ops import redefine
+    from numahook.state.statedir import StateDir
 
     cfg = config.load()
     out = redefine.apply(conn, conn.lookupByName(name), cfg, StateDir(cfg.state_dir))
@@ -215,7 +216,7 @@ def in_process_passes(conf: Path, steady: int) -> dict[str, Any]:
 
     from numahook import config
     from numahook.daemon.reconcile import Reconciler
-    from numahook.state import StateDir
+    from numahook.state.statedir import StateDir
 
     # the refusals of the inactive domains (no CPU is free) are expected: keep them quiet
     logging.getLogger("numahook").setLevel(logging.ERROR)

@@ -32,9 +32,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from numahook import NAMESPACE, config, render, sysfs  # noqa: E402
-from numahook.design import Inputs  # noqa: E402
-from numahook.topology import Topology  # noqa: E402
+from numahook import NAMESPACE, config  # noqa: E402
+from numahook.core import render  # noqa: E402
+from numahook.core.plan import Inputs  # noqa: E402
+from numahook.core.topology import Topology  # noqa: E402
+from numahook.host import sysfs  # noqa: E402
 from tests.fixtures.hosts import HOSTS, build_sysfs  # noqa: E402
 
 HOST = "bench-8n-256"

@@ -325,7 +325,7 @@ def floors(runs: int = 10) -> dict[str, Any]:
         return (time.perf_counter() - t0) * 1e3
 
     bare = [timed("pass") for _ in range(runs)]
-    imports = [timed("import numahook.hook.main, numahook.lifecycle, numahook.rtsched")
+    imports = [timed("import numahook.hook.main, numahook.ops.lifecycle, numahook.host.rtsched")
                for _ in range(runs)]
     return {"python_start": summary(bare), "python_with_hook_imports": summary(imports)}
 

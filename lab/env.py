@@ -34,9 +34,9 @@ STATE = STATE_DIR / "state.json"
 LOCK = STATE_DIR / "lock"
 PYTHON = "/usr/bin/python3"
 
-#: Debian packages the lab needs (LAB.md's set, plus what installing numahook and the
-#: probe's tools need). numahook's own runtime dependencies come from Debian too, because
-#: the checkout is installed with --no-deps.
+#: Debian packages the lab needs (docs/architecture.md, "The lab"; plus what installing
+#: numahook and the probe's tools need). numahook's own runtime dependencies come from
+#: Debian too, because the checkout is installed with --no-deps.
 PACKAGES = [
     "libvirt-daemon-system",
     "libvirt-daemon-driver-qemu",

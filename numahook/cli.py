@@ -12,9 +12,12 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from typing import Any
 
-from numahook import __version__, cpulist, explain, hostinputs, render
+from numahook import __version__
 from numahook import config as configmod
+from numahook.core import cpulist, explain, render
+from numahook.core.plan import Inputs
 from numahook.errors import (
     ConfigError,
     HostError,
@@ -23,9 +26,11 @@ from numahook.errors import (
     Refusal,
     StateError,
 )
+from numahook.ops import hostinputs
+from numahook.ops.hostinputs import CpuSource
+from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
-_MAX_STDIN = 10 * 1024 * 1024
 
 
 def _read_source(path: str) -> bytes:
@@ -49,15 +54,15 @@ def _config(args: argparse.Namespace) -> configmod.Config:
                                                 "state_dir", "libvirt_run")
                  if getattr(args, k, None)}
     if overrides:
-        from dataclasses import replace
+        from numahook.records import replace
         cfg = replace(cfg, **overrides)
     return cfg
 
 
-def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[object, object]:
+def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[Inputs, CpuSource]:
     cfg = _config(args)
     override = cpulist.parse(args.cpuset, "--cpuset") if args.cpuset is not None else None
-    from numahook.state import StateDir
+    from numahook.state.statedir import StateDir
     state = StateDir(cfg.state_dir) if not args.no_state else None
     return hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None, override, state)
 
@@ -66,7 +71,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     source = _read_source(args.file)
     doc = render.parse(source)
     inp, _ = _inputs(args, doc)
-    result = render.render_parsed(doc, inp)  # type: ignore[arg-type]
+    result = render.render_parsed(doc, inp)
     if args.diff:
         before = source.decode("utf-8", "replace").splitlines(keepends=True)
         after = (result.xml + "\n").splitlines(keepends=True)
@@ -80,35 +85,35 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     doc = render.parse(_read_source(args.file))
     inp, view = _inputs(args, doc)
-    ev = render.evaluate(doc, inp)  # type: ignore[arg-type]
+    ev = render.evaluate(doc, inp)
     if args.json:
         out = explain.evaluation_dict(doc.facts.name, ev)
-        out["available_cpus"] = cpulist.format(inp.available)  # type: ignore[attr-defined]
-        out["host"] = view.describe()  # type: ignore[attr-defined]
+        out["available_cpus"] = cpulist.format(inp.available)
+        out["host"] = view.describe()
         json.dump(out, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
         print(explain.evaluation_text(doc.facts.name, ev))
-        print(f"  host: {view.describe()}")  # type: ignore[attr-defined]
+        print(f"  host: {view.describe()}")
     return EXIT_OK if ev.failed is None else EXIT_REFUSED
 
 
 def cmd_node(args: argparse.Namespace) -> int:
     """Report whether this node is real-time capable and why; a report, so exit 0."""
-    from numahook import node
+    from numahook.node import probe, report
 
     cfg = _config(args)
-    reachable = None if args.no_libvirt else node.check_libvirt(cfg.libvirt_uri)
-    cap = node.probe(cfg, reachable)  # HostError (exit 3) only if the host cannot be read
+    reachable = None if args.no_libvirt else probe.check_libvirt(cfg.libvirt_uri)
+    cap = probe.probe(cfg, reachable)  # HostError (exit 3) only if the host cannot be read
     if args.json:
         json.dump(cap.to_json(), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        print(node.text_report(cap))
+        print(report.text_report(cap))
     return EXIT_OK
 
 
-def _libvirt(uri: str, readonly: bool = False) -> object:
+def _libvirt(uri: str, readonly: bool = False) -> Any:
     try:
         import libvirt
     except ImportError:
@@ -125,14 +130,14 @@ def _libvirt(uri: str, readonly: bool = False) -> object:
 def cmd_apply(args: argparse.Namespace) -> int:
     import libvirt
 
-    from numahook import redefine
-    from numahook.state import StateDir
+    from numahook.ops import redefine
+    from numahook.state.statedir import StateDir
 
     cfg = _config(args)
     conn = _libvirt(args.uri or cfg.libvirt_uri)
     try:
         try:
-            dom = conn.lookupByName(args.name)  # type: ignore[attr-defined]
+            dom = conn.lookupByName(args.name)
         except libvirt.libvirtError:
             raise InputError(f"libvirt has no domain named {args.name!r}; check `virsh list "
                              "--all`") from None
@@ -144,7 +149,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                             "try again") from None
     finally:
         try:
-            conn.close()  # type: ignore[attr-defined]
+            conn.close()
         except libvirt.libvirtError:
             pass
     if outcome is None:
@@ -157,7 +162,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from numahook import status
+    from numahook.ops import status
 
     cfg = _config(args)
     conn = None
@@ -169,7 +174,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         doc = status.collect(cfg, conn)
     finally:
         if conn is not None:
-            conn.close()  # type: ignore[attr-defined]
+            conn.close()
     if args.json:
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")

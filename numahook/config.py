@@ -145,6 +145,7 @@ def parse(text: str, source: str = "<string>") -> Config:
     if len(text) > _MAX_CONFIG:
         raise ConfigError(f"{source}: the file is larger than {_MAX_CONFIG} bytes")
     cp = configparser.ConfigParser(interpolation=None, strict=True)
+    # keys fold to lower case: configparser's documented hook, typed as a method by typeshed
     cp.optionxform = str.lower  # type: ignore[assignment,method-assign]
     try:
         cp.read_string(text, source)

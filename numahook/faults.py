@@ -32,9 +32,9 @@ POINTS = (
     "release.after-rollback",  # lifecycle.release: everything given back, claim dropped
     "hugepages.pending",  # hugepages._Ledger.change: intent journalled, knob not written
     "hugepages.written",  # hugepages._Ledger.change: knob written, outcome not journalled
-    "rtsched.intent",  # rtsched.delegate: intent journalled, cpu.rt_runtime_us not written
-    "rtsched.written",  # rtsched.delegate: written, not yet journalled as applied
-    "rollback.hugepages-released",  # state.rollback: pages given back, budget not yet
+    "rtsched.intent",  # rtgroups.delegate: intent journalled, cpu.rt_runtime_us not written
+    "rtsched.written",  # rtgroups.delegate: written, not yet journalled as applied
+    "rollback.hugepages-released",  # recovery.rollback: pages given back, budget not yet
 )
 
 #: Faults that change behaviour instead of killing (:func:`hit`), for the daemon's tests.

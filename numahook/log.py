@@ -13,10 +13,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    import logging
+    from types import ModuleType
+
 DEBUG, INFO, WARNING, ERROR, CRITICAL = 10, 20, 30, 40, 50
 
 #: the ``syslog`` module once to_syslog() was called; None: stdlib logging
-_syslog = None
+_syslog: ModuleType | None = None
 _threshold = INFO
 #: our levels to syslog priorities (LOG_DEBUG, LOG_INFO, LOG_WARNING, LOG_ERR, LOG_CRIT)
 _PRIORITY = {DEBUG: 7, INFO: 6, WARNING: 4, ERROR: 3, CRITICAL: 2}
@@ -29,7 +34,7 @@ class Logger:
 
     def __init__(self, name: str) -> None:
         self.name = name
-        self._std = None  # logging.Logger, looked up at the first forwarded call
+        self._std: logging.Logger | None = None  # looked up at the first forwarded call
 
     def debug(self, msg: str, *args: object) -> None:
         self._log(DEBUG, msg, args)
@@ -100,6 +105,7 @@ def _emit(level: int, msg: str, args: tuple[object, ...], exc_info: bool) -> Non
     # syslog() refuses NULs and lone surrogates (bytes of a non-UTF-8 file): escape them
     text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\\x00")
     try:
-        _syslog.syslog(_PRIORITY.get(level, 6), text)  # type: ignore[union-attr]
+        assert _syslog is not None  # _emit is only called once to_syslog() set it
+        _syslog.syslog(_PRIORITY.get(level, 6), text)
     except (OSError, ValueError):  # nothing left to tell, and stderr is the user's message
         pass

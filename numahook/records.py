@@ -10,13 +10,10 @@ four times its own work. ``record`` builds the same methods from closures instea
   honouring ``field(repr=False)`` and ``field(compare=False)``; unhashable when not frozen;
 * ``frozen=True``: assignment raises ``dataclasses.FrozenInstanceError``.
 
-``field_names`` and ``replace`` serve numahook's own code without importing dataclasses.
-``dataclasses.fields``, ``replace``, ``asdict`` and ``is_dataclass`` work on records: the
-first access to ``__dataclass_fields__`` builds them from a real dataclass of the same
-fields (so only callers that use them import dataclasses). Not supported, and refused
-at class creation: base classes, ClassVar/InitVar, and ``field`` options other than
-default, default_factory, repr and compare. Introspection differs in one way: ``__init__``
-itself takes ``(*args, **kwargs)`` (``inspect.signature`` of the class is exact).
+``field_names`` and ``replace`` stand in for ``dataclasses.fields`` and ``replace``; the
+other functions of ``dataclasses`` do not know records. Not supported, and refused at
+class creation: base classes, ClassVar/InitVar, and ``field`` options other than
+default, default_factory, repr and compare. ``__init__`` takes ``(*args, **kwargs)``.
 
 ``NamedTuple`` is ``typing.NamedTuple`` without importing typing (only the field
 annotations stay strings, where typing makes them ForwardRefs).
@@ -38,8 +35,6 @@ if TYPE_CHECKING:
 
 MISSING = object()
 
-#: attributes dataclasses (and inspect) read, built from a real dataclass on first access
-_LAZY = ("__dataclass_fields__", "__dataclass_params__", "__signature__")
 _SPECS = "__record_fields__"
 _FROZEN = "__record_frozen__"
 
@@ -69,7 +64,7 @@ def replace(obj: _T, **changes: object) -> _T:
     """``dataclasses.replace`` for a record: a new one with ``changes`` applied."""
     values = {f.name: getattr(obj, f.name) for f in getattr(obj, _SPECS)}
     values.update(changes)
-    return obj.__class__(**values)  # type: ignore[call-arg]
+    return obj.__class__(**values)
 
 
 def _record(cls: type | None = None, *, frozen: bool = False) -> object:
@@ -141,14 +136,13 @@ def _process(cls: type, frozen: bool) -> type:
 
         fn = __hash__
         fn.__qualname__ = f"{qual}.__hash__"
+        # mypy types __hash__ as a method of object, not a slot a class decorator fills
         cls.__hash__ = fn  # type: ignore[assignment]
         _freeze(cls, frozenset(f.name for f in specs))
     elif not explicit_hash:
-        cls.__hash__ = None  # type: ignore[assignment]
+        cls.__hash__ = None  # type: ignore[assignment]  # unhashable, as dataclasses does
     if sys.version_info >= (3, 10) and "__match_args__" not in own:
-        cls.__match_args__ = tuple(f.name for f in specs)  # type: ignore[attr-defined]
-    for attr in _LAZY:
-        setattr(cls, attr, _DataclassView(attr))
+        setattr(cls, "__match_args__", tuple(f.name for f in specs))  # noqa: B010
     return cls
 
 
@@ -159,7 +153,7 @@ def _key(compared: list[str]) -> Callable[[object], tuple[object, ...]]:
     if len(compared) == 1:
         one = operator.attrgetter(compared[0])
         return lambda self: (one(self),)
-    return operator.attrgetter(*compared)  # type: ignore[return-value]
+    return operator.attrgetter(*compared)
 
 
 def _init(cls: type, specs: list[_Field]) -> Callable[..., None]:
@@ -192,6 +186,7 @@ def _init(cls: type, specs: list[_Field]) -> Callable[..., None]:
                 elif default is not MISSING:
                     values[name] = default
                 elif factory is not MISSING:
+                    # _Field.factory is typed object so MISSING fits; here it is callable
                     values[name] = factory()  # type: ignore[operator]
                 else:
                     missing.append(name)
@@ -206,6 +201,7 @@ def _init(cls: type, specs: list[_Field]) -> Callable[..., None]:
             if missing:
                 raise TypeError(f"{qual}.__init__() missing {_count_names(missing)}")
         if post_init:
+            # post_init says the class defines it; mypy sees only the generic self
             self.__post_init__()  # type: ignore[attr-defined]
 
     return __init__
@@ -242,55 +238,19 @@ def _freeze(cls: type, fields: frozenset[str]) -> None:
             from dataclasses import FrozenInstanceError
 
             raise FrozenInstanceError(f"cannot assign to field {name!r}")
-        super(cls, self).__setattr__(name, value)  # type: ignore[misc]
+        # a subclass may mix in its own __setattr__; mypy wants self typed as cls for super()
+        super(cls, self).__setattr__(name, value)  # type: ignore[arg-type]
 
     def __delattr__(self: object, name: str) -> None:
         if type(self) is cls or name in fields:
             from dataclasses import FrozenInstanceError
 
             raise FrozenInstanceError(f"cannot delete field {name!r}")
-        super(cls, self).__delattr__(name)  # type: ignore[misc]
+        super(cls, self).__delattr__(name)  # type: ignore[arg-type]  # as in __setattr__
 
     for fn in (__setattr__, __delattr__):
         fn.__qualname__ = f"{cls.__qualname__}.{fn.__name__}"
         setattr(cls, fn.__name__, fn)
-
-
-class _DataclassView:
-    """Class attribute standing for what ``@dataclass`` would have set: on first access,
-    a real dataclass with the same fields is made and its attributes replace these."""
-
-    def __init__(self, attr: str) -> None:
-        self.attr = attr
-
-    def __get__(self, obj: object, cls: type) -> object:
-        if obj is not None and self.attr == "__signature__":
-            raise AttributeError(self.attr)  # instances have none, as with dataclasses
-        shadow = _shadow(cls)
-        for attr in _LAZY:
-            setattr(cls, attr, shadow[attr])
-        return shadow[self.attr]
-
-
-def _shadow(cls: type) -> dict[str, object]:
-    import dataclasses
-    import inspect
-
-    specs: tuple[_Field, ...] = getattr(cls, _SPECS)
-    annotations = getattr(cls, "__annotations__", {})
-    ns: dict[str, object] = {"__module__": cls.__module__, "__qualname__": cls.__qualname__,
-                             "__annotations__": {f.name: annotations[f.name] for f in specs}}
-    for f in specs:
-        kwargs: dict[str, object] = {"repr": f.repr, "compare": f.compare}
-        if f.default is not MISSING:
-            kwargs["default"] = f.default
-        if f.factory is not MISSING:
-            kwargs["default_factory"] = f.factory
-        ns[f.name] = dataclasses.field(**kwargs)  # type: ignore[call-overload]
-    made = dataclasses.dataclass(frozen=getattr(cls, _FROZEN))(type(cls.__name__, (), ns))
-    return {"__dataclass_fields__": made.__dataclass_fields__,
-            "__dataclass_params__": made.__dataclass_params__,  # type: ignore[attr-defined]
-            "__signature__": inspect.signature(made)}
 
 
 class _NamedTupleMeta(type):
@@ -302,6 +262,7 @@ class _NamedTupleMeta(type):
             return super().__new__(mcls, name, bases, ns)
         if bases != (NamedTuple,):
             raise TypeError("can only inherit from a NamedTuple type and Generic")
+        # a class namespace maps "__annotations__" to a dict (typed object in ns)
         annotations: dict[str, object] = ns.get("__annotations__", {})  # type: ignore[assignment]
         with_default: list[str] = []
         for field_name in annotations:
@@ -311,9 +272,11 @@ class _NamedTupleMeta(type):
                 raise TypeError(f"Non-default namedtuple field {field_name} cannot follow "
                                 f"default field{'s' if len(with_default) > 1 else ''} "
                                 f"{', '.join(with_default)}")
+        # mypy checks namedtuple() calls as class definitions (literal fields and defaults);
+        # this one builds a namedtuple class at run time, as typing.NamedTuple does
         tpl = collections.namedtuple(name, list(annotations),  # type: ignore[misc]
-                                     defaults=[ns[n] for n in with_default],
-                                     module=ns["__module__"])
+                                     defaults=[ns[n] for n in with_default],  # type: ignore[misc]
+                                     module=str(ns["__module__"]))
         tpl.__annotations__ = tpl.__new__.__annotations__ = dict(annotations)
         for key, value in ns.items():
             if key in _TUPLE_PROHIBITED:

@@ -14,24 +14,27 @@ from __future__ import annotations
 import argparse
 import logging
 import logging.handlers
-import os
-import queue
 import signal
 import sys
-import threading
 from collections.abc import Sequence
-from dataclasses import replace
 from typing import Any
 
-from numahook import NAMESPACE, __version__, faults, node, publish, status, uevents
+from numahook import NAMESPACE, __version__, faults
 from numahook import config as configmod
+from numahook.daemon import logs
 from numahook.daemon.connection import EVENTS, Connection
 from numahook.daemon.loop import Loop
 from numahook.daemon.notify import Notifier
+from numahook.daemon.publisher import Publisher
 from numahook.daemon.reconcile import Reconciler
 from numahook.daemon.vcpuwatch import VcpuWatch
 from numahook.errors import ConfigError, NumahookError
-from numahook.state import StateDir
+from numahook.host import uevents
+from numahook.node import probe as node  # node.probe(): what this host can do
+from numahook.node import publish
+from numahook.ops import status
+from numahook.records import replace
+from numahook.state.statedir import StateDir
 
 log = logging.getLogger("numahookd")
 
@@ -41,56 +44,6 @@ RT_WATCH_INTERVAL = 0.5
 HEALTH_INTERVAL = 1.0
 #: READY waits this long at most for the first connection attempt's outcome (seconds)
 READY_WAIT = 5.0
-
-
-class Publisher:
-    """Writes the published files in a thread of its own.
-
-    The NFD and node_exporter directories are wherever the operator points them, possibly
-    on a slow or hung mount, and the loop must not wait on them. The loop hands over the
-    newest set of writes; one not yet written when a newer comes is replaced by it, since
-    every set is a whole snapshot.
-    """
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._jobs: list[tuple[str, Any]] | None = None
-        self._stopping = False
-        self.superseded = 0
-        self._thread = threading.Thread(target=self._serve, name="publisher", daemon=True)
-        self._thread.start()
-
-    def submit(self, jobs: list[tuple[str, Any]]) -> None:
-        with self._cond:  # held by the writer only to take a set, never while writing
-            if self._jobs is not None:
-                self.superseded += 1
-            self._jobs = jobs
-            self._cond.notify()
-
-    def _serve(self) -> None:
-        while True:
-            with self._cond:
-                while self._jobs is None and not self._stopping:
-                    self._cond.wait()
-                if self._jobs is None:
-                    return
-                jobs, self._jobs = self._jobs, None
-            for what, write in jobs:
-                try:
-                    write()
-                except (NumahookError, OSError) as exc:
-                    log.warning("publishing the %s file failed: %s", what, exc)
-                except Exception:  # a bug in one writer must not end the others
-                    log.exception("publishing the %s file failed", what)
-
-    def close(self, timeout: float = 5.0) -> bool:
-        """Write what is pending and end; False when a write is still stuck after
-        ``timeout`` (the thread is then abandoned: the process is exiting)."""
-        with self._cond:
-            self._stopping = True
-            self._cond.notify()
-        self._thread.join(timeout)
-        return not self._thread.is_alive()
 
 
 class Daemon:
@@ -122,7 +75,7 @@ class Daemon:
     def counters(self) -> dict[str, int]:
         """The daemon's own health counters, for node.json and the metrics."""
         return {"sd_notify_dropped": self.notifier.dropped,
-                "log_dropped": _QUEUE_HANDLER.dropped if _QUEUE_HANDLER else 0,
+                "log_dropped": logs.dropped(),
                 "vcpu_watch_restarts": self.vcpus.restarts,
                 "resyncs": self.resyncs}
 
@@ -368,102 +321,8 @@ class Daemon:
         self.publish()
 
 
-#: sd-daemon(3) priority prefixes, which journald turns into the line's priority
-_JOURNAL_PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4,
-                     logging.ERROR: 3, logging.CRITICAL: 2}
-#: lines waiting for the log writer at most; more are dropped and counted
-LOG_QUEUE = 10000
-
-
-def stderr_is_journal(environ: Any = None, fd: int = 2) -> bool:
-    """``JOURNAL_STREAM`` (``DEV:INODE``) names ``fd``: systemd connected it to journald."""
-    value = (os.environ if environ is None else environ).get("JOURNAL_STREAM", "")
-    dev, _, ino = value.partition(":")
-    if not (dev.isdigit() and ino.isdigit()):
-        return False
-    try:
-        st = os.fstat(fd)
-    except OSError:
-        return False
-    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
-
-
-class JournalFormatter(logging.Formatter):
-    """Each line starts with its ``<N>`` priority, so ``journalctl -p err`` finds errors;
-    the lines of a traceback carry it too (journald reads each line on its own)."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        prefix = f"<{_JOURNAL_PRIORITY.get(record.levelno, 6)}>"
-        return "\n".join(prefix + line for line in super().format(record).split("\n"))
-
-
-class DroppingQueueHandler(logging.handlers.QueueHandler):
-    """Hands records to the log writer thread and never waits: a journald that reads
-    slowly fills stderr's pipe, and a write to it would stop the loop."""
-
-    def __init__(self, q: queue.Queue[Any]) -> None:
-        super().__init__(q)
-        self.dropped = 0
-
-    def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
-            self.dropped += 1
-
-
-_QUEUE_HANDLER: DroppingQueueHandler | None = None
-
-
-class LogWriter:
-    """The thread that writes queued records to the real handler; stopping is bounded
-    (logging.handlers.QueueListener.stop waits for its thread without one)."""
-
-    def __init__(self, q: queue.Queue[Any], handler: logging.Handler) -> None:
-        self.queue = q
-        self.handler = handler
-        self._thread = threading.Thread(target=self._serve, name="log-writer", daemon=True)
-        self._thread.start()
-
-    def _serve(self) -> None:
-        while True:
-            record = self.queue.get()
-            if record is None:
-                return
-            self.handler.handle(record)
-
-    def stop(self, timeout: float = 5.0) -> None:
-        try:
-            self.queue.put(None, timeout=timeout)
-        except queue.Full:
-            return  # the writer is stuck: what is queued is lost with the process
-        self._thread.join(timeout)
-        self.handler.flush()
-
-
-def _logging(verbose: bool, log_file: str | None) -> LogWriter:
-    """Log through a bounded queue to a writer thread; returns the writer, to stop at exit."""
-    global _QUEUE_HANDLER
-    handler: logging.Handler
-    if log_file:
-        handler = logging.FileHandler(log_file)
-        handler.setFormatter(logging.Formatter("%(asctime)s numahookd[%(process)d]: "
-                                               "%(levelname)s %(message)s"))
-    else:  # systemd's journal adds time and pid
-        handler = logging.StreamHandler(sys.stderr)
-        fmt = "%(levelname)s %(name)s: %(message)s"
-        handler.setFormatter(JournalFormatter(fmt) if stderr_is_journal()
-                             else logging.Formatter(fmt))
-    q: queue.Queue[Any] = queue.Queue(LOG_QUEUE)
-    _QUEUE_HANDLER = DroppingQueueHandler(q)
-    root = logging.getLogger()
-    root.handlers[:] = [_QUEUE_HANDLER]
-    root.setLevel(logging.DEBUG if verbose else logging.INFO)
-    return LogWriter(q, handler)
-
-
 def _run(cfg: configmod.Config, args: argparse.Namespace, log_file: str | None) -> int:
-    writer = _logging(args.verbose, log_file)
+    writer = logs.setup(args.verbose, log_file)
     try:
         return Daemon(cfg, args.config).run()
     finally:

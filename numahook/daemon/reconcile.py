@@ -13,24 +13,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from numahook import (
-    NAMESPACE,
-    cgroups,
-    cpulist,
-    hostinputs,
-    libvirtstatus,
-    lifecycle,
-    metadata,
-    procfs,
-    redefine,
-    render,
-    rtsched,
-    sysfs,
-    xmlsafe,
-)
+from numahook import NAMESPACE
 from numahook.config import Config
+from numahook.core import cpulist, metadata, render
 from numahook.errors import NumahookError
-from numahook.state import ClaimJournal, StateDir, rollback
+from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
+from numahook.ops import hostinputs, lifecycle, redefine
+from numahook.state.recovery import rollback
+from numahook.state.statedir import ClaimJournal, StateDir
+from numahook.xml import safe as xmlsafe
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ the budget and sets FIFO, but only after Python has started and imported numahoo
 cpu controller with inotify: a ``vcpuN`` directory appearing and libvirt's write of the
 thread id to its ``tasks`` file are events, and the moment every real-time vCPU of a
 starting domain sits in its cgroup, it applies what ``prepare`` recorded in the claim
-(:func:`numahook.lifecycle.tune_early`). The hook then applies and verifies as before and
+(:func:`numahook.ops.lifecycle.tune_early`). The hook then applies and verifies as before and
 finds the work done; without numahookd nothing changes.
 
 It runs in its own thread, blocked in poll(2) on the inotify fd: libvirt does not wait
@@ -32,10 +32,11 @@ import threading
 import time
 from pathlib import Path
 
-from numahook import faults, fsutil, lifecycle, procfs, rtsched
+from numahook import faults
 from numahook.config import Config
 from numahook.errors import NumahookError
-from numahook.inotify import (
+from numahook.host import fsutil, procfs, rtsched
+from numahook.host.inotify import (
     IN_CREATE,
     IN_IGNORED,
     IN_ISDIR,
@@ -44,7 +45,8 @@ from numahook.inotify import (
     IN_Q_OVERFLOW,
     Inotify,
 )
-from numahook.state import StateDir
+from numahook.ops import lifecycle
+from numahook.state.statedir import StateDir
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """Dispatch one libvirt hook call: ``DOMAIN OP SUBOP EXTRA`` with the domain XML on stdin.
 
-What a failure does depends on the call (see ARCHITECTURE.md): a non-zero exit aborts
+What a failure does depends on the call (docs/architecture.md): a non-zero exit aborts
 ``prepare``, ``started``, ``migrate`` and ``restore``; on ``reconnect`` it would make
 libvirtd kill the running VM, so there, and for ``stopped``/``release``, this always
 exits 0. stderr is shown to the user by libvirt: one sentence, never a traceback.
@@ -13,14 +13,14 @@ import sys
 from collections.abc import Sequence
 
 from numahook import config as configmod
-from numahook import lifecycle
 from numahook import log as logmod
 from numahook.errors import NumahookError
-from numahook.state import StateDir
+from numahook.ops import lifecycle
+from numahook.state.statedir import StateDir
+from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
 log = logmod.get("numahook.hook")
 
-_MAX_STDIN = 10 * 1024 * 1024
 #: calls whose failure must never reach libvirt
 _HARMLESS = {"stopped", "release", "reconnect", "attach"}
 
@@ -76,7 +76,7 @@ def run(argv: Sequence[str], xml: str) -> int:
             if out is not None:
                 sys.stdout.write(out)
         elif op in ("stopped", "release"):
-            from numahook import render
+            from numahook.core import render
             doc = render.parse(xml, readonly=True)
             lifecycle.release(doc.facts.uuid, doc.facts.name, cfg, state)
         elif op == "reconnect" and subop == "begin":

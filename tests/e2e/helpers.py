@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 
 from lab.session import hook_config
-from numahook import hostinputs, render
 from numahook.config import Config
-from numahook.state import StateDir
+from numahook.core import render
+from numahook.ops import hostinputs
+from numahook.state.statedir import StateDir
 
 CLAIMS = Path("/run/numahook/claims")
 MACHINE_CPUSET = Path("/sys/fs/cgroup/cpuset/machine/cpuset.cpus")

@@ -20,8 +20,9 @@ import pytest
 
 from lab import env, guest
 from lab.report import parse as parse_report
-from numahook import procfs, rtsched
-from numahook.state import Claim, StateDir
+from numahook.host import procfs, rtsched
+from numahook.state.claims import Claim
+from numahook.state.statedir import StateDir
 from tests.e2e.daemonharness import Daemon
 from tests.e2e.helpers import (
     CLAIMS,

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from numahook import rtsched
+from numahook.host import rtsched
 from tests.e2e.daemonharness import Daemon
 from tests.e2e.helpers import hook_config, metadata, wait_until
 

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from lab import guest
-from numahook import rtsched
+from numahook.host import rtsched
 from tests.e2e.helpers import HOLD, delegate_config, metadata, render_here
 
 __all__ = ["delegate_config"]  # a fixture, used by name

@@ -16,7 +16,7 @@ import pytest
 
 from lab import env, guest
 from lab.report import parse as parse_report
-from numahook import rtsched
+from numahook.host import rtsched
 from tests.e2e.helpers import (
     HOLD,
     MACHINE_CPUSET,

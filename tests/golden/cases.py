@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+#: the golden outputs, ``<case>-out.xml``
+DATA = Path(__file__).parent / "data"
 
 
 @dataclass(frozen=True)

@@ -9,17 +9,17 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from numahook import hostinputs, render
 from numahook.config import Config
+from numahook.core import render
+from numahook.ops import hostinputs
+from numahook.records import replace
 from tests.fixtures.hosts import HOSTS, host_roots
-from tests.golden.cases import CASES, Case
+from tests.golden.cases import CASES, DATA, Case
 
-DATA = Path(__file__).parent / "data"
 UPDATE = os.environ.get("NUMAHOOK_UPDATE_GOLDEN") == "1"
 
 

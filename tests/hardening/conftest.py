@@ -33,8 +33,12 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, settings
 
-from numahook import NAMESPACE, config, hostinputs, render, rtsched
-from numahook.state import Claim, StateDir
+from numahook import NAMESPACE, config
+from numahook.core import render
+from numahook.host import rtsched
+from numahook.ops import hostinputs
+from numahook.state.claims import Claim
+from numahook.state.statedir import StateDir
 from tests.fixtures.hosts import (
     CpuSpec,
     HostSpec,

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import pytest
 
-from numahook import hugepages
 from numahook.daemon.reconcile import Reconciler
+from numahook.host import hugepages
 
 from .conftest import (
     FIGURES,

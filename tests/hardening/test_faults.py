@@ -23,10 +23,14 @@ from typing import Any
 
 import pytest
 
-from numahook import cli, fsutil, hugepages, lifecycle, node, redefine, rtsched, state
+from numahook import cli
 from numahook.daemon.reconcile import Reconciler
 from numahook.errors import HostError, NumahookError, Refusal, StateError
-from numahook.state import StateDir
+from numahook.host import fsutil, hugepages, rtsched
+from numahook.node import probe, report
+from numahook.ops import lifecycle, redefine
+from numahook.state import claims
+from numahook.state.statedir import StateDir
 
 from .conftest import (
     FIGURES,
@@ -197,9 +201,9 @@ def test_missing_hugetlbfs_mount_is_reported_and_leaves_nothing_behind(host: Hos
     fault("hugetlbfs-missing")
     baseline = host.nr()
     (host.proc / "mounts").write_text("sysfs /sys sysfs rw 0 0\nproc /proc proc rw 0 0\n")
-    cap = node.probe(host.cfg(), libvirt_reachable=None)
-    why = [r for r in node.reasons(cap, str(host.config)) if "hugetlbfs" in r]
-    assert len(why) == 1 and "mount one (pagesize=2M)" in why[0], node.reasons(cap)
+    cap = probe.probe(host.cfg(), libvirt_reachable=None)
+    why = [r for r in report.reasons(cap, str(host.config)) if "hugetlbfs" in r]
+    assert len(why) == 1 and "mount one (pagesize=2M)" in why[0], report.reasons(cap)
     xml = rendered(host)
     assert host.hook(xml, NAME, "prepare", "begin").returncode == 0
     # libvirt: "hugetlbfs filesystem is not mounted or disabled by administrator config"
@@ -287,7 +291,7 @@ class JournalFault:
         self.on = True
         real = StateDir.save
 
-        def save(sd: StateDir, claim: state.Claim) -> None:
+        def save(sd: StateDir, claim: claims.Claim) -> None:
             self.calls += 1
             if self.on and (self.calls == at or (persistent and self.calls > at)):
                 self.fired += 1
@@ -642,7 +646,7 @@ def test_a_libvirtd_that_never_answers_does_not_hold_the_daemon_loop(
 
 
 def test_hook_never_calls_libvirt(host: Host) -> None:
-    """No connection can drop under the hook: it never imports libvirt (ARCHITECTURE)."""
+    """No connection can drop under the hook: it never imports libvirt (docs/architecture.md)."""
     fault("libvirt-hook-no-connection")
     xml = rendered(host)
     code = ("import io, sys\n"

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from numahook import node, publish
 from numahook.daemon.reconcile import Reconciler
 from numahook.errors import StateError
-from numahook.state import Claim
+from numahook.node import probe, publish
+from numahook.state.claims import Claim
 
 from .conftest import FIGURES, HOOK, REPO, ROOT, Host, domain_xml, make_host, prerender, uuid_of
 
@@ -120,7 +120,7 @@ def test_a_symlinked_state_dir_is_refused_before_anything_is_created(host: Host)
 
 def test_node_json_is_published_inside_the_private_state_dir(host: Host) -> None:
     check("node-json")
-    cap = node.probe(host.cfg(), libvirt_reachable=None)
+    cap = probe.probe(host.cfg(), libvirt_reachable=None)
     host.statedir().ensure()
     path = publish.write_status(cap, str(host.state))
     assert path.parent == host.state and mode(host.state) == 0o700
@@ -131,7 +131,7 @@ def test_node_json_is_published_inside_the_private_state_dir(host: Host) -> None
 def test_numahook_listens_on_no_socket() -> None:
     """The only sockets are clients: libvirt's, sd_notify's and the kernel's uevents.
 
-    numahook/uevents.py binds a netlink socket to the kernel's uevent multicast group:
+    numahook/host/uevents.py binds a netlink socket to the kernel's uevent multicast group:
     no process can connect to it, and it drops any datagram not sent by the kernel.
     numahook/daemon/notify.py opens an unbound AF_UNIX datagram socket per message and
     only sends on it.

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import pytest
 
-from numahook import cpulist
+from numahook.core import cpulist
 from numahook.errors import NumahookError
 
 from .conftest import (

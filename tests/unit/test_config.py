@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
-from numahook import config
+from numahook import config, records
 from numahook.config import Config
 from numahook.errors import ConfigError
 
@@ -56,7 +55,7 @@ def test_source_is_not_part_of_equality() -> None:
 
 
 def test_field_names_lists_every_setting() -> None:
-    assert config.field_names() == [f.name for f in fields(Config)]
+    assert config.field_names() == list(records.field_names(Config))
     assert "numa_gate" in config.field_names()
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
-import inspect
 import pickle
 import pkgutil
 import re
@@ -142,20 +141,14 @@ def test_frozen_assignment(pair: tuple[Any, Any]) -> None:
             rec(1).x = 2
 
 
-def test_dataclasses_functions_work_on_records(pair: tuple[Any, Any]) -> None:
+def test_field_names_and_replace_match_dataclasses(pair: tuple[Any, Any]) -> None:
     rec, dc = pair
-    assert dataclasses.is_dataclass(rec) and dataclasses.is_dataclass(rec(1))
-    described = [(f.name, f.type, f.default, f.default_factory, f.repr, f.compare, f.init)
-                 for f in dataclasses.fields(rec)]
-    assert described == [(f.name, f.type, f.default, f.default_factory, f.repr, f.compare,
-                          f.init) for f in dataclasses.fields(dc)]
     assert records.field_names(rec) == tuple(f.name for f in dataclasses.fields(dc))
-    r = dataclasses.replace(rec(1, note="kept"), y=7)
+    assert records.field_names(rec(1)) == records.field_names(rec)
+    r = records.replace(rec(1, note="kept"), y=7)
     assert type(r) is rec and repr(r) == repr(dataclasses.replace(dc(1, note="kept"), y=7))
-    assert dataclasses.asdict(rec(1, 2)) == dataclasses.asdict(dc(1, 2))
-    assert dataclasses.astuple(rec(1, 2)) == dataclasses.astuple(dc(1, 2))
-    assert str(inspect.signature(rec)) == str(inspect.signature(dc))
-    assert rec.__dataclass_params__.frozen == dc.__dataclass_params__.frozen
+    with pytest.raises(TypeError):
+        records.replace(rec(1), nonsense=1)
     if sys.version_info >= (3, 10):
         assert rec.__match_args__ == dc.__match_args__
 
@@ -211,12 +204,14 @@ def all_records() -> list[type]:
     return found
 
 
-def test_numahook_records_are_dataclasses_to_their_callers() -> None:
+def test_every_numahook_record_replaces_by_its_field_names() -> None:
+    """records.replace is how numahook copies a record; it must know every record's fields
+    in the order their annotations give them."""
     found = all_records()
     assert len(found) >= 20
     for cls in found:
-        assert dataclasses.is_dataclass(cls)
-        assert tuple(f.name for f in dataclasses.fields(cls)) == records.field_names(cls)
+        assert records.field_names(cls) == tuple(cls.__annotations__), cls
+        assert not dataclasses.is_dataclass(cls), cls
 
 
 def budget(typed: bool) -> Any:

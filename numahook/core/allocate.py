@@ -1,0 +1,229 @@
+"""Choose host CPUs for a domain's vCPUs (and its isolated emulator).
+
+Policy, in order: keep a still-valid existing pinning (guests should not see their
+topology change for nothing); use the fewest NUMA nodes, then the closest ones (SLIT),
+then the tightest fit; put guest thread siblings on host thread siblings; take whole
+free cores before split ones. Deterministic: same inputs, same answer.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+
+from numahook.core import cpulist
+from numahook.core.topology import Topology
+from numahook.errors import Refusal
+from numahook.records import record
+
+#: Beyond this many candidate nodes, node selection is greedy instead of exhaustive.
+_EXHAUSTIVE_NODES = 16
+
+
+@record(frozen=True)
+class Allocation:
+    #: host CPU of each vCPU, by vCPU id
+    vcpus: tuple[int, ...]
+    #: extra CPUs (the isolated emulator), empty when not asked for
+    extra: tuple[int, ...]
+    kept: bool
+    #: host node of each guest cell, when allocated for a fixed guest shape
+    cell_nodes: tuple[int, ...] = ()
+
+
+def _units(topo: Topology, cpus: frozenset[int], threads: int) -> list[tuple[int, ...]]:
+    """Allocation units on one node: cores' free siblings, whole free cores first."""
+    cores: dict[tuple[int, int, int], list[int]] = {}
+    for c in sorted(cpus):
+        cores.setdefault(topo.core_key(c), []).append(c)
+    whole: list[list[int]] = []
+    split: list[list[int]] = []
+    for key in sorted(cores):
+        free = cores[key]
+        online_siblings = topo.cpus[free[0]].siblings
+        (whole if len(free) == len(online_siblings) else split).append(free)
+    units: list[tuple[int, ...]] = []
+    for free in whole + split:
+        if threads == 1:
+            units.extend((c,) for c in free)
+        else:
+            units.extend(tuple(free[i:i + threads]) for i in range(0, len(free) - threads + 1,
+                                                                     threads))
+    return units
+
+
+def _valid_kept(topo: Topology, available: frozenset[int], keep: Mapping[int, frozenset[int]],
+                count: int, threads: int) -> tuple[int, ...] | None:
+    if sorted(keep) != list(range(count)) or any(len(v) != 1 for v in keep.values()):
+        return None
+    pins = tuple(next(iter(keep[i])) for i in range(count))
+    if len(set(pins)) != count or not set(pins) <= available:
+        return None
+    for g in range(0, count, threads):
+        group = pins[g:g + threads]
+        if len({topo.core_key(c) for c in group}) != 1:
+            return None
+    # cells must not split a guest core across host nodes, and vCPU order must follow nodes
+    nodes = [topo.node_of(c) for c in pins]
+    if nodes != sorted(nodes):
+        return None
+    return pins
+
+
+def _choose_nodes(topo: Topology, caps: dict[int, tuple[int, int]], units: int,
+                  cpus: int) -> list[int]:
+    """Fewest nodes that fit, then closest together, then least left over; node ids break ties."""
+    ids = sorted(n for n, (u, _) in caps.items() if u > 0)
+
+    def fits(combo: Sequence[int]) -> bool:
+        return sum(caps[n][0] for n in combo) >= units
+
+    def score(combo: Sequence[int]) -> tuple[int, int, int, tuple[int, ...]]:
+        spread = sum(topo.distance(a, b) for a, b in itertools.combinations(combo, 2))
+        room = sum(caps[n][1] for n in combo) - cpus
+        # vCPU nodes come first; room for the emulator on them is only a preference
+        return (spread, room < 0, abs(room), tuple(combo))
+
+    if len(ids) <= _EXHAUSTIVE_NODES:
+        for k in range(1, len(ids) + 1):
+            combos: list[tuple[int, ...]] = [c for c in itertools.combinations(ids, k)
+                                             if fits(c)]
+            if combos:
+                best = min(combos, key=score)
+                return sorted(best)
+        return []
+    # many nodes: largest first, then the best-fitting last node
+    order = sorted(ids, key=lambda n: (-caps[n][0], n))
+    chosen: list[int] = []
+    for n in order:
+        if fits(chosen):
+            break
+        chosen.append(n)
+    return sorted(chosen) if fits(chosen) else []
+
+
+def allocate(topo: Topology, available: frozenset[int], count: int, threads: int = 1,
+             extra: int = 0, keep: Mapping[int, frozenset[int]] | None = None,
+             keep_extra: frozenset[int] | None = None,
+             vcpu_nodes: frozenset[int] | None = None) -> Allocation:
+    """Pin ``count`` vCPUs (guest cores of ``threads`` siblings) plus ``extra`` CPUs.
+
+    ``vcpu_nodes`` limits the nodes vCPUs may use (passthrough binds each cell's memory
+    to its node, so nodes without memory are left out); the emulator may go anywhere.
+    """
+    usable = frozenset(c for c in available if c in topo.cpus)
+    allowed = frozenset(c for c in usable
+                        if vcpu_nodes is None or topo.node_of(c) in vcpu_nodes)
+    if count % threads:
+        raise Refusal(f"{count} vCPUs cannot be split into guest cores of {threads} threads",
+                      "cpu-topology")
+    kept = _valid_kept(topo, allowed, keep or {}, count, threads) if keep else None
+    if kept is not None:
+        rest = usable - set(kept)
+        if extra == 0:
+            return Allocation(kept, (), True)
+        if keep_extra and len(keep_extra) == extra and keep_extra <= rest:
+            return Allocation(kept, tuple(sorted(keep_extra)), True)
+        spare = _pick_extra(topo, rest, kept, extra)
+        if spare is not None:
+            return Allocation(kept, spare, True)
+
+    need_units = count // threads
+    per_node: dict[int, list[tuple[int, ...]]] = {}
+    caps: dict[int, tuple[int, int]] = {}
+    for n in sorted(topo.nodes):
+        mine = allowed & topo.nodes[n].cpus
+        per_node[n] = _units(topo, mine, threads)
+        caps[n] = (len(per_node[n]), len(mine))
+    nodes = _choose_nodes(topo, caps, need_units, count + extra)
+    if not nodes:
+        shape = f"{count} vCPUs" + (f" in cores of {threads} threads" if threads > 1 else "")
+        shape += f" plus {extra} emulator CPU" if extra else ""
+        raise Refusal(
+            f"not enough dedicated CPUs: the domain needs {shape}, but only "
+            f"{len(allowed)} CPUs ({cpulist.format(allowed) or 'none'}) are free in its cpuset"
+            + ("" if allowed == usable else " on nodes with memory") + "; "
+            "widen the partition's cpuset or stop another dedicated domain",
+            "dedicated-cpus",
+        )
+    # balance vCPUs across the chosen nodes (symmetric guest cells match the even memory
+    # split and the guest's sockets); small nodes give what they have, big ones the rest
+    taken: list[tuple[int, ...]] = []
+    remaining = need_units
+    by_room = sorted(nodes, key=lambda n: (caps[n][0], n))
+    for i, n in enumerate(by_room):
+        share = min(caps[n][0], -(-remaining // (len(by_room) - i)))
+        taken.extend(per_node[n][:share])
+        remaining -= share
+    taken.sort(key=lambda u: (topo.node_of(u[0]), u))
+    pins = tuple(c for u in taken for c in u)
+    spare = _pick_extra(topo, usable - set(pins), pins, extra, prefer=nodes)
+    if spare is None:
+        raise Refusal(
+            f"not enough dedicated CPUs: {count} vCPUs fit, but no CPU is left for the isolated "
+            f"emulator thread in {cpulist.format(usable)}; widen the partition's cpuset or "
+            "set isolateEmulatorThread=\"false\"",
+            "dedicated-cpus",
+        )
+    return Allocation(pins, spare, False)
+
+
+def _pick_extra(topo: Topology, rest: frozenset[int], pins: Sequence[int], extra: int,
+                prefer: Sequence[int] = ()) -> tuple[int, ...] | None:
+    """Emulator CPUs: same node as vCPU 0 if possible, on a core no vCPU uses, then nearest."""
+    if extra == 0:
+        return ()
+    if len(rest) < extra:
+        return None
+    home = topo.node_of(pins[0]) if pins else (prefer[0] if prefer else 0)
+    busy_cores = {topo.core_key(c) for c in pins}
+
+    def rank(c: int) -> tuple[int, int, int]:
+        return (topo.distance(home, topo.node_of(c)), topo.core_key(c) in busy_cores, c)
+
+    return tuple(sorted(sorted(rest, key=rank)[:extra]))
+
+
+def allocate_cells(topo: Topology, available: frozenset[int], cells: Sequence[Sequence[int]],
+                   threads: int = 1, extra: int = 0,
+                   vcpu_nodes: frozenset[int] | None = None) -> Allocation:
+    """Pin a fixed guest shape: each guest cell's vCPUs on one distinct host node.
+
+    For migration and restore, where the guest's cells must not change (libvirt's ABI
+    check) but the host side may: cells map to nodes in ascending order where possible.
+    """
+    usable = frozenset(c for c in available if c in topo.cpus
+                       and (vcpu_nodes is None or topo.node_of(c) in vcpu_nodes))
+    per_node = {n: _units(topo, usable & topo.nodes[n].cpus, threads) for n in sorted(topo.nodes)}
+    need = [len(c) // threads for c in cells]
+    if any(len(c) % threads for c in cells):
+        raise Refusal("a guest cell does not hold whole guest cores", "guest-shape")
+    choice: list[int] = []
+
+    def place(i: int) -> bool:
+        if i == len(cells):
+            return True
+        for n in sorted(per_node):
+            if n not in choice and len(per_node[n]) >= need[i]:
+                choice.append(n)
+                if place(i + 1):
+                    return True
+                choice.pop()
+        return False
+
+    if len(cells) > len(per_node) or not place(0):
+        raise Refusal(
+            f"no {len(cells)} distinct NUMA nodes have "
+            f"{'/'.join(str(len(c)) for c in cells)} free CPUs in {cpulist.format(usable)}",
+            "guest-shape")
+    pins: dict[int, int] = {}
+    for cell, node in zip(cells, choice):
+        units = per_node[node][: len(cell) // threads]
+        for vcpu, cpu in zip(cell, [c for u in units for c in u]):
+            pins[vcpu] = cpu
+    ordered = tuple(pins[v] for v in sorted(pins))
+    spare = _pick_extra(topo, frozenset(c for c in available if c in topo.cpus) - set(ordered),
+                        ordered, extra, prefer=choice)
+    if spare is None:
+        raise Refusal("no CPU is left for the isolated emulator thread", "guest-shape")
+    return Allocation(ordered, spare, False, tuple(choice))

@@ -1,0 +1,323 @@
+"""Policy: from a request, the domain's facts and the host, decide the plan. No XML, no I/O.
+
+Semantics follow KubeVirt's converter (GuestMappingPassthrough, realtime) and Nova's
+libvirt driver: one guest cell per host node of the pinned vCPUs in host order, memory
+split in whole pages with the remainder on the first cells, strict memory binding.
+"""
+
+from __future__ import annotations
+
+from numahook.core import cpulist
+from numahook.core.allocate import Allocation, allocate
+from numahook.core.domainxml import DomainFacts
+from numahook.core.plan import Cell, Check, Evaluation, Inputs, Plan
+from numahook.core.request import Request
+from numahook.core.topology import Topology
+from numahook.core.units import clip, human_kib
+from numahook.errors import InputError, Refusal
+
+
+class _Checks:
+    def __init__(self) -> None:
+        self.items: list[Check] = []
+
+    def ok(self, name: str, reason: str) -> None:
+        self.items.append(Check(name, True, reason))
+
+    def fail(self, name: str, reason: str) -> None:
+        self.items.append(Check(name, False, reason))
+
+    def skip(self, name: str, why: str) -> None:
+        self.items.append(Check(name, None, why))
+
+    @property
+    def failing(self) -> bool:
+        return any(c.ok is False for c in self.items)
+
+
+def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
+    """Run every precondition in order and, when all pass, build the plan."""
+    ck = _Checks()
+    cfg, topo = inp.config, inp.topology
+    name = facts.name
+
+    # feature gates (KubeVirt's NUMA gate; ours for realtime)
+    if req.passthrough:
+        if cfg.numa_gate:
+            ck.ok("feature-gate-numa", "the NUMA feature gate is on")
+        else:
+            ck.fail("feature-gate-numa", f"{name} asks for guestMappingPassthrough but the NUMA "
+                    f"feature gate is off; set NUMA = true under [features] in {cfg.path}")
+    if req.realtime:
+        if cfg.realtime_gate:
+            ck.ok("feature-gate-realtime", "the Realtime feature gate is on")
+        else:
+            ck.fail("feature-gate-realtime", f"{name} asks for realtime but the Realtime feature "
+                    f"gate is off; set Realtime = true under [features] in {cfg.path}")
+
+    # combinations (the seed's preconditions)
+    needs_dedicated = [w for w, on in (("guestMappingPassthrough", req.passthrough),
+                                       ("realtime", req.realtime),
+                                       ("isolateEmulatorThread", req.isolate_emulator)) if on]
+    if needs_dedicated and not req.dedicated:
+        ck.fail("dedicated-cpu-placement", f"{' and '.join(needs_dedicated)} need dedicated CPUs; "
+                "set dedicatedCpuPlacement=\"true\" on <numahook:cpu>")
+    elif req.dedicated:
+        ck.ok("dedicated-cpu-placement", "dedicatedCpuPlacement is set")
+    if req.realtime:
+        if req.passthrough:
+            ck.ok("guest-mapping-passthrough", "realtime has guestMappingPassthrough")
+        else:
+            ck.fail("guest-mapping-passthrough", "realtime needs guestMappingPassthrough; add "
+                    "<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>")
+
+    page_kib = None
+    if req.passthrough:
+        page_kib = _check_hugepages(ck, facts, inp)
+    # guest CPU topology
+    topology = facts.topology or (1, 1, facts.vcpus, 1)
+    product = topology[0] * topology[1] * topology[2] * topology[3]
+    if product != facts.vcpus:
+        ck.fail("cpu-topology", f"<cpu><topology> gives {product} vCPUs "
+                f"(sockets x dies x cores x threads) but <vcpu> is {facts.vcpus}; make them agree")
+    else:
+        ck.ok("cpu-topology", f"{facts.vcpus} vCPUs as {topology[0]} sockets, {topology[1]} dies, "
+              f"{topology[2]} cores, {topology[3]} threads")
+
+    rt_vcpus: frozenset[int] = frozenset()
+    if req.realtime:
+        try:
+            rt_vcpus = cpulist.parse_mask(req.realtime_mask, facts.vcpus)
+        except InputError as exc:
+            ck.fail("realtime-mask", str(exc))
+        else:
+            if rt_vcpus:
+                ck.ok("realtime-mask", f"real-time vCPUs {cpulist.format(rt_vcpus)}")
+            else:
+                mask = clip(req.realtime_mask or "")
+                ck.fail("realtime-mask", f"realtime mask {mask} selects no vCPU; "
+                        "fix the mask or remove <numahook:realtime>")
+
+    if not req.dedicated or ck.failing:
+        if req.dedicated:
+            ck.skip("dedicated-cpus", "not evaluated: an earlier precondition failed")
+        return Evaluation(ck.items, None, _advisories(facts, req, None))
+
+    # allocation
+    extra = 1 if req.isolate_emulator else 0
+    try:
+        with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
+        alloc = allocate(topo, inp.available, facts.vcpus, topology[3], extra,
+                         keep=facts.vcpupin, keep_extra=facts.emulatorpin,
+                         vcpu_nodes=with_memory if req.passthrough else None)
+    except Refusal as exc:
+        ck.fail(exc.check, str(exc))
+        return Evaluation(ck.items, None, _advisories(facts, req, None))
+    ck.ok("dedicated-cpus", f"vCPUs on CPUs {cpulist.format(alloc.vcpus)}"
+          + (f", emulator on CPU {cpulist.format(alloc.extra)}" if alloc.extra else "")
+          + (" (existing pinning kept)" if alloc.kept else ""))
+
+    cells: tuple[Cell, ...] = ()
+    if req.passthrough and page_kib is not None:
+        cells = _cells(ck, facts, topo, alloc.vcpus, page_kib)
+        if ck.failing:
+            return Evaluation(ck.items, None, _advisories(facts, req, None))
+
+    plan = _plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib)
+    advice = _advisories(facts, req, plan, topo)
+    if req.realtime and not inp.can_lock_memory:
+        advice.append("memory is not locked: libvirtd lacks CAP_SYS_RESOURCE to lift QEMU's "
+                      "memlock limit, so <locked/> is left out (hugepage guest RAM is never "
+                      "swapped); run libvirtd with CAP_SYS_RESOURCE to lock QEMU's own memory")
+    return Evaluation(ck.items, plan, advice)
+
+
+def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
+          cells: tuple[Cell, ...], rt_vcpus: frozenset[int],
+          topology: tuple[int, int, int, int], page_kib: int | None) -> Plan:
+    topo = inp.topology
+    if alloc.extra:
+        emulator = alloc.extra
+    else:  # float over the non-real-time vCPUs' CPUs, so the emulator never preempts RT
+        non_rt = [alloc.vcpus[v] for v in range(facts.vcpus) if v not in rt_vcpus]
+        emulator = tuple(sorted(non_rt or alloc.vcpus))
+    distances = tuple(
+        (a.id, b.id, topo.distance(a.host_node, b.host_node)) for a in cells for b in cells
+    ) if len(cells) > 1 else ()
+    return Plan(
+        vcpu_pins=alloc.vcpus,
+        emulator=emulator,
+        iothread_pins=_iothreads(facts.iothread_ids, emulator, req.io_threads_policy),
+        cells=cells,
+        page_kib=page_kib if req.passthrough else None,
+        topology=topology,
+        realtime_vcpus=tuple(sorted(rt_vcpus)),
+        priority=req.realtime_priority,
+        vcpusched=req.realtime and inp.emit_vcpusched,
+        realtime_extras=req.realtime,
+        locked=req.realtime and inp.can_lock_memory,
+        emulator_realtime=bool(req.realtime and rt_vcpus and alloc.extra),
+        distances=distances,
+        kept_pinning=alloc.kept,
+    )
+
+
+def replan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
+           guest_cells: list[tuple[int, ...]]) -> Plan:
+    """A plan for a fixed guest shape (migration, restore): the cells keep their vCPUs and
+    memory, only the host nodes behind them change."""
+    page_kib = facts.page_sizes[0] if facts.page_sizes else (
+        inp.default_page_kib or inp.topology.default_page_kib)
+    by_id = sorted(facts.cells, key=lambda c: c.id)
+    cells = tuple(
+        Cell(i, node, vcpus, by_id[i].memory_kib, by_id[i].memory_kib // page_kib)
+        for i, (node, vcpus) in enumerate(zip(alloc.cell_nodes, guest_cells)))
+    rt = cpulist.parse_mask(req.realtime_mask, facts.vcpus) if req.realtime else frozenset()
+    topology = facts.topology or (1, 1, facts.vcpus, 1)
+    return _plan(facts, req, inp, alloc, cells, rt, topology, page_kib)
+
+
+def _check_hugepages(ck: _Checks, facts: DomainFacts, inp: Inputs) -> int | None:
+    if not facts.hugepages:
+        ck.fail("hugepages", "guestMappingPassthrough needs hugepages; add <memoryBacking>"
+                "<hugepages><page size='2048' unit='KiB'/></hugepages></memoryBacking>")
+        return None
+    if len(set(facts.page_sizes)) > 1:
+        ck.fail("hugepages", "guestMappingPassthrough needs one hugepage size, but <hugepages> "
+                f"lists {len(set(facts.page_sizes))}; keep a single <page>")
+        return None
+    page = facts.page_sizes[0] if facts.page_sizes else (
+        inp.default_page_kib or inp.topology.default_page_kib)
+    ck.ok("hugepages", f"memory is backed by {human_kib(page)} hugepages")
+    sizes = inp.topology.page_sizes
+    if sizes and page not in sizes:
+        ck.fail("page-size", f"this host has no {human_kib(page)} hugepages (it supports "
+                f"{', '.join(human_kib(s) for s in sorted(sizes))}); change <page size>")
+        return None
+    ck.ok("page-size", f"the host supports {human_kib(page)} pages")
+    if facts.memory_kib % page:
+        ck.fail("memory-whole-pages", f"memory {human_kib(facts.memory_kib)} is not a whole "
+                f"number of {human_kib(page)} pages; round <memory> to a multiple of "
+                f"{human_kib(page)}")
+        return None
+    ck.ok("memory-whole-pages", f"{facts.memory_kib // page} pages of {human_kib(page)}")
+    return page
+
+
+def _cells(ck: _Checks, facts: DomainFacts, topo: Topology, pins: tuple[int, ...],
+           page_kib: int) -> tuple[Cell, ...]:
+    nodes = topo.nodes_of(pins)
+    pages = facts.memory_kib // page_kib
+    k = len(nodes)
+    if pages < k:
+        ck.fail("memory-page-per-cell", f"{human_kib(facts.memory_kib)} is {pages} pages of "
+                f"{human_kib(page_kib)}, fewer than the {k} guest cells its CPUs span; raise "
+                f"<memory> to at least {human_kib(k * page_kib)}")
+        return ()
+    base, rem = divmod(pages, k)
+    cells = []
+    for i, node in enumerate(nodes):
+        n_pages = base + (1 if i < rem else 0)
+        vcpus = tuple(v for v, c in enumerate(pins) if topo.node_of(c) == node)
+        cells.append(Cell(i, node, vcpus, n_pages * page_kib, n_pages))
+    ck.ok("memory-page-per-cell", f"{k} guest cells, {base}{'+1' if rem else ''} pages each")
+    return tuple(cells)
+
+
+def _iothreads(ids: tuple[int, ...], emulator: tuple[int, ...],
+               policy: str | None) -> tuple[tuple[int, tuple[int, ...]], ...]:
+    if policy == "auto" and len(emulator) > 1:
+        return tuple((io, (emulator[i % len(emulator)],)) for i, io in enumerate(ids))
+    return tuple((io, emulator) for io in ids)
+
+
+def _advisories(facts: DomainFacts, req: Request, plan: Plan | None,
+                topo: Topology | None = None) -> list[str]:
+    """The reference guide's real-time tuning advice the domain does not follow yet."""
+    if not req.realtime:
+        return []
+    out = []
+    if facts.graphics:
+        out.append("a graphics device is attached; remove it to cut interrupts "
+                   "(KubeVirt: autoattachGraphicsDevice: false)")
+    if facts.memballoon not in (None, "none"):
+        out.append("a memory balloon is present; numahook renders <memballoon model='none'/>")
+    if facts.cpu_mode != "host-passthrough":
+        out.append("the CPU is not host-passthrough; set <cpu mode='host-passthrough'>")
+    if not facts.tsc_deadline_required:
+        out.append("tsc-deadline is not required; add <feature policy='require' "
+                   "name='tsc-deadline'/> to <cpu>")
+    if plan is not None and topo is not None:
+        threads = plan.topology[3]
+        rt_cpus = {plan.vcpu_pins[v] for v in plan.realtime_vcpus}
+        for v in plan.realtime_vcpus:
+            c = plan.vcpu_pins[v]
+            core = v - v % threads
+            own = set(plan.vcpu_pins[core:core + threads])
+            others = topo.cpus[c].siblings - own
+            if others:
+                out.append(f"hyperthread siblings are shared: real-time vCPU {v} on CPU {c} "
+                           f"shares its core with CPU {cpulist.format(others)}; give the guest "
+                           "threads='2' in <cpu><topology> or turn SMT off")
+                break
+        if not req.isolate_emulator and set(plan.emulator) & rt_cpus:
+            out.append("the emulator thread shares CPUs with real-time vCPUs; set "
+                       "isolateEmulatorThread=\"true\"")
+    return out
+
+
+def differences(facts: DomainFacts, plan: Plan) -> list[str]:
+    """How a definition differs from ``plan``, one human phrase each (empty: up to date).
+
+    Compares meaning, not text, because libvirt reformats what it stores.
+    """
+    out: list[str] = []
+    for v, cpu in enumerate(plan.vcpu_pins):
+        have = facts.vcpupin.get(v)
+        if have != frozenset({cpu}):
+            if have:
+                out.append(f"vCPU {v} is pinned to CPU {cpulist.format(have)}, but on this "
+                           f"host now it belongs on CPU {cpu}")
+            else:
+                out.append(f"vCPU {v} is not pinned (it belongs on CPU {cpu})")
+            break
+    if facts.emulatorpin != frozenset(plan.emulator):
+        out.append(f"the emulator is pinned to {cpulist.format(facts.emulatorpin or ())}, "
+                   f"not {cpulist.format(plan.emulator)}")
+    want_io = {io: frozenset(cpus) for io, cpus in plan.iothread_pins}
+    if {k: v for k, v in facts.iothreadpin.items()} != want_io:
+        out.append("the IO thread pinning differs")
+    if plan.cells:
+        have_cells = [(set(c.cpus), c.memory_kib) for c in facts.cells]
+        want_cells = [(set(c.vcpus), c.memory_kib) for c in plan.cells]
+        if have_cells != want_cells:
+            nodes = ", ".join(str(c.host_node) for c in plan.cells)
+            out.append(f"the guest has {len(have_cells)} NUMA cells, but its CPUs now span "
+                       f"{len(want_cells)} host nodes ({nodes})"
+                       if len(have_cells) != len(want_cells) else
+                       "the guest NUMA cells' CPUs or memory differ")
+        want_mem = {c.id: frozenset({c.host_node}) for c in plan.cells}
+        if facts.memnodes != want_mem:
+            out.append("the strict memory binding of the cells to host nodes differs")
+        want_pages = {(plan.page_kib or 0, frozenset({c.id})) for c in plan.cells}
+        if set(facts.page_nodesets) != want_pages:
+            out.append("the per-cell hugepage backing differs")
+    want_sched = (((frozenset(plan.realtime_vcpus), "fifo", plan.priority),)
+                  if plan.vcpusched else ())
+    # libvirt stores <vcpusched vcpus='0-1'> as one element per vCPU: compare the union of
+    # the vCPUs per policy and priority, not the elements as written
+    merged: dict[tuple[str, int], frozenset[int]] = {}
+    for vcpus, policy, prio in facts.vcpusched:
+        merged[(policy, prio)] = merged.get((policy, prio), frozenset()) | vcpus
+    have_sched = tuple((v, p, pr) for (p, pr), v in sorted(merged.items()))
+    # A definition without <vcpusched> is still fine where libvirt could have used it:
+    # the hook applies FIFO right after start instead. The reverse is not: on a node that
+    # needs an RT group budget, libvirt's own vcpusched fails with EPERM.
+    tolerable = plan.vcpusched and not have_sched
+    if plan.realtime_extras and have_sched != want_sched and not tolerable:
+        out.append("the <vcpusched> real-time settings differ from what this node needs")
+    want_emu = ("fifo", plan.priority) if plan.vcpusched and plan.emulator_realtime else None
+    if (plan.realtime_extras and facts.emulatorsched != want_emu
+            and not (want_emu and facts.emulatorsched is None)):
+        out.append("the <emulatorsched> real-time setting differs from what this node needs")
+    return out

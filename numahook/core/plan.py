@@ -1,0 +1,105 @@
+"""The plan: what numahook decided for one domain, and the inputs and checks it came from.
+
+Plain records with no logic beyond their own digest: :mod:`numahook.core.hardware`
+fills them, :mod:`numahook.core.designer` writes a plan into domain XML, and
+:mod:`numahook.core.explain` shows an evaluation to the operator.
+"""
+
+from __future__ import annotations
+
+from numahook import records
+from numahook.config import Config
+from numahook.core.topology import Topology, _sha256
+from numahook.errors import Refusal
+from numahook.records import field, record
+
+#: Bump when the same inputs would render differently, so daemons re-render definitions.
+RENDER_VERSION = 1
+
+
+@record(frozen=True)
+class Check:
+    name: str
+    #: True passed, False failed, None not evaluated (an earlier check failed)
+    ok: bool | None
+    reason: str
+
+
+@record(frozen=True)
+class Cell:
+    """One guest NUMA cell of the plan. Its name is part of the plan's digest (repr), so
+    renaming it would re-render every domain."""
+
+    id: int
+    host_node: int
+    vcpus: tuple[int, ...]
+    memory_kib: int
+    pages: int
+
+
+@record(frozen=True)
+class Plan:
+    vcpu_pins: tuple[int, ...]
+    emulator: tuple[int, ...]
+    iothread_pins: tuple[tuple[int, tuple[int, ...]], ...]
+    cells: tuple[Cell, ...]
+    page_kib: int | None
+    topology: tuple[int, int, int, int]
+    realtime_vcpus: tuple[int, ...]
+    priority: int
+    vcpusched: bool
+    realtime_extras: bool
+    #: emit <memoryBacking><locked/> (real-time, where libvirtd may lift the memlock limit)
+    locked: bool = False
+    #: the isolated emulator thread of a real-time domain runs SCHED_FIFO at ``priority``
+    #: on its own CPU: under TCG it delivers the guest's timer interrupts, under KVM it
+    #: emulates devices, and host load on that CPU must not delay either
+    emulator_realtime: bool = False
+    #: guest distances: (cell a, cell b, value) for every ordered pair
+    distances: tuple[tuple[int, int, int], ...] = ()
+    kept_pinning: bool = field(default=False, compare=False)
+
+    @property
+    def cpus(self) -> frozenset[int]:
+        """Every host CPU this domain holds exclusively."""
+        return frozenset(self.vcpu_pins) | frozenset(self.emulator)
+
+    def digest(self) -> str:
+        # repr of plain tuples and ints is stable; asdict() deep-copies and was 8% of a render.
+        # emulator_realtime joins only when set, so older renderings keep their digests.
+        parts = [(name, getattr(self, name)) for name in records.field_names(self)
+                 if name != "kept_pinning"
+                 and (name != "emulator_realtime" or self.emulator_realtime)]
+        raw = repr((RENDER_VERSION, parts)).encode()
+        return "sha256:" + _sha256(raw)[:32]
+
+
+@record
+class Evaluation:
+    checks: list[Check]
+    plan: Plan | None
+    advisories: list[str]
+
+    @property
+    def failed(self) -> Check | None:
+        return next((c for c in self.checks if c.ok is False), None)
+
+    def refusal(self) -> Refusal:
+        bad = self.failed
+        assert bad is not None
+        return Refusal(bad.reason, bad.name)
+
+
+@record(frozen=True)
+class Inputs:
+    """Everything the plan depends on besides the domain itself."""
+
+    topology: Topology
+    available: frozenset[int]
+    config: Config
+    #: libvirt's <vcpusched> works here (no RT group budget needed before the vCPUs run)
+    emit_vcpusched: bool = True
+    #: size libvirt uses for a bare <hugepages/> (``Hugepagesize`` in /proc/meminfo)
+    default_page_kib: int | None = None
+    #: libvirtd can lift QEMU's RLIMIT_MEMLOCK (CAP_SYS_RESOURCE), so <locked/> works
+    can_lock_memory: bool = True

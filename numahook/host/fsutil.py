@@ -1,0 +1,225 @@
+"""Small, careful file primitives shared by every adapter (sysfs, cgroupfs, procfs, state).
+
+Everything numahook touches on the host goes through here so that reads are bounded,
+our own files are replaced atomically, kernel knob writes fail with one actionable
+sentence, and paths built from outside input cannot leave their root.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from numahook import log as logmod
+from numahook.core.units import clip
+from numahook.errors import HostError, InputError, StateError
+
+log = logmod.get(__name__)
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Union
+
+    PathLike = Union[str, "os.PathLike[str]"]
+
+#: Names tried for a temporary file before giving up (mkstemp's bound is 10000; a clash
+#: needs the same pid and 32 random bits, so a few are plenty).
+_TEMP_ATTEMPTS = 100
+
+#: What to do when the kernel refuses a knob write, by errno (callers may pass their own).
+_KNOB_HINTS = {
+    errno.EPERM: "run numahook as root",
+    errno.EACCES: "run numahook as root",
+    errno.EROFS: "the file system is read-only; remount it read-write",
+    errno.EINVAL: "the kernel rejected the value; check it against the kernel's limits",
+    errno.EBUSY: "the resource is in use; stop what uses it and retry",
+    errno.ENOSPC: "the kernel has no room for it; free the resource and retry",
+    errno.ENOMEM: "the kernel is out of memory for it; free memory and retry",
+    errno.ENOENT: "the kernel does not offer this file; check the kernel configuration",
+    errno.ESRCH: "the process is gone; retry once it runs",
+}
+
+
+class KnobWriteError(HostError):
+    """A sysfs/cgroup/procfs write failed; ``errno`` and ``path`` let callers tolerate some."""
+
+    def __init__(self, message: str, path: str, err: int) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = err
+
+
+def read_text(path: PathLike, limit: int = 1 << 20) -> str:
+    """Read a whole file, refusing more than ``limit`` bytes (sysfs files are tiny).
+
+    Bytes that are not UTF-8 survive as surrogate escapes, so XML can be re-encoded losslessly.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+    except OSError as exc:
+        raise InputError(
+            f"reading {os.fspath(path)} failed: {exc.strerror or exc}; "
+            "check that it exists and is readable by root"
+        ) from None
+    if len(data) > limit:
+        raise InputError(
+            f"{os.fspath(path)} is larger than {limit} bytes, which is not a file numahook "
+            "expects there; check what wrote it"
+        )
+    return data.decode("utf-8", "surrogateescape")
+
+
+def read_int(path: PathLike) -> int:
+    """Read a file holding one integer (a kernel knob)."""
+    text = read_text(path, limit=4096).strip()
+    try:
+        return int(text)
+    except ValueError:
+        raise InputError(
+            f"{os.fspath(path)} holds {clip(text)}, not an integer; check the kernel interface"
+        ) from None
+
+
+def make_private_dirs(path: PathLike) -> None:
+    """Create ``path`` and any missing parents with mode 0700 (os.makedirs only does the leaf)."""
+    missing: list[Path] = []
+    p = Path(path)
+    while not p.is_dir():
+        missing.append(p)
+        if p.parent == p:
+            break
+        p = p.parent
+    for d in reversed(missing):
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _create_temp(parent: Path, name: str) -> tuple[int, str]:
+    """Create ``.NAME.PID-RANDOM.tmp`` beside the target, exclusively and 0600.
+
+    tempfile.mkstemp does the same but importing tempfile (random, shutil, bz2, lzma...)
+    costs the hook more than its whole prepare work.
+    """
+    for _ in range(_TEMP_ATTEMPTS):
+        tmp_name = os.path.join(parent, f".{name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+        try:
+            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o600)
+        except FileExistsError:
+            continue
+        return fd, tmp_name
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", os.fspath(parent))
+
+
+def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600,
+                 durable: bool = True) -> None:
+    """Replace ``path`` so readers see the old or the new content, never a torn file.
+
+    A temporary file in the same directory is written and renamed over the target; with
+    ``durable`` it is fsynced first and the directory after, so the rename survives a
+    power loss. Missing parents are created 0700. On failure nothing but the old file
+    remains.
+    """
+    target = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    parent = target.parent
+    tmp_name: str | None = None
+    try:
+        make_private_dirs(parent)
+        fd, tmp_name = _create_temp(parent, target.name)
+        try:
+            os.fchmod(fd, mode)
+            view = memoryview(raw)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            if durable:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp_name, target)
+        tmp_name = None
+        if durable:
+            _fsync_dir(parent)
+    except OSError as exc:
+        raise StateError(
+            f"writing {target} failed: {exc.strerror or exc}; "
+            f"free space in {parent} or fix its permissions"
+        ) from None
+    finally:
+        if tmp_name is not None:
+            try:
+                os.unlink(tmp_name)
+            except OSError as exc:
+                log.warning("could not remove temporary file %s: %s", tmp_name, exc)
+
+
+def write_knob(path: PathLike, value: str, hint: str | Mapping[int, str] | None = None) -> None:
+    """Write one value to a kernel knob in a single write(2), or raise KnobWriteError.
+
+    The kernel applies a knob write as a whole or not at all, so a failed write leaves no
+    partial state. ``hint`` replaces the generic advice: for every errno (a string) or for
+    the errnos it maps.
+    """
+    where = os.fspath(path)
+    raw = value.encode("ascii")
+    try:
+        # O_TRUNC is ignored by sysfs/cgroupfs/procfs and keeps plain-file fixtures honest.
+        fd = os.open(where, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+        try:
+            written = os.write(fd, raw)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        hints = {**_KNOB_HINTS, **hint} if isinstance(hint, Mapping) else _KNOB_HINTS
+        advice = hint if isinstance(hint, str) else None
+        advice = advice or hints.get(exc.errno or 0, "check the kernel log (dmesg)")
+        raise KnobWriteError(
+            f"writing {value.strip()} to {where} failed: {exc.strerror or exc}; {advice}",
+            where,
+            exc.errno or 0,
+        ) from None
+    if written != len(raw):
+        raise KnobWriteError(
+            f"writing {value.strip()} to {where} failed: only {written} of {len(raw)} bytes "
+            "were taken; check the kernel log (dmesg)",
+            where,
+            errno.EIO,
+        )
+
+
+def under(root: PathLike, *parts: str) -> Path:
+    """Join ``parts`` below ``root``, refusing anything that could leave it.
+
+    Parts come from outside (cgroup paths from /proc, domain names, UUIDs), so ``..``,
+    absolute parts, NUL bytes and symlinks resolving outside ``root`` are refused.
+    A part may hold several components (``devices/system/node``).
+    """
+    base = Path(root)
+    path = base
+    for part in parts:
+        if not isinstance(part, str) or not part or "\0" in part or part.startswith("/"):
+            raise InputError(f"path part {part!r} is not a relative name; use a plain name")
+        components = part.split("/")
+        if any(c == ".." for c in components):
+            raise InputError(f"path part {part!r} climbs out with '..'; use a plain name")
+        path = path.joinpath(*[c for c in components if c and c != "."])
+    real_root = os.path.realpath(base)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
+        raise InputError(f"{path} resolves to {real}, outside {real_root}; remove the symlink")
+    return path

@@ -1,0 +1,279 @@
+"""Per-NUMA-node hugepage pools: reserve what a domain needs, give back exactly that.
+
+A pool is ``(node, size_kib)`` under
+``<sysfs>/devices/system/node/nodeN/hugepages/hugepages-<size>kB/``. Reserving raises the
+pool's ``nr_hugepages`` and reads it back, because the kernel may deliver fewer pages
+than asked when memory is fragmented. Every change is journalled before it is made
+(write-ahead) and after, so a process killed in between leaves enough to roll back
+without ever lowering a pool below what the administrator configured.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from numahook import faults
+from numahook import log as logmod
+from numahook.errors import HostError, NumahookError, Refusal
+from numahook.host import fsutil
+from numahook.records import NamedTuple
+
+log = logmod.get(__name__)
+
+PoolKey = tuple[int, int]  # (node, size_kib)
+
+
+class Pending(NamedTuple):
+    """A write about to happen to a pool's ``nr_hugepages``: its value before, and by how much."""
+
+    before: int
+    delta: int
+
+
+#: journal(added, pending): persist both before returning, or raise to stop the change.
+Journal = Callable[[dict[PoolKey, int], dict[PoolKey, Pending]], None]
+
+_SIZE_DIR = re.compile(r"^hugepages-([0-9]{1,9})kB\Z")
+
+
+class PoolCounts(NamedTuple):
+    nr: int
+    free: int
+    surplus: int
+
+
+def node_dir(sysfs_root: str, node: int) -> Path:
+    return fsutil.under(sysfs_root, "devices/system/node", f"node{int(node)}")
+
+
+def pool_dir(sysfs_root: str, pool: PoolKey) -> Path:
+    node, size = pool
+    return node_dir(sysfs_root, node) / "hugepages" / f"hugepages-{int(size)}kB"
+
+
+def supported_sizes(sysfs_root: str, node: int) -> list[int]:
+    """Hugepage sizes (kB) the host offers on ``node``, ascending."""
+    try:
+        names = os.listdir(node_dir(sysfs_root, node) / "hugepages")
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for m in map(_SIZE_DIR.match, names) if m)
+
+
+def counts(sysfs_root: str, pool: PoolKey) -> PoolCounts:
+    d = pool_dir(sysfs_root, pool)
+    return PoolCounts(
+        fsutil.read_int(d / "nr_hugepages"),
+        fsutil.read_int(d / "free_hugepages"),
+        fsutil.read_int(d / "surplus_hugepages"),
+    )
+
+
+def check_pools(pools: list[PoolKey], sysfs_root: str = "/sys") -> None:
+    """Refuse pools the host does not have, naming what it does have."""
+    for node, size in pools:
+        if not node_dir(sysfs_root, node).is_dir():
+            raise Refusal(
+                f"NUMA node {node} does not exist on this host; pin the domain to CPUs of "
+                "existing nodes",
+                check="hugepage-node",
+            )
+        if pool_dir(sysfs_root, (node, size)).is_dir():
+            continue
+        sizes = supported_sizes(sysfs_root, node)
+        offered = " and ".join(f"{s} kB" for s in sizes) or "no hugepage size at all"
+        raise Refusal(
+            f"node {node} has no {size} kB hugepages; this host supports {offered}, so use "
+            "one of those in the domain's <memoryBacking><hugepages>",
+            check="hugepage-size",
+        )
+
+
+class _Ledger:
+    """What we added per pool plus the one write in flight, journalled on every change."""
+
+    def __init__(self, added: Mapping[PoolKey, int], journal: Journal | None) -> None:
+        self.added: dict[PoolKey, int] = {p: n for p, n in added.items() if n}
+        self.pending: dict[PoolKey, Pending] = {}
+        self.journal = journal
+
+    def _note(self) -> None:
+        if self.journal is not None:
+            self.journal(dict(self.added), dict(self.pending))
+
+    def change(self, sysfs_root: str, pool: PoolKey, delta: int) -> int:
+        """Move ``nr_hugepages`` by ``delta``; return the change the kernel really made."""
+        knob = pool_dir(sysfs_root, pool) / "nr_hugepages"
+        before = fsutil.read_int(knob)
+        target = max(0, before + delta)
+        self.pending[pool] = Pending(before, target - before)
+        self._note()  # write-ahead: if this raises, nothing was touched
+        faults.point("hugepages.pending")
+        failure: HostError | None = None
+        try:
+            fsutil.write_knob(knob, str(target))
+        except HostError as exc:
+            failure = exc
+        faults.point("hugepages.written")
+        after = fsutil.read_int(knob)
+        done = _clamp(after - before, target - before)
+        self.added[pool] = self.added.get(pool, 0) + done
+        if not self.added[pool]:
+            del self.added[pool]
+        del self.pending[pool]
+        self._note()
+        if failure is not None:
+            raise failure
+        return done
+
+
+def _clamp(observed: int, intended: int) -> int:
+    """The part of ``observed`` that our ``intended`` change can account for."""
+    if intended >= 0:
+        return max(0, min(observed, intended))
+    return min(0, max(observed, intended))
+
+
+def _compact(proc_root: str) -> None:
+    try:
+        fsutil.write_knob(fsutil.under(proc_root, "sys/vm/compact_memory"), "1")
+    except HostError as exc:
+        log.warning("memory compaction was not possible: %s", exc)
+
+
+def reserve(
+    need: Mapping[PoolKey, int],
+    sysfs_root: str = "/sys",
+    proc_root: str = "/proc",
+    journal: Journal | None = None,
+    compact: bool = True,
+) -> dict[PoolKey, int]:
+    """Make ``need[pool]`` pages free in every pool; return the pages we added per pool.
+
+    Only the deficit over what is already free is added. When the kernel delivers fewer
+    pages, memory is compacted (unless ``compact`` is off, config [hugepages] compact) and
+    the rest asked for once more. If a pool is still short, every page added so far is
+    given back and a Refusal names each shortage.
+    """
+    pools = sorted(p for p, n in need.items() if n > 0)
+    check_pools(pools, sysfs_root)
+    ledger = _Ledger({}, journal)
+    asked: dict[PoolKey, int] = {}
+    short: dict[PoolKey, int] = {}
+    compacted = not compact
+    try:
+        for pool in pools:
+            for attempt in range(2):
+                free = counts(sysfs_root, pool).free
+                deficit = need[pool] - free
+                if deficit <= 0:
+                    break
+                if attempt == 1:
+                    if not compacted:
+                        _compact(proc_root)
+                        compacted = True
+                    log.info("node %d gave %d of %d kB pages short; retrying after compaction",
+                             pool[0], deficit, pool[1])
+                asked.setdefault(pool, deficit)  # the message reports the first deficit
+                ledger.change(sysfs_root, pool, deficit)
+            free = counts(sysfs_root, pool).free
+            if free < need[pool]:
+                short[pool] = free
+    except NumahookError:
+        _rollback(ledger, sysfs_root)
+        raise
+    if short:
+        message = _shortage_message(need, short, asked, dict(ledger.added))
+        _rollback(ledger, sysfs_root)
+        raise Refusal(message, check="hugepages")
+    for pool, n in sorted(ledger.added.items()):
+        log.info("reserved %d hugepages of %d kB on node %d", n, pool[1], pool[0])
+    return dict(ledger.added)
+
+
+def _rollback(ledger: _Ledger, sysfs_root: str) -> None:
+    """Give back everything the ledger added; a failure here is logged, the cause is raised."""
+    try:
+        _release_into(ledger, sysfs_root)
+    except NumahookError as exc:
+        log.error("giving back the hugepages added so far failed: %s", exc)
+
+
+def _shortage_message(
+    need: Mapping[PoolKey, int],
+    short: Mapping[PoolKey, int],
+    asked: Mapping[PoolKey, int],
+    got: Mapping[PoolKey, int],
+) -> str:
+    by_size: dict[int, list[str]] = {}
+    for (node, size), free in sorted(short.items()):
+        part = f"node {node} needs {need[(node, size)]} and has {free} free"
+        if (node, size) in asked:
+            part += f" (the kernel gave {got.get((node, size), 0)} of {asked[(node, size)]} asked)"
+        by_size.setdefault(size, []).append(part)
+    clauses = [f"not enough {size} kB hugepages: " + ", ".join(parts)
+               for size, parts in sorted(by_size.items())]
+    nodes = sorted({node for node, _ in short})
+    where = ("node " if len(nodes) == 1 else "nodes ") + ", ".join(map(str, nodes))
+    return "; and ".join(clauses) + f"; free memory on {where} or lower the domain's memory"
+
+
+def release(
+    added: Mapping[PoolKey, int],
+    sysfs_root: str = "/sys",
+    journal: Journal | None = None,
+) -> None:
+    """Lower each pool's ``nr_hugepages`` by exactly what we added (never below 0).
+
+    Pages the administrator configured are never touched. Every pool is tried; the
+    first failure is raised afterwards, and the journal says what is still held.
+    """
+    _release_into(_Ledger(added, journal), sysfs_root)
+
+
+def _release_into(ledger: _Ledger, sysfs_root: str) -> None:
+    first: NumahookError | None = None
+    for pool in sorted(ledger.added):
+        if not pool_dir(sysfs_root, pool).is_dir():
+            log.warning("hugepage pool %s is gone; nothing to give back there", pool)
+            continue
+        try:
+            ledger.change(sysfs_root, pool, -ledger.added[pool])
+        except NumahookError as exc:
+            log.error("giving back %d pages of %d kB on node %d failed: %s",
+                      ledger.added.get(pool, 0), pool[1], pool[0], exc)
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def settle(
+    added: Mapping[PoolKey, int],
+    pending: Mapping[PoolKey, Pending],
+    sysfs_root: str = "/sys",
+) -> dict[PoolKey, int]:
+    """Fold writes interrupted by a crash into ``added`` by reading the pools back.
+
+    A pending raise counts only the pages the pool really grew by (up to what was
+    asked); a pending lowering counts only what really went away. Unknowable cases round
+    towards holding fewer pages, so a later release can never eat the admin's pages.
+    """
+    out = {p: n for p, n in added.items() if n}
+    for pool, intent in pending.items():
+        try:
+            now = counts(sysfs_root, pool).nr
+        except NumahookError as exc:
+            log.warning("cannot read hugepage pool %s to settle a crash: %s", pool, exc)
+            continue
+        done = _clamp(now - intent.before, intent.delta)
+        if intent.delta >= 0:
+            out[pool] = out.get(pool, 0) + done
+        else:
+            out[pool] = max(0, out.get(pool, 0) + done)
+        if not out[pool]:
+            del out[pool]
+    return out
+

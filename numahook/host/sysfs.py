@@ -1,0 +1,134 @@
+"""Read :class:`~numahook.core.topology.Topology` from a sysfs tree (``/sys`` or a fixture)."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from numahook import log as logmod
+from numahook.core import cpulist
+from numahook.core.topology import Cpu, HugepagePool, Node, Topology
+from numahook.core.units import is_decimal
+from numahook.errors import InputError
+from numahook.host import fsutil
+
+log = logmod.get(__name__)
+
+_MEMTOTAL = re.compile(r"^Node\s+[0-9]+\s+MemTotal:\s+([0-9]{1,15})\s+kB", re.MULTILINE)
+_PAGEDIR = re.compile(r"hugepages-([0-9]{1,9})kB")
+_MAX_FILE = 1 << 16
+
+
+def _read(path: Path) -> str:
+    return fsutil.read_text(path, _MAX_FILE)
+
+
+def _read_int(path: Path, default: int | None = None) -> int:
+    if default is not None and not path.exists():
+        return default
+    return fsutil.read_int(path)
+
+
+def _pools(directory: Path) -> dict[int, HugepagePool]:
+    pools: dict[int, HugepagePool] = {}
+    if not directory.is_dir():
+        return pools
+    for entry in sorted(os.listdir(directory)):
+        m = _PAGEDIR.fullmatch(entry)
+        if not m:
+            continue
+        d = directory / entry
+        size = int(m.group(1))
+        pools[size] = HugepagePool(
+            size_kib=size,
+            nr=_read_int(d / "nr_hugepages"),
+            free=_read_int(d / "free_hugepages"),
+            surplus=_read_int(d / "surplus_hugepages", 0),
+        )
+    return pools
+
+
+def read_topology(root: str | os.PathLike[str] = "/sys") -> Topology:
+    """Read online CPUs and nodes. Offline CPUs are absent; CPU-less nodes have no CPUs."""
+    sysroot = Path(root)
+    cpu_dir = sysroot / "devices/system/cpu"
+    node_dir = sysroot / "devices/system/node"
+    online_cpus = cpulist.parse(_read(cpu_dir / "online"), f"{cpu_dir}/online")
+
+    node_cpus: dict[int, frozenset[int]] = {}
+    nodes_online_file = node_dir / "online"
+    if nodes_online_file.exists():
+        node_ids = sorted(cpulist.parse(_read(nodes_online_file), str(nodes_online_file)))
+    else:  # CONFIG_NUMA=n: one node holding everything
+        node_ids = []
+    for n in node_ids:
+        path = node_dir / f"node{n}/cpulist"
+        node_cpus[n] = cpulist.parse(_read(path), str(path)) & online_cpus
+    if not node_ids:
+        node_ids = [0]
+        node_cpus[0] = online_cpus
+    cpu_node = {c: n for n, cs in node_cpus.items() for c in cs}
+
+    cpus: dict[int, Cpu] = {}
+    for c in sorted(online_cpus):
+        topo = cpu_dir / f"cpu{c}/topology"
+        if c not in cpu_node:
+            log.warning("CPU %d is online but in no NUMA node; ignoring it", c)
+            continue
+        sib_path = topo / "thread_siblings_list"
+        siblings = (
+            cpulist.parse(_read(sib_path), str(sib_path)) & online_cpus
+            if sib_path.exists()
+            else frozenset({c})
+        )
+        cpus[c] = Cpu(
+            id=c,
+            node=cpu_node[c],
+            package=_read_int(topo / "physical_package_id", 0),
+            die=_read_int(topo / "die_id", 0),
+            core=_read_int(topo / "core_id", c),
+            siblings=siblings | {c},
+        )
+
+    nodes: dict[int, Node] = {}
+    for n in node_ids:
+        d = node_dir / f"node{n}"
+        memory = 0
+        if (d / "meminfo").exists():
+            m = _MEMTOTAL.search(_read(d / "meminfo"))
+            memory = int(m.group(1)) if m else 0
+        distances: dict[int, int] = {}
+        if (d / "distance").exists():
+            row = _read(d / "distance").split()
+            if len(row) == len(node_ids) and all(is_decimal(v) for v in row):
+                distances = {node_ids[i]: int(v) for i, v in enumerate(row)}
+            else:
+                log.warning("%s does not list one distance per online node; ignoring it", d)
+        nodes[n] = Node(
+            id=n,
+            cpus=node_cpus[n],
+            memory_kib=memory,
+            hugepages=_pools(d / "hugepages"),
+            distances=distances,
+        )
+
+    global_pools = _pools(sysroot / "kernel/mm/hugepages")
+    sizes = frozenset(global_pools) or frozenset(s for n in nodes.values() for s in n.hugepages)
+    return Topology(cpus=cpus, nodes=nodes, page_sizes=sizes, default_page_kib=_default_page(sizes))
+
+
+def _default_page(sizes: frozenset[int]) -> int:
+    # The kernel's default is the smallest supported size on x86 unless
+    # default_hugepagesz= is given; /proc/meminfo says it, and the caller may override.
+    return min(sizes) if sizes else 2048
+
+
+def default_page_kib(proc_root: str | os.PathLike[str] = "/proc") -> int | None:
+    """``Hugepagesize:`` from ``/proc/meminfo``: the size libvirt uses for a bare <hugepages/>."""
+    try:
+        text = _read(Path(proc_root) / "meminfo")
+    except InputError:
+        return None
+    m = re.search(r"^Hugepagesize:\s+([0-9]{1,9})\s+kB", text, re.MULTILINE)
+    return int(m.group(1)) if m else None

@@ -1,0 +1,130 @@
+"""The node in words: why it is or is not real-time capable, and the CLI's table."""
+
+from __future__ import annotations
+
+from numahook.config import DEFAULT_PATH
+from numahook.core import cpulist
+from numahook.node.model import CPU_PARAMS, CpuParam, NodeCapability, size_name
+
+
+def reasons(cap: NodeCapability, config_path: str = DEFAULT_PATH) -> list[str]:
+    """Sentences saying why the node is or is not real-time capable, each with its fix.
+
+    The first is always KubeVirt's test; the others say what else decides how well a
+    real-time guest runs here. ``config_path`` is named where a fix is a config change.
+    """
+    out: list[str] = []
+    rt = cap.sched_rt_runtime_us
+    if cap.realtime_capable:
+        out.append("kernel.sched_rt_runtime_us is -1: RT throttling is off, so SCHED_FIFO "
+                   "vCPUs may run unthrottled and this node is real-time capable")
+    else:
+        out.append(f"kernel.sched_rt_runtime_us is {rt}: RT throttling is on; run `sysctl -w "
+                   "kernel.sched_rt_runtime_us=-1` (and persist it in /etc/sysctl.d/) to make "
+                   "this node real-time capable")
+    policy = cap.start_policy
+    if policy.mode == "refuse":
+        out.append("real-time domains are refused here because RT group scheduling would give "
+                   "libvirt's vCPU cgroups no budget; set throttled = delegate under [realtime] "
+                   f"in {config_path} to let numahook delegate budget instead")
+    elif not policy.ok:
+        out.append(policy.reason)
+    elif policy.mode == "delegate":
+        free = cap.rt_budget.available_us if cap.rt_budget else 0
+        out.append(f"real-time domains still start here because numahook delegates RT group "
+                   f"budget ({free} us per period is free for them), split between their "
+                   "real-time vCPUs; turn throttling off as above to give them full CPUs")
+    if not cap.preempt_rt:
+        out.append("the kernel is not PREEMPT_RT (/sys/kernel/realtime is not 1), so latency "
+                   "is best effort; boot a PREEMPT_RT kernel (linux-image-rt-amd64 or "
+                   "kernel-rt) for hard real-time guests")
+    if not cap.isolcpus:
+        out.append("no CPUs are isolated from the scheduler; add isolcpus=managed_irq,domain,"
+                   "<cpus> nohz_full=<cpus> rcu_nocbs=<cpus> to the kernel command line and "
+                   "reboot to keep host work off real-time vCPUs")
+    else:
+        missing = [name for name, cpus in (("nohz_full", cap.nohz_full),
+                                           ("rcu_nocbs", cap.rcu_nocbs))
+                   if not cap.isolcpus <= cpus]
+        if missing:
+            cpus = cpulist.format(cap.isolcpus)
+            out.append(f"isolated CPUs {cpus} are not all in {' and '.join(missing)}, so the "
+                       "timer tick or RCU callbacks still interrupt them; add "
+                       + " ".join(f"{m}={cpus}" for m in missing)
+                       + " to the kernel command line")
+    if not any(p.free for p in cap.hugepages):
+        out.append("no hugepages are free on any NUMA node; reserve some per node, such as `echo 4 "
+                   "> /sys/devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages`")
+    mounted = {m.pagesize_kib for m in cap.hugetlbfs}
+    for size in cap.page_sizes():
+        if any(p.nr for p in cap.hugepages if p.size_kib == size) and size not in mounted:
+            out.append(f"{size} KiB hugepages are reserved but no hugetlbfs is mounted with that "
+                       f"page size; mount one (pagesize={size_name(size)[:-1]}) before libvirtd "
+                       "starts, from /etc/fstab")
+    if cap.libvirt_reachable is False:
+        out.append(f"libvirt at {cap.libvirt_uri} is not reachable; start libvirtd or virtqemud "
+                   "(or fix libvirt_uri under [daemon])")
+    return out
+
+
+def _yes(flag: bool | None) -> str:
+    return "unknown" if flag is None else "yes" if flag else "no"
+
+
+def _param(p: CpuParam) -> str:
+    if p.raw is None:
+        return "not set"
+    text = f"{cpulist.format(p.cpus) or 'none'} ({len(p.cpus)} CPUs)"
+    return f"{text}, flags {','.join(p.flags)}" if p.flags else text
+
+
+def report_lines(cap: NodeCapability) -> list[tuple[str, str]]:
+    """(fact, value) pairs for the CLI table, in reading order."""
+    rows: list[tuple[str, str]] = [
+        ("real-time capable", f"{_yes(cap.realtime_capable)} (kernel.sched_rt_runtime_us = "
+                              f"{cap.sched_rt_runtime_us}, period {cap.sched_rt_period_us} us)"),
+        ("real-time starts", f"{cap.start_policy.mode}: {cap.start_policy.reason}"),
+        ("RT group scheduling", _yes(cap.rt_group_sched)
+         + (", domains need delegated budget" if cap.needs_group_budget else "")),
+    ]
+    b = cap.rt_budget
+    if b is not None:
+        text = f"root {b.root_runtime_us} us ({b.root_free_us} free)"
+        if b.machine_group:
+            text += f", {b.machine_group} {b.machine_runtime_us} us ({b.machine_free_us} free)"
+        rows.append(("RT budget", f"{text}; {b.available_us} us per period available"))
+    rows += [
+        ("PREEMPT_RT", _yes(cap.preempt_rt)),
+        ("kernel", cap.kernel_release or "unknown"),
+        *((name, _param(cap.cmdline[name])) for name in CPU_PARAMS),
+        ("cgroup", f"v{cap.cgroup_version}"),
+        ("CPUs online", f"{cpulist.format(cap.online_cpus)} ({len(cap.online_cpus)})"),
+        ("NUMA nodes", f"{len(cap.nodes)}: " + "; ".join(
+            f"node{n.id} CPUs {cpulist.format(n.cpus) or 'none'}, {n.memory_kib // 1024} MiB"
+            for n in cap.nodes)),
+    ]
+    for n in cap.nodes:
+        pools = [p for p in cap.hugepages if p.node == n.id]
+        if pools:
+            rows.append((f"hugepages node{n.id}", "; ".join(
+                f"{size_name(p.size_kib)}: {p.free} free of {p.nr}"
+                + (f" ({p.surplus} surplus)" if p.surplus else "") for p in pools)))
+    rows.append(("hugetlbfs", ", ".join(
+        f"{m.path} ({size_name(m.pagesize_kib)}{'' if m.explicit else ', default'})"
+        for m in cap.hugetlbfs) or "none mounted"))
+    reach = {True: "reachable", False: "not reachable", None: "unknown"}[cap.libvirt_reachable]
+    rows.append(("libvirt", f"{reach} ({cap.libvirt_uri})"))
+    return rows
+
+
+def text_report(cap: NodeCapability) -> str:
+    """The readable report: one line per fact, then the reasons and any warnings."""
+    rows = report_lines(cap)
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append("reasons:")
+    lines += [f"  - {r}" for r in cap.reasons]
+    if cap.warnings:
+        lines.append("warnings:")
+        lines += [f"  - {w}" for w in cap.warnings]
+    return "\n".join(lines)

@@ -1,0 +1,78 @@
+"""Gather the renderer's inputs from the host: one function for the hook, daemon and CLI.
+
+Reads files only (sysfs, cgroupfs, procfs, libvirt status XML, our state dir), never
+libvirt's API, so the hook can call it without deadlocking libvirtd.
+"""
+
+from __future__ import annotations
+
+from numahook.config import Config
+from numahook.core import cpulist, metadata
+from numahook.core.plan import Inputs
+from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
+from numahook.records import record
+from numahook.state.statedir import StateDir
+
+#: lets libvirtd raise QEMU's RLIMIT_MEMLOCK, which <memoryBacking><locked/> needs
+CAP_SYS_RESOURCE = 24
+
+
+@record(frozen=True)
+class CpuSource:
+    """Where the available set came from, for messages and ``numahook check``."""
+
+    partition: str
+    partition_path: str
+    partition_cpus: frozenset[int]
+    held_by_domains: dict[str, frozenset[int]]
+    held_by_claims: frozenset[int]
+
+    def describe(self) -> str:
+        held = set(self.held_by_claims)
+        for cpus in self.held_by_domains.values():
+            held |= cpus
+        text = (f"partition {self.partition} ({self.partition_path}) has CPUs "
+                f"{cpulist.format(self.partition_cpus) or 'none'}")
+        if held:
+            text += f", of which {cpulist.format(held)} are held by other dedicated domains"
+        return text
+
+
+def managed_running(cfg: Config, exclude_uuid: str | None) -> dict[str, frozenset[int]]:
+    """CPUs pinned by other running domains that opted in (they hold theirs exclusively)."""
+    out: dict[str, frozenset[int]] = {}
+    for dom in libvirtstatus.running_domains(cfg.libvirt_run):
+        if exclude_uuid and dom.uuid == (exclude_uuid or "").lower():
+            continue
+        if not metadata.opted_in(dom.domain):
+            continue
+        out[dom.name] = dom.pinned_cpus
+    return out
+
+
+def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
+           cpuset_override: frozenset[int] | None = None,
+           state: StateDir | None = None) -> tuple[Inputs, CpuSource]:
+    topo = sysfs.read_topology(cfg.sysfs_root)
+    if cpuset_override is not None:
+        cpus, path = cpuset_override, "--cpuset"
+    else:
+        cs = cgroups.partition_cpuset(cfg.cgroup_root, partition)
+        cpus, path = cs.cpus, str(cs.path)
+    domains = managed_running(cfg, exclude_uuid)
+    claimed: frozenset[int] = frozenset()
+    if state is not None:
+        claimed = state.held_cpus(exclude_uuid)
+    available = cpus - claimed
+    for held in domains.values():
+        available -= held
+    inputs = Inputs(
+        topology=topo,
+        available=frozenset(available),
+        config=cfg,
+        emit_vcpusched=not rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root),
+        default_page_kib=sysfs.default_page_kib(cfg.proc_root),
+        can_lock_memory=procfs.libvirtd_has_capability(CAP_SYS_RESOURCE, cfg.proc_root),
+    )
+    view = CpuSource(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed)
+    return inputs, view

@@ -1,0 +1,319 @@
+"""Domain lifecycle operations: the one implementation the hook and numahookd both run.
+
+Each operation reads files only (stdin XML, sysfs, cgroupfs, procfs, libvirt status XML,
+our state dir) so the hook can run it inside libvirtd's start path without calling back
+into libvirt. Each either completes or leaves a claim the next call or the daemon rolls
+back: nothing is half-applied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from numahook import faults
+from numahook import log as logmod
+from numahook.config import Config
+from numahook.core import allocate, cpulist, hardware, render
+from numahook.core.plan import Plan
+from numahook.errors import HostError, NumahookError, Refusal
+from numahook.host import hugepages, libvirtstatus, procfs, rtsched
+from numahook.ops import hostinputs
+from numahook.records import record
+from numahook.state.claims import Claim, RealtimeIntent
+from numahook.state.recovery import recover, rollback
+from numahook.state.statedir import ClaimJournal, StateDir
+from numahook.xml import safe
+
+log = logmod.get(__name__)
+
+
+def audit(action: str, name: str, **fields: object) -> None:
+    """One structured line per action, for the journal and for grep."""
+    extra = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, ""))
+    log.info("domain=%s action=%s %s", name, action, extra)
+
+
+def _pending_pages(state: StateDir, exclude_uuid: str) -> dict[tuple[int, int], int]:
+    """Pages other starting domains were promised but QEMU has not mapped yet."""
+    out: dict[tuple[int, int], int] = {}
+    for claim in state.list_claims():
+        if claim.uuid == exclude_uuid or claim.phase != "reserved":
+            continue
+        for pool, pages in claim.need.items():
+            out[pool] = out.get(pool, 0) + pages
+    return out
+
+
+@record(frozen=True)
+class Admission:
+    claim: Claim
+    plan: Plan
+
+
+def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
+    """``prepare``: gate the start, claim the CPUs, reserve the hugepages. None: not ours.
+
+    Runs under the state lock, so two domains starting at once can never double-book.
+    """
+    doc = render.parse(xml, readonly=True)
+    if doc.request is None or not doc.request.managed:
+        return None
+    name, uuid = doc.facts.name, doc.facts.uuid
+    state.ensure()
+    with state.lock(cfg.lock_timeout):
+        recover(state, cfg.sysfs_root)  # before this start counts or changes a pool
+        old = state.load(uuid)
+        if old is not None:  # a start that failed before release ran: give it all back
+            log.warning("%s has a claim left from an earlier start; releasing it first", name)
+            if not rollback(ClaimJournal(state, old), cfg.sysfs_root):
+                raise HostError(f"{name} still holds resources from an earlier start that "
+                                "could not be given back; see the journal and run "
+                                "`numahook status`")
+        inputs, view = hostinputs.gather(cfg, doc.facts.partition, uuid, state=state)
+        ev = render.evaluate(doc, inputs)
+        if ev.failed is not None:
+            raise ev.refusal()
+        plan = ev.plan
+        assert plan is not None
+        stale = hardware.differences(doc.facts, plan)
+        if stale:
+            raise Refusal(
+                f"{name}'s definition does not match this host: {stale[0]}; "
+                f"{view.describe()}; run "
+                f"`numahook apply {name}` or let numahookd re-render it, then start again",
+                "stale-definition")
+        if plan.realtime_vcpus:
+            gate = rtsched.realtime_gate(cfg)
+            if not gate.ok:
+                raise Refusal(gate.reason, gate.name)
+        need = {(c.host_node, plan.page_kib): c.pages for c in plan.cells
+                if plan.page_kib is not None}
+        early = tuple(v for v in plan.realtime_vcpus if v < doc.facts.current_vcpus)
+        intent = (RealtimeIntent(early, plan.priority, doc.request.isolate_emulator)
+                  if early else None)
+        claim = Claim(uuid=uuid, name=name, cpus=plan.cpus, phase="claimed", need=need,
+                      realtime=intent)
+        journal = ClaimJournal(state, claim)
+        journal.update()  # the claim exists before any page is touched
+        faults.point("admit.claimed")
+        try:
+            if need:
+                asked = dict(need)
+                for pool, pages in _pending_pages(state, uuid).items():
+                    if pool in asked:
+                        asked[pool] += pages
+                hugepages.reserve(asked, cfg.sysfs_root, cfg.proc_root, journal.hugepages,
+                                  compact=cfg.hugepages_compact)
+        except NumahookError:
+            rollback(journal, cfg.sysfs_root)
+            raise
+        faults.point("admit.reserved")
+        journal.update(phase="reserved")
+        faults.point("admit.phase-reserved")
+        audit("admit", name, cpus=cpulist.format(plan.cpus),
+              hugepages=",".join(f"node{n}:{p}x{s}kB" for (n, s), p in sorted(need.items())),
+              added=",".join(f"node{n}:{p}" for (n, s), p in
+                             sorted(journal.claim.hugepages.items())))
+        return Admission(journal.claim, plan)
+
+
+@record(frozen=True)
+class Tuning:
+    rt_vcpus: tuple[int, ...]
+    result: rtsched.RtResult | None
+    message: str
+
+
+def vcpu_threads(name: str, cfg: Config) -> tuple[int | None, dict[int, int]]:
+    """vCPU thread ids: libvirt's status XML first, then /proc thread names."""
+    status = libvirtstatus.status_of(name, cfg.libvirt_run)
+    if status is None:
+        return None, {}
+    tids = dict(status.vcpu_tids)
+    if not tids and status.pid:
+        tids = procfs.vcpu_threads_from_proc(status.pid, cfg.proc_root)
+    return status.pid, tids
+
+
+def _apply_journalled(journal: ClaimJournal, tids: Mapping[int, int],
+                      rt_vcpus: frozenset[int], priority: int, emulator: int | None,
+                      cfg: Config, allow_delegation: bool) -> rtsched.RtResult:
+    """rtsched.apply with each budget write journalled in the claim, after what an
+    earlier application delegated (a re-apply adds to it). Under the state lock."""
+    earlier = list(journal.claim.rt_budget)
+
+    def note(records: list[rtsched.BudgetRecord]) -> None:
+        journal.rt_budget(earlier + records)
+
+    return rtsched.apply(
+        tids, rt_vcpus, priority, allow_delegation=allow_delegation,
+        cap_us=cfg.rt_max_budget_us, cgroup_root=cfg.cgroup_root, proc_root=cfg.proc_root,
+        journal=note, emulator_tid=emulator)
+
+
+def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
+    """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs."""
+    doc = render.parse(xml, readonly=True)
+    req = doc.request
+    if req is None or not req.realtime:
+        if req is not None and req.managed:
+            _mark_running(doc, cfg, state)
+        return None
+    name = doc.facts.name
+    rt_all = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
+    pid, tids = vcpu_threads(name, cfg)
+    # vCPUs not plugged yet have no thread; the daemon tunes them when they appear
+    rt_vcpus = frozenset(v for v in rt_all if v in tids)
+    # QEMU's main thread is the emulator thread; real-time with it when it has its own CPU
+    emulator = pid if req.isolate_emulator and rt_all and pid else None
+    state.ensure()
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(doc.facts.uuid) or Claim(
+            uuid=doc.facts.uuid, name=name, cpus=_live_cpus(doc), phase="running")
+        journal = ClaimJournal(state, claim)
+        journal.update(phase="running", qemu_pid=pid)
+        faults.point("tune.journalled")
+        result = _apply_journalled(journal, tids, rt_vcpus, req.realtime_priority, emulator,
+                                   cfg, allow_delegation=cfg.rt_throttled == "delegate")
+        faults.point("tune.applied")
+    audit("realtime", name, vcpus=cpulist.format(rt_vcpus), priority=req.realtime_priority,
+          emulator=emulator is not None, path=result.path, detail=result.message)
+    return Tuning(tuple(sorted(rt_vcpus)), result, result.message)
+
+
+def tune_early(uuid: str, tids: dict[int, int], pid: int, cfg: Config,
+               state: StateDir) -> bool:
+    """numahookd, between ``prepare`` and ``started``: FIFO as soon as libvirt has put the
+    real-time vCPU threads in their cgroups, rather than ~100 ms after ``started``.
+
+    Only where the group budget must be delegated (elsewhere ``<vcpusched>`` does it
+    before the vCPUs run). ``tids`` are the threads found in the ``vcpuN`` cgroups so far.
+    True once done or once there is nothing to do; False to be asked again when more
+    vCPU threads have moved. The ``started`` hook still applies and verifies, and finds
+    the work done.
+    """
+    if cfg.rt_throttled != "delegate" or not rtsched.needs_group_budget(cfg.cgroup_root,
+                                                                          cfg.proc_root):
+        return True
+    claim = state.load(uuid)
+    if claim is None or claim.realtime is None or claim.phase == "running":
+        return True
+    intent = claim.realtime
+    if not set(intent.vcpus) <= set(tids):
+        return False
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(uuid)  # again, under the lock: the hook may have moved on
+        if claim is None or claim.realtime is None or claim.phase == "running":
+            return True
+        journal = ClaimJournal(state, claim)
+        journal.update(qemu_pid=pid)
+        result = _apply_journalled(journal, {v: tids[v] for v in intent.vcpus},
+                                   frozenset(intent.vcpus), intent.priority,
+                                   pid if intent.emulator else None, cfg,
+                                   allow_delegation=True)
+    audit("realtime-early", claim.name, vcpus=cpulist.format(intent.vcpus),
+          priority=intent.priority, emulator=intent.emulator, path=result.path,
+          detail=result.message)
+    return True
+
+
+def _live_cpus(doc: render.Parsed) -> frozenset[int]:
+    cpus: set[int] = set()
+    for pins in doc.facts.vcpupin.values():
+        cpus |= pins
+    cpus |= doc.facts.emulatorpin or set()
+    return frozenset(cpus)
+
+
+def _mark_running(doc: render.Parsed, cfg: Config, state: StateDir) -> None:
+    state.ensure()
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(doc.facts.uuid)
+        if claim is not None:
+            pid, _ = vcpu_threads(doc.facts.name, cfg)
+            ClaimJournal(state, claim).update(phase="running", qemu_pid=pid)
+
+
+def release(uuid: str, name: str, cfg: Config, state: StateDir) -> bool:
+    """``stopped``/``release``: give back hugepages we added and RT budget, drop the claim."""
+    if not state.path.exists():
+        return True
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(uuid)
+        if claim is None:
+            return True
+        faults.point("release.before-rollback")
+        ok = rollback(ClaimJournal(state, claim), cfg.sysfs_root)
+        faults.point("release.after-rollback")
+    audit("release", name, ok=ok, cpus=cpulist.format(claim.cpus),
+          hugepages=",".join(f"node{n}:{p}" for (n, s), p in sorted(claim.hugepages.items())))
+    return ok
+
+
+def adopt(xml: str, cfg: Config, state: StateDir) -> None:
+    """``reconnect``: re-establish the claim of a running domain and re-check realtime."""
+    doc = render.parse(xml, readonly=True)
+    if doc.request is None or not doc.request.managed:
+        return
+    state.ensure()
+    with state.lock(cfg.lock_timeout):
+        claim = state.load(doc.facts.uuid)
+        if claim is None:
+            claim = Claim(uuid=doc.facts.uuid, name=doc.facts.name, cpus=_live_cpus(doc),
+                          phase="running")
+            log.warning("%s was running without a claim; recorded its CPUs %s", claim.name,
+                        cpulist.format(claim.cpus))
+        ClaimJournal(state, claim).update(phase="running")
+    if doc.request.realtime:
+        tune(xml, cfg, state)
+    audit("adopt", doc.facts.name, cpus=cpulist.format(claim.cpus))
+
+
+def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
+    """``migrate``/``restore``: re-pin the host side to this host, keeping the guest's view.
+
+    libvirt refuses a guest ABI change, so the guest cells (their vCPUs and memory),
+    topology and distances stay; vCPU, emulator and IO thread pins, the cells' host nodes
+    and vcpusched follow this host. None: not ours, print nothing.
+    """
+    doc = render.parse(xml)
+    if doc.request is None or not doc.request.managed:
+        return None
+    facts, req = doc.facts, doc.request
+    name = facts.name
+    inputs, view = hostinputs.gather(cfg, facts.partition, facts.uuid, state=state)
+    ev = hardware.evaluate(facts, req, inputs)
+    if ev.failed is not None:
+        raise ev.refusal()
+    plan = ev.plan
+    assert plan is not None
+    if facts.cells:
+        cells = [tuple(sorted(c.cpus)) for c in sorted(facts.cells, key=lambda c: c.id)]
+        covered = [v for c in cells for v in c]
+        if not all(cells) or sorted(covered) != list(range(facts.vcpus)):
+            raise Refusal(
+                f"{name}'s guest NUMA cells do not hold every vCPU exactly once (a cell "
+                "without CPUs?), which numahook never renders, so it cannot keep their shape "
+                f"here; run `numahook apply {name}` on the source host and try again",
+                "guest-shape")
+        want = [c.vcpus for c in plan.cells]
+        if want != cells:
+            threads = plan.topology[3]
+            with_memory = frozenset(n.id for n in inputs.topology.nodes.values()
+                                    if n.memory_kib > 0)
+            try:
+                alloc = allocate.allocate_cells(
+                    inputs.topology, inputs.available, cells, threads,
+                    1 if req.isolate_emulator else 0, vcpu_nodes=with_memory)
+            except Refusal as exc:
+                raise Refusal(
+                    f"this host cannot give {name} the same guest NUMA shape "
+                    f"({len(cells)} cells of {'/'.join(str(len(c)) for c in cells)} vCPUs): "
+                    f"{exc} ({view.describe()}); migrate it to a host whose cpuset spans "
+                    "matching nodes", "guest-shape") from None
+            plan = hardware.replan(facts, req, inputs, alloc, cells)
+    from numahook.core import designer  # editing XML: the one lifecycle call that loads lxml
+
+    designer.apply_host_side(doc.root, plan)
+    audit("relocate", name, cpus=cpulist.format(plan.cpus))
+    return safe.tostring(doc.root, doc.quote)

@@ -1,0 +1,118 @@
+"""What each managed domain holds and how its vCPUs run: for ``numahook status`` and numahookd.
+
+Built from files only (libvirt status XML, our claims, procfs), so it works while libvirt
+is down; inactive definitions are added when a libvirt connection is at hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from numahook import NAMESPACE
+from numahook.config import Config
+from numahook.core import cpulist, metadata, render
+from numahook.errors import NumahookError
+from numahook.host import libvirtstatus, procfs
+from numahook.state.statedir import StateDir
+
+log = logging.getLogger(__name__)
+
+
+def _running(cfg: Config, claims: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for st in libvirtstatus.running_domains(cfg.libvirt_run):
+        if not metadata.opted_in(st.domain):
+            continue
+        try:
+            doc = render.read(st.domain)
+        except NumahookError as exc:
+            log.warning("cannot read the live definition of %s: %s", st.name, exc)
+            continue
+        facts, req = doc.facts, doc.request
+        rt: frozenset[int] = frozenset()
+        if req is not None and req.realtime:
+            try:
+                rt = cpulist.parse_mask(req.realtime_mask, facts.vcpus)
+            except NumahookError:
+                rt = frozenset()
+        tids = dict(st.vcpu_tids)
+        if not tids and st.pid:
+            tids = procfs.vcpu_threads_from_proc(st.pid, cfg.proc_root)
+        vcpus = []
+        for v in range(facts.vcpus):
+            entry: dict[str, Any] = {
+                "vcpu": v, "cpus": cpulist.format(facts.vcpupin.get(v, ())),
+                "realtime": v in rt, "tid": tids.get(v), "policy": None, "priority": None}
+            if v in tids:
+                try:
+                    entry["policy"], entry["priority"] = procfs.sched_of(tids[v])
+                except NumahookError:
+                    pass
+            vcpus.append(entry)
+        claim = claims.pop(st.uuid, None)
+        out.append({
+            "name": st.name, "uuid": st.uuid, "state": st.state, "pid": st.pid,
+            "cpus": cpulist.format(st.pinned_cpus),
+            "emulator": cpulist.format(facts.emulatorpin or ()),
+            "cells": [{"id": c.id, "vcpus": cpulist.format(c.cpus), "memory_kib": c.memory_kib,
+                       "host_nodes": cpulist.format(facts.memnodes.get(c.id, ()))}
+                      for c in facts.cells],
+            "vcpus": vcpus,
+            "realtime_ok": all(e["policy"] == "fifo" for e in vcpus if e["realtime"]
+                               and e["tid"] is not None),
+            "claim": claim,
+        })
+    return out
+
+
+def collect(cfg: Config, conn: Any = None) -> dict[str, Any]:
+    state = StateDir(cfg.state_dir)
+    claims: dict[str, Any] = {}
+    if state.path.exists():
+        for c in state.list_claims():
+            claims[c.uuid] = {
+                "phase": c.phase, "cpus": cpulist.format(c.cpus),
+                "hugepages_added": {f"node{n}:{s}kB": p for (n, s), p in c.hugepages.items()},
+                "hugepages_need": {f"node{n}:{s}kB": p for (n, s), p in c.need.items()},
+                "rt_budget_files": len(c.rt_budget), "name": c.name}
+    running = _running(cfg, claims)
+    inactive = []
+    if conn is not None:
+        import libvirt
+
+        flags = libvirt.VIR_CONNECT_LIST_DOMAINS_INACTIVE
+        for dom in conn.listAllDomains(flags):
+            try:
+                xml = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            except libvirt.libvirtError:
+                continue
+            if NAMESPACE in xml:
+                inactive.append({"name": dom.name(), "uuid": dom.UUIDString(),
+                                 "state": "shut off"})
+    return {"running": running, "inactive": inactive,
+            "orphan_claims": [dict(uuid=u, **c) for u, c in claims.items()]}
+
+
+def text(doc: dict[str, Any]) -> str:
+    lines = []
+    for d in doc["running"]:
+        lines.append(f"{d['name']}  {d['state']}  cpus {d['cpus']}  emulator {d['emulator']}")
+        for c in d["cells"]:
+            lines.append(f"  cell {c['id']}: vCPUs {c['vcpus']}, {c['memory_kib']} KiB on "
+                         f"host node {c['host_nodes']}")
+        for v in d["vcpus"]:
+            sched = f"{v['policy']} {v['priority']}" if v["policy"] else "no thread"
+            mark = " (real-time)" if v["realtime"] else ""
+            lines.append(f"  vCPU {v['vcpu']} -> CPU {v['cpus']}: {sched}{mark}")
+        claim = d["claim"]
+        if claim:
+            lines.append(f"  holds: hugepages added {claim['hugepages_added'] or 'none'}, "
+                         f"needs {claim['hugepages_need'] or 'none'}, "
+                         f"{claim['rt_budget_files']} RT budget file(s)")
+    for d in doc["inactive"]:
+        lines.append(f"{d['name']}  shut off")
+    for c in doc["orphan_claims"]:
+        lines.append(f"orphan claim {c['name']} ({c['uuid']}) phase {c['phase']}: numahookd "
+                     "releases it")
+    return "\n".join(lines) or "no managed domains"

@@ -1,0 +1,1 @@
+"""numahook's tests; docs/architecture.md says where each kind lives."""

@@ -1,0 +1,111 @@
+"""The hook's import closure: what a managed prepare loads is most of what it costs.
+
+bench/hook.py holds the target (prepare <= interpreter start + 30 ms); these tests keep
+the modules that were taken out of the hook's path from coming back, without timing.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.fixtures.hosts import host_roots
+from tests.golden.cases import CASES, DATA
+
+REPO = Path(__file__).resolve().parents[3]
+
+#: stdlib modules the hook does not need (top-level names; submodules count too)
+NOT_IN_HOOK = ("lxml", "logging", "tempfile", "random", "shutil", "signal", "dataclasses",
+               "inspect", "typing")
+
+#: the hook run as libvirtd runs it (-I, syslog), then what it imported
+_HOOK = """
+import io, os, sys
+sys.path.insert(0, sys.argv[1])
+from numahook.hook.main import main
+xml = sys.stdin.read()
+claims = os.path.join(sys.argv[2], "claims")
+for op, sub in (("prepare", "begin"), ("started", "begin"), ("release", "end")):
+    sys.stdin = io.StringIO(xml)
+    assert main(["dedicated", op, sub, "-"]) == 0, op
+    if op == "prepare":
+        assert len(os.listdir(claims)) == 1, "prepare claims (and so writes a file)"
+assert os.listdir(claims) == [], "release gives the claim back"
+print(" ".join(sorted(sys.modules)))
+"""
+
+
+def fixture_host(tmp_path: Path) -> tuple[Path, str]:
+    """A config for a fixture host, and a domain rendered for it (dedicated CPUs)."""
+    case = next(c for c in CASES if c.id == "intel-dedicated-partition")
+    roots = host_roots(tmp_path, case.host, case.cgroup_version, case.cpusets)
+    (tmp_path / "run").mkdir()
+    conf = tmp_path / "numahook.conf"
+    conf.write_text(f"[paths]\nstate_dir = {tmp_path / 'state'}\n"
+                    f"sysfs_root = {roots['sysfs']}\ncgroup_root = {roots['cgroup']}\n"
+                    f"proc_root = {roots['proc']}\nlibvirt_run = {tmp_path / 'run'}\n")
+    return conf, (DATA / f"{case.id}-out.xml").read_text()
+
+
+def hook_modules(tmp_path: Path) -> list[str]:
+    """Every module a managed prepare, started and release load, as libvirtd runs them."""
+    conf, xml = fixture_host(tmp_path)
+    proc = subprocess.run([sys.executable, "-I", "-c", _HOOK, str(REPO),
+                           str(tmp_path / "state")], input=xml, capture_output=True, text=True,
+                          env={"NUMAHOOK_CONFIG": str(conf)}, check=False)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == ""
+    return proc.stdout.split()
+
+
+def test_managed_hook_calls_stay_out_of_the_heavy_modules(tmp_path: Path) -> None:
+    loaded = {m.split(".")[0] for m in hook_modules(tmp_path)}
+    assert "numahook" in loaded
+    assert sorted(loaded.intersection(NOT_IN_HOOK)) == []
+
+
+def test_ruffs_import_budget_covers_exactly_the_hooks_modules(tmp_path: Path) -> None:
+    """pyproject.toml bans NOT_IN_HOOK at module level (ruff TID253) in the files listed
+    there; that list must be the hook's own modules, no more and no fewer."""
+    files = set()
+    for name in hook_modules(tmp_path):
+        if name == "numahook" or name.startswith("numahook."):
+            path = Path(*name.split("."))
+            files.add(str(path / "__init__.py") if (REPO / path).is_dir() else f"{path}.py")
+    text = (REPO / "pyproject.toml").read_text()
+    listed = re.search(r'^"!\{([^}]*)\}" = \["TID253"\]$', text, re.MULTILINE)
+    assert listed, "pyproject.toml has no TID253 exemption for files outside the hook's path"
+    assert set(listed.group(1).split(",")) == files
+    banned = re.search(r"banned-module-level-imports = \[([^]]*)\]", text)
+    assert banned
+    assert set(re.findall(r'"([a-z]+)"', banned.group(1))) == set(NOT_IN_HOOK)
+
+
+def test_the_sh_front_runs_the_hook_as_libvirtd_does(tmp_path: Path) -> None:
+    """The front's own Python (GC off, frozen at exit) still exits with main's status and
+    flushes what main printed: migrate's XML on stdout, a refusal on stderr."""
+    conf, xml = fixture_host(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "NUMAHOOK_CONFIG": str(conf),
+           "NUMAHOOK_PYTHON": sys.executable, "NUMAHOOK_PYTHONPATH": str(REPO)}
+
+    def hook(op: str, sub: str, doc: str = xml) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["sh", str(REPO / "libvirt-hooks" / "numahook"), "dedicated", op,
+                               sub, "-"], input=doc, capture_output=True, text=True, env=env,
+                              check=False)
+
+    claims = tmp_path / "state" / "claims"
+    assert hook("prepare", "begin").returncode == 0
+    assert len(list(claims.iterdir())) == 1
+    migrated = hook("migrate", "begin")
+    assert migrated.returncode == 0, migrated.stderr
+    assert migrated.stdout.startswith("<domain") and migrated.stdout.rstrip().endswith(
+        "</domain>")
+    assert hook("release", "end").returncode == 0
+    assert list(claims.iterdir()) == []
+    # the definition no longer matches what numahook renders: refused, in one line
+    refused = hook("prepare", "begin", xml.replace("<vcpupin vcpu='0' cpuset='2'/>",
+                                                   "<vcpupin vcpu='0' cpuset='5'/>"))
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("numahook: ") and refused.stderr.count("\n") == 1

@@ -1,0 +1,107 @@
+"""migrate/restore: re-pin the host side to this host, keep the guest's view (libvirt ABI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from numahook.config import Config
+from numahook.core import domainxml
+from numahook.errors import Refusal
+from numahook.ops import lifecycle
+from numahook.records import replace
+from numahook.state.statedir import StateDir
+from numahook.xml import safe
+from tests.fixtures.hosts import host_roots
+from tests.golden.cases import CASES, DATA
+
+WIDE = next(c for c in CASES if c.id == "intel-wide")
+
+
+def host_config(tmp: Path, host: str, version: int = 1) -> Config:
+    roots = host_roots(tmp, host, version)
+    (tmp / "run").mkdir()
+    return replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
+                   proc_root=str(roots["proc"]), libvirt_run=str(tmp / "run"),
+                   state_dir=str(tmp / "state"))
+
+
+def rendered_on_intel() -> str:
+    return (DATA / f"{WIDE.id}-out.xml").read_text()
+
+
+def facts(xml: str) -> domainxml.DomainFacts:
+    return domainxml.read(safe.parse(xml))
+
+
+def test_relocation_keeps_the_guest_view_and_repins_to_this_host(tmp_path: Path) -> None:
+    source = rendered_on_intel()
+    cfg = host_config(tmp_path, "bench-8n-256", 2)
+    out = lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert out is not None
+    before, after = facts(source), facts(out)
+    # the guest sees the same cells, topology, memory and distances
+    assert after.cells == before.cells
+    assert after.topology == before.topology
+    assert after.memory_kib == before.memory_kib
+    src_numa = safe.parse(source).find("cpu/numa")
+    out_numa = safe.parse(out).find("cpu/numa")
+    assert safe.tostring(out_numa) == safe.tostring(src_numa)
+    # the host side follows this host: 256 CPUs, siblings N and N+128, 16 cores per node
+    pins = [next(iter(after.vcpupin[v])) for v in range(after.vcpus)]
+    assert len(set(pins)) == after.vcpus and pins != [next(iter(before.vcpupin[v]))
+                                                       for v in range(before.vcpus)]
+    for v in range(0, after.vcpus, 2):  # guest thread siblings on host siblings
+        assert abs(pins[v] - pins[v + 1]) == 128
+    node_of = {c: (c % 128) // 16 for c in range(256)}
+    for cell in after.cells:
+        nodes = {node_of[pins[v]] for v in cell.cpus}
+        assert len(nodes) == 1
+        assert after.memnodes[cell.id] == frozenset(nodes)
+    assert len({next(iter(n)) for n in after.memnodes.values()}) == len(after.cells)
+
+
+def test_same_host_relocation_keeps_the_pinning(tmp_path: Path) -> None:
+    source = rendered_on_intel()
+    cfg = host_config(tmp_path, "intel-2s-ht")
+    out = lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert out is not None
+    assert facts(out).vcpupin == facts(source).vcpupin
+
+
+def test_a_host_that_cannot_give_the_same_shape_refuses(tmp_path: Path) -> None:
+    cfg = host_config(tmp_path, "epyc-nps4", 2)  # 16 CPUs per node: 24-vCPU cells cannot fit
+    with pytest.raises(Refusal) as exc:
+        lifecycle.relocate(rendered_on_intel(), cfg, StateDir(cfg.state_dir))
+    message = str(exc.value)
+    assert "\n" not in message
+    assert exc.value.check in ("guest-shape", "dedicated-cpus")
+
+
+def test_two_cells_do_not_fit_one_node(tmp_path: Path) -> None:
+    source = (DATA / "quad-numavm-split-v2-out.xml").read_text()  # 2 cells of 2 vCPUs
+    cfg = host_config(tmp_path, "single")
+    with pytest.raises(Refusal) as exc:
+        lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert exc.value.check == "guest-shape"
+    assert "same guest NUMA shape (2 cells of 2/2 vCPUs)" in str(exc.value)
+    assert "migrate it to a host whose cpuset spans matching nodes" in str(exc.value)
+
+
+def test_unmanaged_domains_print_nothing(tmp_path: Path) -> None:
+    cfg = host_config(tmp_path, "single")
+    plain = "<domain type='kvm'><name>p</name><memory>1024</memory></domain>"
+    assert lifecycle.relocate(plain, cfg, StateDir(cfg.state_dir)) is None
+
+
+def test_a_cell_without_vcpus_is_refused_in_one_sentence(tmp_path: Path) -> None:
+    source = (DATA / "quad-numavm-split-v2-out.xml").read_text()
+    bad = source.replace("<cell id='0' cpus='0-1' ", "<cell id='0' ")
+    assert bad != source
+    cfg = host_config(tmp_path, "quad-nosmt", 2)
+    with pytest.raises(Refusal) as exc:
+        lifecycle.relocate(bad, cfg, StateDir(cfg.state_dir))
+    assert exc.value.check == "guest-shape"
+    assert "do not hold every vCPU exactly once" in str(exc.value)
+    assert "\n" not in str(exc.value)
