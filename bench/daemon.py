@@ -259,7 +259,9 @@ def profile_idle_minute(conf: Path, top: int = 30) -> None:
 
     logging.getLogger("numahook").setLevel(logging.ERROR)
     d = Daemon(config.load(str(conf)), str(conf))
-    d.conn.open()
+    d.conn.open()  # in a thread: run the loop until it is connected
+    if not d.loop.run_until(lambda: d.conn.up, timeout=30):
+        raise SystemExit("numahookd could not connect to libvirt within 30 s")
     d.probe_and_publish()
     d._reconcile()  # the first pass lists the definitions
     prof = cProfile.Profile()

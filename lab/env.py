@@ -48,7 +48,6 @@ PACKAGES = [
     "python3-setuptools",
     "python3-pytest",
     "python3-daemon",
-    "python3-sdnotify",
     "libxml2-utils",
     "libnuma1",
 ]
@@ -538,6 +537,7 @@ def _start_numahookd(state: dict[str, Any]) -> None:
         return
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     logfile = LOG_DIR / "numahookd.log"
+    offset = logfile.stat().st_size if logfile.exists() else 0
     with open(logfile, "ab") as out:
         proc = subprocess.Popen(
             [binary, "--foreground"],
@@ -550,7 +550,14 @@ def _start_numahookd(state: dict[str, Any]) -> None:
     st = _proc_stat(proc.pid)
     state["daemons"]["numahookd"] = {"pid": proc.pid, "start": st[1] if st else None}
     save(state)
-    time.sleep(1.5)
+    # numahookd logs "ready" once it has recovered, probed and published; or it exits
+    deadline = time.monotonic() + DAEMON_WAIT
+    while proc.poll() is None and time.monotonic() < deadline:
+        with open(logfile, "rb") as f:
+            f.seek(offset)
+            if b" ready" in f.read():
+                break
+        time.sleep(0.1)
     code = proc.poll()
     if code is not None:
         del state["daemons"]["numahookd"]
@@ -648,7 +655,9 @@ def _stop(state: dict[str, Any], name: str, problems: list[str]) -> None:
     if _alive(pid, start):
         log.warning("%s (pid %d) ignored SIGTERM for %.0f s; killing it", name, pid, DAEMON_WAIT)
         os.kill(pid, signal.SIGKILL)
-        time.sleep(0.5)
+        deadline = time.monotonic() + 5
+        while _alive(pid, start) and time.monotonic() < deadline:
+            time.sleep(0.05)
     if _alive(pid, start):
         problems.append(f"{name} (pid {pid}) is still running")
     else:

@@ -50,6 +50,9 @@ class Config:
     #: [daemon]
     probe_interval: float = 60.0
     reconcile_interval: float = 5.0
+    #: [daemon] resync_interval: every definition is listed and rendered again this often,
+    #: so one whose DEFINED event was lost is rendered within this bound
+    resync_interval: float = 60.0
     libvirt_uri: str = "qemu:///system"
     nfd_dir: str = "/etc/kubernetes/node-feature-discovery/features.d"
     textfile_dir: str = "/var/lib/prometheus/node-exporter"
@@ -116,6 +119,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, Callable[[str], Any]]] = {
     ("paths", "libvirt_run"): ("libvirt_run", _abspath),
     ("daemon", "probe_interval"): ("probe_interval", _number(1, 86400)),
     ("daemon", "reconcile_interval"): ("reconcile_interval", _number(0.5, 3600)),
+    ("daemon", "resync_interval"): ("resync_interval", _number(1, 86400)),
     ("daemon", "libvirt_uri"): ("libvirt_uri", str.strip),
     ("daemon", "nfd_dir"): ("nfd_dir", _abspath),
     ("daemon", "textfile_dir"): ("textfile_dir", _abspath),

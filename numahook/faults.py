@@ -9,6 +9,10 @@ the code calls :func:`point` there, and the test sets ``NUMAHOOK_FAULT``::
     NUMAHOOK_FAULT=hugepages.written@2            # die the second time
     NUMAHOOK_FAULT=rtsched.intent,tune.applied    # whichever comes first
 
+The daemon's failure tests need faults that are not a kill: an event lost, a thread
+that dies or hangs. :func:`hit` serves them; the same variable arms them
+(``NUMAHOOK_FAULT=daemon.drop-defined``), and :data:`SWITCHES` lists them.
+
 This is for tests only. In production ``NUMAHOOK_FAULT`` is unset: the environment is
 read once at import, and :func:`point` then costs one dict lookup on an empty dict.
 """
@@ -31,6 +35,13 @@ POINTS = (
     "rtsched.intent",  # rtgroups.delegate: intent journalled, cpu.rt_runtime_us not written
     "rtsched.written",  # rtgroups.delegate: written, not yet journalled as applied
     "rollback.hugepages-released",  # recovery.rollback: pages given back, budget not yet
+)
+
+#: Faults that change behaviour instead of killing (:func:`hit`), for the daemon's tests.
+SWITCHES = (
+    "daemon.drop-defined",  # numahookd drops a DEFINED event, as if libvirt had lost it
+    "vcpuwatch.die",  # the vCPU watch thread dies of an exception nothing catches
+    "vcpuwatch.hang",  # the vCPU watch thread blocks for good
 )
 
 ENV = "NUMAHOOK_FAULT"
@@ -62,3 +73,17 @@ def point(name: str) -> None:
         import signal  # its enums cost every hook call; only a test's kill needs it
 
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+class Injected(BaseException):
+    """An injected failure; a BaseException, so that no ``except Exception`` absorbs it."""
+
+
+def hit(name: str) -> bool:
+    """True at exactly the Nth hit of an armed switch (N from ``name@N``, default 1)."""
+    nth = _ARMED.get(name)
+    if nth is None:
+        return False
+    hits = _HITS.get(name, 0) + 1
+    _HITS[name] = hits
+    return hits == nth

@@ -106,6 +106,21 @@ class Loop:
                 log.error("libvirt's event loop failed; stopping")
                 break
 
+    def run_until(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Run the loop until ``done()`` or ``timeout`` seconds (for tools and tests that
+        drive a Daemon in-process); whether ``done()`` came true."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        tick = self.every(0.1, lambda: None, "run_until tick")  # poll() wakes to re-check
+        try:
+            while not done() and time.monotonic() < deadline:
+                if libvirt.virEventRunDefaultImpl() < 0:
+                    break
+        finally:
+            self.cancel(tick)
+        return done()
+
     def close(self) -> None:
         signal.set_wakeup_fd(self._old_wakeup)
         for fd in (self._rfd, self._wfd):

@@ -70,6 +70,8 @@ class Reconciler:
                                            RunningManaged | None]] = {}
         #: uuid -> inactive managed definition, refreshed from libvirt on events only
         self._inactive: dict[str, InactiveManaged] | None = None
+        #: uuid -> digest of the inactive XML last rendered from (or found rendered)
+        self._rendered_from: dict[str, str] = {}
         #: kernel.sched_rt_runtime_us when the watch last found no stalled thread (the cgroup
         #: controllers that decide whether a group budget is needed do not change at runtime)
         self._rt_clean: int | None = None
@@ -260,13 +262,18 @@ class Reconciler:
         return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
     def rerender_inactive(self, conn: Any, force: bool = False, only: Any = None,
-                          cached: bool = False) -> None:
+                          cached: bool = False, resync: bool = False) -> None:
         """Render inactive managed domains again when their inputs changed.
 
         ``cached`` (the periodic pass): compare the inputs of the definitions known from
         the last listing and ask libvirt nothing unless they changed. Definitions only
         change through events (DEFINED, UNDEFINED, STOPPED), which list again, and a new
         connection forces a full pass, so a timer need not fetch every XML each time.
+
+        ``resync`` (the ``resync_interval`` timer): an event can be lost (a daemon busy
+        or stopped while libvirt dropped it, a bug), and the cached pass would never see
+        that definition. So list every definition, and render each whose XML is not the
+        one last rendered from, whatever the cached inputs say.
         """
         import libvirt
 
@@ -294,7 +301,7 @@ class Reconciler:
             if NAMESPACE not in xml:
                 self.forget(uuid)  # its metadata was removed
                 continue
-            managed.append((dom, xml))
+            managed.append((dom, xml, uuid))
             try:
                 partition = render.parse(xml, readonly=True).facts.partition
             except NumahookError:
@@ -302,19 +309,29 @@ class Reconciler:
             listed[uuid] = InactiveManaged(dom.name(), uuid, partition)
         if only is None:
             self._inactive = listed
+            self._rendered_from = {u: d for u, d in self._rendered_from.items() if u in listed}
         elif self._inactive is not None:
             self._inactive.update(listed)
         fp = self.inputs_fingerprint({d.partition for d in (self._inactive or listed).values()})
+        unseen = [m for m in managed if self._rendered_from.get(m[2]) != _digest(m[1])]
+        if resync and unseen:
+            log.warning("resync: %d definition(s) changed without an event reaching "
+                        "numahookd (%s); rendering them", len(unseen),
+                        ", ".join(sorted(dom.name() for dom, _, _ in unseen)))
         if not force and only is None and fp == self._fingerprint:
-            return
+            if not resync:
+                return
+            managed = unseen  # the inputs are unchanged: the rest are rendered already
         self._fingerprint = fp
-        for dom, xml in managed:
+        for dom, xml, uuid in managed:
             self._rerender_one(conn, dom, xml)
+            self._rendered_from[uuid] = _digest(xml)
 
     def forget(self, uuid: str) -> None:
         """A definition went away or started: the next listing has the truth."""
         if self._inactive is not None:
             self._inactive.pop(uuid.lower(), None)
+        self._rendered_from.pop(uuid.lower(), None)
 
     def inactive(self) -> list[InactiveManaged]:
         """Inactive managed definitions as last listed (empty before the first listing)."""
@@ -370,3 +387,7 @@ class Reconciler:
                             part.__name__, exc.get_error_message())
         self.stats.passes += 1
         self.stats.last_pass_seconds = time.monotonic() - start
+
+
+def _digest(xml: str) -> str:
+    return hashlib.sha256(xml.encode()).hexdigest()

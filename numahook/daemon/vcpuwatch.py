@@ -15,6 +15,11 @@ It runs in its own thread, blocked in poll(2) on the inotify fd: libvirt does no
 for it, and the main loop may be busy with the very DEFINED event of the domain being
 started (``virt-install`` defines and starts at once). Its state is its own; the claim
 is shared through the state lock like any hook call's.
+
+The main loop's watchdog timer covers the thread too (:meth:`VcpuWatch.health`): it wakes
+at least every :data:`HEARTBEAT` seconds and stamps :attr:`VcpuWatch.beat`, so a thread
+that died is restarted, and one that stopped making progress withholds systemd's
+watchdog ping, which restarts the daemon.
 """
 
 from __future__ import annotations
@@ -24,8 +29,10 @@ import os
 import re
 import select
 import threading
+import time
 from pathlib import Path
 
+from numahook import faults
 from numahook.config import Config
 from numahook.errors import NumahookError
 from numahook.host import fsutil, procfs, rtsched
@@ -48,6 +55,10 @@ _VCPU_DIR = re.compile(r"vcpu([0-9]{1,5})\Z")
 _MAX_DEPTH = 6
 #: directories watched at most; a host with more cgroups than this falls back to the hook
 _MAX_WATCHES = 4096
+#: the thread stamps its heartbeat at least this often (seconds), even when idle
+HEARTBEAT = 1.0
+#: beyond its lock wait, how long one event may take before the thread counts as hung
+HANG_GRACE = 5.0
 
 
 class VcpuWatch:
@@ -60,6 +71,10 @@ class VcpuWatch:
         self._done: set[Path] = set()  # domain directories handled (or not ours)
         self._thread: threading.Thread | None = None
         self._stop_r, self._stop_w = -1, -1
+        #: monotonic time of the thread's last sign of progress
+        self.beat = time.monotonic()
+        #: times a dead thread was started again
+        self.restarts = 0
 
     def start(self) -> bool:
         """Begin watching, in a thread of its own until :meth:`close`; False where there is
@@ -74,6 +89,7 @@ class VcpuWatch:
             if child.name.startswith("machine") and child.is_dir():
                 self._watch_dir(child, 1, scan=False)  # running domains are done already
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self.beat = time.monotonic()
         self._thread = threading.Thread(target=self._serve, name="vcpu-watch", daemon=True)
         self._thread.start()
         return True
@@ -84,18 +100,52 @@ class VcpuWatch:
         poller.register(self.ino.fd, select.POLLIN)
         poller.register(self._stop_r, select.POLLIN)
         while True:
-            ready = {fd for fd, _ in poller.poll()}
+            self.beat = time.monotonic()
+            if faults.hit("vcpuwatch.die"):
+                raise faults.Injected("vcpuwatch.die")
+            if faults.hit("vcpuwatch.hang"):
+                threading.Event().wait()
+            ready = {fd for fd, _ in poller.poll(int(HEARTBEAT * 1000))}
             if self._stop_r in ready:
                 return
+            if not ready:
+                continue
             try:
                 self._ready()
             except Exception:  # a bug here must not end the watch, nor the daemon
                 log.exception("the vcpu watch failed on an event; it carries on")
 
+    def health(self, now: float | None = None) -> str | None:
+        """None while the thread works: ``"dead"`` when it ended, ``"hung"`` when it has
+        shown no progress for longer than one event may take (the state lock's wait, as
+        :func:`numahook.ops.lifecycle.tune_early` takes it, and then some)."""
+        if self._thread is None:
+            return None
+        if not self._thread.is_alive():
+            return "dead"
+        now = time.monotonic() if now is None else now
+        if now - self.beat > self.cfg.lock_timeout + HANG_GRACE:
+            return "hung"
+        return None
+
+    def stalled_for(self) -> float:
+        return time.monotonic() - self.beat
+
+    def restart(self) -> bool:
+        """Start a thread again in place of a dead one, on a fresh watch of the tree: what
+        changed meanwhile was not seen, and domains starting then get FIFO from the hook."""
+        self.close()
+        self._vcpus.clear()
+        self._dirs.clear()
+        self._done.clear()
+        self.restarts += 1
+        return self.start()
+
     def close(self) -> None:
         if self._thread is not None:
             os.write(self._stop_w, b"x")
-            self._thread.join(timeout=10)
+            # bounded: a hung thread is abandoned (it is a daemon thread)
+            self._thread.join(timeout=HEARTBEAT + 1.0)
             for fd in (self._stop_r, self._stop_w):
                 os.close(fd)
             self._thread = None

@@ -10,10 +10,8 @@ import errno
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from lab.report import parse as parse_report
 from numahook.host import procfs, rtsched
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
+from tests.e2e.daemonharness import Daemon
 from tests.e2e.helpers import (
     CLAIMS,
     HOLD,
@@ -40,86 +39,6 @@ from tests.e2e.helpers import (
 REPO = Path(__file__).resolve().parents[2]
 SYSCTL = Path("/proc/sys/kernel/sched_rt_runtime_us")
 NODE_JSON = Path("/run/numahook/node.json")
-
-
-class Notifications:
-    """A NOTIFY_SOCKET the test owns: every datagram numahookd sends, in order."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(str(path))
-        self.messages: list[str] = []
-
-    def wait_for(self, needle: str, timeout: float = 30.0, after: int = 0) -> int:
-        """Index of the first message from ``after`` on that contains ``needle``."""
-        deadline = time.monotonic() + timeout
-        while True:
-            for i in range(after, len(self.messages)):
-                if needle in self.messages[i]:
-                    return i
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"no {needle!r} from numahookd in {timeout:.0f} s; "
-                                     f"got {self.messages[after:]}")
-            self.sock.settimeout(left)
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except socket.timeout:
-                continue
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-class Daemon:
-    def __init__(self, tmp: Path, throttled: str = "delegate") -> None:
-        self.tmp = tmp
-        self.nfd = tmp / "nfd"
-        self.prom = tmp / "prom"
-        self.nfd.mkdir(exist_ok=True)
-        self.prom.mkdir(exist_ok=True)
-        self.conf = tmp / "numahook.conf"
-        self.conf.write_text(
-            f"[realtime]\nthrottled = {throttled}\n[daemon]\nreconcile_interval = 1\n"
-            f"probe_interval = 2\nnfd_dir = {self.nfd}\ntextfile_dir = {self.prom}\n")
-        self.log = tmp / "numahookd.log"
-        self.notify = Notifications(tmp / "notify.sock")
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("NOTIFY")}
-        environ.update(NOTIFY_SOCKET=str(self.notify.path), WATCHDOG_USEC="1000000",
-                       PYTHONPATH=str(REPO))
-        with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "numahook.daemon.main", "--config", str(self.conf),
-                 "-v", "--log-file", str(self.log)],
-                stdin=subprocess.DEVNULL, stdout=out, stderr=out, env=environ)
-        self.mark = len(self.notify.messages)
-        self.notify.wait_for("READY=1", after=self.mark)
-
-    def signal(self, signum: int) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signum)
-
-    def stop(self) -> int | None:
-        if self.proc is None or self.proc.poll() is not None:
-            return self.proc.returncode if self.proc else None
-        self.proc.terminate()
-        try:
-            return self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            return self.proc.wait(timeout=10)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait(timeout=10)
-
-    def logtext(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -551,6 +552,14 @@ class FakeLoop:
     def cancel(self, timer: int) -> None:
         self.timers.pop(timer, None)
 
+    def watch_fd(self, fd: int, callback: Any, name: str) -> int:
+        self.fds = getattr(self, "fds", {})
+        self.fds[fd] = callback
+        return fd
+
+    def unwatch(self, watch: int) -> None:
+        self.fds.pop(watch, None)
+
 
 def test_daemon_connection_drops_and_reconnects_with_backoff(
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -570,19 +579,70 @@ def test_daemon_connection_drops_and_reconnects_with_backoff(
     events: list[str] = []
     c = connmod.Connection("qemu:///system", loop, lambda *a: None,  # type: ignore[arg-type]
                            lambda: events.append("up"), lambda: events.append("lost"))
+    def attempt() -> None:
+        """Each attempt runs in a thread (connecting can wait without a bound) and the
+        loop takes its outcome from the pipe: do what the loop would."""
+        pending = c._pending
+        assert pending is not None
+        pending[0].join(timeout=30)
+        ((finish),) = loop.fds.values()
+        finish()
+
     with logged(logging.WARNING) as messages:
         c.open()
+        attempt()
         delays = []
         for _ in range(7):  # each retry fires, fails and schedules the next, longer one
             ((_timer, (delay, retry)),) = loop.timers.items()
             delays.append(delay)
             retry()
+            attempt()
     assert delays == [1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 30.0]
     assert not c.up and events == [] and len(attempts) == 8
     assert len(messages) == 8 and all("\n" not in m for m in messages), messages
     c.conn = object()
     c._closed(None, libvirt.VIR_CONNECT_CLOSE_REASON_EOF, None)  # dropped while up
     assert not c.up and events == ["lost"] and len(loop.timers) >= 1
+
+
+def test_a_libvirtd_that_never_answers_does_not_hold_the_daemon_loop(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """virConnectOpen waits for the server's answer without a bound (a stopped libvirtd
+    accepts and never answers): the attempt runs in its thread, the loop goes on, and a
+    retry timer that fires meanwhile reports the wait instead of stacking attempts."""
+    fault("libvirt-daemon-connect-hangs")
+    libvirt = _libvirt()
+    from numahook.daemon import connection as connmod
+
+    answer = threading.Event()
+    attempts: list[str] = []
+
+    def hang(uri: str) -> Any:
+        attempts.append(uri)
+        answer.wait(timeout=60)
+        raise libvirt.libvirtError("Cannot recv data: Connection reset by peer")
+
+    monkeypatch.setattr(connmod.libvirt, "open", hang)
+    loop = FakeLoop()
+    c = connmod.Connection("qemu:///system", loop, lambda *a: None,  # type: ignore[arg-type]
+                           lambda: None, lambda: None)
+    with logged(logging.WARNING) as messages:
+        c.open()  # returns at once: the loop is free
+        assert c.connecting_for is not None and not c.up
+        ((_timer, (delay, retry)),) = loop.timers.items()
+        assert delay == connmod.CONNECT_WARN
+        retry()
+        assert len(attempts) == 1, "a second attempt was stacked on the hung one"
+        assert any("has not answered" in m for m in messages), messages
+        answer.set()
+        pending = c._pending
+        assert pending is not None
+        pending[0].join(timeout=30)
+        ((finish),) = loop.fds.values()
+        finish()
+    assert c.connecting_for is None and not c.up
+    assert any("cannot reach libvirt" in m for m in messages), messages
+    c.close()
 
 
 def test_hook_never_calls_libvirt(host: Host) -> None:

@@ -133,15 +133,23 @@ def test_numahook_listens_on_no_socket() -> None:
 
     numahook/host/uevents.py binds a netlink socket to the kernel's uevent multicast group:
     no process can connect to it, and it drops any datagram not sent by the kernel.
+    numahook/daemon/notify.py opens an unbound AF_UNIX datagram socket per message and
+    only sends on it.
     """
     check("no-listening-socket")
     uevents = (REPO / "numahook" / "uevents.py").read_text()
     assert "socket.AF_NETLINK" in uevents and "NETLINK_KOBJECT_UEVENT)" in uevents
     assert "if sender != 0:\n            continue" in uevents
     assert "AF_INET" not in uevents and ".listen(" not in uevents
+    sd_notify = (REPO / "numahook" / "daemon" / "notify.py").read_text()
+    assert "socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM" in sd_notify
+    assert ".sendto(" in sd_notify and ".bind(" not in sd_notify
+    assert ".recv" not in sd_notify and ".listen(" not in sd_notify
     found = []
     for path in sorted((REPO / "numahook").rglob("*.py")):
         if path.name == "uevents.py" and path.parent.name == "numahook":
+            continue
+        if path.name == "notify.py" and path.parent.name == "daemon":
             continue
         text = path.read_text()
         for pattern in (r"\.listen\(", r"\.bind\((?!\))", r"socket\.socket\(", r"AF_INET"):

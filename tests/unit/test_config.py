@@ -134,6 +134,7 @@ libvirt_run = /srv/libvirt
 [daemon]
 probe_interval = 30
 reconcile_interval = 1.5
+resync_interval = 45
 libvirt_uri = qemu+unix:///system
 nfd_dir = /srv/nfd
 textfile_dir = /srv/textfile
@@ -144,7 +145,8 @@ textfile_dir = /srv/textfile
         rt_max_budget_us=500000, hugepages_compact=False, lock_timeout=2.5,
         state_dir="/var/run/nh", sysfs_root="/srv/sys", cgroup_root="/srv/cgroup",
         proc_root="/srv/proc", libvirt_run="/srv/libvirt", probe_interval=30.0,
-        reconcile_interval=1.5, libvirt_uri="qemu+unix:///system", nfd_dir="/srv/nfd",
+        reconcile_interval=1.5, resync_interval=45.0, libvirt_uri="qemu+unix:///system",
+        nfd_dir="/srv/nfd",
         textfile_dir="/srv/textfile",
     )
     assert isinstance(cfg.rt_max_budget_us, int)
@@ -208,6 +210,8 @@ def test_bad_choice_lists_the_options() -> None:
     ("[realtime]\nmax_budget_us = 2000000\n", ["outside 1000..1000000"]),
     ("[realtime]\nmax_budget_us = 1.5\n", ["'1.5' is not a number"]),
     ("[daemon]\nprobe_interval = 0\n", ["outside 1..86400"]),
+    ("[daemon]\nresync_interval = 0.5\n", ["[daemon] resync_interval", "outside 1..86400"]),
+    ("[daemon]\nresync_interval = never\n", ["'never' is not a number"]),
 ])
 def test_numbers_out_of_range_or_garbage(text: str, words: list[str]) -> None:
     msg = _error(text)
