@@ -118,7 +118,7 @@ class VcpuWatch:
     def health(self, now: float | None = None) -> str | None:
         """None while the thread works: ``"dead"`` when it ended, ``"hung"`` when it has
         shown no progress for longer than one event may take (the state lock's wait, as
-        :func:`numahook.lifecycle.tune_early` takes it, and then some)."""
+        :func:`numahook.ops.lifecycle.tune_early` takes it, and then some)."""
         if self._thread is None:
             return None
         if not self._thread.is_alive():

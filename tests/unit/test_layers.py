@@ -33,6 +33,8 @@ ALLOWED = {
 MAX_ROOT_MODULES = 8
 #: no module longer than this many lines
 MAX_LINES = 400
+#: known exceptions, each with its reason; the list only shrinks
+OVER_LIMIT: dict[str, int] = {}
 
 
 def layer_of(module: str) -> str:
@@ -87,4 +89,7 @@ def test_each_module_imports_only_its_own_layer_and_those_below(module: str, pat
 @pytest.mark.parametrize("module, path", modules(), ids=lambda v: v if isinstance(v, str) else "")
 def test_no_module_is_over_400_lines(module: str, path: Path) -> None:
     lines = len(path.read_text().splitlines())
-    assert lines <= MAX_LINES, f"{module} has {lines} lines; split it along a seam"
+    limit = OVER_LIMIT.get(module, MAX_LINES)
+    assert lines <= limit, f"{module} has {lines} lines; split it along a seam"
+    if module in OVER_LIMIT:
+        assert lines > MAX_LINES, f"{module} is within {MAX_LINES} lines: drop its exception"
