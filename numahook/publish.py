@@ -133,7 +133,10 @@ def nfd_labels(cap: NodeCapability) -> dict[str, str]:
 
     ``realtime`` follows KubeVirt: present (``true``) only on a capable node, so the
     existence selector ``-l numahook.io/realtime`` selects exactly the capable nodes.
-    The other booleans are always written, true or false.
+    The other booleans are always written, true or false. No label counts free
+    resources (those are in the metrics and node.json): the Node's labels change when the
+    host's configuration does (kernel, command line, mounts, numahook.conf) or libvirt
+    comes and goes, not at every VM start and stop.
     """
 
     def flag(value: bool) -> str:
@@ -149,8 +152,11 @@ def nfd_labels(cap: NodeCapability) -> dict[str, str]:
     labels["nohz-full"] = flag(bool(cap.nohz_full))
     labels["numa-nodes"] = str(len(cap.nodes))
     labels["cgroup-version"] = str(cap.cgroup_version)
+    # whether libvirt can back guests with pages of that size (a hugetlbfs is mounted for
+    # it), not how many are free: a count would relabel the Node at every VM start and stop
+    mounted = {m.pagesize_kib for m in cap.hugetlbfs}
     for size in cap.page_sizes():
-        labels[f"hugepages-{size_name(size)}"] = str(cap.free_pages(size))
+        labels[f"hugepages-{size_name(size)}"] = flag(size in mounted)
     if cap.libvirt_reachable is not None:
         labels["libvirt"] = flag(cap.libvirt_reachable)
     return {f"{LABEL_NS}/{k}": v for k, v in labels.items()}
@@ -195,14 +201,18 @@ def write_nfd(cap: NodeCapability, nfd_dir: str | os.PathLike[str], ttl: float |
 
 def remove_nfd(nfd_dir: str | os.PathLike[str]) -> bool:
     """Remove our feature file at shutdown so NFD drops the labels; True if one was removed."""
-    path = Path(nfd_dir) / NFD_FILE
+    return _remove(Path(nfd_dir) / NFD_FILE,
+                   "so node-feature-discovery drops numahook's labels")
+
+
+def _remove(path: Path, why: str) -> bool:
     try:
         path.unlink()
     except FileNotFoundError:
         return False
     except OSError as exc:
         raise StateError(f"removing {path} failed: {exc.strerror or exc}; remove it by hand "
-                         "so node-feature-discovery drops numahook's labels") from None
+                         f"{why}") from None
     return True
 
 
@@ -303,27 +313,42 @@ def render_metrics(metrics: Sequence[Metric]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _seconds(us: int) -> float:
+    """Microseconds (the kernel's unit) to seconds, Prometheus's base unit; -1 stays -1."""
+    return -1 if us < 0 else us / 1_000_000
+
+
 def node_metrics(cap: NodeCapability) -> list[Metric]:
-    """The node's own metrics; ``numahook_libvirt_up`` is left out while it is unknown."""
-    pools = [({"node": str(p.node), "size_kib": str(p.size_kib)}, p) for p in cap.hugepages]
+    """The node's own metrics; ``numahook_libvirt_up`` is left out while it is unknown.
+
+    Prometheus's naming rules, which ``promtool check metrics`` enforces: base units
+    (seconds, bytes) in the name, ``_total`` only on counters.
+    """
+    pools = [({"node": str(p.node), "size_bytes": str(p.size_kib * 1024)}, p)
+             for p in cap.hugepages]
     metrics = [
+        Metric.gauge("numahook_build_info",
+                     "Always 1; the version label is numahook's version.",
+                     samples=[({"version": __version__}, 1)]),
         Metric.gauge("numahook_node_realtime_capable",
                      "1 if kernel.sched_rt_runtime_us is -1 (KubeVirt's real-time test).",
                      int(cap.realtime_capable)),
         Metric.gauge("numahook_realtime_start_allowed",
                      "1 if numahook would start a real-time domain here under its config.",
                      int(cap.start_policy.ok)),
-        Metric.gauge("numahook_sched_rt_runtime_us",
-                     "kernel.sched_rt_runtime_us; -1 means RT throttling is off.",
-                     cap.sched_rt_runtime_us),
-        Metric.gauge("numahook_sched_rt_period_us", "kernel.sched_rt_period_us.",
-                     cap.sched_rt_period_us),
+        Metric.gauge("numahook_sched_rt_runtime_seconds",
+                     "kernel.sched_rt_runtime_us in seconds; -1 means RT throttling is off.",
+                     _seconds(cap.sched_rt_runtime_us)),
+        Metric.gauge("numahook_sched_rt_period_seconds",
+                     "kernel.sched_rt_period_us in seconds.",
+                     _seconds(cap.sched_rt_period_us)),
         Metric.gauge("numahook_rt_group_sched",
                      "1 if RT group scheduling (cgroup v1 cpu.rt_runtime_us) is present.",
                      int(cap.rt_group_sched)),
-        Metric.gauge("numahook_rt_budget_available_us",
+        Metric.gauge("numahook_rt_budget_available_seconds",
                      "RT runtime per period a new domain under the machine group could get.",
-                     samples=[({}, cap.rt_budget.available_us)] if cap.rt_budget else ()),
+                     samples=[({}, _seconds(cap.rt_budget.available_us))]
+                     if cap.rt_budget else ()),
         Metric.gauge("numahook_preempt_rt", "1 if the kernel is PREEMPT_RT.",
                      int(cap.preempt_rt)),
         Metric.gauge("numahook_isolated_cpus", "CPUs named by isolcpus= on the command line.",
@@ -332,11 +357,13 @@ def node_metrics(cap: NodeCapability) -> list[Metric]:
                      len(cap.nohz_full)),
         Metric.gauge("numahook_online_cpus", "Online CPUs.", len(cap.online_cpus)),
         Metric.gauge("numahook_numa_nodes", "Online NUMA nodes.", len(cap.nodes)),
-        Metric.gauge("numahook_hugepages_total", "Hugepages reserved per NUMA node and size.",
+        Metric.gauge("numahook_hugepages_reserved",
+                     "Hugepages reserved (nr_hugepages) per NUMA node and page size.",
                      samples=[(labels, p.nr) for labels, p in pools]),
-        Metric.gauge("numahook_hugepages_free", "Free hugepages per NUMA node and size.",
+        Metric.gauge("numahook_hugepages_free", "Free hugepages per NUMA node and page size.",
                      samples=[(labels, p.free) for labels, p in pools]),
-        Metric.gauge("numahook_hugepages_surplus", "Surplus hugepages per NUMA node and size.",
+        Metric.gauge("numahook_hugepages_surplus",
+                     "Surplus hugepages per NUMA node and page size.",
                      samples=[(labels, p.surplus) for labels, p in pools]),
     ]
     if cap.libvirt_reachable is not None:
@@ -363,6 +390,16 @@ def write_metrics(cap: NodeCapability, textfile_dir: str | os.PathLike[str],
     path = directory / METRICS_FILE
     fsutil.atomic_write(path, metrics_text(cap, extra_metrics), 0o644, durable=False)
     return path
+
+
+def remove_metrics(textfile_dir: str | os.PathLike[str]) -> bool:
+    """Remove our .prom file at shutdown; True if one was removed.
+
+    node_exporter's textfile collector reads the file as it is and takes no timestamps, so
+    a file left behind by a stopped daemon would be scraped as current forever.
+    """
+    return _remove(Path(textfile_dir) / METRICS_FILE,
+                   "so node_exporter stops serving numahook's stale metrics")
 
 
 # --------------------------------------------------------------------------- sd_notify

@@ -214,10 +214,14 @@ class Daemon:
         try:
             self.loop.run()
         finally:
-            try:
-                publish.remove_nfd(self.cfg.nfd_dir)
-            except (NumahookError, OSError) as exc:
-                log.warning("removing the node-feature-discovery file failed: %s", exc)
+            # what numahookd published must not outlive it: NFD labels, scraped metrics
+            for what, remove, where in (
+                    ("node-feature-discovery", publish.remove_nfd, self.cfg.nfd_dir),
+                    ("metrics", publish.remove_metrics, self.cfg.textfile_dir)):
+                try:
+                    remove(where)
+                except (NumahookError, OSError) as exc:
+                    log.warning("removing the %s file failed: %s", what, exc)
             self.conn.close()
             if self._uevents is not None:
                 self._uevents.close()
