@@ -27,13 +27,12 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, NamedTuple, Union
 
-from numahook import __version__, fsutil
+from numahook import SCHEMA_VERSION, __version__, fsutil
 from numahook.errors import InputError, StateError
 from numahook.node import NodeCapability, size_name
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 STATUS_FILE = "node.json"
 NFD_FILE = "numahook"
 METRICS_FILE = "numahook.prom"
