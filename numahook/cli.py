@@ -1,9 +1,8 @@
 """numahook: NUMA passthrough and real-time tuning for libvirt domains, KubeVirt style.
 
-Operators' commands: what a domain would get on this host (render, check), making a
-defined domain match it (apply), whether this node is real-time capable (node), and what
-the managed domains hold (status). Every refusal is one sentence on stderr that ends
-with its fix.
+Ask what a domain would get on this host (render, check), make a defined domain match
+it (apply), ask whether this node is real-time capable (node), and see what the managed
+domains hold (status). Every refusal is one sentence on stderr that ends with its fix.
 """
 
 from __future__ import annotations
@@ -210,20 +209,40 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-#: The exit codes and environment, for every --help and the man page.
-EPILOG = """\
-exit status:
-  0  success
-  1  refused: a precondition failed and the reason is on stderr, one sentence
-     ending with its fix; also `render --diff` when the definition differs and
-     `node --check` on a node that is not real-time capable
-  2  bad input or usage: malformed XML, metadata or configuration
-  3  the host or libvirt failed
+#: (code, meaning): every --help shows them, and scripts/gen-man writes them to numahook(8)
+EXIT_STATUS = (
+    ("0", "success"),
+    ("1", "refused: a precondition failed and the reason is on stderr, one sentence ending "
+          "with its fix; also render --diff when the definition differs, and node --check "
+          "on a node that is not real-time capable"),
+    ("2", "bad input or usage: malformed XML, metadata or configuration"),
+    ("3", "the host or libvirt failed"),
+)
+#: (variable, meaning), as EXIT_STATUS
+ENVIRONMENT = (
+    ("NUMAHOOK_CONFIG", f"the configuration file when --config is not given (default "
+                        f"{configmod.DEFAULT_PATH})"),
+)
 
-environment:
-  NUMAHOOK_CONFIG  the configuration file when --config is not given
-                   (default /etc/numahook/numahook.conf)
-"""
+
+def epilog(exit_status: Sequence[tuple[str, str]],
+           environment: Sequence[tuple[str, str]]) -> str:
+    """The --help epilog: exit status and environment, wrapped like argparse's options."""
+    import textwrap
+
+    def block(title: str, rows: Sequence[tuple[str, str]]) -> str:
+        width = max(len(k) for k, _ in rows) + 2
+        lines = [f"{title}:"]
+        for key, text in rows:
+            wrapped = textwrap.wrap(text, 78 - width - 2) or [""]
+            lines.append(f"  {key:<{width}}{wrapped[0]}")
+            lines += [" " * (width + 2) + w for w in wrapped[1:]]
+        return "\n".join(lines)
+
+    return block("exit status", exit_status) + "\n\n" + block("environment", environment)
+
+
+EPILOG = epilog(EXIT_STATUS, ENVIRONMENT)
 
 
 def _roots(p: argparse.ArgumentParser) -> None:
@@ -271,7 +290,8 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--version", action="version", version=f"numahook {__version__}")
     ap.add_argument("-v", "--verbose", action="store_true", help="log what numahook reads and "
                     "decides on stderr")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                            title="commands", help="see numahook COMMAND --help")
     p = _command(sub, "render", "print the domain XML as numahook renders it for this host", (
         "Print FILE's domain XML with the pinning, guest NUMA cells, hugepage binding and\n"
         "real-time settings numahook gives it on this host. Nothing is changed; the\n"

@@ -1,7 +1,14 @@
-"""numahookd: the one place that wires the daemon's parts together.
+"""numahookd: keeps libvirt domains' NUMA pinning and real-time vCPUs right, and publishes
+the node's real-time capability.
 
-Under systemd it runs in the foreground (``Type=notify``); on hosts without systemd,
-``--daemonize`` uses python-daemon with a pidfile and a log file.
+It follows libvirt's domain events and renders opted-in definitions when they are defined
+and again when their inputs change (partition cpuset, topology, CPUs held by running
+domains); re-applies SCHED_FIFO to masked vCPUs that lost it; watches
+kernel.sched_rt_runtime_us so real-time vCPUs never stall without RT budget; releases
+claims left by crashed starts; and publishes /run/numahook/node.json,
+node-feature-discovery labels and Prometheus textfile metrics. SIGHUP (systemctl reload
+numahookd) re-reads the configuration, keeping the old one if the new one is bad; SIGTERM
+stops it.
 """
 
 from __future__ import annotations
@@ -248,20 +255,48 @@ def _logging(verbose: bool, log_file: str | None) -> None:
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+#: (code, meaning) for --help and numahookd(8), as numahook's (numahook/cli.py)
+EXIT_STATUS = (
+    ("0", "stopped cleanly (SIGTERM, SIGINT)"),
+    ("2", "the configuration is invalid at start; the error names the file and line"),
+    ("3", "--daemonize without python-daemon installed"),
+)
+ENVIRONMENT = (
+    ("NUMAHOOK_CONFIG", f"the configuration file when --config is not given (default "
+                        f"{configmod.DEFAULT_PATH})"),
+    ("NOTIFY_SOCKET", "set by systemd (Type=notify): numahookd reports READY, RELOADING, "
+                      "STOPPING, STATUS and WATCHDOG there"),
+    ("WATCHDOG_USEC", "set by systemd (WatchdogSec=): numahookd pings at half that interval"),
+)
+EXIT_DEPENDENCY = 3
+
+
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="numahookd", description=__doc__.splitlines()[0])
+    """The command line; scripts/gen-man writes numahookd(8) and its completion from it."""
+    from numahook.cli import epilog
+
+    ap = argparse.ArgumentParser(prog="numahookd", description=__doc__,
+                                 epilog=epilog(EXIT_STATUS, ENVIRONMENT),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"numahookd {__version__}")
-    ap.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH})")
-    ap.add_argument("--foreground", action="store_true",
-                    help="run in the foreground (the default; what systemd wants)")
-    ap.add_argument("--daemonize", action="store_true",
-                    help="detach (hosts without systemd), with --pidfile and --log-file")
-    ap.add_argument("--pidfile", default="/run/numahookd.pid")
-    ap.add_argument("--log-file", default=None,
-                    help="log here instead of stderr (default with --daemonize: "
-                    "/var/log/numahookd.log)")
-    ap.add_argument("--state-dir", help="override [paths] state_dir")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--config", metavar="FILE",
+                    help=f"read this configuration file (default {configmod.DEFAULT_PATH}, "
+                    "or $NUMAHOOK_CONFIG)")
+    ap.add_argument("--state-dir", metavar="DIR",
+                    help="keep claims and node.json here instead of [paths] state_dir "
+                    "(default /run/numahook)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    g = ap.add_argument_group("running without systemd")
+    g.add_argument("--foreground", action="store_true",
+                   help="stay in the foreground (the default; what systemd wants)")
+    g.add_argument("--daemonize", action="store_true",
+                   help="detach from the terminal, for hosts without systemd; needs "
+                   "python-daemon (python3-daemon)")
+    g.add_argument("--pidfile", metavar="FILE", default="/run/numahookd.pid",
+                   help="with --daemonize: write the pid here (default /run/numahookd.pid)")
+    g.add_argument("--log-file", metavar="FILE", default=None,
+                   help="log here instead of stderr (default with --daemonize: "
+                   "/var/log/numahookd.log)")
     return ap
 
 
@@ -275,9 +310,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.state_dir:
         cfg = replace(cfg, state_dir=args.state_dir)
     if args.daemonize:
-        import daemon
-        import daemon.pidfile
-
+        try:
+            import daemon
+            import daemon.pidfile
+        except ImportError:
+            # python-daemon is only recommended: systemd hosts never need it
+            print("numahookd: --daemonize needs python-daemon, which is not installed; "
+                  "install python3-daemon (apt or dnf), or run numahookd in the foreground "
+                  "under systemd or another supervisor", file=sys.stderr)
+            return EXIT_DEPENDENCY
         log_file = args.log_file or "/var/log/numahookd.log"
         with daemon.DaemonContext(pidfile=daemon.pidfile.TimeoutPIDLockFile(args.pidfile, 5),
                                   umask=0o022):

@@ -19,17 +19,14 @@ from numahook.state import Claim, StateDir
 from tests.fixtures.hosts import HOSTS, host_roots
 from tests.unit.schemas import SCHEMAS, documents, errors, validate
 from tests.unit.test_publish import DAEMON, DOMAIN, NOW, capability
-from tests.unit.test_render import (  # noqa: F401 (single_v1 is a fixture)
-    ADVISED,
-    RT,
-    cli_args,
-    domain,
-    run_cli,
-    single_v1,
-    write,
-)
+from tests.unit.test_render import ADVISED, RT, cli_args, domain, run_cli, write
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
+
+
+@pytest.fixture(scope="module")
+def single_v1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return host_roots(tmp_path_factory.mktemp("single-v1"), "single", 1)
 
 
 def test_the_schemas_are_valid_and_name_their_files() -> None:
