@@ -4,3 +4,7 @@ __version__ = "0.1.0"
 
 #: The XML namespace of our ``<metadata>`` element. Stable: domains carry it for years.
 NAMESPACE = "https://numahook.io/xmlns/domain/1"
+
+#: ``schema_version`` of every JSON document numahook writes: the ``--json`` of ``check``,
+#: ``status`` and ``node``, and numahookd's node.json (docs/json.md, docs/schemas/).
+SCHEMA_VERSION = 1

@@ -1,7 +1,8 @@
-"""``numahook``: render, check, apply, node, status. Every refusal is one sentence on stderr.
+"""numahook: NUMA passthrough and real-time tuning for libvirt domains, KubeVirt style.
 
-Exit codes: 0 success; 1 refused (a precondition failed, the reason is on stderr);
-2 bad input or usage (malformed XML, metadata or config); 3 the host or libvirt failed.
+Ask what a domain would get on this host (render, check), make a defined domain match
+it (apply), ask whether this node is real-time capable (node), and see what the managed
+domains hold (status). Every refusal is one sentence on stderr that ends with its fix.
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from numahook import __version__
+from numahook import SCHEMA_VERSION, __version__
 from numahook import config as configmod
 from numahook.core import cpulist, explain, render
 from numahook.core.plan import Inputs
@@ -30,7 +31,14 @@ from numahook.ops import hostinputs
 from numahook.ops.hostinputs import CpuSource
 from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
+if TYPE_CHECKING:
+    from numahook.node.model import NodeCapability
+
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
+#: ``render --diff``: the definition differs from its rendering (diff(1)'s 1)
+EXIT_DIFFERS = 1
+#: ``node --check``: the node is not real-time capable (virt-host-validate's 1)
+EXIT_NOT_CAPABLE = 1
 
 
 def _read_source(path: str) -> bytes:
@@ -46,6 +54,12 @@ def _read_source(path: str) -> bytes:
     if len(data) > _MAX_STDIN:
         raise InputError(f"{path} is larger than {_MAX_STDIN} bytes")
     return data
+
+
+def _print_json(doc: dict[str, object]) -> None:
+    """Every ``--json`` output carries the schema version (docs/json.md, docs/schemas/)."""
+    json.dump({"schema_version": SCHEMA_VERSION, **doc}, sys.stdout, indent=2, sort_keys=True)
+    sys.stdout.write("\n")
 
 
 def _config(args: argparse.Namespace) -> configmod.Config:
@@ -75,10 +89,12 @@ def cmd_render(args: argparse.Namespace) -> int:
     if args.diff:
         before = source.decode("utf-8", "replace").splitlines(keepends=True)
         after = (result.xml + "\n").splitlines(keepends=True)
-        sys.stdout.writelines(difflib.unified_diff(before, after, f"{args.file}",
-                                                   f"{args.file} (rendered)"))
-    else:
-        sys.stdout.write(result.xml + "\n")
+        diff = list(difflib.unified_diff(before, after, f"{args.file}",
+                                         f"{args.file} (rendered)"))
+        sys.stdout.writelines(diff)
+        # as diff(1) and kubectl diff: 1 means "differs", so scripts can test for drift
+        return EXIT_DIFFERS if diff else EXIT_OK
+    sys.stdout.write(result.xml + "\n")
     return EXIT_OK
 
 
@@ -90,26 +106,41 @@ def cmd_check(args: argparse.Namespace) -> int:
         out = explain.evaluation_dict(doc.facts.name, ev)
         out["available_cpus"] = cpulist.format(inp.available)
         out["host"] = view.describe()
-        json.dump(out, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        _print_json(out)
     else:
         print(explain.evaluation_text(doc.facts.name, ev))
         print(f"  host: {view.describe()}")
     return EXIT_OK if ev.failed is None else EXIT_REFUSED
 
 
+def verdict(cap: NodeCapability) -> str:
+    """The one-line verdict: KubeVirt's test, and with it what a real-time start gets here.
+
+    ``realtime_capable`` (the sysctl is -1) is the verdict everywhere: the report's first
+    line, the JSON, the NFD label and the metric; ``--check`` exits by it.
+    """
+    policy = cap.start_policy
+    starts = f"real-time starts {'allowed' if policy.ok else 'refused'} ({policy.mode})"
+    if cap.realtime_capable:
+        return f"real-time capable; {starts}"
+    return f"not real-time capable: {cap.reasons[0]}; {starts}"
+
+
 def cmd_node(args: argparse.Namespace) -> int:
-    """Report whether this node is real-time capable and why; a report, so exit 0."""
+    """A report exits 0; ``--check`` exits 1 on a node that is not real-time capable."""
     from numahook.node import probe, report
 
     cfg = _config(args)
     reachable = None if args.no_libvirt else probe.check_libvirt(cfg.libvirt_uri)
     cap = probe.probe(cfg, reachable)  # HostError (exit 3) only if the host cannot be read
     if args.json:
-        json.dump(cap.to_json(), sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        _print_json(cap.to_json())
+    elif args.check:
+        print(verdict(cap))
     else:
         print(report.text_report(cap))
+    if args.check and not cap.realtime_capable:
+        return EXIT_NOT_CAPABLE
     return EXIT_OK
 
 
@@ -176,60 +207,144 @@ def cmd_status(args: argparse.Namespace) -> int:
         if conn is not None:
             conn.close()
     if args.json:
-        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
-        sys.stdout.write("\n")
+        _print_json(doc)
     else:
         print(status.text(doc))
     return EXIT_OK
 
 
+#: (code, meaning): every --help shows them, and scripts/gen-man writes them to numahook(8)
+EXIT_STATUS = (
+    ("0", "success"),
+    ("1", "refused: a precondition failed and the reason is on stderr, one sentence ending "
+          "with its fix; also render --diff when the definition differs, and node --check "
+          "on a node that is not real-time capable"),
+    ("2", "bad input or usage: malformed XML, metadata or configuration"),
+    ("3", "the host or libvirt failed"),
+)
+#: (variable, meaning), as EXIT_STATUS
+ENVIRONMENT = (
+    ("NUMAHOOK_CONFIG", f"the configuration file when --config is not given (default "
+                        f"{configmod.DEFAULT_PATH})"),
+)
+
+
+def epilog(exit_status: Sequence[tuple[str, str]],
+           environment: Sequence[tuple[str, str]]) -> str:
+    """The --help epilog: exit status and environment, wrapped like argparse's options."""
+    import textwrap
+
+    def block(title: str, rows: Sequence[tuple[str, str]]) -> str:
+        width = max(len(k) for k, _ in rows) + 2
+        lines = [f"{title}:"]
+        for key, text in rows:
+            wrapped = textwrap.wrap(text, 78 - width - 2) or [""]
+            lines.append(f"  {key:<{width}}{wrapped[0]}")
+            lines += [" " * (width + 2) + w for w in wrapped[1:]]
+        return "\n".join(lines)
+
+    return block("exit status", exit_status) + "\n\n" + block("environment", environment)
+
+
+EPILOG = epilog(EXIT_STATUS, ENVIRONMENT)
+
+
+def _roots(p: argparse.ArgumentParser) -> None:
+    """Where the host is read from: the real trees, or copies of another host's."""
+    g = p.add_argument_group("configuration and host trees (the real ones by default)")
+    g.add_argument("--config", metavar="FILE",
+                   help=f"read this configuration file (default {configmod.DEFAULT_PATH}, "
+                   "or $NUMAHOOK_CONFIG)")
+    g.add_argument("--sysfs-root", metavar="DIR", help="read sysfs here instead of /sys")
+    g.add_argument("--cgroup-root", metavar="DIR",
+                   help="read cgroupfs here instead of /sys/fs/cgroup")
+    g.add_argument("--proc-root", metavar="DIR", help="read procfs here instead of /proc")
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH})")
-    p.add_argument("--sysfs-root", help="directory standing for /sys")
-    p.add_argument("--cgroup-root", help="directory standing for /sys/fs/cgroup")
-    p.add_argument("--proc-root", help="directory standing for /proc")
-    p.add_argument("--libvirt-run", help="libvirt's status directory (/run/libvirt/qemu)")
-    p.add_argument("--state-dir", help="numahook's state directory (/run/numahook)")
-    p.add_argument("--cpuset", help="use this CPU list instead of the partition's cpuset "
-                   "(what-if and tests)")
-    p.add_argument("--no-state", action="store_true",
-                   help="ignore claims in the state directory")
+    _roots(p)
+    g = p.add_argument_group("state")
+    g.add_argument("--libvirt-run", metavar="DIR",
+                   help="libvirt's status directory (default /run/libvirt/qemu)")
+    g.add_argument("--state-dir", metavar="DIR",
+                   help="numahook's claims and node.json (default /run/numahook)")
+    g.add_argument("--cpuset", metavar="LIST",
+                   help="use this CPU list (e.g. 2-7,12) instead of the partition's cpuset, "
+                   "to ask what a domain would get")
+    g.add_argument("--no-state", action="store_true",
+                   help="ignore the CPUs that running domains hold (as on an empty host)")
+
+
+def _uri(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--uri", metavar="URI",
+                   help="connect to this libvirt (default libvirt_uri of the configuration, "
+                   "qemu:///system)")
+
+
+def _command(sub: argparse._SubParsersAction, name: str, summary: str,
+             description: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=summary, description=description, epilog=EPILOG,
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="numahook", description=__doc__.splitlines()[0])
+    """The whole command line; scripts/gen-man writes the man page and completion from it."""
+    ap = argparse.ArgumentParser(prog="numahook", description=__doc__, epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"numahook {__version__}")
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("render", help="print the domain XML rendered for this host")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log what numahook reads and "
+                    "decides on stderr")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                            title="commands", help="see numahook COMMAND --help")
+    p = _command(sub, "render", "print the domain XML as numahook renders it for this host", (
+        "Print FILE's domain XML with the pinning, guest NUMA cells, hugepage binding and\n"
+        "real-time settings numahook gives it on this host. Nothing is changed; the\n"
+        "definition libvirt holds is changed by `numahook apply` or numahookd."))
     _common(p)
-    p.add_argument("--diff", action="store_true", help="print a unified diff instead")
-    p.add_argument("file", help="domain XML file, or - for stdin")
+    p.add_argument("--diff", action="store_true",
+                   help="print a unified diff against FILE instead; exit 1 if they differ")
+    p.add_argument("file", metavar="FILE", help="domain XML file, or - for stdin")
     p.set_defaults(func=cmd_render)
-    p = sub.add_parser("check", help="list every precondition as passed or failed")
+    p = _command(sub, "check", "list every precondition of a domain as passed or failed", (
+        "Check every precondition of FILE's domain on this host (feature gates, dedicated\n"
+        "CPUs, hugepages, topology, the real-time mask, the node) and show the pinning and\n"
+        "cells it would get. Exits 1 if any precondition fails, naming each fix."))
     _common(p)
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-    p.add_argument("file", help="domain XML file, or - for stdin")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (docs/schemas/check.schema.json)")
+    p.add_argument("file", metavar="FILE", help="domain XML file, or - for stdin")
     p.set_defaults(func=cmd_check)
-    p = sub.add_parser("node", help="report whether this node is real-time capable, and why")
-    p.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH})")
-    p.add_argument("--sysfs-root", help="directory standing for /sys")
-    p.add_argument("--cgroup-root", help="directory standing for /sys/fs/cgroup")
-    p.add_argument("--proc-root", help="directory standing for /proc")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p = _command(sub, "node", "say whether this node is real-time capable, and why", (
+        "Report whether this node is real-time capable (KubeVirt's test:\n"
+        "kernel.sched_rt_runtime_us is -1), what a real-time domain gets here, and each\n"
+        "fact that decides how well it runs (RT group scheduling and budget, PREEMPT_RT,\n"
+        "isolated CPUs, hugepages per node, libvirt), each with its fix."))
+    _roots(p)
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true",
+                     help="print one JSON object (docs/schemas/node.schema.json)")
+    out.add_argument("--check", action="store_true",
+                     help="for scripts: print the one-line verdict and exit 1 if the node is "
+                     "not real-time capable (as virt-host-validate does)")
     p.add_argument("--no-libvirt", action="store_true",
                    help="do not try to connect to libvirt (reported as unknown)")
     p.set_defaults(func=cmd_node)
-    p = sub.add_parser("apply", help="render a defined domain for this host and redefine it")
+    p = _command(sub, "apply", "render a defined domain for this host and redefine it", (
+        "Render the domain libvirt has defined as NAME for this host and redefine it if\n"
+        "that changes anything, so that its next start passes the hook. numahookd does\n"
+        "this by itself when it runs."))
     _common(p)
-    p.add_argument("--uri", help="libvirt URI (default from the config: qemu:///system)")
-    p.add_argument("name", help="domain name")
+    _uri(p)
+    p.add_argument("name", metavar="NAME", help="the libvirt domain's name")
     p.set_defaults(func=cmd_apply)
-    p = sub.add_parser("status", help="managed domains: pinning, cells, vCPU scheduling, "
-                       "hugepages held")
+    p = _command(sub, "status", "show what the managed domains hold and how their vCPUs run", (
+        "List the managed domains: pinning, guest cells, each vCPU's scheduling as read\n"
+        "back from its thread, the hugepages numahook reserved, and claims left by\n"
+        "domains that no longer run. Works from files while libvirt is down."))
     _common(p)
-    p.add_argument("--uri", help="libvirt URI (default from the config: qemu:///system)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    _uri(p)
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object (docs/schemas/status.schema.json)")
     p.set_defaults(func=cmd_status)
     return ap
 

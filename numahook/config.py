@@ -64,6 +64,10 @@ class Config:
         return DEFAULT_PATH if self.source == "(defaults)" else self.source
 
 
+# Each converter says in ``values`` what it accepts: numahook.conf(5) is written from
+# them (scripts/gen-man), so the manual cannot promise what the parser refuses.
+
+
 def _bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
@@ -73,6 +77,9 @@ def _bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true or false)")
 
 
+_bool.values = "true or false (also yes/no, on/off, 1/0)"  # type: ignore[attr-defined]
+
+
 def _choice(*options: str) -> Callable[[str], str]:
     def conv(text: str) -> str:
         value = text.strip().lower()
@@ -80,6 +87,7 @@ def _choice(*options: str) -> Callable[[str], str]:
             raise ValueError(f"{text!r} is not one of {', '.join(options)}")
         return value
 
+    conv.values = " or ".join(options)  # type: ignore[attr-defined]
     return conv
 
 
@@ -93,6 +101,9 @@ def _number(lo: float, hi: float, kind: type = float) -> Callable[[str], Any]:
             raise ValueError(f"{value} is outside {lo}..{hi}")
         return value
 
+    what = "an integer" if kind is int else "a number"
+    span = [str(int(x)) if float(x).is_integer() else str(x) for x in (lo, hi)]
+    conv.values = f"{what} from {span[0]} to {span[1]}"  # type: ignore[attr-defined]
     return conv
 
 
@@ -101,6 +112,16 @@ def _abspath(text: str) -> str:
     if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
         raise ValueError(f"{value!r} is not an absolute path without '..'")
     return value
+
+
+_abspath.values = "an absolute path without .."  # type: ignore[attr-defined]
+
+
+def _text(text: str) -> str:
+    return text.strip()
+
+
+_text.values = "text"  # type: ignore[attr-defined]
 
 
 # (section, key) -> (field name, converter)
@@ -120,9 +141,45 @@ _SCHEMA: dict[tuple[str, str], tuple[str, Callable[[str], Any]]] = {
     ("daemon", "probe_interval"): ("probe_interval", _number(1, 86400)),
     ("daemon", "reconcile_interval"): ("reconcile_interval", _number(0.5, 3600)),
     ("daemon", "resync_interval"): ("resync_interval", _number(1, 86400)),
-    ("daemon", "libvirt_uri"): ("libvirt_uri", str.strip),
+    ("daemon", "libvirt_uri"): ("libvirt_uri", _text),
     ("daemon", "nfd_dir"): ("nfd_dir", _abspath),
     ("daemon", "textfile_dir"): ("textfile_dir", _abspath),
+}
+#: What each setting does, for numahook.conf(5) (scripts/gen-man); the same keys as _SCHEMA.
+DESCRIPTIONS: dict[tuple[str, str], str] = {
+    ("features", "numa"): "Feature gate for guestMappingPassthrough (KubeVirt's NUMA gate). "
+    "Off: domains that ask for it are refused, with this setting named.",
+    ("features", "realtime"): "Feature gate for <numahook:realtime>. Off: real-time domains "
+    "are refused.",
+    ("realtime", "throttled"): "What a real-time domain gets on a node with RT throttling on "
+    "(kernel.sched_rt_runtime_us >= 0) and RT group scheduling, where libvirt's vCPU "
+    "cgroups have no RT budget: refuse the start, naming the fix, or delegate RT group "
+    "budget down the domain's cgroup path, split between its real-time vCPUs.",
+    ("realtime", "on_failure"): "SCHED_FIFO could not be applied after the start: fail the "
+    "start, or warn and let the domain run without it.",
+    ("realtime", "max_budget_us"): "With throttled = delegate: the most RT runtime, in "
+    "microseconds per period, delegated to one vCPU.",
+    ("hugepages", "compact"): "When a node delivers fewer hugepages than a start needs, "
+    "compact memory and try once more before refusing.",
+    ("hook", "lock_timeout"): "Seconds a hook call waits for numahook's state lock before it "
+    "refuses the start.",
+    ("paths", "state_dir"): "Claims, reservations and node.json.",
+    ("paths", "sysfs_root"): "Where sysfs is read (for tests and unusual hosts).",
+    ("paths", "cgroup_root"): "Where cgroupfs is read and written.",
+    ("paths", "proc_root"): "Where procfs is read.",
+    ("paths", "libvirt_run"): "libvirt's status directory for QEMU domains.",
+    ("daemon", "probe_interval"): "Seconds between numahookd's probes of the node (and its "
+    "publishing); hotplug and the RT sysctl are also noticed between probes.",
+    ("daemon", "reconcile_interval"): "Seconds between numahookd's reconcile passes "
+    "(FIFO backstop, orphaned claims, re-rendering).",
+    ("daemon", "resync_interval"): "Seconds between numahookd's full resyncs: every "
+    "definition is listed and rendered again, so one whose DEFINED event was lost is "
+    "rendered within this bound.",
+    ("daemon", "libvirt_uri"): "The libvirt connection numahookd and numahook apply/status use.",
+    ("daemon", "nfd_dir"): "node-feature-discovery's local feature directory; the label file "
+    "is written only if it exists.",
+    ("daemon", "textfile_dir"): "node_exporter's textfile collector directory; numahook.prom "
+    "is written only if it exists.",
 }
 _MAX_CONFIG = 1 << 20
 

@@ -1,12 +1,14 @@
-"""numahookd: keeps libvirt definitions NUMA-rendered and real-time vCPUs at SCHED_FIFO.
+"""numahookd: keeps libvirt domains' NUMA pinning and real-time vCPUs right, and publishes
+the node's real-time capability.
 
-Under systemd it runs in the foreground (``Type=notify``); on hosts without systemd,
-``--daemonize`` uses python-daemon with a pidfile and a log file.
-
-Nothing on the main loop waits without a bound (docs/reliability.md lists each call and
-its bound): sd_notify never blocks (notify.py), connecting to libvirt happens in a thread
-(connection.py), the published files and the log lines are written by threads of their
-own, and the watchdog ping is withheld when the vCPU-watch thread hangs.
+It follows libvirt's domain events and renders opted-in definitions when they are defined
+and again when their inputs change (partition cpuset, topology, CPUs held by running
+domains); re-applies SCHED_FIFO to masked vCPUs that lost it; watches
+kernel.sched_rt_runtime_us so real-time vCPUs never stall without RT budget; releases
+claims left by crashed starts; and publishes /run/numahook/node.json,
+node-feature-discovery labels and Prometheus textfile metrics. SIGHUP (systemctl reload
+numahookd) re-reads the configuration, keeping the old one if the new one is bad; SIGTERM
+stops it. Every resync_interval it lists every definition again.
 """
 
 from __future__ import annotations
@@ -27,11 +29,12 @@ from numahook.daemon.loop import Loop
 from numahook.daemon.notify import Notifier
 from numahook.daemon.publisher import Publisher
 from numahook.daemon.reconcile import Reconciler
+from numahook.daemon.usage import ENVIRONMENT, EXIT_DEPENDENCY, EXIT_STATUS
 from numahook.daemon.vcpuwatch import VcpuWatch
 from numahook.errors import ConfigError, NumahookError
 from numahook.host import uevents
+from numahook.node import metrics, publish
 from numahook.node import probe as node  # node.probe(): what this host can do
-from numahook.node import publish
 from numahook.ops import status
 from numahook.records import replace
 from numahook.state.statedir import StateDir
@@ -89,22 +92,22 @@ class Daemon:
                                for d in self.reconciler.inactive()]
         stats = self.reconciler.stats
         running = len(domains["running"])
-        metrics = [
-            publish.Metric.gauge("numahook_managed_domains_running",
+        own = [
+            metrics.Metric.gauge("numahook_managed_domains_running",
                                  "Managed domains running.", running),
-            publish.Metric.gauge("numahook_reconcile_seconds",
+            metrics.Metric.gauge("numahook_reconcile_seconds",
                                  "Duration of the last reconcile pass.", stats.last_pass_seconds),
-            publish.Metric.counter("numahook_realtime_reapplied_total",
+            metrics.Metric.counter("numahook_realtime_reapplied_total",
                                    "vCPUs whose SCHED_FIFO the daemon had to re-apply.",
                                    stats.reapplied),
-            publish.Metric.counter("numahook_realtime_demoted_total",
+            metrics.Metric.counter("numahook_realtime_demoted_total",
                                    "Real-time vCPU threads demoted to avoid a stall.",
                                    stats.demoted),
-            publish.Metric.counter("numahook_redefined_total",
+            metrics.Metric.counter("numahook_redefined_total",
                                    "Definitions re-rendered and redefined.", stats.redefined),
-            publish.Metric.counter("numahook_orphans_released_total",
+            metrics.Metric.counter("numahook_orphans_released_total",
                                    "Orphaned claims released.", stats.released),
-            publish.Metric.counter("numahook_sd_notify_dropped_total",
+            metrics.Metric.counter("numahook_sd_notify_dropped_total",
                                    "sd_notify messages dropped because the receiver's queue "
                                    "was full.", counters["sd_notify_dropped"]),
         ]
@@ -119,7 +122,7 @@ class Daemon:
             # labels expire if numahookd dies without removing them
             ("node-feature-discovery", lambda: publish.write_nfd(
                 cap, cfg.nfd_dir, ttl=3 * cfg.probe_interval)),
-            ("metrics", lambda: publish.write_metrics(cap, cfg.textfile_dir, metrics))])
+            ("metrics", lambda: metrics.write_metrics(cap, cfg.textfile_dir, own))])
         self.notifier.status(publish.status_line(
             cap, {"managed": running + len(domains["inactive"]), "running": running}))
 
@@ -305,10 +308,14 @@ class Daemon:
                 self.loop.cancel(self._ready_timer)
             if not self.publisher.close():
                 log.warning("a published file was still being written at exit")
-            try:
-                publish.remove_nfd(self.cfg.nfd_dir)
-            except (NumahookError, OSError) as exc:
-                log.warning("removing the node-feature-discovery file failed: %s", exc)
+            # what numahookd published must not outlive it: NFD labels, scraped metrics
+            for what, remove, where in (
+                    ("node-feature-discovery", publish.remove_nfd, self.cfg.nfd_dir),
+                    ("metrics", metrics.remove_metrics, self.cfg.textfile_dir)):
+                try:
+                    remove(where)
+                except (NumahookError, OSError) as exc:
+                    log.warning("removing the %s file failed: %s", what, exc)
             self.conn.close()
             if self._uevents is not None:
                 self._uevents.close()
@@ -330,19 +337,31 @@ def _run(cfg: configmod.Config, args: argparse.Namespace, log_file: str | None) 
 
 
 def parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="numahookd", description=__doc__.splitlines()[0])
+    """The command line; scripts/gen-man writes numahookd(8) and its completion from it."""
+    from numahook.cli import epilog
+
+    ap = argparse.ArgumentParser(prog="numahookd", description=__doc__,
+                                 epilog=epilog(EXIT_STATUS, ENVIRONMENT),
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--version", action="version", version=f"numahookd {__version__}")
-    ap.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH})")
-    ap.add_argument("--foreground", action="store_true",
-                    help="run in the foreground (the default; what systemd wants)")
-    ap.add_argument("--daemonize", action="store_true",
-                    help="detach (hosts without systemd), with --pidfile and --log-file")
-    ap.add_argument("--pidfile", default="/run/numahookd.pid")
-    ap.add_argument("--log-file", default=None,
-                    help="log here instead of stderr (default with --daemonize: "
-                    "/var/log/numahookd.log)")
-    ap.add_argument("--state-dir", help="override [paths] state_dir")
-    ap.add_argument("-v", "--verbose", action="store_true")
+    ap.add_argument("--config", metavar="FILE",
+                    help=f"read this configuration file (default {configmod.DEFAULT_PATH}, "
+                    "or $NUMAHOOK_CONFIG)")
+    ap.add_argument("--state-dir", metavar="DIR",
+                    help="keep claims and node.json here instead of [paths] state_dir "
+                    "(default /run/numahook)")
+    ap.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
+    g = ap.add_argument_group("running without systemd")
+    g.add_argument("--foreground", action="store_true",
+                   help="stay in the foreground (the default; what systemd wants)")
+    g.add_argument("--daemonize", action="store_true",
+                   help="detach from the terminal, for hosts without systemd; needs "
+                   "python-daemon (python3-daemon)")
+    g.add_argument("--pidfile", metavar="FILE", default="/run/numahookd.pid",
+                   help="with --daemonize: write the pid here (default /run/numahookd.pid)")
+    g.add_argument("--log-file", metavar="FILE", default=None,
+                   help="log here instead of stderr (default with --daemonize: "
+                   "/var/log/numahookd.log)")
     return ap
 
 
@@ -356,9 +375,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.state_dir:
         cfg = replace(cfg, state_dir=args.state_dir)
     if args.daemonize:
-        import daemon
-        import daemon.pidfile
-
+        try:
+            import daemon
+            import daemon.pidfile
+        except ImportError:
+            # python-daemon is only recommended: systemd hosts never need it
+            print("numahookd: --daemonize needs python-daemon, which is not installed; "
+                  "install python3-daemon (apt or dnf), or run numahookd in the foreground "
+                  "under systemd or another supervisor", file=sys.stderr)
+            return EXIT_DEPENDENCY
         log_file = args.log_file or "/var/log/numahookd.log"
         with daemon.DaemonContext(pidfile=daemon.pidfile.TimeoutPIDLockFile(args.pidfile, 5),
                                   umask=0o022):

@@ -47,11 +47,16 @@ class RtResult(NamedTuple):
 
 def realtime_gate(cfg: Config) -> Check:
     """Whether this node can run a real-time domain under the configured policy."""
-    runtime, _ = rt_sysctl(cfg.proc_root)
+    runtime, period = rt_sysctl(cfg.proc_root)
     if not needs_group_budget(cfg.cgroup_root, cfg.proc_root):
-        how = ("RT throttling is off (kernel.sched_rt_runtime_us = -1)" if runtime < 0
-               else "no RT group budget is needed on this kernel")
-        return Check("realtime-node", True, f"real-time capable: {how}")
+        if runtime < 0:
+            return Check("realtime-node", True, (
+                "real-time capable: RT throttling is off (kernel.sched_rt_runtime_us = -1)"))
+        # "capable" is KubeVirt's word for -1 only: say what this node gives instead
+        return Check("realtime-node", True, (
+            f"RT throttling is on (kernel.sched_rt_runtime_us = {runtime}), but there is no RT "
+            "group scheduling to budget, so libvirt's <vcpusched> sets SCHED_FIFO; real-time "
+            f"threads get at most {runtime} us of each {period} us period"))
     if cfg.rt_throttled == "delegate":
         return Check("realtime-node", True, (
             f"RT throttling is on (kernel.sched_rt_runtime_us = {runtime}); numahook will "

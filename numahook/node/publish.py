@@ -18,26 +18,22 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple
 
-from numahook import __version__
+from numahook import SCHEMA_VERSION, __version__
 from numahook.errors import InputError, StateError
 from numahook.host import fsutil
 from numahook.node.model import NodeCapability, size_name
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
 STATUS_FILE = "node.json"
 NFD_FILE = "numahook"
-METRICS_FILE = "numahook.prom"
 #: Our NFD label namespace; names with a domain are never auto-prefixed by NFD.
 LABEL_NS = "numahook.io"
 #: Top-level sections the daemon may add to node.json.
@@ -47,9 +43,6 @@ NFD_MAX_BYTES = 65536
 
 _LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
 _LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_KEY = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
-_KINDS = ("gauge", "counter", "untyped")
 
 
 def _utc(now: datetime | None) -> datetime:
@@ -134,7 +127,10 @@ def nfd_labels(cap: NodeCapability) -> dict[str, str]:
 
     ``realtime`` follows KubeVirt: present (``true``) only on a capable node, so the
     existence selector ``-l numahook.io/realtime`` selects exactly the capable nodes.
-    The other booleans are always written, true or false.
+    The other booleans are always written, true or false. No label counts free
+    resources (those are in the metrics and node.json): the Node's labels change when the
+    host's configuration does (kernel, command line, mounts, numahook.conf) or libvirt
+    comes and goes, not at every VM start and stop.
     """
 
     def flag(value: bool) -> str:
@@ -150,8 +146,11 @@ def nfd_labels(cap: NodeCapability) -> dict[str, str]:
     labels["nohz-full"] = flag(bool(cap.nohz_full))
     labels["numa-nodes"] = str(len(cap.nodes))
     labels["cgroup-version"] = str(cap.cgroup_version)
+    # whether libvirt can back guests with pages of that size (a hugetlbfs is mounted for
+    # it), not how many are free: a count would relabel the Node at every VM start and stop
+    mounted = {m.pagesize_kib for m in cap.hugetlbfs}
     for size in cap.page_sizes():
-        labels[f"hugepages-{size_name(size)}"] = str(cap.free_pages(size))
+        labels[f"hugepages-{size_name(size)}"] = flag(size in mounted)
     if cap.libvirt_reachable is not None:
         labels["libvirt"] = flag(cap.libvirt_reachable)
     return {f"{LABEL_NS}/{k}": v for k, v in labels.items()}
@@ -196,174 +195,19 @@ def write_nfd(cap: NodeCapability, nfd_dir: str | os.PathLike[str], ttl: float |
 
 def remove_nfd(nfd_dir: str | os.PathLike[str]) -> bool:
     """Remove our feature file at shutdown so NFD drops the labels; True if one was removed."""
-    path = Path(nfd_dir) / NFD_FILE
+    return _remove(Path(nfd_dir) / NFD_FILE,
+                   "so node-feature-discovery drops numahook's labels")
+
+
+def _remove(path: Path, why: str) -> bool:
     try:
         path.unlink()
     except FileNotFoundError:
         return False
     except OSError as exc:
         raise StateError(f"removing {path} failed: {exc.strerror or exc}; remove it by hand "
-                         "so node-feature-discovery drops numahook's labels") from None
+                         f"{why}") from None
     return True
-
-
-# --------------------------------------------------------------------------- Prometheus
-
-Labels = Mapping[str, str]
-SampleLike = Union["Sample", tuple[Labels, float]]
-
-
-class Sample(NamedTuple):
-    labels: Labels
-    value: float
-
-
-@dataclass(frozen=True)
-class Metric:
-    """One metric family: name, HELP text, TYPE, and its samples (label set -> value).
-
-    ``Metric.gauge("numahook_managed_domains", "Domains numahook manages.", 3)`` for one
-    unlabelled sample; pass ``samples=[({"state": "running"}, 2), ...]`` for several.
-    """
-
-    name: str
-    help: str
-    kind: str = "gauge"
-    samples: tuple[Sample, ...] = ()
-
-    def __post_init__(self) -> None:
-        if not _METRIC_NAME.fullmatch(self.name):
-            raise InputError(f"metric name {self.name!r} is not valid in Prometheus; use only "
-                             "letters, digits, _ and :, not starting with a digit")
-        if self.kind not in _KINDS:
-            raise InputError(f"metric type {self.kind!r} is unknown; use one of "
-                             f"{', '.join(_KINDS)}")
-        seen: set[tuple[tuple[str, str], ...]] = set()
-        fixed: list[Sample] = []
-        for s in self.samples:
-            labels, value = s
-            for key in labels:
-                if not _LABEL_KEY.fullmatch(key) or key.startswith("__"):
-                    raise InputError(f"label name {key!r} of {self.name} is not valid; use "
-                                     "letters, digits and _, not starting with __")
-            ident = tuple(sorted((k, str(v)) for k, v in labels.items()))
-            if ident in seen:
-                raise InputError(f"{self.name} has two samples with labels {dict(ident)}; give "
-                                 "each sample its own label values")
-            seen.add(ident)
-            fixed.append(Sample(dict(ident), float(value)))
-        object.__setattr__(self, "samples", tuple(fixed))
-
-    @classmethod
-    def gauge(cls, name: str, help: str, value: float | None = None,
-              samples: Iterable[SampleLike] = ()) -> Metric:
-        items = list(samples)
-        if value is not None:
-            items.insert(0, ({}, value))
-        return cls(name, help, "gauge", tuple(Sample(*s) for s in items))
-
-    @classmethod
-    def counter(cls, name: str, help: str, value: float | None = None,
-                samples: Iterable[SampleLike] = ()) -> Metric:
-        items = list(samples)
-        if value is not None:
-            items.insert(0, ({}, value))
-        return cls(name, help, "counter", tuple(Sample(*s) for s in items))
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_value(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return str(int(value)) if value.is_integer() and abs(value) < 2**63 else repr(value)
-
-
-def render_metrics(metrics: Sequence[Metric]) -> str:
-    """Prometheus text exposition format 0.0.4: HELP and TYPE, then the samples."""
-    names = [m.name for m in metrics]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise InputError(f"metric(s) {', '.join(dupes)} are defined twice; give each one name")
-    out: list[str] = []
-    for m in metrics:
-        out.append(f"# HELP {m.name} {_escape_help(m.help)}")
-        out.append(f"# TYPE {m.name} {m.kind}")
-        for labels, value in m.samples:
-            body = ",".join(f'{k}="{_escape_value(str(v))}"' for k, v in labels.items())
-            out.append(f"{m.name}{{{body}}} {_number(value)}" if body
-                       else f"{m.name} {_number(value)}")
-    return "\n".join(out) + "\n"
-
-
-def node_metrics(cap: NodeCapability) -> list[Metric]:
-    """The node's own metrics; ``numahook_libvirt_up`` is left out while it is unknown."""
-    pools = [({"node": str(p.node), "size_kib": str(p.size_kib)}, p) for p in cap.hugepages]
-    metrics = [
-        Metric.gauge("numahook_node_realtime_capable",
-                     "1 if kernel.sched_rt_runtime_us is -1 (KubeVirt's real-time test).",
-                     int(cap.realtime_capable)),
-        Metric.gauge("numahook_realtime_start_allowed",
-                     "1 if numahook would start a real-time domain here under its config.",
-                     int(cap.start_policy.ok)),
-        Metric.gauge("numahook_sched_rt_runtime_us",
-                     "kernel.sched_rt_runtime_us; -1 means RT throttling is off.",
-                     cap.sched_rt_runtime_us),
-        Metric.gauge("numahook_sched_rt_period_us", "kernel.sched_rt_period_us.",
-                     cap.sched_rt_period_us),
-        Metric.gauge("numahook_rt_group_sched",
-                     "1 if RT group scheduling (cgroup v1 cpu.rt_runtime_us) is present.",
-                     int(cap.rt_group_sched)),
-        Metric.gauge("numahook_rt_budget_available_us",
-                     "RT runtime per period a new domain under the machine group could get.",
-                     samples=[({}, cap.rt_budget.available_us)] if cap.rt_budget else ()),
-        Metric.gauge("numahook_preempt_rt", "1 if the kernel is PREEMPT_RT.",
-                     int(cap.preempt_rt)),
-        Metric.gauge("numahook_isolated_cpus", "CPUs named by isolcpus= on the command line.",
-                     len(cap.isolcpus)),
-        Metric.gauge("numahook_nohz_full_cpus", "CPUs named by nohz_full= on the command line.",
-                     len(cap.nohz_full)),
-        Metric.gauge("numahook_online_cpus", "Online CPUs.", len(cap.online_cpus)),
-        Metric.gauge("numahook_numa_nodes", "Online NUMA nodes.", len(cap.nodes)),
-        Metric.gauge("numahook_hugepages_total", "Hugepages reserved per NUMA node and size.",
-                     samples=[(labels, p.nr) for labels, p in pools]),
-        Metric.gauge("numahook_hugepages_free", "Free hugepages per NUMA node and size.",
-                     samples=[(labels, p.free) for labels, p in pools]),
-        Metric.gauge("numahook_hugepages_surplus", "Surplus hugepages per NUMA node and size.",
-                     samples=[(labels, p.surplus) for labels, p in pools]),
-    ]
-    if cap.libvirt_reachable is not None:
-        metrics.append(Metric.gauge("numahook_libvirt_up",
-                                    "1 if libvirt answered a read-only connection.",
-                                    int(cap.libvirt_reachable)))
-    return [m for m in metrics if m.samples]
-
-
-def metrics_text(cap: NodeCapability, extra_metrics: Iterable[Metric] = ()) -> str:
-    return render_metrics([*node_metrics(cap), *extra_metrics])
-
-
-def write_metrics(cap: NodeCapability, textfile_dir: str | os.PathLike[str],
-                  extra_metrics: Iterable[Metric] = ()) -> Path | None:
-    """Write ``<textfile_dir>/numahook.prom`` atomically (0644, node_exporter runs unprivileged).
-
-    None when the directory is absent (node_exporter's textfile collector is not set up).
-    ``extra_metrics`` are the daemon's own (managed domains, reconcile duration, ...).
-    """
-    directory = _consumer_dir(textfile_dir, "node_exporter's textfile collector")
-    if directory is None:
-        return None
-    path = directory / METRICS_FILE
-    fsutil.atomic_write(path, metrics_text(cap, extra_metrics), 0o644, durable=False)
-    return path
 
 
 # --------------------------------------------------------------------------- sd_notify

@@ -83,7 +83,8 @@ def report_lines(cap: NodeCapability) -> list[tuple[str, str]]:
     rows: list[tuple[str, str]] = [
         ("real-time capable", f"{_yes(cap.realtime_capable)} (kernel.sched_rt_runtime_us = "
                               f"{cap.sched_rt_runtime_us}, period {cap.sched_rt_period_us} us)"),
-        ("real-time starts", f"{cap.start_policy.mode}: {cap.start_policy.reason}"),
+        ("real-time starts", f"{'allowed' if cap.start_policy.ok else 'refused'} "
+                             f"({cap.start_policy.mode}): {cap.start_policy.reason}"),
         ("RT group scheduling", _yes(cap.rt_group_sched)
          + (", domains need delegated budget" if cap.needs_group_budget else "")),
     ]

@@ -129,6 +129,28 @@ def test_status_follows_the_rt_sysctl(numahookd: Daemon) -> None:
         SYSCTL.write_text(original)
 
 
+def test_published_files_pass_their_linters_and_go_when_it_stops(numahookd: Daemon,
+                                                                domains: Any) -> None:
+    """promtool and the JSON Schema on what a real numahookd wrote; nothing stale after it."""
+    from tests.unit.node.test_promtool import lint
+    from tests.unit.schemas import validate
+
+    rt_domain(domains, "published")  # a running managed domain in node.json and the metrics
+    prom, nfd = numahookd.prom / "numahook.prom", numahookd.nfd / "numahook"
+    wait_until(lambda: any(d.get("state") == "running" for d in node_json().get("domains", ())),
+               timeout=20, what="node.json to list the running domain")
+    wait_until(prom.exists, timeout=10, what="numahook.prom")
+    text = prom.read_text()
+    proc = lint(text)
+    assert proc.returncode == 0, f"promtool: {proc.stdout}{proc.stderr}\n{text}"
+    assert "numahook_build_info{version=" in text
+    validate("node-status", node_json())
+    numahookd.signal(signal.SIGTERM)
+    assert numahookd.proc is not None and numahookd.proc.wait(timeout=20) == 0
+    assert not prom.exists(), "numahook.prom outlived numahookd"
+    assert not nfd.exists(), "the NFD labels outlived numahookd"
+
+
 def test_define_ends_rendered_and_starts_first_time(numahookd: Daemon, domains: Any,
                                                     conn: Any) -> None:
     import libvirt

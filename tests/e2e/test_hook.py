@@ -247,6 +247,9 @@ def test_cli_apply_and_status_on_the_real_libvirt(domains: Any) -> None:
     domains.start(dom)
     status = numahook("status", "--json")
     assert status.returncode == 0, status.stderr
+    from tests.unit.schemas import validate
+
+    validate("status", jsonlib.loads(status.stdout))  # with a real running domain
     mine = [d for d in jsonlib.loads(status.stdout)["running"] if d["name"] == name]
     assert mine and mine[0]["cells"][0]["host_nodes"] == "0"
     assert mine[0]["claim"]["hugepages_need"] == {"node0:2048kB": 64}

@@ -108,8 +108,15 @@ def test_the_package_owns_hook_unit_config_and_tmpfiles(installed: None) -> None
                                check=True).stdout.split())
     for path in (str(HOOK_LINK), str(HOOK_TARGET), "/lib/systemd/system/numahookd.service",
                  "/usr/lib/tmpfiles.d/numahook.conf", str(CONF), "/usr/bin/numahook",
-                 "/usr/bin/numahookd"):
+                 "/usr/bin/numahookd", "/usr/share/bash-completion/completions/numahook",
+                 "/usr/share/bash-completion/completions/numahookd",
+                 "/usr/share/man/man8/numahook.8.gz", "/usr/share/man/man8/numahookd.8.gz",
+                 "/usr/share/man/man5/numahook.conf.5.gz"):
         assert path in owned, f"{path} is not in the package"
+    # python-daemon only for --daemonize: suggested, not required
+    fields = subprocess.run(["dpkg-query", "-W", "-f", "${Depends}\n${Suggests}", "numahook"],
+                            capture_output=True, text=True, check=True).stdout.split("\n")
+    assert "python3-daemon" not in fields[0] and "python3-daemon" in fields[1], fields
     assert HOOK_LINK.is_symlink() and HOOK_LINK.resolve() == HOOK_TARGET
     assert os.access(HOOK_TARGET, os.X_OK)
     conffiles = subprocess.run(["dpkg-query", "-W", "-f", "${Conffiles}", "numahook"],

@@ -533,7 +533,8 @@ def test_cli_render_diff(capsys: pytest.CaptureFixture[str], single_v1: dict[str
                          tmp_path: Path) -> None:
     src = write(tmp_path, domain())
     rc, out, err = run_cli(capsys, "render", "--diff", *cli_args(single_v1, tmp_path), src)
-    assert (rc, err) == (0, "")
+    # diff(1) and kubectl diff exit 1 when there are differences; scripts rely on it
+    assert (rc, err) == (1, "")
     lines = out.splitlines()
     assert lines[0] == f"--- {src}"
     assert lines[1] == f"+++ {src} (rendered)"

@@ -333,6 +333,42 @@ def test_cli_node_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert SYSCTL_FIX in out
 
 
+def test_node_says_one_thing_on_a_throttled_node_without_group_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Throttling on, no RT group budget to hand down (cgroup v2): starts use <vcpusched>.
+
+    The report once said "real-time capable: no" and then "real-time capable: no RT group
+    budget is needed"; now "capable" means KubeVirt's test everywhere.
+    """
+    cfg = make_host(tmp_path, "intel-2s-ht-rt", 2)
+    assert cli.main(["node", "--config", "/dev/null", *_cli_args(cfg)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("real-time capable    no (kernel.sched_rt_runtime_us = 950000")
+    assert lines[1].startswith("real-time starts     allowed (vcpusched): RT throttling is on")
+    assert "at most 950000 us of each 1000000 us period" in lines[1]
+    assert out.count("real-time capable") == 2  # the verdict and the fix that leads to it
+    assert "real-time capable:" not in out
+
+
+@pytest.mark.parametrize("runtime, code", [(-1, 0), (950000, 1)])
+def test_cli_node_check_exits_by_the_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             runtime: int, code: int) -> None:
+    cfg = make_host(tmp_path, "intel-2s-ht-rt", 1, runtime)
+    assert cli.main(["node", "--check", "--config", "/dev/null", *_cli_args(cfg)]) == code
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    if code == 0:
+        assert out == "real-time capable; real-time starts allowed (vcpusched)\n"
+    else:
+        assert out.startswith(f"not real-time capable: {SYSCTL_FIX}")
+        assert out.endswith("; real-time starts refused (refuse)\n")
+    # the report itself exits 0 either way: it is a report
+    assert cli.main(["node", "--config", "/dev/null", *_cli_args(cfg)]) == 0
+    with pytest.raises(SystemExit):
+        cli.main(["node", "--check", "--json", *_cli_args(cfg)])  # one output at a time
+
+
 def test_cli_node_exits_3_when_the_host_cannot_be_read(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = make_host(tmp_path, "single", 1)

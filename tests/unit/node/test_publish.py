@@ -18,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
+import numahook
 from numahook.config import Config
 from numahook.errors import InputError
-from numahook.node import model, probe, publish
-from numahook.node.publish import Metric
+from numahook.node import metrics, model, probe, publish
+from numahook.node.metrics import Metric
 from tests.fixtures.hosts import host_roots
 
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
@@ -181,8 +182,8 @@ def test_nfd_file_for_a_real_time_host(tmp_path: Path, rt_cap: model.NodeCapabil
         "numahook.io/nohz-full": "true",
         "numahook.io/numa-nodes": "2",
         "numahook.io/cgroup-version": "1",
-        "numahook.io/hugepages-2Mi": "1024",
-        "numahook.io/hugepages-1Gi": "8",
+        "numahook.io/hugepages-2Mi": "true",
+        "numahook.io/hugepages-1Gi": "true",
         "numahook.io/libvirt": "true",
     }
     # past the expiry nfd-worker drops every label
@@ -205,6 +206,19 @@ def test_nfd_file_for_a_throttled_host(tmp_path: Path, plain_cap: model.NodeCapa
         assert re.fullmatch(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]", value)
     for line in text.splitlines():
         assert line.startswith("#") or "/" in line.split("=")[0]  # never auto-prefixed by NFD
+
+
+def test_nfd_labels_do_not_change_when_hugepages_are_used(tmp_path: Path) -> None:
+    """A VM start takes free pages; the Node's labels must not change with it."""
+    before = capability(tmp_path / "a")
+    used = replace(before, hugepages=tuple(replace(p, free=p.free // 2)
+                                           for p in before.hugepages))
+    assert used.free_pages(2048) != before.free_pages(2048)
+    assert publish.nfd_labels(used) == publish.nfd_labels(before)
+    # a page size with no hugetlbfs mount is one libvirt cannot use: a configuration fact
+    unmounted = replace(before, hugetlbfs=tuple(m for m in before.hugetlbfs
+                                                if m.pagesize_kib == 2048))
+    assert publish.nfd_labels(unmounted)["numahook.io/hugepages-1Gi"] == "false"
 
 
 def test_nfd_needs_its_directory_and_is_removed(tmp_path: Path,
@@ -291,22 +305,23 @@ def test_metrics_file(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
                      samples=[({"why": 'quote " back \\ nl \n'}, math.inf),
                               ({"why": "nan"}, math.nan)]),
     ]
-    path = publish.write_metrics(rt_cap, tmp_path, extra)
+    path = metrics.write_metrics(rt_cap, tmp_path, extra)
     assert path == tmp_path / "numahook.prom" and only(tmp_path) == ["numahook.prom"]
     assert mode(path) == 0o644
     text = path.read_text()
     series = prom_check(text)
-    g = {(n, dict(labels).get("node"), dict(labels).get("size_kib")): v
+    g = {(n, dict(labels).get("node"), dict(labels).get("size_bytes")): v
          for (n, labels), v in series.items()}
     assert g[("numahook_node_realtime_capable", None, None)] == 1
-    assert g[("numahook_sched_rt_runtime_us", None, None)] == -1
+    assert g[("numahook_sched_rt_runtime_seconds", None, None)] == -1
+    assert g[("numahook_sched_rt_period_seconds", None, None)] == 1
     assert g[("numahook_rt_group_sched", None, None)] == 1
     assert g[("numahook_preempt_rt", None, None)] == 1
     assert g[("numahook_isolated_cpus", None, None)] == 36
     assert g[("numahook_libvirt_up", None, None)] == 1
     for n in ("0", "1"):
-        assert g[("numahook_hugepages_free", n, "2048")] == 512
-        assert g[("numahook_hugepages_total", n, "1048576")] == 4
+        assert g[("numahook_hugepages_free", n, "2097152")] == 512
+        assert g[("numahook_hugepages_reserved", n, "1073741824")] == 4
     assert series[("numahook_managed_domains", (("state", "shut off"),))] == 1
     assert series[("numahook_reconcile_seconds", ())] == 0.0042
     assert series[("numahook_odd", (("why", 'quote " back \\ nl \n'),))] == math.inf
@@ -317,18 +332,38 @@ def test_metrics_file(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
 
 def test_metrics_leave_out_what_is_unknown(tmp_path: Path,
                                            plain_cap: model.NodeCapability) -> None:
-    series = prom_check(publish.metrics_text(plain_cap))
+    series = prom_check(metrics.metrics_text(plain_cap))
     names = {n for n, _ in series}
     assert "numahook_libvirt_up" not in names  # unknown, not down
     assert series[("numahook_node_realtime_capable", ())] == 0
-    assert series[("numahook_sched_rt_runtime_us", ())] == 950000
+    assert series[("numahook_sched_rt_runtime_seconds", ())] == 0.95
     assert series[("numahook_realtime_start_allowed", ())] == 0
-    assert series[("numahook_rt_budget_available_us", ())] == 950000
+    assert series[("numahook_rt_budget_available_seconds", ())] == 0.95
 
 
 def test_metrics_need_their_directory(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
-    assert publish.write_metrics(rt_cap, tmp_path / "node-exporter") is None
+    assert metrics.write_metrics(rt_cap, tmp_path / "node-exporter") is None
     assert only(tmp_path) == []
+
+
+def test_metrics_file_is_removed(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
+    assert metrics.remove_metrics(tmp_path) is False
+    metrics.write_metrics(rt_cap, tmp_path)
+    assert only(tmp_path) == ["numahook.prom"]
+    assert metrics.remove_metrics(tmp_path) is True
+    assert only(tmp_path) == []
+
+
+def test_build_info_and_base_units(rt_cap: model.NodeCapability) -> None:
+    series = prom_check(metrics.metrics_text(rt_cap))
+    assert series[("numahook_build_info", (("version", numahook.__version__),))] == 1
+    names = {n for n, _ in series}
+    # the names before numahook followed Prometheus's rules (README lists the renames)
+    assert not names & {"numahook_hugepages_total", "numahook_sched_rt_runtime_us",
+                        "numahook_sched_rt_period_us", "numahook_rt_budget_available_us"}
+    assert all(not n.endswith("_us") and "_kib" not in n for n in names)
+    labels = {k for _, ls in series for k, _ in ls}
+    assert "size_kib" not in labels and "size_bytes" in labels
 
 
 def test_metric_validation(rt_cap: model.NodeCapability) -> None:
@@ -341,9 +376,9 @@ def test_metric_validation(rt_cap: model.NodeCapability) -> None:
     with pytest.raises(InputError, match="type 'summary' is unknown"):
         Metric("numahook_x", "x", "summary")
     with pytest.raises(InputError, match="numahook_preempt_rt are defined twice"):
-        publish.metrics_text(rt_cap, [Metric.gauge("numahook_preempt_rt", "again", 0)])
+        metrics.metrics_text(rt_cap, [Metric.gauge("numahook_preempt_rt", "again", 0)])
     # a family without samples is valid text and is kept
-    empty = publish.render_metrics([Metric.gauge("numahook_y", "no value yet")])
+    empty = metrics.render_metrics([Metric.gauge("numahook_y", "no value yet")])
     assert prom_check(empty) == {}
 
 
