@@ -52,9 +52,6 @@ class Loop:
 
         return int(libvirt.virEventAddTimeout(ms, fire, None))
 
-    def reschedule(self, timer: int, seconds: float) -> None:
-        libvirt.virEventUpdateTimeout(timer, max(1, int(seconds * 1000)))
-
     def cancel(self, timer: int) -> None:
         libvirt.virEventRemoveTimeout(timer)
 
