@@ -57,13 +57,18 @@ def probe_domain_xml(
     cmdline: str = "",
     hugepage_kib: int | None = None,
     extra: str = "",
+    boot: tuple[str, str] | None = None,
+    serial: str | None = None,
 ) -> str:
     """XML of a probe domain: direct kernel boot, serial console to a file, no disks.
 
     ``cells`` is ``[(cpus, memory MiB), ...]`` for a guest ``<cpu><numa>``; memory is then
     their sum. ``extra`` is inserted into ``<domain>`` as is (metadata, cputune, ...).
+    ``boot`` (kernel, initrd) and ``serial`` are paths on the host that runs the domain,
+    for the host VM lab; by default this machine's probe and serial log.
     """
-    kernel, initrd = probe_paths()
+    kernel, initrd = boot or probe_paths()
+    console = serial or serial_path(name)
     if cells:
         memory_mib = sum(m for _, m in cells)
         numa = "<numa>" + "".join(
@@ -100,11 +105,11 @@ def probe_domain_xml(
   <on_crash>destroy</on_crash>
   <devices>
     <serial type='file'>
-      <source path='{serial_path(name)}'/>
+      <source path='{console}'/>
       <target port='0'/>
     </serial>
     <console type='file'>
-      <source path='{serial_path(name)}'/>
+      <source path='{console}'/>
       <target type='serial' port='0'/>
     </console>
     <memballoon model='none'/>

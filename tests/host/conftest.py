@@ -1,0 +1,142 @@
+"""The host VM lab's tests: numahook installed from its .deb on a multi-node systemd host.
+
+Everything runs in the VM through the lab's contract, ``scripts/lab host exec -- CMD``
+(lab/hostvm.py). The session brings the VM up (default shape) unless one already runs,
+and takes it down again if it brought it up. As non-root, or without QEMU, every test is
+skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from lab import guest
+
+REPO = Path(__file__).resolve().parents[2]
+LAB = [str(REPO / "scripts" / "lab")]
+INSIDE = (Path(__file__).parent / "inside.py").read_text()
+#: Inner domains are named so; each test removes what it defined.
+PREFIX = "nhhost-"
+PROBE = ("/var/lib/numahook-lab/probe/vmlinuz", "/var/lib/numahook-lab/probe/initrd.img")
+NAMESPACE = "https://numahook.io/xmlns/domain/1"
+#: Inner guests' serial consoles, as in the first lab (lab/guest.py)
+SERIAL_DIR = "/var/log/numahook-lab"
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "the host VM lab needs root (QEMU, mmdebstrap, the image cache)"
+    if shutil.which("qemu-system-x86_64") is None:
+        return "qemu-system-x86_64 is not installed"
+    if shutil.which("mmdebstrap") is None:
+        return "mmdebstrap is not installed (scripts/test installs it)"
+    return None
+
+
+class Host:
+    """The VM, driven only through ``scripts/lab host exec``."""
+
+    def sh(self, command: str, *, input: str | bytes | None = None, timeout: float = 120,
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+        """``bash -c COMMAND`` as root in the VM; AssertionError with stderr on failure."""
+        data = input.encode() if isinstance(input, str) else input
+        try:
+            proc = subprocess.run(LAB + ["host", "exec", "--", "bash", "-c", command],
+                                  input=data if data is not None else b"", timeout=timeout,
+                                  capture_output=True, check=False)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"in the VM, `{command}` ran over {timeout:.0f} s") from None
+        out = subprocess.CompletedProcess(proc.args, proc.returncode,
+                                          proc.stdout.decode(errors="replace"),
+                                          proc.stderr.decode(errors="replace"))
+        if check and proc.returncode != 0:
+            raise AssertionError(f"in the VM, `{command}` exited {proc.returncode}:\n"
+                                 f"{out.stdout[-2000:]}\n{out.stderr[-2000:]}")
+        return out
+
+    def inside(self, *args: str) -> Any:
+        """What tests/host/inside.py reports (the kernel's view, not numahook's)."""
+        return json.loads(self.sh("python3 - " + " ".join(args), input=INSIDE).stdout)
+
+    def json(self, command: str, **kw: Any) -> Any:
+        return json.loads(self.sh(command, **kw).stdout)
+
+    def unit(self, name: str = "numahookd") -> dict[str, str]:
+        props = "ActiveState,SubState,StatusText,MainPID,NRestarts,Result"
+        text = self.sh(f"systemctl show -p {props} {name}").stdout
+        return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+    def wait(self, pred: Any, what: str, timeout: float, every: float = 1.0) -> float:
+        """Poll ``pred`` (bounded); return the seconds it took."""
+        t0 = time.monotonic()
+        while True:
+            value = pred()
+            if value:
+                return time.monotonic() - t0
+            if time.monotonic() - t0 > timeout:
+                raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            time.sleep(every)
+
+    def define(self, xml: str) -> None:
+        self.sh("virsh -q define /dev/stdin >/dev/null", input=xml)
+
+    def remove_domains(self) -> None:
+        self.sh(f"for d in $(virsh -q list --all --name | grep '^{PREFIX}'); do "
+                "virsh -q destroy $d >/dev/null 2>&1; virsh -q undefine $d >/dev/null; done",
+                check=False)
+
+
+@pytest.fixture(scope="session")
+def host() -> Iterator[Host]:
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    status = json.loads(subprocess.run(LAB + ["host", "status"], capture_output=True,
+                                       text=True, timeout=60, check=True).stdout)
+    ours = status.get("state") != "running"
+    if ours:
+        subprocess.run(LAB + ["host", "up"], check=True, timeout=2400)
+    elif status.get("shape") != "default":
+        pytest.skip(f"a host lab VM of shape {status.get('shape')} runs; take it down first")
+    h = Host()
+    # an operator's real-time host: RT throttling off (the node is then real-time capable)
+    h.sh(f"install -d -m 755 {SERIAL_DIR}")
+    h.sh("sysctl -q -w kernel.sched_rt_runtime_us=-1 && systemctl try-reload-or-restart numahookd")
+    yield h
+    h.remove_domains()
+    if ours:
+        subprocess.run(LAB + ["host", "down"], check=True, timeout=120)
+
+
+@pytest.fixture
+def clean(host: Host) -> Iterator[Host]:
+    """The host, with every inner domain this test defined removed afterwards."""
+    yield host
+    host.remove_domains()
+
+
+def metadata(realtime: str | None = "0", hugepages: bool = True) -> str:
+    rt = f"<numahook:realtime mask='{realtime}'/>" if realtime is not None else ""
+    return (f"<metadata><numahook:domain xmlns:numahook='{NAMESPACE}'>"
+            "<numahook:cpu dedicatedCpuPlacement='true'>"
+            f"<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>{rt}"
+            "</numahook:cpu></numahook:domain></metadata>")
+
+
+def domain_xml(name: str, vcpus: int, memory_mib: int, *, realtime: str | None = "0",
+               hold: int = 0, page_kib: int = 2048) -> str:
+    """A managed probe domain for the VM (TCG: the VM has no KVM)."""
+    cmdline = f"numahook.hold={hold}" if hold else ""
+    return guest.probe_domain_xml(
+        name, vcpus=vcpus, memory_mib=memory_mib, kind="qemu", cmdline=cmdline,
+        hugepage_kib=page_kib, extra=metadata(realtime), boot=PROBE,
+        serial=f"{SERIAL_DIR}/{name}.serial")

@@ -1,0 +1,77 @@
+"""numahookd under a real systemd: Type=notify, reload, watchdog and journal (issue 13).
+
+The unit is the one the .deb installed (packaging/numahookd.service); nothing here edits it.
+"""
+
+from __future__ import annotations
+
+import re
+
+from tests.host.conftest import Host
+
+
+def test_enable_now_ends_active_with_ready_and_status(host: Host) -> None:
+    host.sh("systemctl enable --now numahookd")
+    host.wait(lambda: host.unit()["ActiveState"] == "active", "numahookd active", 60)
+    unit = host.unit()
+    assert unit["SubState"] == "running", unit
+    # Type=notify: systemd counts it started only after READY=1, with the STATUS= text
+    assert unit["StatusText"].strip(), f"no STATUS= text from numahookd: {unit}"
+    assert host.sh("systemctl is-enabled numahookd").stdout.strip() == "enabled"
+
+
+def test_reload_goes_through_reloading_and_back_to_ready(host: Host) -> None:
+    host.sh("systemctl start numahookd")
+    pid = host.unit()["MainPID"]
+    cursor = host.sh("journalctl -n 0 --show-cursor -q | sed -n 's/^-- cursor: //p'").stdout.strip()
+    # systemd logs each notification it takes from the unit at debug level
+    host.sh("systemd-analyze log-level debug")
+    try:
+        host.sh("systemctl reload numahookd")
+        host.wait(lambda: "READY=1" in _pid1_log(host, cursor), "READY=1 after the reload", 60)
+    finally:
+        host.sh("systemd-analyze log-level info")
+    log = _pid1_log(host, cursor)
+    notes = re.findall(rf"numahookd\.service: Got notification message from PID {pid} \((.*)\)",
+                       log)
+    reloading = next(i for i, n in enumerate(notes) if "RELOADING=1" in n)
+    assert any("READY=1" in n for n in notes[reloading + 1:]), notes
+    unit = host.unit()
+    assert unit["ActiveState"] == "active" and unit["MainPID"] == pid, unit
+
+
+def _pid1_log(host: Host, cursor: str) -> str:
+    return host.sh(f"journalctl -q -o cat _PID=1 --after-cursor='{cursor}'").stdout
+
+
+def test_watchdog_kills_and_restarts_a_stopped_daemon(host: Host) -> None:
+    host.sh("systemctl start numahookd")
+    before = host.unit()
+    watchdog_s = int(host.sh("systemctl show -p WatchdogUSec --value numahookd").stdout
+                     .strip().rstrip("s") or 0)
+    assert watchdog_s > 0, "the unit sets no WatchdogSec"
+    abort_s = int(host.sh("systemctl show -p TimeoutAbortUSec --value numahookd").stdout
+                  .strip().rstrip("s") or 0)
+    host.sh(f"kill -STOP {before['MainPID']}")
+    took = host.wait(lambda: host.unit()["MainPID"] not in ("0", before["MainPID"])
+                     and host.unit()["ActiveState"] == "active",
+                     "numahookd restarted by the watchdog", watchdog_s + abort_s + 60, every=2)
+    after = host.unit()
+    assert int(after["NRestarts"]) == int(before["NRestarts"]) + 1, (before, after)
+    journal = host.sh("journalctl -q -o cat -u numahookd --since=-5min").stdout
+    assert "Watchdog timeout" in journal, journal[-2000:]
+    # the stopped process could not ping; systemd noticed no earlier than WatchdogSec
+    assert took >= watchdog_s - 5, f"restarted after {took:.0f} s, before WatchdogSec"
+    print(f"watchdog: SIGSTOP to a new READY daemon in {took:.0f} s "
+          f"(WatchdogSec={watchdog_s}, TimeoutAbortSec={abort_s})")
+
+
+def test_journal_has_the_daemons_lines_with_priorities(host: Host) -> None:
+    host.sh("systemctl restart numahookd")
+    host.wait(lambda: host.unit()["ActiveState"] == "active", "numahookd active", 60)
+    lines = host.json("journalctl -q -u numahookd -o json --since=-2min "
+                      "| python3 -c 'import json,sys; print(json.dumps([json.loads(l) for l in sys.stdin]))'")
+    own = [e for e in lines if e.get("_COMM") == "numahookd" or
+           e.get("SYSLOG_IDENTIFIER") == "numahookd"]
+    assert own, "journalctl -u numahookd shows no line of the daemon itself"
+    assert all(e.get("PRIORITY") in {"0", "1", "2", "3", "4", "5", "6", "7"} for e in own)
