@@ -28,6 +28,8 @@ INSIDE = (Path(__file__).parent / "inside.py").read_text()
 PREFIX = "nhhost-"
 PROBE = ("/var/lib/numahook-lab/probe/vmlinuz", "/var/lib/numahook-lab/probe/initrd.img")
 NAMESPACE = "https://numahook.io/xmlns/domain/1"
+#: Memory of the small inner guests: the probe kernel does not boot in 64 MiB here
+GUEST_MIB = 128
 #: Inner guests' serial consoles, as in the first lab (lab/guest.py)
 SERIAL_DIR = "/var/log/numahook-lab"
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 
 from lab import report
-from tests.host.conftest import PREFIX, Host, domain_xml
+from tests.host.conftest import GUEST_MIB, PREFIX, Host, domain_xml
 
 NAME = PREFIX + "hotplug"
 
@@ -41,7 +41,7 @@ def test_cpu_offline_and_online_reach_node_json_and_definitions(clean: Host) -> 
     host.sh("systemctl restart numahookd")
     host.wait(lambda: host.unit()["ActiveState"] == "active", "numahookd active", 60)
     nodes = _node_cpus(host)
-    host.define(domain_xml(NAME, 2, 64, realtime=None))
+    host.define(domain_xml(NAME, 2, GUEST_MIB, realtime=None))
     host.wait(lambda: _pins(host), "numahookd to render the definition", 60)
     pinned = _pins(host)
     assert len(pinned) == 2

@@ -7,14 +7,14 @@ SCHED_FIFO vCPUs; numahook keeps its claim.
 
 from __future__ import annotations
 
-from tests.host.conftest import PREFIX, Host, domain_xml
+from tests.host.conftest import GUEST_MIB, PREFIX, Host, domain_xml
 
 NAME = PREFIX + "restart"
 
 
 def test_libvirtd_restart_kills_no_vm_and_fifo_stays(clean: Host) -> None:
     host = clean
-    host.define(domain_xml(NAME, 2, 64, realtime="0-1", hold=3600))
+    host.define(domain_xml(NAME, 2, GUEST_MIB, realtime="0-1", hold=3600))
     host.wait(lambda: "<numa>" in host.sh(f"virsh dumpxml --inactive {NAME}").stdout,
               "numahookd to render the definition", 60)
     host.sh(f"virsh -q start {NAME}")

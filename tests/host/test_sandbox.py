@@ -15,7 +15,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.host.conftest import PREFIX, Host, domain_xml
+from tests.host.conftest import GUEST_MIB, PREFIX, Host, domain_xml
 
 NAME = PREFIX + "sandbox"
 HOOK_LINK = "/etc/libvirt/hooks/qemu.d/numahook"
@@ -41,7 +41,7 @@ def running(clean: Host) -> Iterator[Host]:
     assert int(st["CapBnd"], 16) == (1 << 23) | (1 << 1) | (1 << 2), st["CapBnd"]  # NICE, DAC_*
     assert " / " in host.sh(f"grep ' / / ' /proc/{pid}/mountinfo").stdout
     assert "ro" in host.sh(f"grep ' / / ' /proc/{pid}/mountinfo").stdout.split()[5].split(",")
-    host.define(domain_xml(NAME, 2, 64, realtime="0-1", hold=3600))
+    host.define(domain_xml(NAME, 2, GUEST_MIB, realtime="0-1", hold=3600))
     host.wait(lambda: "<numa>" in host.sh(f"virsh dumpxml --inactive {NAME}").stdout,
               "numahookd to render the definition", 60)
     host.sh(f"virsh -q start {NAME}")
@@ -53,8 +53,8 @@ def running(clean: Host) -> Iterator[Host]:
 def test_backstop_sets_fifo_again_under_the_sandbox(running: Host) -> None:
     host = running
     tid = host.inside("domain", NAME)["vcpus"]["0"]["tid"]
-    host.sh(f"chrt -o -p 0 {tid}")
-    assert host.inside("domain", NAME)["vcpus"]["0"]["policy"] == "other"
+    # demoted and seen demoted in one step: the backstop's next pass is seconds away
+    host.sh(f"chrt -o -p 0 {tid} && chrt -p {tid} | grep -q 'policy: SCHED_OTHER'")
     # the hook does not run again; only numahookd's realtime backstop can do this
     host.wait(lambda: host.inside("domain", NAME)["vcpus"]["0"]["policy"] == "fifo",
               "numahookd's backstop to set SCHED_FIFO again", 30)
@@ -68,8 +68,8 @@ def test_orphan_recovery_gives_hugepages_back_under_the_sandbox(running: Host) -
     host.sh(f"rm {HOOK_LINK} && systemctl reload libvirtd")
     host.sh(f"virsh -q destroy {NAME}")
     host.wait(lambda: sum(v["2048"][0] for v in host.inside("hugepages").values())
-              == sum(v["2048"][0] for v in held.values()) - 32,
-              "numahookd to release the orphaned claim's 32 pages", 60)
+              == sum(v["2048"][0] for v in held.values()) - GUEST_MIB // 2,
+              "numahookd to release the orphaned claim's pages", 60)
     journal = host.sh("journalctl -q -o cat -u numahookd --since=-5min").stdout
     assert f"released the orphaned claim of {NAME}" in journal, journal[-2000:]
 
@@ -86,7 +86,10 @@ def test_the_same_sandbox_lets_cgroup_hugepage_and_fifo_writes_through(running: 
     tid, prio = view["vcpus"]["1"]["tid"], view["vcpus"]["1"]["priority"]
     probe = (
         "import os,pathlib as p\n"
-        f"f=p.Path('/sys/fs/cgroup{cg}/cpu.weight'); f.write_text(f.read_text())\n"
+        # the nearest cgroup of the vCPU with the cpu controller (libvirt's scope on v2)
+        f"d=p.Path('/sys/fs/cgroup{cg}')\n"
+        "while not (d / 'cpu.weight').exists(): d = d.parent\n"
+        "f=d / 'cpu.weight'; f.write_text(f.read_text())\n"
         "h=p.Path('/sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages')\n"
         "h.write_text(h.read_text())\n"
         f"os.sched_setscheduler({tid}, os.SCHED_FIFO, os.sched_param({prio}))\n"
