@@ -110,9 +110,10 @@ def host() -> Iterator[Host]:
     elif status.get("shape") != "default":
         pytest.skip(f"a host lab VM of shape {status.get('shape')} runs; take it down first")
     h = Host()
-    # an operator's real-time host: RT throttling off (the node is then real-time capable)
     h.sh(f"install -d -m 755 {SERIAL_DIR}")
-    h.sh("sysctl -q -w kernel.sched_rt_runtime_us=-1 && systemctl try-reload-or-restart numahookd")
+    # RT throttling stays at Debian's 950000: on cgroup v2 numahook starts real-time
+    # domains through libvirt's <vcpusched>, and the 5 % left keeps this VM's own sshd,
+    # kworkers and libvirtd alive beside busy-booting FIFO guests on its only 4 CPUs
     yield h
     h.remove_domains()
     if ours:
