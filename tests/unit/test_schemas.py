@@ -20,9 +20,9 @@ from numahook.node import publish
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.fixtures.hosts import HOSTS, host_roots
-from tests.unit.core.test_render import ADVISED, RT, cli_args, domain, run_cli, write
-from tests.unit.node.test_publish import DAEMON, DOMAIN, NOW, capability
-from tests.unit.schemas import SCHEMAS, documents, errors, validate
+from tests.support.cli import ADVISED, RT, cli_args, domain, run_cli, write
+from tests.support.nodes import DAEMON, DOMAIN, NOW, capability
+from tests.support.schemas import SCHEMAS, documents, errors, validate
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
