@@ -4,6 +4,9 @@
   code, and leans on helpers that read as that file's own, so a change to one test file
   breaks another. Shared helpers live in tests/support/, tests/fixtures/ or a conftest.py
   (docs/architecture.md).
+- Every ``# type: ignore`` in numahook/ says why, on its line or the comment line above:
+  mypy (pyproject.toml, warn_unused_ignores) proves each is still needed, not that it is
+  right.
 """
 
 from __future__ import annotations
@@ -95,3 +98,43 @@ def test_the_import_check_sees_every_form() -> None:
         "from tests.fixtures import hosts",
         "from tests.support.cli import domain as test_domain",
     ])) == []
+
+
+def _ignores(path: Path) -> list[tuple[int, str, str]]:
+    """(line number, the line, the line above its statement) of every ``# type: ignore``
+    in ``path``; a statement over several lines has its reason above its first line."""
+    text = path.read_text()
+    lines = text.splitlines()
+    starts = {}
+    for node in ast.walk(ast.parse(text, str(path))):
+        if isinstance(node, ast.stmt):
+            for no in range(node.lineno, (node.end_lineno or node.lineno) + 1):
+                starts[no] = max(starts.get(no, 0), node.lineno)  # the innermost statement
+    out = []
+    for no, line in enumerate(lines, 1):
+        if "# type: ignore" in line:
+            first = starts.get(no, no)
+            out.append((no, line, lines[first - 2] if first > 1 else ""))
+    return out
+
+
+def _justified(line: str, above: str) -> bool:
+    after = line.split("# type: ignore", 1)[1]
+    after = after.split("]", 1)[1] if after.startswith("[") else after
+    return after.strip().startswith("#") or above.strip().startswith("#")
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "numahook").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_every_type_ignore_in_numahook_says_why(path: Path) -> None:
+    bare = [f"{path.relative_to(REPO)}:{no}: {line.strip()}"
+            for no, line, above in _ignores(path) if not _justified(line, above)]
+    assert bare == [], "say why mypy is wrong here, on the line or the comment above: " + \
+        "; ".join(bare)
+
+
+def test_the_ignore_check_tells_a_reason_from_none() -> None:
+    assert _justified("x = 1  # type: ignore[misc]  # mypy cannot see the metaclass", "")
+    assert _justified("x = 1  # type: ignore[misc]", "    # the metaclass adds it")
+    assert not _justified("x = 1  # type: ignore[misc]", "y = 2")
+    assert not _justified("x = 1  # type: ignore", "")
