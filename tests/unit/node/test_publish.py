@@ -7,6 +7,7 @@ reads it (comments, ``# +expiry-time``, ``key[=value]``).
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
@@ -380,3 +381,19 @@ def test_status_line(rt_cap: model.NodeCapability, plain_cap: model.NodeCapabili
     line = publish.status_line(down, {"managed": 0, "running": 0})
     assert line.endswith("; 0 managed domains, 0 running; libvirt unreachable")
     assert "\n" not in line
+
+
+def test_docs_list_every_metric_numahook_writes() -> None:
+    """Every metric family built anywhere in numahook/ (the node's and numahookd's own) is
+    named in docs/status-schema.md, read from the source with ast."""
+    written = set()
+    for path in (Path(numahook.__file__).parent).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("gauge", "counter") and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                written.add(node.args[0].value)
+    assert {"numahook_build_info", "numahook_redefined_total"} <= written  # the scan works
+    text = DOCS.read_text()
+    missing = sorted(n for n in written if f"`{n}`" not in text)
+    assert missing == [], f"docs/status-schema.md does not list the metrics {missing}"
