@@ -64,11 +64,23 @@ class Config:
         return DEFAULT_PATH if self.source == "(defaults)" else self.source
 
 
-# Each converter says in ``values`` what it accepts: numahook.conf(5) is written from
-# them (scripts/gen-man), so the manual cannot promise what the parser refuses.
+class _Converter:
+    """A setting's parser, and the words numahook.conf(5) uses for what it accepts.
+
+    scripts/gen-man writes the manual from ``values``, so the manual cannot promise what
+    the parser refuses.
+    """
+
+    __slots__ = ("parse", "values")
+
+    def __init__(self, parse: Callable[[str], Any], values: str) -> None:
+        self.parse, self.values = parse, values
+
+    def __call__(self, text: str) -> Any:
+        return self.parse(text)
 
 
-def _bool(text: str) -> bool:
+def _parse_bool(text: str) -> bool:
     low = text.strip().lower()
     if low in ("1", "true", "yes", "on"):
         return True
@@ -77,21 +89,20 @@ def _bool(text: str) -> bool:
     raise ValueError(f"{text!r} is not a boolean (use true or false)")
 
 
-_bool.values = "true or false (also yes/no, on/off, 1/0)"  # type: ignore[attr-defined]
+_bool = _Converter(_parse_bool, "true or false (also yes/no, on/off, 1/0)")
 
 
-def _choice(*options: str) -> Callable[[str], str]:
+def _choice(*options: str) -> _Converter:
     def conv(text: str) -> str:
         value = text.strip().lower()
         if value not in options:
             raise ValueError(f"{text!r} is not one of {', '.join(options)}")
         return value
 
-    conv.values = " or ".join(options)  # type: ignore[attr-defined]
-    return conv
+    return _Converter(conv, " or ".join(options))
 
 
-def _number(lo: float, hi: float, kind: type = float) -> Callable[[str], Any]:
+def _number(lo: float, hi: float, kind: type = float) -> _Converter:
     def conv(text: str) -> Any:
         try:
             value = kind(text.strip())
@@ -103,29 +114,22 @@ def _number(lo: float, hi: float, kind: type = float) -> Callable[[str], Any]:
 
     what = "an integer" if kind is int else "a number"
     span = [str(int(x)) if float(x).is_integer() else str(x) for x in (lo, hi)]
-    conv.values = f"{what} from {span[0]} to {span[1]}"  # type: ignore[attr-defined]
-    return conv
+    return _Converter(conv, f"{what} from {span[0]} to {span[1]}")
 
 
-def _abspath(text: str) -> str:
+def _parse_abspath(text: str) -> str:
     value = text.strip()
     if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
         raise ValueError(f"{value!r} is not an absolute path without '..'")
     return value
 
 
-_abspath.values = "an absolute path without .."  # type: ignore[attr-defined]
-
-
-def _text(text: str) -> str:
-    return text.strip()
-
-
-_text.values = "text"  # type: ignore[attr-defined]
+_abspath = _Converter(_parse_abspath, "an absolute path without ..")
+_text = _Converter(str.strip, "text")
 
 
 # (section, key) -> (field name, converter)
-_SCHEMA: dict[tuple[str, str], tuple[str, Callable[[str], Any]]] = {
+_SCHEMA: dict[tuple[str, str], tuple[str, _Converter]] = {
     ("features", "numa"): ("numa_gate", _bool),
     ("features", "realtime"): ("realtime_gate", _bool),
     ("realtime", "throttled"): ("rt_throttled", _choice("refuse", "delegate")),

@@ -1,11 +1,12 @@
 """Loggers for the modules the libvirt hook imports.
 
 Importing stdlib ``logging`` (traceback, threading, string, weakref...) costs the hook
-about 10 ms, more than its own work. ``get(name)`` returns a small logger instead: until
-``to_syslog()`` is called, every call goes to ``logging.getLogger(name)`` (imported at
-the first call), so the daemon's and the CLI's handlers and levels, and pytest's caplog,
-see the same records as before. The hook calls ``to_syslog()`` once; from then on records
-go to syslog(3) through the C module and ``logging`` is never imported.
+more than its own work (bench/README.md, "What it found"). ``get(name)`` returns a small
+logger instead: until ``to_syslog()`` is called, every call goes to
+``logging.getLogger(name)`` (imported at the first call), so the daemon's and the CLI's
+handlers and levels, and pytest's caplog, see the same records as before. The hook calls
+``to_syslog()`` once; from then on records go to syslog(3) through the C module and
+``logging`` is never imported.
 """
 
 from __future__ import annotations

@@ -1,8 +1,9 @@
 """``@record``: the part of ``@dataclass`` numahook uses, without its import-time cost.
 
-The hook imports about 24 data classes. ``import dataclasses`` (inspect, ast, dis,
-tokenize) and one ``exec`` per generated method cost a managed ``prepare`` some 20 ms,
-four times its own work. ``record`` builds the same methods from closures instead:
+The hook's modules define many data classes. ``import dataclasses`` (inspect, ast, dis,
+tokenize) and one ``exec`` per generated method cost a managed ``prepare`` several times
+its own work (bench/README.md, "What it found"). ``record`` builds the same methods from
+closures instead:
 
 * ``__init__`` taking the fields positionally or by keyword, defaults and
   ``field(default_factory=...)``, then ``__post_init__``;

@@ -65,7 +65,7 @@ class Plan:
         return frozenset(self.vcpu_pins) | frozenset(self.emulator)
 
     def digest(self) -> str:
-        # repr of plain tuples and ints is stable; asdict() deep-copies and was 8% of a render.
+        # repr of plain tuples and ints is stable; asdict() deep-copies (bench/render.py).
         # emulator_realtime joins only when set, so older renderings keep their digests.
         parts = [(name, getattr(self, name)) for name in records.field_names(self)
                  if name != "kept_pinning"

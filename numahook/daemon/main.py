@@ -379,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             import daemon
             import daemon.pidfile
         except ImportError:
-            # python-daemon is only recommended: systemd hosts never need it
+            # python-daemon is only suggested by the packages: systemd hosts never need it
             print("numahookd: --daemonize needs python-daemon, which is not installed; "
                   "install python3-daemon (apt or dnf), or run numahookd in the foreground "
                   "under systemd or another supervisor", file=sys.stderr)

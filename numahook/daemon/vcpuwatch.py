@@ -1,15 +1,16 @@
 """Real-time vCPUs at SCHED_FIFO as soon as libvirt has put them in their cgroups.
 
-On a throttled node (RT group scheduling, ``kernel.sched_rt_runtime_us`` >= 0) FIFO needs
-an RT budget on the vCPU's own ``vcpuN`` cgroup, which libvirt creates with none while it
-sets up the vCPUs, so ``<vcpusched>`` cannot be used there. The ``started`` hook delegates
-the budget and sets FIFO, but only after Python has started and imported numahook: about
-100 ms during which the guest already runs. numahookd is up already, so it watches the
-cpu controller with inotify: a ``vcpuN`` directory appearing and libvirt's write of the
-thread id to its ``tasks`` file are events, and the moment every real-time vCPU of a
-starting domain sits in its cgroup, it applies what ``prepare`` recorded in the claim
-(:func:`numahook.ops.lifecycle.tune_early`). The hook then applies and verifies as before and
-finds the work done; without numahookd nothing changes.
+On a throttled node (RT group scheduling, ``kernel.sched_rt_runtime_us`` >= 0) FIFO
+needs an RT budget on the vCPU's own ``vcpuN`` cgroup, which libvirt creates with none
+while it sets up the vCPUs, so ``<vcpusched>`` cannot be used there. The ``started``
+hook delegates the budget and sets FIFO, but only after Python has started and imported
+numahook, while the guest already runs (bench/started.py measures how long). numahookd
+is up already, so it watches the cpu controller with inotify: a ``vcpuN`` directory
+appearing and libvirt's write of the thread id to its ``tasks`` file are events, and the
+moment every real-time vCPU of a starting domain sits in its cgroup, it applies what
+``prepare`` recorded in the claim (:func:`numahook.ops.lifecycle.tune_early`). The hook
+then applies and verifies as before and finds the work done; without numahookd nothing
+changes.
 
 It runs in its own thread, blocked in poll(2) on the inotify fd: libvirt does not wait
 for it, and the main loop may be busy with the very DEFINED event of the domain being

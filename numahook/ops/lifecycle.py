@@ -184,7 +184,8 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
 def tune_early(uuid: str, tids: dict[int, int], pid: int, cfg: Config,
                state: StateDir) -> bool:
     """numahookd, between ``prepare`` and ``started``: FIFO as soon as libvirt has put the
-    real-time vCPU threads in their cgroups, rather than ~100 ms after ``started``.
+    real-time vCPU threads in their cgroups, rather than once the ``started`` hook's
+    Python is up.
 
     Only where the group budget must be delegated (elsewhere ``<vcpusched>`` does it
     before the vCPUs run). ``tids`` are the threads found in the ``vcpuN`` cgroups so far.

@@ -127,8 +127,8 @@ class StateDir:
         text = json.dumps(claim.to_json(), indent=1, sort_keys=True) + "\n"
         # No fsync: a claim journals kernel state (hugepage pools, RT budgets, cgroups)
         # that a power loss resets as well, and the rename alone is atomic for every
-        # process. fsync cost 2-5 ms per write where /run is not a tmpfs, on a start's
-        # critical path (prepare, and FIFO racing the guest's boot).
+        # process. fsync costs milliseconds per write where /run is not a tmpfs, on a
+        # start's critical path (prepare, and FIFO racing the guest's boot; bench/README.md).
         fsutil.atomic_write(self._file(claim.uuid), text, 0o600, durable=False)
 
     def _read(self, path: Path) -> Claim:

@@ -132,8 +132,8 @@ def test_status_follows_the_rt_sysctl(numahookd: Daemon) -> None:
 def test_published_files_pass_their_linters_and_go_when_it_stops(numahookd: Daemon,
                                                                 domains: Any) -> None:
     """promtool and the JSON Schema on what a real numahookd wrote; nothing stale after it."""
-    from tests.unit.node.test_promtool import lint
-    from tests.unit.schemas import validate
+    from tests.support.promtool import lint
+    from tests.support.schemas import validate
 
     rt_domain(domains, "published")  # a running managed domain in node.json and the metrics
     prom, nfd = numahookd.prom / "numahook.prom", numahookd.nfd / "numahook"

@@ -247,7 +247,7 @@ def test_cli_apply_and_status_on_the_real_libvirt(domains: Any) -> None:
     domains.start(dom)
     status = numahook("status", "--json")
     assert status.returncode == 0, status.stderr
-    from tests.unit.schemas import validate
+    from tests.support.schemas import validate
 
     validate("status", jsonlib.loads(status.stdout))  # with a real running domain
     mine = [d for d in jsonlib.loads(status.stdout)["running"] if d["name"] == name]

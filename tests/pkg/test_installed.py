@@ -165,14 +165,24 @@ def delegate_config(installed: None) -> Iterator[None]:
         CONF.write_bytes(original)
 
 
+def _published_connected() -> bool:
+    try:
+        doc = json.loads(NODE_JSON.read_text())
+    except FileNotFoundError:  # not published yet (the file is replaced atomically)
+        return False
+    return doc["node"]["libvirt"]["reachable"] is True
+
+
 @pytest.fixture(scope="module")
 def numahookd(delegate_config: None) -> Iterator[Numahookd]:
     with tempfile.TemporaryDirectory(prefix="numahookd-pkg-") as tmp:
         NODE_JSON.unlink(missing_ok=True)
         d = Numahookd(Path(tmp) / "numahookd.log")
         try:
-            wait_until(lambda: NODE_JSON.exists() or d.proc.poll() is not None,
-                       "numahookd to publish node.json")
+            # numahookd publishes at once, then again when its libvirt connection (opened
+            # in a thread: it never blocks) comes up; libvirtd runs here, so wait for that
+            wait_until(lambda: _published_connected() or d.proc.poll() is not None,
+                       "numahookd to publish node.json with libvirt connected")
             assert d.proc.poll() is None, f"numahookd exited: {d.text()[-2000:]}"
             yield d
         finally:

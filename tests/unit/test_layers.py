@@ -94,3 +94,83 @@ def test_no_module_is_over_400_lines(module: str, path: Path) -> None:
     assert lines <= limit, f"{module} has {lines} lines; split it along a seam"
     if module in OVER_LIMIT:
         assert lines > MAX_LINES, f"{module} is within {MAX_LINES} lines: drop its exception"
+
+
+# --------------------------------------------------------------------------- the maps
+
+#: the packages whose modules the README's map lists one by one (the shells' modules are in
+#: docs/architecture.md only)
+README_LISTS_MODULES = {"xml", "core", "host", "state", "node", "ops"}
+
+
+def _map(doc: Path, first: str) -> dict[str, str]:
+    """The tree drawn in ``doc``'s fenced block that starts with ``first``: each entry (a
+    line indented at most two columns) -> its text with its continuation lines."""
+    blocks = doc.read_text().split("```")[1::2]
+    (block,) = [b for b in blocks if b.lstrip("\n").startswith(first)]
+    entries: dict[str, str] = {}
+    key = ""
+    for line in block.strip("\n").splitlines():
+        if len(line) - len(line.lstrip()) <= 2:
+            key = line.split()[0].rstrip(",")
+            entries[key] = line
+        else:
+            entries[key] += "\n" + line
+    return entries
+
+
+def _words(text: str) -> set[str]:
+    return {w.strip(",.:;()") for w in text.split()}
+
+
+def _layout() -> dict[str, list[str]]:
+    """package -> its modules (without .py and __init__); "" -> the root's modules."""
+    out = {"": sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")}
+    for pkg in sorted(p for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()):
+        out[pkg.name] = sorted(p.stem for p in pkg.glob("*.py") if p.stem != "__init__")
+    return out
+
+
+def test_docs_architecture_names_every_module_in_its_package() -> None:
+    entries = _map(REPO / "docs" / "architecture.md", "numahook/")
+    everything = "\n".join(entries.values())
+    for pkg, mods in _layout().items():
+        if not pkg:
+            missing = [m for m in mods if f"{m}.py" not in _words(everything)]
+        else:
+            assert f"{pkg}/" in entries, f"docs/architecture.md's tree has no {pkg}/"
+            words = _words(entries[f"{pkg}/"])
+            missing = [m for m in mods if m not in words and f"{m}.py" not in words]
+        assert missing == [], f"docs/architecture.md's tree lacks {pkg or 'root'}: {missing}"
+
+
+def test_readme_map_matches_the_tree() -> None:
+    entries = _map(REPO / "README.md", "numahook/ ")
+    words = _words("\n".join(entries.values()))
+    tracked = _tracked_top_level()
+    missing = [d for d in tracked if f"{d}/" not in words and d not in words]
+    assert missing == [], f"the README's map (Development) does not name {missing}"
+    layout = _layout()
+    for pkg, mods in layout.items():
+        if not pkg:
+            absent = [m for m in mods if f"{m}.py" not in words]
+            assert absent == [], f"the README's map lacks numahook/{absent}"
+            continue
+        assert f"{pkg}/" in words, f"the README's map lacks numahook/{pkg}/"
+        if pkg in README_LISTS_MODULES:
+            listed = _words(entries[f"{pkg}/"])
+            absent = [m for m in mods if m not in listed]
+            assert absent == [], f"the README's map of numahook/{pkg}/ lacks {absent}"
+    tests = _words(entries["tests/"])
+    subdirs = sorted(p.name for p in (REPO / "tests").iterdir()
+                     if p.is_dir() and p.name != "__pycache__")
+    absent = [d for d in subdirs if f"{d}/" not in tests]
+    assert absent == [], f"the README's map of tests/ lacks {absent}"
+
+
+def _tracked_top_level() -> list[str]:
+    """The repository's top-level directories (hidden ones aside) and setup files."""
+    built = ("dist", "build", "__pycache__")  # what builds leave in a checkout
+    dirs = [p.name for p in REPO.iterdir() if p.is_dir() and not p.name.startswith(".")
+            and p.name not in built and not p.name.endswith(".egg-info")]
+    return sorted([*dirs, "setup.cfg", "setup.py", "LICENSE"])

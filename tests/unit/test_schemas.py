@@ -20,9 +20,9 @@ from numahook.node import publish
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.fixtures.hosts import HOSTS, host_roots
-from tests.unit.core.test_render import ADVISED, RT, cli_args, domain, run_cli, write
-from tests.unit.node.test_publish import DAEMON, DOMAIN, NOW, capability
-from tests.unit.schemas import SCHEMAS, documents, errors, validate
+from tests.support.cli import ADVISED, RT, cli_args, domain, run_cli, write
+from tests.support.nodes import DAEMON, DOMAIN, NOW, capability
+from tests.support.schemas import SCHEMAS, documents, errors, validate
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -136,3 +136,18 @@ def test_docs_describe_every_key_of_every_schema() -> None:
         missing = sorted(k for k in _properties(json.loads(path.read_text()))
                          if f"`{k}`" not in text)
         assert missing == [], f"docs/json.md does not describe {missing} of {path.name}"
+
+
+def test_every_json_option_names_its_schema_and_is_validated_above() -> None:
+    """A new --json output fails here until it has a schema, docs and a test above."""
+    sub = next(a for a in cli.parser()._actions if a.dest == "command")
+    named = {}
+    for command, parser in sub.choices.items():
+        for action in parser._actions:
+            if "--json" in action.option_strings:
+                m = re.search(r"docs/schemas/([a-z-]+)\.schema\.json", action.help or "")
+                assert m, f"numahook {command} --json: its help names no docs/schemas file"
+                assert (SCHEMAS / f"{m.group(1)}.schema.json").is_file(), m.group(0)
+                named[command] = m.group(1)
+    # the outputs the tests above validate, each against its own schema
+    assert named == {"check": "check", "node": "node", "status": "status"}

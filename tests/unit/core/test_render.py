@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from numahook import NAMESPACE, cli, config
+from numahook import NAMESPACE, config
 from numahook.core import cpulist, domainxml, hardware, render
 from numahook.core.plan import Inputs
 from numahook.core.topology import Topology
@@ -22,9 +22,7 @@ from numahook.host import sysfs
 from numahook.records import replace
 from numahook.xml import safe
 from tests.fixtures.hosts import HOSTS, build_sysfs, host_roots
-
-REPO = Path(__file__).resolve().parents[3]
-CONF = REPO / "packaging" / "numahook.conf"
+from tests.support.cli import ADVISED, RT, cli_args, domain, run_cli, write
 
 
 @pytest.fixture(scope="module")
@@ -44,41 +42,6 @@ def inputs(topo: Topology, available: str | frozenset[int] | None = None,
         avail = available
     return Inputs(topology=topo, available=avail, config=config.Config(),
                   emit_vcpusched=vcpusched)
-
-
-def domain(cpu_attrs: str = 'dedicatedCpuPlacement="true"', *, numa: bool = True,
-           realtime: str = "", vcpus: int = 4, memory: str = "<memory unit='MiB'>64</memory>",
-           backing: str | None = None, cputune: str = "", iothreads: str = "",
-           cpu: str = "<cpu mode='host-passthrough'>\n    <feature policy='require' "
-                      "name='tsc-deadline'/>\n  </cpu>",
-           devices: str = "<serial type='pty'/>") -> str:
-    inner = ("<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>"
-             if numa else "") + realtime
-    if backing is None:
-        backing = ("<memoryBacking>\n    <hugepages>\n      <page size='2048' unit='KiB'/>\n"
-                   "    </hugepages>\n  </memoryBacking>" if numa else "")
-    return f"""<domain type='kvm'>
-  <name>vm</name>
-  <uuid>5e1b1a5e-0000-4000-8000-0000000000aa</uuid>
-  <metadata>
-    <numahook:domain xmlns:numahook='{NAMESPACE}'>
-      <numahook:cpu {cpu_attrs}>{inner}</numahook:cpu>
-    </numahook:domain>
-  </metadata>
-  {memory}
-  {backing}
-  <vcpu placement='static'>{vcpus}</vcpu>
-  {iothreads}
-  {cputune}
-  <os>
-    <type arch='x86_64' machine='q35'>hvm</type>
-  </os>
-  {cpu}
-  <devices>
-    {devices}
-  </devices>
-</domain>
-"""
 
 
 def facts_of(xml: str) -> domainxml.DomainFacts:
@@ -298,9 +261,6 @@ def test_isolated_emulator_is_kept_with_the_pinning(topos: dict[str, Topology]) 
 # --------------------------------------------------------------------------- realtime
 
 
-RT = "<numahook:realtime mask='0-3,^1'/>"
-
-
 def test_vcpusched_only_when_libvirt_can_use_it(topos: dict[str, Topology]) -> None:
     topo = topos["quad-nosmt"]
     on = render.render(domain(realtime=RT), inputs(topo, vcpusched=True))
@@ -491,31 +451,6 @@ def single_v1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def epyc_v2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return host_roots(tmp_path_factory.mktemp("epyc-v2"), "epyc-nps4", 2)
-
-
-def cli_args(roots: dict[str, Path], tmp_path: Path) -> list[str]:
-    run = tmp_path / "libvirt-run"
-    run.mkdir(exist_ok=True)
-    return ["--config", str(CONF), "--sysfs-root", str(roots["sysfs"]),
-            "--cgroup-root", str(roots["cgroup"]), "--proc-root", str(roots["proc"]),
-            "--libvirt-run", str(run), "--state-dir", str(tmp_path / "state")]
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    rc = cli.main(list(argv))
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
-def write(tmp_path: Path, xml: str, name: str = "dom.xml") -> str:
-    path = tmp_path / name
-    path.write_text(xml)
-    return str(path)
-
-
-ADVISED = domain(realtime="<numahook:realtime/>",
-                 cpu="<cpu mode='host-model'/>",
-                 devices="<graphics type='vnc'/>\n    <memballoon model='virtio'/>")
 
 
 def test_cli_render_prints_the_rendered_domain(capsys: pytest.CaptureFixture[str],

@@ -19,36 +19,12 @@ from numahook.core import cpulist
 from numahook.errors import HostError, InputError
 from numahook.node import cmdline, model, probe, report
 from numahook.records import replace
-from tests.fixtures.hosts import HOSTS, HUGE_1G, HUGE_2M, host_roots
+from tests.fixtures.hosts import HOSTS, HUGE_1G, HUGE_2M
+from tests.support.nodes import MOUNTS, make_host
 
 RT_CPUS = frozenset(range(2, 20)) | frozenset(range(42, 60))
 SYSCTL_FIX = ("kernel.sched_rt_runtime_us is 950000: RT throttling is on; run `sysctl -w "
               "kernel.sched_rt_runtime_us=-1`")
-
-
-def make_host(tmp_path: Path, name: str, version: int = 1, runtime: int | None = None,
-              mounts: str | None = None) -> Config:
-    """A fixture host as a Config; ``runtime`` rewrites kernel.sched_rt_runtime_us.
-
-    The fixture's v1 cpu controller has cpu.rt_runtime_us but no cpu.shares, which is how
-    rtsched tells v1 from v2, so it is added here as every real v1 cpu hierarchy has it.
-    """
-    roots = host_roots(tmp_path, name, version)
-    if version == 1:
-        cpu = roots["cgroup"] / "cpu,cpuacct"
-        for d in [cpu, *(p for p in cpu.rglob("*") if p.is_dir())]:
-            (d / "cpu.shares").write_text("1024\n")
-    if runtime is not None:
-        (roots["proc"] / "sys/kernel/sched_rt_runtime_us").write_text(f"{runtime}\n")
-    if mounts is not None:
-        (roots["proc"] / "mounts").write_text(mounts)
-    return Config(sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
-                  proc_root=str(roots["proc"]), state_dir=str(tmp_path / "run"))
-
-
-MOUNTS = ("sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\n"
-          "hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
-          "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,pagesize=1024M 0 0\n")
 
 
 # --------------------------------------------------------------------------- fixture hosts

@@ -1,39 +1,20 @@
 """Prometheus's own linter on numahook's metrics: ``promtool check metrics``.
 
-promtool comes from Debian's prometheus package; scripts/test unpacks it (the package's
-maintainer scripts would start a Prometheus server) and names it in NUMAHOOK_PROMTOOL, so
-under scripts/test this test runs, never skips. The e2e test does the same on the file a
-real numahookd wrote (tests/e2e/test_daemon.py).
+promtool comes from Debian's prometheus package (tests/support/promtool.py says how
+scripts/test provides it, so that under scripts/test this test runs, never skips). The
+e2e test does the same on the file a real numahookd wrote (tests/e2e/test_daemon.py).
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from numahook.node import metrics
 from numahook.node.metrics import Metric
-from tests.unit.node.test_publish import capability
-
-
-def promtool() -> str:
-    named = os.environ.get("NUMAHOOK_PROMTOOL")
-    if named:
-        assert os.access(named, os.X_OK), f"NUMAHOOK_PROMTOOL={named} is not executable"
-        return named
-    found = shutil.which("promtool")
-    if found is None:
-        pytest.skip("promtool is not installed (scripts/test unpacks Debian's prometheus)")
-    return found
-
-
-def lint(text: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([promtool(), "check", "metrics"], input=text, capture_output=True,
-                          text=True, timeout=60, check=False)
+from tests.support.nodes import capability
+from tests.support.promtool import lint
 
 
 @pytest.mark.parametrize(("host", "runtime", "version"), [

@@ -7,43 +7,25 @@ reads it (comments, ``# +expiry-time``, ``key[=value]``).
 
 from __future__ import annotations
 
+import ast
 import json
 import math
 import os
 import re
 import stat
 from dataclasses import replace
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 import numahook
-from numahook.config import Config
 from numahook.errors import InputError
-from numahook.node import metrics, model, probe, publish
+from numahook.node import metrics, model, publish
 from numahook.node.metrics import Metric
-from tests.fixtures.hosts import host_roots
+from tests.support.nodes import DAEMON, DOMAIN, NOW, capability
 
-NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 DOCS = Path(__file__).resolve().parents[3] / "docs/status-schema.md"
-MOUNTS = ("hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
-          "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,pagesize=1024M 0 0\n")
-
-
-def capability(tmp_path: Path, name: str = "intel-2s-ht-rt", runtime: int = -1,
-               version: int = 1, libvirt: bool | None = True) -> model.NodeCapability:
-    """Probe a fixture host (v1 trees get the cpu.shares every real v1 cpu controller has)."""
-    roots = host_roots(tmp_path / "host", name, version)
-    if version == 1:
-        cpu = roots["cgroup"] / "cpu,cpuacct"
-        for d in [cpu, *(p for p in cpu.rglob("*") if p.is_dir())]:
-            (d / "cpu.shares").write_text("1024\n")
-    (roots["proc"] / "sys/kernel/sched_rt_runtime_us").write_text(f"{runtime}\n")
-    (roots["proc"] / "mounts").write_text(MOUNTS)
-    cfg = Config(sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
-                 proc_root=str(roots["proc"]))
-    return probe.probe(cfg, libvirt)
 
 
 @pytest.fixture(scope="module")
@@ -84,19 +66,6 @@ def keys(value: object, out: set[str] | None = None) -> set[str]:
         for v in value:
             keys(v, out)
     return out
-
-
-DOMAIN = {"name": "rt1", "uuid": "c7a5fdbd-cdaf-9455-926a-d65c16db1809", "state": "running",
-          "pid": 4242, "cpus": "2-5", "emulator": "6",
-          "cells": [{"id": 0, "vcpus": "0-3", "memory_kib": 4194304, "host_nodes": "0"}],
-          "vcpus": [{"vcpu": 0, "cpus": "2", "realtime": True, "tid": 4250, "policy": "fifo",
-                     "priority": 1}],
-          "realtime_ok": True,
-          "claim": {"phase": "running", "cpus": "2-6", "hugepages_added": {"node0:1048576kB": 4},
-                    "hugepages_need": {"node0:1048576kB": 4}, "rt_budget_files": 0,
-                    "name": "rt1"}}
-DAEMON = {"orphan_claims": [], "reconcile_passes": 12, "last_pass_seconds": 0.004,
-          "refused": {}}
 
 
 def test_write_status(tmp_path: Path, rt_cap: model.NodeCapability) -> None:
@@ -412,3 +381,19 @@ def test_status_line(rt_cap: model.NodeCapability, plain_cap: model.NodeCapabili
     line = publish.status_line(down, {"managed": 0, "running": 0})
     assert line.endswith("; 0 managed domains, 0 running; libvirt unreachable")
     assert "\n" not in line
+
+
+def test_docs_list_every_metric_numahook_writes() -> None:
+    """Every metric family built anywhere in numahook/ (the node's and numahookd's own) is
+    named in docs/status-schema.md, read from the source with ast."""
+    written = set()
+    for path in (Path(numahook.__file__).parent).rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr in ("gauge", "counter") and node.args
+                    and isinstance(node.args[0], ast.Constant)):
+                written.add(node.args[0].value)
+    assert {"numahook_build_info", "numahook_redefined_total"} <= written  # the scan works
+    text = DOCS.read_text()
+    missing = sorted(n for n in written if f"`{n}`" not in text)
+    assert missing == [], f"docs/status-schema.md does not list the metrics {missing}"
