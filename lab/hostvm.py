@@ -73,7 +73,8 @@ def ssh_argv(state: dict[str, Any], *, tty: bool = False) -> list[str]:
     """ssh to the VM as root, its host key pinned to the image's."""
     return ["ssh", "-q", "-T" if not tty else "-t", "-i", state["key"], "-p", str(state["port"]),
             "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_CONNECT}",
-            "-o", "HostKeyAlias=numahook-hostlab", "-o", f"UserKnownHostsFile={state['known_hosts']}",
+            "-o", "HostKeyAlias=numahook-hostlab",
+            "-o", f"UserKnownHostsFile={state['known_hosts']}",
             "-o", "StrictHostKeyChecking=yes", "-o", "ServerAliveInterval=15",
             "-o", "ServerAliveCountMax=8", "root@127.0.0.1"]  # fmt: skip
 
@@ -82,7 +83,7 @@ def remote(state: dict[str, Any], command: str, *, timeout: float, stdin: bytes 
            check: bool = True) -> subprocess.CompletedProcess[bytes]:
     """Run a shell command line in the VM, bounded; LabError with its stderr on failure."""
     try:
-        proc = subprocess.run(ssh_argv(state) + ["--", command], input=stdin, timeout=timeout,
+        proc = subprocess.run([*ssh_argv(state), "--", command], input=stdin, timeout=timeout,
                               capture_output=True, check=False)
     except subprocess.TimeoutExpired:
         raise LabError(f"host lab: `{command}` did not finish within {timeout:.0f} s") from None
@@ -220,7 +221,7 @@ def exec_argv(argv: list[str]) -> list[str]:
         raise LabError("host lab: no VM runs; `scripts/lab host up` first")
     if not argv:
         raise LabError("host lab exec: no command given (scripts/lab host exec -- CMD ARGS...)")
-    return ssh_argv(state) + ["--", shlex.join(argv)]
+    return [*ssh_argv(state), "--", shlex.join(argv)]
 
 
 def status() -> dict[str, Any]:

@@ -52,7 +52,7 @@ class Host:
         """``bash -c COMMAND`` as root in the VM; AssertionError with stderr on failure."""
         data = input.encode() if isinstance(input, str) else input
         try:
-            proc = subprocess.run(LAB + ["host", "exec", "--", "bash", "-c", command],
+            proc = subprocess.run([*LAB, "host", "exec", "--", "bash", "-c", command],
                                   input=data if data is not None else b"", timeout=timeout,
                                   capture_output=True, check=False)
         except subprocess.TimeoutExpired:
@@ -102,11 +102,11 @@ def host() -> Iterator[Host]:
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    status = json.loads(subprocess.run(LAB + ["host", "status"], capture_output=True,
+    status = json.loads(subprocess.run([*LAB, "host", "status"], capture_output=True,
                                        text=True, timeout=60, check=True).stdout)
     ours = status.get("state") != "running"
     if ours:
-        subprocess.run(LAB + ["host", "up"], check=True, timeout=2400)
+        subprocess.run([*LAB, "host", "up"], check=True, timeout=2400)
     elif status.get("shape") != "default":
         pytest.skip(f"a host lab VM of shape {status.get('shape')} runs; take it down first")
     h = Host()
@@ -117,7 +117,7 @@ def host() -> Iterator[Host]:
     yield h
     h.remove_domains()
     if ours:
-        subprocess.run(LAB + ["host", "down"], check=True, timeout=120)
+        subprocess.run([*LAB, "host", "down"], check=True, timeout=120)
 
 
 @pytest.fixture
@@ -143,3 +143,11 @@ def domain_xml(name: str, vcpus: int, memory_mib: int, *, realtime: str | None =
         name, vcpus=vcpus, memory_mib=memory_mib, kind="qemu", cmdline=cmdline,
         hugepage_kib=page_kib, extra=metadata(realtime), boot=PROBE,
         serial=f"{SERIAL_DIR}/{name}.serial")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The package's remove and purge go late: every other test needs it installed; the
+    other shapes last, since each replaces the default VM."""
+    last = {"test_package": 1, "test_shapes": 2}
+    items.sort(key=lambda item: last.get(item.module.__name__.rsplit(".", 1)[-1], 0)
+               if item.module else 0)

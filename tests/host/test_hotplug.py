@@ -1,8 +1,8 @@
-"""CPU hotplug on a real kernel: numahookd takes the uevent, probes, re-renders (issue 13).
+"""CPU hotplug on a real kernel: numahookd takes the uevent, probes, renders (issue 13).
 
-A CPU that a rendered definition uses goes offline inside the VM and comes back. The kernel's own uevent
-reaches numahookd (numahook/host/uevents.py); node.json follows, and an inactive managed
-definition is rendered again for the CPUs that are left.
+A CPU that a rendered definition uses goes offline inside the VM and comes back. The
+kernel's own uevent reaches numahookd (numahook/host/uevents.py); node.json follows, and
+an inactive managed definition is rendered again for the CPUs that are left.
 
 QEMU's monitor cannot add a vCPU to this VM: with ``-smp N,maxcpus=M`` (M > N) Debian's
 6.1 cloud kernel stalls in its first seconds under TCG (RCU stalls right after SMP
