@@ -75,8 +75,9 @@ SHAPES = {
     for s in (
         Shape("default", (Node(2, 1536), Node(2, 1536)), 1, _sym([[10, 21], [21, 10]]),
               "2 nodes of 2 CPUs, SLIT 10/21, 1.5 GiB each"),
-        Shape("smt", (Node(1, 1536), Node(1, 1536)), 2, _sym([[10, 21], [21, 10]]),
-              "2 nodes of 1 core with 2 threads (SMT siblings), SLIT 10/21"),
+        Shape("smt", (Node(1, 2560), Node(1, 2560)), 2, _sym([[10, 21], [21, 10]]),
+              "2 nodes of 1 core with 2 threads (SMT siblings), SLIT 10/21, 2.5 GiB each "
+              "(room for 1 GiB pages)"),
         Shape("numa4", (Node(2, 1024), Node(1, 768), Node(1, 768), Node(0, 512)), 1,
               _sym([[10, 16, 22, 28], [16, 10, 28, 22], [22, 28, 10, 16], [28, 22, 16, 10]]),
               "4 nodes, asymmetric: 2+1+1 CPUs and a CPU-less memory node, SLIT 10..28"),
