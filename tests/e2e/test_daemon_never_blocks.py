@@ -83,6 +83,10 @@ def test_a_lost_defined_event_is_rendered_within_resync_interval(run: Any,
                what="the fault to drop the DEFINED event")
     wait_until(lambda: rendered(dom), timeout=resync + 10,
                what=f"the definition rendered within resync_interval ({resync} s)")
+    # numahookd's log lines reach the file through its writer thread (daemon/logs.py), so
+    # the redefinition can be seen in libvirt before its line is in the log
+    wait_until(lambda: f"redefined {dom.name()}" in d.logtext(), timeout=10,
+               what="the redefinition's log line")
     log = d.logtext()
     assert "resync: 1 definition(s) changed without an event reaching numahookd" in log
     assert log.index("resync: 1 definition") < log.index(f"redefined {dom.name()}")
