@@ -111,9 +111,16 @@ def console_tail(lines: int = 15) -> str:
     return "\n".join(text.strip().splitlines()[-lines:]) or "(empty console)"
 
 
+def _cpu(shape: Shape) -> str:
+    """``-cpu max`` (pdpe1gb: 1 GiB pages); Intel's vendor string for SMT shapes, since
+    TCG's max CPU is AMD-like without topoext, where the guest kernel finds no thread
+    siblings; with GenuineIntel it reads them from CPUID leaf 0xB."""
+    return "max,vendor=GenuineIntel" if shape.threads > 1 else "max"
+
+
 def _qemu_argv(img: hostimage.Image, shape: Shape, port: int, rd: Path) -> list[str]:
     return [QEMU, "-name", "numahook-hostlab", "-M", "q35", "-accel", "tcg,thread=multi",
-            "-cpu", "max", "-m", f"{shape.mib}M", *shape.qemu_args(),
+            "-cpu", _cpu(shape), "-m", f"{shape.mib}M", *shape.qemu_args(),
             "-kernel", str(img.kernel), "-initrd", str(img.initrd),
             "-append", "root=/dev/vda rw console=ttyS0 systemd.show_status=0",
             "-drive", f"file={rd / 'overlay.qcow2'},if=virtio,format=qcow2,cache=unsafe",

@@ -111,6 +111,7 @@ def host() -> Iterator[Host]:
         pytest.skip(f"a host lab VM of shape {status.get('shape')} runs; take it down first")
     h = Host()
     h.sh(f"install -d -m 755 {SERIAL_DIR}")
+    h.sh("systemctl enable --now numahookd")  # what an operator does after the install
     # RT throttling stays at Debian's 950000: on cgroup v2 numahook starts real-time
     # domains through libvirt's <vcpusched>, and the 5 % left keeps this VM's own sshd,
     # kworkers and libvirtd alive beside busy-booting FIFO guests on its only 4 CPUs

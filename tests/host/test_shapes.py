@@ -32,6 +32,7 @@ def shaped(request: pytest.FixtureRequest) -> Iterator[tuple[str, Host]]:
     subprocess.run([*LAB, "host", "up", "--shape", request.param], check=True, timeout=1800)
     h = Host()
     h.sh("install -d -m 755 /var/log/numahook-lab")
+    h.sh("systemctl enable --now numahookd")  # what an operator does after the install
     yield request.param, h
     subprocess.run([*LAB, "host", "down"], check=True, timeout=120)
 
