@@ -69,9 +69,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ssh_argv(state: dict[str, Any], *, tty: bool = False) -> list[str]:
+def ssh_argv(state: dict[str, Any]) -> list[str]:
     """ssh to the VM as root, its host key pinned to the image's."""
-    return ["ssh", "-q", "-T" if not tty else "-t", "-i", state["key"], "-p", str(state["port"]),
+    return ["ssh", "-q", "-T", "-i", state["key"], "-p", str(state["port"]),
             "-o", "BatchMode=yes", "-o", f"ConnectTimeout={SSH_CONNECT}",
             "-o", "HostKeyAlias=numahook-hostlab",
             "-o", f"UserKnownHostsFile={state['known_hosts']}",
