@@ -78,7 +78,8 @@ def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[Inputs, CpuSo
     override = cpulist.parse(args.cpuset, "--cpuset") if args.cpuset is not None else None
     from numahook.state.statedir import StateDir
     state = StateDir(cfg.state_dir) if not args.no_state else None
-    return hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None, override, state)
+    return hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None, override, state,
+                             devices=doc.facts.bdfs)
 
 
 def cmd_render(args: argparse.Namespace) -> int:

@@ -105,11 +105,13 @@ def _choose_nodes(topo: Topology, caps: dict[int, tuple[int, int]], units: int,
 def allocate(topo: Topology, available: frozenset[int], count: int, threads: int = 1,
              extra: int = 0, keep: Mapping[int, frozenset[int]] | None = None,
              keep_extra: frozenset[int] | None = None,
-             vcpu_nodes: frozenset[int] | None = None) -> Allocation:
+             vcpu_nodes: frozenset[int] | None = None,
+             where: str = "on nodes with memory") -> Allocation:
     """Pin ``count`` vCPUs (guest cores of ``threads`` siblings) plus ``extra`` CPUs.
 
     ``vcpu_nodes`` limits the nodes vCPUs may use (passthrough binds each cell's memory
-    to its node, so nodes without memory are left out); the emulator may go anywhere.
+    to its node, so nodes without memory are left out; device locality may narrow them
+    further), and ``where`` says which in a refusal; the emulator may go anywhere.
     """
     usable = frozenset(c for c in available if c in topo.cpus)
     allowed = frozenset(c for c in usable
@@ -142,7 +144,7 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
         raise Refusal(
             f"not enough dedicated CPUs: the domain needs {shape}, but only "
             f"{len(allowed)} CPUs ({cpulist.format(allowed) or 'none'}) are free in its cpuset"
-            + ("" if allowed == usable else " on nodes with memory") + "; "
+            + ("" if allowed == usable else f" {where}") + "; "
             "widen the partition's cpuset or stop another dedicated domain",
             "dedicated-cpus",
         )

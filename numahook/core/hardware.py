@@ -7,7 +7,7 @@ split in whole pages with the remainder on the first cells, strict memory bindin
 
 from __future__ import annotations
 
-from numahook.core import cpulist
+from numahook.core import cpulist, locality
 from numahook.core.allocate import Allocation, allocate
 from numahook.core.domainxml import DomainFacts
 from numahook.core.plan import Cell, Check, Evaluation, Inputs, Plan
@@ -58,7 +58,9 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     # combinations (the seed's preconditions)
     needs_dedicated = [w for w, on in (("guestMappingPassthrough", req.passthrough),
                                        ("realtime", req.realtime),
-                                       ("isolateEmulatorThread", req.isolate_emulator)) if on]
+                                       ("isolateEmulatorThread", req.isolate_emulator),
+                                       ("pciNumaAffinity", req.pci_numa_affinity is not None),
+                                       ("threadPolicy", req.thread_policy is not None)) if on]
     if needs_dedicated and not req.dedicated:
         ck.fail("dedicated-cpu-placement", f"{' and '.join(needs_dedicated)} need dedicated CPUs; "
                 "set dedicatedCpuPlacement=\"true\" on <numahook:cpu>")
@@ -103,16 +105,40 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
             ck.skip("dedicated-cpus", "not evaluated: an earlier precondition failed")
         return Evaluation(ck.items, None, _advisories(facts, req, None))
 
-    # allocation
+    # allocation, on the passthrough devices' nodes first (core/locality.py)
+    loc = locality.assess(facts, req, inp)
+    refused = locality.refusal(loc)
+    if refused:
+        ck.fail(locality.CHECK, refused)
+        return Evaluation(ck.items, None, _advisories(facts, req, None))
     extra = 1 if req.isolate_emulator else 0
+    with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
+    base = with_memory if req.passthrough else frozenset(topo.nodes)
+
+    def fit(nodes: frozenset[int], where: str = "on nodes with memory") -> Allocation:
+        return allocate(topo, inp.available, facts.vcpus, topology[3], extra,
+                        keep=facts.vcpupin, keep_extra=facts.emulatorpin,
+                        vcpu_nodes=nodes if nodes != frozenset(topo.nodes) else None,
+                        where=where)
+
+    fallback = None
     try:
-        with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
-        alloc = allocate(topo, inp.available, facts.vcpus, topology[3], extra,
-                         keep=facts.vcpupin, keep_extra=facts.emulatorpin,
-                         vcpu_nodes=with_memory if req.passthrough else None)
+        try:
+            alloc = fit(base & loc.nodes, locality.where(loc)) if loc.steers else fit(base)
+        except Refusal as exc:
+            if not loc.steers:
+                raise
+            if loc.policy == "required":
+                ck.fail(locality.CHECK, locality.required_failure(loc, str(exc)))
+                return Evaluation(ck.items, None, _advisories(facts, req, None))
+            fallback = str(exc).partition(";")[0]
+            alloc = fit(base)
     except Refusal as exc:
         ck.fail(exc.check, str(exc))
         return Evaluation(ck.items, None, _advisories(facts, req, None))
+    vcpu_nodes = topo.nodes_of(alloc.vcpus)
+    if loc.devices:
+        ck.ok(locality.CHECK, locality.summary(loc, vcpu_nodes, fallback is not None))
     ck.ok("dedicated-cpus", f"vCPUs on CPUs {cpulist.format(alloc.vcpus)}"
           + (f", emulator on CPU {cpulist.format(alloc.extra)}" if alloc.extra else "")
           + (" (existing pinning kept)" if alloc.kept else ""))
@@ -124,7 +150,7 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
             return Evaluation(ck.items, None, _advisories(facts, req, None))
 
     plan = _plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib)
-    advice = _advisories(facts, req, plan, topo)
+    advice = locality.advice(loc, vcpu_nodes, fallback) + _advisories(facts, req, plan, topo)
     if req.realtime and not inp.can_lock_memory:
         advice.append("memory is not locked: libvirtd lacks CAP_SYS_RESOURCE to lift QEMU's "
                       "memlock limit, so <locked/> is left out (hugepage guest RAM is never "

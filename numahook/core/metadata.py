@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 NS = f"{{{NAMESPACE}}}"
 _MAX_ATTR = 4096
 
-_CPU_ATTRS = {"dedicatedCpuPlacement", "isolateEmulatorThread", "ioThreadsPolicy"}
+_CPU_ATTRS = {"dedicatedCpuPlacement", "isolateEmulatorThread", "ioThreadsPolicy",
+              "pciNumaAffinity"}
 _RT_ATTRS = {"mask", "priority"}
 
 
@@ -33,6 +34,8 @@ class RawRequest:
     realtime: bool = False
     realtime_mask: str | None = None
     realtime_priority: str | None = None
+    pci_numa_affinity: str | None = None
+    thread_policy: str | None = None
 
 
 @record(frozen=True)
@@ -141,6 +144,8 @@ def parse(el: Any) -> RawRequest:
         realtime=realtime,
         realtime_mask=mask,
         realtime_priority=priority,
+        pci_numa_affinity=attrs.get("pciNumaAffinity"),
+        thread_policy=attrs.get("threadPolicy"),
     )
 
 

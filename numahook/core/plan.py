@@ -7,8 +7,11 @@ fills them, :mod:`numahook.core.designer` writes a plan into domain XML, and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from numahook import records
 from numahook.config import Config
+from numahook.core.pci import HostPci
 from numahook.core.topology import Topology, _sha256
 from numahook.errors import Refusal
 from numahook.records import field, record
@@ -103,3 +106,5 @@ class Inputs:
     default_page_kib: int | None = None
     #: libvirtd can lift QEMU's RLIMIT_MEMLOCK (CAP_SYS_RESOURCE), so <locked/> works
     can_lock_memory: bool = True
+    #: where the domain's passthrough devices sit on this host, by BDF
+    devices: Mapping[str, HostPci] = field(default_factory=dict)

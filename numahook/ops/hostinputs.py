@@ -6,6 +6,8 @@ libvirt's API, so the hook can call it without deadlocking libvirtd.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from numahook.config import Config
 from numahook.core import cpulist, metadata
 from numahook.core.plan import Inputs
@@ -52,7 +54,9 @@ def managed_running(cfg: Config, exclude_uuid: str | None) -> dict[str, frozense
 
 def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
            cpuset_override: frozenset[int] | None = None,
-           state: StateDir | None = None) -> tuple[Inputs, CpuSource]:
+           state: StateDir | None = None,
+           devices: Iterable[str] = ()) -> tuple[Inputs, CpuSource]:
+    """``devices``: the BDFs of the domain's passthrough devices, read from sysfs too."""
     topo = sysfs.read_topology(cfg.sysfs_root)
     if cpuset_override is not None:
         cpus, path = cpuset_override, "--cpuset"
@@ -73,6 +77,7 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
         emit_vcpusched=not rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root),
         default_page_kib=sysfs.default_page_kib(cfg.proc_root),
         can_lock_memory=procfs.libvirtd_has_capability(CAP_SYS_RESOURCE, cfg.proc_root),
+        devices=sysfs.read_pci(cfg.sysfs_root, devices),
     )
     view = CpuSource(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed)
     return inputs, view

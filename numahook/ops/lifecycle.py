@@ -69,7 +69,8 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
                 raise HostError(f"{name} still holds resources from an earlier start that "
                                 "could not be given back; see the journal and run "
                                 "`numahook status`")
-        inputs, view = hostinputs.gather(cfg, doc.facts.partition, uuid, state=state)
+        inputs, view = hostinputs.gather(cfg, doc.facts.partition, uuid, state=state,
+                                          devices=doc.facts.bdfs)
         ev = render.evaluate(doc, inputs)
         if ev.failed is not None:
             raise ev.refusal()
@@ -281,7 +282,8 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
         return None
     facts, req = doc.facts, doc.request
     name = facts.name
-    inputs, view = hostinputs.gather(cfg, facts.partition, facts.uuid, state=state)
+    inputs, view = hostinputs.gather(cfg, facts.partition, facts.uuid, state=state,
+                                      devices=facts.bdfs)
     ev = hardware.evaluate(facts, req, inputs)
     if ev.failed is not None:
         raise ev.refusal()
