@@ -7,7 +7,7 @@ split in whole pages with the remainder on the first cells, strict memory bindin
 
 from __future__ import annotations
 
-from numahook.core import cpulist, locality
+from numahook.core import cpulist, locality, smt
 from numahook.core.allocate import Allocation, allocate
 from numahook.core.domainxml import DomainFacts
 from numahook.core.plan import Cell, Check, Evaluation, Inputs, Plan
@@ -85,6 +85,12 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     else:
         ck.ok("cpu-topology", f"{facts.vcpus} vCPUs as {topology[0]} sockets, {topology[1]} dies, "
               f"{topology[2]} cores, {topology[3]} threads")
+    if req.thread_policy is not None:
+        why = smt.problem(req.threads, topology[3], topo)
+        if why:
+            ck.fail(smt.CHECK, why)
+        else:
+            ck.ok(smt.CHECK, smt.summary(req.threads, topology[3], req.isolate_emulator))
 
     rt_vcpus: frozenset[int] = frozenset()
     if req.realtime:
@@ -119,7 +125,7 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         return allocate(topo, inp.available, facts.vcpus, topology[3], extra,
                         keep=facts.vcpupin, keep_extra=facts.emulatorpin,
                         vcpu_nodes=nodes if nodes != frozenset(topo.nodes) else None,
-                        where=where)
+                        where=where, policy=req.threads)
 
     fallback = None
     try:
@@ -141,6 +147,7 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         ck.ok(locality.CHECK, locality.summary(loc, vcpu_nodes, fallback is not None))
     ck.ok("dedicated-cpus", f"vCPUs on CPUs {cpulist.format(alloc.vcpus)}"
           + (f", emulator on CPU {cpulist.format(alloc.extra)}" if alloc.extra else "")
+          + (f", their siblings {cpulist.format(alloc.held)} held" if alloc.held else "")
           + (" (existing pinning kept)" if alloc.kept else ""))
 
     cells: tuple[Cell, ...] = ()
@@ -185,6 +192,7 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
         emulator_realtime=bool(req.realtime and rt_vcpus and alloc.extra),
         distances=distances,
         kept_pinning=alloc.kept,
+        held=alloc.held,
     )
 
 
@@ -280,11 +288,12 @@ def _advisories(facts: DomainFacts, req: Request, plan: Plan | None,
             c = plan.vcpu_pins[v]
             core = v - v % threads
             own = set(plan.vcpu_pins[core:core + threads])
-            others = topo.cpus[c].siblings - own
+            others = topo.cpus[c].siblings - own - set(plan.held)
             if others:
                 out.append(f"hyperthread siblings are shared: real-time vCPU {v} on CPU {c} "
-                           f"shares its core with CPU {cpulist.format(others)}; give the guest "
-                           "threads='2' in <cpu><topology> or turn SMT off")
+                           f"shares its core with CPU {cpulist.format(others)}; set "
+                           "threadPolicy='isolate', give the guest threads='2' in "
+                           "<cpu><topology>, or turn SMT off")
                 break
         if not req.isolate_emulator and set(plan.emulator) & rt_cpus:
             out.append("the emulator thread shares CPUs with real-time vCPUs; set "

@@ -40,6 +40,10 @@ class Cell:
     pages: int
 
 
+#: Plan fields that join the digest only when set (see Plan.digest)
+_LATER = frozenset({"emulator_realtime", "held"})
+
+
 @record(frozen=True)
 class Plan:
     vcpu_pins: tuple[int, ...]
@@ -61,18 +65,19 @@ class Plan:
     #: guest distances: (cell a, cell b, value) for every ordered pair
     distances: tuple[tuple[int, int, int], ...] = ()
     kept_pinning: bool = field(default=False, compare=False)
+    #: threadPolicy isolate: the other threads of the vCPUs' cores, held idle for them
+    held: tuple[int, ...] = ()
 
     @property
     def cpus(self) -> frozenset[int]:
         """Every host CPU this domain holds exclusively."""
-        return frozenset(self.vcpu_pins) | frozenset(self.emulator)
+        return frozenset(self.vcpu_pins) | frozenset(self.emulator) | frozenset(self.held)
 
     def digest(self) -> str:
         # repr of plain tuples and ints is stable; asdict() deep-copies and was 8% of a render.
-        # emulator_realtime joins only when set, so older renderings keep their digests.
+        # Fields added later join only when set, so older renderings keep their digests.
         parts = [(name, getattr(self, name)) for name in records.field_names(self)
-                 if name != "kept_pinning"
-                 and (name != "emulator_realtime" or self.emulator_realtime)]
+                 if name != "kept_pinning" and (name not in _LATER or getattr(self, name))]
         raw = repr((RENDER_VERSION, parts)).encode()
         return "sha256:" + _sha256(raw)[:32]
 

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from numahook import faults
 from numahook import log as logmod
 from numahook.config import Config
-from numahook.core import allocate, cpulist, hardware, render
+from numahook.core import allocate, cpulist, hardware, metadata, render
 from numahook.core.plan import Plan
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import hugepages, libvirtstatus, procfs, rtsched
@@ -219,7 +219,7 @@ def tune_early(uuid: str, tids: dict[int, int], pid: int, cfg: Config,
 
 
 def _live_cpus(doc: render.Parsed) -> frozenset[int]:
-    cpus: set[int] = set()
+    cpus: set[int] = set(metadata.held_cpus(doc.root))
     for pins in doc.facts.vcpupin.values():
         cpus |= pins
     cpus |= doc.facts.emulatorpin or set()
@@ -306,7 +306,8 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
             try:
                 alloc = allocate.allocate_cells(
                     inputs.topology, inputs.available, cells, threads,
-                    1 if req.isolate_emulator else 0, vcpu_nodes=with_memory)
+                    1 if req.isolate_emulator else 0, vcpu_nodes=with_memory,
+                    policy=req.threads)
             except Refusal as exc:
                 raise Refusal(
                     f"this host cannot give {name} the same guest NUMA shape "
