@@ -66,6 +66,8 @@ class DomainFacts:
     #: host PCI devices given to the guest, and the guest's PCI controllers
     passthrough: tuple[pci.Passthrough, ...] = ()
     controllers: tuple[pci.Controller, ...] = ()
+    #: guest PCI buses other devices' addresses name (taken, controller or not)
+    pci_buses: frozenset[int] = frozenset()
 
     @property
     def bdfs(self) -> tuple[str, ...]:
@@ -227,4 +229,5 @@ def read(root: Any) -> DomainFacts:
         machine=os_type.get("machine") if os_type is not None else None,
         passthrough=pci.read_passthrough(root),
         controllers=pci.read_controllers(root),
+        pci_buses=pci.referenced_buses(root),
     )

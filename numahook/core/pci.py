@@ -17,6 +17,7 @@ from numahook.records import record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
+    from collections.abc import Iterator
     from typing import Any
 
 #: libvirt's own prefix for user-chosen device aliases (kept in the persistent definition);
@@ -132,31 +133,34 @@ def _guest(dev: Any, what: str) -> tuple[GuestAddress | None, str | None]:
     return _address(el, f"{what} guest <address>"), None
 
 
-def read_passthrough(root: Any) -> tuple[Passthrough, ...]:
-    """Every host PCI device of the domain, in document order."""
-    out: list[Passthrough] = []
+def iter_passthrough(root: Any) -> Iterator[tuple[Any, Passthrough]]:
+    """Each host PCI device of the domain with its element, in document order."""
     for dev in root.iterfind("devices/*"):
         tag = dev.tag
         if tag == "hostdev" and dev.get("mode", "subsystem") == "subsystem" \
                 and dev.get("type") == "pci":
-            src = dev.find("source/address")
             what = "<hostdev> <source><address>"
             kind = "hostdev"
         elif tag == "interface" and dev.get("type") == "hostdev":
-            src = dev.find("source/address")
             what = "<interface type='hostdev'> <source><address>"
             kind = "interface"
-            if src is not None and (src.get("type") or "pci") != "pci":
-                continue  # a USB or CCW device: not PCI, no NUMA locality to keep
         else:
             continue
+        src = dev.find("source/address")
+        if kind == "interface" and src is not None and (src.get("type") or "pci") != "pci":
+            continue  # a USB or CCW device: not PCI, no NUMA locality to keep
         if src is None:
             raise InputError(f"a {kind} device has no <source><address>; name the host "
                              "device as <address domain='0x0000' bus='0x18' slot='0x00' "
                              "function='0x0'/>")
-        guest, other = _guest(dev, f"the {kind} of {_bdf(src, what)}")
-        out.append(Passthrough(kind, _bdf(src, what), guest, other))
-    return tuple(out)
+        bdf = _bdf(src, what)
+        guest, other = _guest(dev, f"the {kind} of {bdf}")
+        yield dev, Passthrough(kind, bdf, guest, other)
+
+
+def read_passthrough(root: Any) -> tuple[Passthrough, ...]:
+    """Every host PCI device of the domain, in document order."""
+    return tuple(p for _, p in iter_passthrough(root))
 
 
 def read_controllers(root: Any) -> tuple[Controller, ...]:
@@ -188,6 +192,19 @@ def read_controllers(root: Any) -> tuple[Controller, ...]:
             alias=(alias.get("name") or "") if alias is not None else "",
             bus=bus, slot=slot, bus_nr=bus_nr, node=node))
     return tuple(out)
+
+
+def referenced_buses(root: Any) -> frozenset[int]:
+    """Guest buses that devices other than passthrough ones plug into (their ``<address
+    bus>``): libvirt adds a controller for each that has none, so the index is taken."""
+    out: set[int] = set()
+    for dev in root.iterfind("devices/*"):
+        if dev.tag == "hostdev" or (dev.tag == "interface" and dev.get("type") == "hostdev"):
+            continue
+        addr = dev.find("address")
+        if addr is not None and (addr.get("type") or "") == "pci" and addr.get("bus"):
+            out.add(_num(addr, "bus", f"<{dev.tag}> <address>", 0xFF))
+    return frozenset(out)
 
 
 def machine_kind(machine: str | None) -> str:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from numahook import records
 from numahook.config import Config
 from numahook.core.pci import HostPci
+from numahook.core.placement import Bus, DeviceReport
 from numahook.core.topology import Topology, _sha256
 from numahook.errors import Refusal
 from numahook.records import field, record
@@ -41,7 +42,7 @@ class Cell:
 
 
 #: Plan fields that join the digest only when set (see Plan.digest)
-_LATER = frozenset({"emulator_realtime", "held"})
+_LATER = frozenset({"emulator_realtime", "held", "buses"})
 
 
 @record(frozen=True)
@@ -67,6 +68,8 @@ class Plan:
     kept_pinning: bool = field(default=False, compare=False)
     #: threadPolicy isolate: the other threads of the vCPUs' cores, held idle for them
     held: tuple[int, ...] = ()
+    #: the pcie-expander-buses and root ports the passthrough devices go behind
+    buses: tuple[Bus, ...] = ()
 
     @property
     def cpus(self) -> frozenset[int]:
@@ -87,6 +90,8 @@ class Evaluation:
     checks: list[Check]
     plan: Plan | None
     advisories: list[str]
+    #: each passthrough device: where it is on the host and where it goes in the guest
+    devices: list[DeviceReport] = field(default_factory=list)
 
     @property
     def failed(self) -> Check | None:

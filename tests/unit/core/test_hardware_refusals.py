@@ -155,6 +155,16 @@ def test_pci_numa_affinity_required(topos: dict[str, Topology], host: HostPci,
                 extra=device()), inp, "pci-numa-affinity", *words)
 
 
+def test_pci_numa_topology_needs_q35(topos: dict[str, Topology]) -> None:
+    """A device on a guest cell's node and an i440fx machine: no pcie-expander-bus there."""
+    host = HostPci("0000:41:00.0", True, 1, "pci0000:40")
+    inp = replace(inputs(topos["quad-nosmt"], "8-15"), devices={host.bdf: host})
+    refusal(Dom(extra=device() + "<os><type arch='x86_64' machine='pc'>hvm</type></os>"), inp,
+            "pci-numa-topology", "0000:41:00.0 (node 1, root complex pci0000:40) belongs "
+            "behind a pcie-expander-bus on guest cell 0, which needs a q35 machine",
+            "set machine='q35', or set PCINUMAAwareTopology = false under [features] in " + CONF)
+
+
 @pytest.mark.parametrize("policy, threads, host, words", [
     ("require", 2, "quad-nosmt", ["needs a host with SMT", "turn SMT (Hyper-Threading) on",
                                   "or set threadPolicy='isolate' or 'prefer'"]),
@@ -518,7 +528,7 @@ COVERED = {
     "memory-page-per-cell", "cpu-topology", "realtime-mask", "dedicated-cpus",
     # allocate_cells (migration/restore); lifecycle.relocate wraps these with the fix
     "guest-shape",
-    "pci-numa-affinity", "thread-policy",
+    "pci-numa-affinity", "thread-policy", "pci-numa-topology",
 }
 
 

@@ -4,6 +4,8 @@
   and a refusal happens only when the devices' nodes really cannot hold the vCPUs.
 * ``threadPolicy='isolate'``: each vCPU has a core of its own, the core's other threads
   are held, and no other domain (allocated from what is left) ever gets one of them.
+* PCINUMAAwareTopology: a device whose node holds a guest cell sits behind an expander
+  bus of that cell and its root complex; the rendering is stable.
 
 Counted independently of the allocator's helpers.
 """
@@ -14,10 +16,12 @@ from hypothesis import assume, event, given
 from hypothesis import strategies as st
 
 from numahook import NAMESPACE, config
-from numahook.core import hardware, render
+from numahook.core import domainxml, hardware, render
 from numahook.core.pci import HostPci
 from numahook.core.plan import Inputs, Plan
 from numahook.core.topology import Topology
+from numahook.errors import Refusal
+from numahook.xml import safe
 from tests.fixtures.randomhosts import PAGE, SETTINGS, topologies
 
 
@@ -144,3 +148,47 @@ def test_isolated_siblings_never_go_to_another_domain(data: st.DataObject) -> No
                                        uuid="5e1b1a5e-0000-4000-8000-00000000cafe"))
     assert other is not None
     assert not other.cpus & siblings
+
+
+# --------------------------------------------------------------------------- guest topology
+
+
+@SETTINGS
+@given(st.data())
+def test_placed_devices_sit_on_the_cell_of_their_host_node(data: st.DataObject) -> None:
+    topo = data.draw(topologies())
+    available = data.draw(frees(topo))
+    nodes = sorted(topo.nodes)
+    count = data.draw(st.integers(1, 6))
+    devices = {}
+    for i in range(count):
+        bdf = f"0000:{0x20 + i:02x}:00.0"
+        node = data.draw(st.sampled_from([*nodes, None]))
+        rc = f"pci0000:{data.draw(st.sampled_from([0x10, 0x30, 0x50])):02x}"
+        devices[bdf] = HostPci(bdf, True, node, rc)
+    vcpus = data.draw(st.integers(1, max(1, len(available))))
+    text = xml(vcpus, "", devices=list(devices), passthrough=True)
+    inp = Inputs(topology=topo, available=available, config=config.Config(), devices=devices)
+    try:
+        first = render.render(text, inp)
+    except Refusal:
+        return
+    plan = first.plan
+    host_of_cell = {c.id: c.host_node for c in plan.cells}
+    placed = {p.bdf: b for b in plan.buses for p in b.ports}
+    for bdf, dev in devices.items():
+        if dev.node is not None and dev.node in host_of_cell.values():
+            bus = placed[bdf]
+            assert host_of_cell[bus.cell] == dev.node and bus.root_complex == dev.root_complex
+        else:
+            assert bdf not in placed
+    # one bus per (cell, root complex); indexes distinct, each port above its bus
+    keys = [(b.cell, b.root_complex) for b in plan.buses]
+    assert len(keys) == len(set(keys))
+    indexes = [b.index for b in plan.buses] + [p.index for b in plan.buses for p in b.ports]
+    assert len(indexes) == len(set(indexes)) and 0 not in indexes
+    assert all(p.index > b.index for b in plan.buses for p in b.ports)
+    # the XML says what the plan says, and rendering it again changes nothing
+    facts = domainxml.read(safe.parse(first.xml))
+    assert hardware.differences(facts, plan) == []
+    assert render.render(first.xml, inp).xml == first.xml
