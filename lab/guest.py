@@ -57,11 +57,14 @@ def probe_domain_xml(
     cmdline: str = "",
     hugepage_kib: int | None = None,
     extra: str = "",
+    machine: str = "pc",
+    devices: str = "",
 ) -> str:
     """XML of a probe domain: direct kernel boot, serial console to a file, no disks.
 
     ``cells`` is ``[(cpus, memory MiB), ...]`` for a guest ``<cpu><numa>``; memory is then
-    their sum. ``extra`` is inserted into ``<domain>`` as is (metadata, cputune, ...).
+    their sum. ``extra`` is inserted into ``<domain>`` as is (metadata, cputune, ...),
+    ``devices`` into ``<devices>`` (controllers, host devices, ...).
     """
     kernel, initrd = probe_paths()
     if cells:
@@ -84,7 +87,7 @@ def probe_domain_xml(
   {backing}
   {extra}
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='{machine}'>hvm</type>
     <kernel>{kernel}</kernel>
     <initrd>{initrd}</initrd>
     <cmdline>console=ttyS0 quiet {cmdline}</cmdline>
@@ -108,6 +111,7 @@ def probe_domain_xml(
       <target type='serial' port='0'/>
     </console>
     <memballoon model='none'/>
+    {devices}
   </devices>
 </domain>
 """

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from numahook.config import Config
 from numahook.core import cpulist, metadata
 from numahook.core.plan import Inputs
+from numahook.errors import NumahookError
 from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
 from numahook.records import record
 from numahook.state.statedir import StateDir
@@ -81,3 +82,21 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
     )
     view = CpuSource(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed)
     return inputs, view
+
+
+def fingerprint(cfg: Config, partitions: set[str | None], state: StateDir) -> str:
+    """What rendering depends on besides the domain itself, cheap to compute: numahookd
+    renders inactive definitions again when it changes."""
+    import hashlib
+
+    parts = [sysfs.read_topology(cfg.sysfs_root).fingerprint(),
+             str(rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root))]
+    for p in sorted(partitions, key=str):
+        try:
+            parts.append(cpulist.format(cgroups.partition_cpuset(cfg.cgroup_root, p).cpus))
+        except NumahookError as exc:
+            parts.append(str(exc))
+    held = managed_running(cfg, None)
+    parts.extend(f"{k}:{cpulist.format(v)}" for k, v in sorted(held.items()))
+    parts.append(cpulist.format(state.held_cpus(None)) if state.path.exists() else "")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()

@@ -17,7 +17,7 @@ from numahook.core import allocate, cpulist, hardware, metadata, render
 from numahook.core.plan import Plan
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import hugepages, libvirtstatus, procfs, rtsched
-from numahook.ops import hostinputs
+from numahook.ops import hostinputs, kvmpit
 from numahook.records import record
 from numahook.state.claims import Claim, RealtimeIntent
 from numahook.state.recovery import recover, rollback
@@ -153,16 +153,20 @@ def _apply_journalled(journal: ClaimJournal, tids: Mapping[int, int],
 
 
 def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
-    """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs."""
+    """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs,
+    and the kvm-pit thread of a dedicated KVM domain on vCPU 0's CPU (ops/kvmpit.py)."""
     doc = render.parse(xml, readonly=True)
     req = doc.request
-    if req is None or not req.realtime:
-        if req is not None and req.managed:
-            _mark_running(doc, cfg, state)
+    if req is None or not req.managed:
         return None
     name = doc.facts.name
-    rt_all = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
     pid, tids = vcpu_threads(name, cfg)
+    if req.dedicated:
+        kvmpit.pin(doc.facts, pid, cfg.proc_root)
+    if not req.realtime:
+        _mark_running(doc, cfg, state, pid)
+        return None
+    rt_all = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
     # vCPUs not plugged yet have no thread; the daemon tunes them when they appear
     rt_vcpus = frozenset(v for v in rt_all if v in tids)
     # QEMU's main thread is the emulator thread; real-time with it when it has its own CPU
@@ -226,12 +230,11 @@ def _live_cpus(doc: render.Parsed) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def _mark_running(doc: render.Parsed, cfg: Config, state: StateDir) -> None:
+def _mark_running(doc: render.Parsed, cfg: Config, state: StateDir, pid: int | None) -> None:
     state.ensure()
     with state.lock(cfg.lock_timeout):
         claim = state.load(doc.facts.uuid)
         if claim is not None:
-            pid, _ = vcpu_threads(doc.facts.name, cfg)
             ClaimJournal(state, claim).update(phase="running", qemu_pid=pid)
 
 
