@@ -107,10 +107,11 @@ def _num(el: Any, attr: str, what: str, hi: int, default: int | None = None) -> 
     if raw is None and default is not None:
         return default
     text = (raw or "").strip()
-    if not _NUMBER.fullmatch(text) or int(text, 0) > hi:
+    value = int(text, 16 if text[:2] == "0x" else 10) if _NUMBER.fullmatch(text) else -1
+    if not 0 <= value <= hi:
         raise InputError(f"{what} {attr}={clip(text)} is not a number from 0 to {hi:#x}; "
                          "write it as libvirt does, e.g. bus='0x05'")
-    return int(text, 0)
+    return value
 
 
 def _address(el: Any, what: str) -> GuestAddress:
