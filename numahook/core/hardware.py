@@ -110,14 +110,14 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     if not req.dedicated or ck.failing:
         if req.dedicated:
             ck.skip("dedicated-cpus", "not evaluated: an earlier precondition failed")
-        return Evaluation(ck.items, None, advice.realtime(facts, req, None))
+        return _refused(ck, facts, req, inp)
 
     # allocation, on the passthrough devices' nodes first (core/locality.py)
     loc = locality.assess(facts, req, inp)
     refused = locality.refusal(loc)
     if refused:
         ck.fail(locality.CHECK, refused)
-        return Evaluation(ck.items, None, advice.realtime(facts, req, None))
+        return _refused(ck, facts, req, inp)
     extra = 1 if req.isolate_emulator else 0
     with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
     base = with_memory if req.passthrough else frozenset(topo.nodes)
@@ -137,12 +137,12 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
                 raise
             if loc.policy == "required":
                 ck.fail(locality.CHECK, locality.required_failure(loc, str(exc)))
-                return Evaluation(ck.items, None, advice.realtime(facts, req, None))
+                return _refused(ck, facts, req, inp)
             fallback = str(exc).partition(";")[0]
             alloc = fit(base)
     except Refusal as exc:
         ck.fail(exc.check, str(exc))
-        return Evaluation(ck.items, None, advice.realtime(facts, req, None))
+        return _refused(ck, facts, req, inp)
     vcpu_nodes = topo.nodes_of(alloc.vcpus)
     if loc.devices:
         ck.ok(locality.CHECK, locality.summary(loc, vcpu_nodes, fallback is not None))
@@ -155,7 +155,7 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     if req.passthrough and page_kib is not None:
         cells = _cells(ck, facts, topo, alloc.vcpus, page_kib)
         if ck.failing:
-            return Evaluation(ck.items, None, advice.realtime(facts, req, None))
+            return _refused(ck, facts, req, inp)
 
     # the devices in the guest: behind an expander bus on their cell (core/placement.py)
     why = _unplaced(req, cfg.pci_numa_topology)
@@ -178,6 +178,13 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
                      "memlock limit, so <locked/> is left out (hugepage guest RAM is never "
                      "swapped); run libvirtd with CAP_SYS_RESOURCE to lock QEMU's own memory")
     return Evaluation(ck.items, plan, notes, devices)
+
+
+def _refused(ck: _Checks, facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
+    """No plan: the checks so far, the advice, and each device where it is on the host."""
+    devices = placement.plan(facts, (), inp.devices, enabled=False,
+                             reason="not placed: an earlier precondition failed")[1]
+    return Evaluation(ck.items, None, advice.realtime(facts, req, None), devices)
 
 
 def _unplaced(req: Request, gate: bool) -> str:

@@ -30,6 +30,7 @@ Pure: :mod:`numahook.core.designer` writes the result into the XML.
 
 from __future__ import annotations
 
+from numahook import records
 from numahook.core.pci import OWNED_ALIAS, Controller, HostPci, Passthrough, machine_kind
 from numahook.records import record
 
@@ -150,7 +151,9 @@ def plan(facts: DomainFacts, cells: Sequence[Cell], host: Mapping[str, HostPci],
                           "the guest has no cell there; run vCPUs on that node "
                           "(pciNumaAffinity='required') or pass through a device on theirs")
         else:
-            wanted.setdefault((cell_of[h.node], h.root_complex), []).append(dev.bdf)
+            bdfs = wanted.setdefault((cell_of[h.node], h.root_complex), [])
+            if dev.bdf not in bdfs:  # libvirt refuses a device given twice anyway
+                bdfs.append(dev.bdf)
             reports.append(_report(dev, h, "expander-bus"))
     if not wanted:
         return (), reports, advice, None
@@ -176,9 +179,8 @@ def plan(facts: DomainFacts, cells: Sequence[Cell], host: Mapping[str, HostPci],
     for i, r in enumerate(reports):
         if r.bdf in placed and r.placement == "expander-bus":
             b, p = placed[r.bdf]
-            reports[i] = DeviceReport(
-                r.kind, r.bdf, r.host_node, r.root_complex, r.present, r.placement, b.cell,
-                b.index, b.bus_nr, p.index, f"0000:{p.index:02x}:00.0")
+            reports[i] = records.replace(r, cell=b.cell, bus=b.index, bus_nr=b.bus_nr,
+                                         port=p.index, address=f"0000:{p.index:02x}:00.0")
     return buses, reports, advice, None
 
 

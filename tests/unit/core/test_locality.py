@@ -67,6 +67,10 @@ def test_required_refuses_when_the_node_is_full(tmp_path: Path) -> None:
                              "of its devices, and 0000:86:00.0 (node 1, root complex "
                              "pci0000:85) is there, but not enough dedicated CPUs")
     assert "only 3 CPUs (20-22) are free in its cpuset on node 1 (its devices' node)" in reason
+    # check still shows where the device is, though nothing was placed
+    (dev,) = ev.devices
+    assert (dev.host_node, dev.root_complex, dev.placement) == (1, "pci0000:85", "pcie.0")
+    assert dev.why == "not placed: an earlier precondition failed"
     assert reason.endswith("widen the partition's cpuset or stop another dedicated domain, or "
                            "set pciNumaAffinity='preferred' to let the vCPUs run elsewhere")
     assert "\n" not in reason
