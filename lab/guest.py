@@ -59,11 +59,14 @@ def probe_domain_xml(
     extra: str = "",
     boot: tuple[str, str] | None = None,
     serial: str | None = None,
+    machine: str = "pc",
+    devices: str = "",
 ) -> str:
     """XML of a probe domain: direct kernel boot, serial console to a file, no disks.
 
     ``cells`` is ``[(cpus, memory MiB), ...]`` for a guest ``<cpu><numa>``; memory is then
-    their sum. ``extra`` is inserted into ``<domain>`` as is (metadata, cputune, ...).
+    their sum. ``extra`` is inserted into ``<domain>`` as is (metadata, cputune, ...),
+    ``devices`` into ``<devices>`` (controllers, host devices, ...).
     ``boot`` (kernel, initrd) and ``serial`` are paths on the host that runs the domain,
     for the host VM lab; by default this machine's probe and serial log.
     """
@@ -89,7 +92,7 @@ def probe_domain_xml(
   {backing}
   {extra}
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='{machine}'>hvm</type>
     <kernel>{kernel}</kernel>
     <initrd>{initrd}</initrd>
     <cmdline>console=ttyS0 quiet {cmdline}</cmdline>
@@ -113,6 +116,7 @@ def probe_domain_xml(
       <target type='serial' port='0'/>
     </console>
     <memballoon model='none'/>
+    {devices}
   </devices>
 </domain>
 """

@@ -102,6 +102,20 @@ class Latency:
 
 
 @dataclass(frozen=True)
+class GuestPci:
+    """One PCI function as the guest kernel sees it."""
+
+    bdf: str
+    #: ``vendor:device`` as sysfs writes them (``0x1af4:0x1044``)
+    id: str
+    pci_class: str
+    #: -1: no NUMA node (no _PXM on the host bridge above it)
+    numa_node: int
+    #: the host bridge it hangs off, ``pciDDDD:BB``
+    root: str
+
+
+@dataclass(frozen=True)
 class GuestReport:
     """The guest's own view of its NUMA topology (and latency, when measured)."""
 
@@ -112,6 +126,8 @@ class GuestReport:
     memtotal_kib: int
     latency: Latency | None = None
     raw: str = ""
+    #: every PCI function, by guest BDF (empty from a probe that predates the PCI lines)
+    pci: dict[str, GuestPci] = field(default_factory=dict)
 
 
 def _block(lines: list[str], name: str, required: bool) -> list[str] | None:
@@ -201,6 +217,21 @@ def _latency(body: list[str]) -> Latency:
     )
 
 
+def _pci(pairs: dict[str, str]) -> dict[str, GuestPci]:
+    count = _int(pairs, "pci.count", required=False)
+    out: dict[str, GuestPci] = {}
+    for i in range(count or 0):
+        keys = [f"pci{i}.{k}" for k in ("bdf", "id", "class", "numa_node", "root")]
+        missing = [k for k in keys if k not in pairs]
+        if missing:
+            raise ReportError(f"the report counts {count} PCI functions but has no {missing[0]}")
+        node = _int(pairs, keys[3])
+        assert node is not None
+        out[pairs[keys[0]]] = GuestPci(pairs[keys[0]], pairs[keys[1]], pairs[keys[2]], node,
+                                       pairs[keys[4]])
+    return out
+
+
 def parse(text: str) -> GuestReport:
     """Parse a guest console log; raise :class:`ReportError` unless a full report is in it."""
     lines = [ln.rstrip("\r\n").replace("\r", "").strip() for ln in text.splitlines()]
@@ -231,6 +262,7 @@ def parse(text: str) -> GuestReport:
         raise ReportError("the report has no cpus.online")
     lat_body = _block(lines, LATENCY, required=False)
     return GuestReport(
+        pci=_pci(pairs),
         kernel=pairs.get("kernel", ""),
         nodes=nodes,
         cpus_online=parse_cpulist(pairs["cpus.online"]),

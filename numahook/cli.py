@@ -78,7 +78,8 @@ def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[Inputs, CpuSo
     override = cpulist.parse(args.cpuset, "--cpuset") if args.cpuset is not None else None
     from numahook.state.statedir import StateDir
     state = StateDir(cfg.state_dir) if not args.no_state else None
-    return hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None, override, state)
+    return hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None, override, state,
+                             devices=doc.facts.bdfs)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -307,8 +308,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_render)
     p = _command(sub, "check", "list every precondition of a domain as passed or failed", (
         "Check every precondition of FILE's domain on this host (feature gates, dedicated\n"
-        "CPUs, hugepages, topology, the real-time mask, the node) and show the pinning and\n"
-        "cells it would get. Exits 1 if any precondition fails, naming each fix."))
+        "CPUs, hugepages, topology, the real-time mask, the node, device locality) and show\n"
+        "the pinning and cells it would get, and each passthrough device's host node, root\n"
+        "complex and place in the guest. Exits 1 if any precondition fails, naming each fix."))
     _common(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (docs/schemas/check.schema.json)")
@@ -339,8 +341,9 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_apply)
     p = _command(sub, "status", "show what the managed domains hold and how their vCPUs run", (
         "List the managed domains: pinning, guest cells, each vCPU's scheduling as read\n"
-        "back from its thread, the hugepages numahook reserved, and claims left by\n"
-        "domains that no longer run. Works from files while libvirt is down."))
+        "back from its thread, each passthrough device's host node, root complex and place\n"
+        "in the guest, the kvm-pit thread's CPUs, the hugepages numahook reserved, and\n"
+        "claims left by domains that no longer run. Works from files while libvirt is down."))
     _common(p)
     _uri(p)
     p.add_argument("--json", action="store_true",

@@ -30,6 +30,9 @@ class Config:
     numa_gate: bool = True
     #: [features] Realtime: realtime may be used
     realtime_gate: bool = True
+    #: [features] PCINUMAAwareTopology: passthrough devices go behind an expander bus on
+    #: their guest cell (KubeVirt's gate of the same name, VEP 115)
+    pci_numa_topology: bool = True
     #: [realtime] throttled: what a real-time domain gets on a node with
     #: kernel.sched_rt_runtime_us >= 0: "refuse" it, or "delegate" RT group budget to it
     rt_throttled: str = "refuse"
@@ -132,6 +135,7 @@ _text = _Converter(str.strip, "text")
 _SCHEMA: dict[tuple[str, str], tuple[str, _Converter]] = {
     ("features", "numa"): ("numa_gate", _bool),
     ("features", "realtime"): ("realtime_gate", _bool),
+    ("features", "pcinumaawaretopology"): ("pci_numa_topology", _bool),
     ("realtime", "throttled"): ("rt_throttled", _choice("refuse", "delegate")),
     ("realtime", "on_failure"): ("rt_on_failure", _choice("fail", "warn")),
     ("realtime", "max_budget_us"): ("rt_max_budget_us", _number(1000, 1000000, int)),
@@ -155,6 +159,10 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "Off: domains that ask for it are refused, with this setting named.",
     ("features", "realtime"): "Feature gate for <numahook:realtime>. Off: real-time domains "
     "are refused.",
+    ("features", "pcinumaawaretopology"): "With guestMappingPassthrough on a q35 machine, put "
+    "each passthrough PCI device behind a pcie-expander-bus bound to the guest cell of its "
+    "host node, one per pair of cell and host root complex, so the guest sees where it is "
+    "(KubeVirt's PCINUMAAwareTopology). Off: devices stay where libvirt puts them.",
     ("realtime", "throttled"): "What a real-time domain gets on a node with RT throttling on "
     "(kernel.sched_rt_runtime_us >= 0) and RT group scheduling, where libvirt's vCPU "
     "cgroups have no RT budget: refuse the start, naming the fix, or delegate RT group "

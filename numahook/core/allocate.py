@@ -18,6 +18,8 @@ from numahook.records import record
 
 #: Beyond this many candidate nodes, node selection is greedy instead of exhaustive.
 _EXHAUSTIVE_NODES = 16
+#: threadPolicy values under which the isolated emulator thread takes a whole core
+_WHOLE_CORE = frozenset({"isolate", "require"})
 
 
 @record(frozen=True)
@@ -29,10 +31,16 @@ class Allocation:
     kept: bool
     #: host node of each guest cell, when allocated for a fixed guest shape
     cell_nodes: tuple[int, ...] = ()
+    #: threadPolicy isolate: the vCPU cores' other threads, held idle for this domain
+    held: tuple[int, ...] = ()
 
 
-def _units(topo: Topology, cpus: frozenset[int], threads: int) -> list[tuple[int, ...]]:
-    """Allocation units on one node: cores' free siblings, whole free cores first."""
+def _units(topo: Topology, cpus: frozenset[int], threads: int,
+           policy: str = "prefer") -> list[tuple[int, ...]]:
+    """Allocation units on one node: cores' free siblings, whole free cores first.
+
+    ``isolate``: one unit per whole free core, its lowest CPU (the rest are held).
+    """
     cores: dict[tuple[int, int, int], list[int]] = {}
     for c in sorted(cpus):
         cores.setdefault(topo.core_key(c), []).append(c)
@@ -42,6 +50,8 @@ def _units(topo: Topology, cpus: frozenset[int], threads: int) -> list[tuple[int
         free = cores[key]
         online_siblings = topo.cpus[free[0]].siblings
         (whole if len(free) == len(online_siblings) else split).append(free)
+    if policy == "isolate":
+        return [(free[0],) for free in whole]
     units: list[tuple[int, ...]] = []
     for free in whole + split:
         if threads == 1:
@@ -52,8 +62,16 @@ def _units(topo: Topology, cpus: frozenset[int], threads: int) -> list[tuple[int
     return units
 
 
+def held_siblings(topo: Topology, pins: Sequence[int], policy: str) -> tuple[int, ...]:
+    """``isolate``: the other threads of each vCPU's core, held so no one else gets them."""
+    if policy != "isolate":
+        return ()
+    return tuple(sorted({s for c in pins for s in topo.cpus[c].siblings} - set(pins)))
+
+
 def _valid_kept(topo: Topology, available: frozenset[int], keep: Mapping[int, frozenset[int]],
-                count: int, threads: int) -> tuple[int, ...] | None:
+                count: int, threads: int, policy: str = "prefer",
+                usable: frozenset[int] = frozenset()) -> tuple[int, ...] | None:
     if sorted(keep) != list(range(count)) or any(len(v) != 1 for v in keep.values()):
         return None
     pins = tuple(next(iter(keep[i])) for i in range(count))
@@ -63,6 +81,9 @@ def _valid_kept(topo: Topology, available: frozenset[int], keep: Mapping[int, fr
         group = pins[g:g + threads]
         if len({topo.core_key(c) for c in group}) != 1:
             return None
+    if policy == "isolate" and (len({topo.core_key(c) for c in pins}) != count
+                                or not set(held_siblings(topo, pins, policy)) <= usable):
+        return None  # a core shared between vCPUs, or a sibling someone else now holds
     # cells must not split a guest core across host nodes, and vCPU order must follow nodes
     nodes = [topo.node_of(c) for c in pins]
     if nodes != sorted(nodes):
@@ -105,45 +126,56 @@ def _choose_nodes(topo: Topology, caps: dict[int, tuple[int, int]], units: int,
 def allocate(topo: Topology, available: frozenset[int], count: int, threads: int = 1,
              extra: int = 0, keep: Mapping[int, frozenset[int]] | None = None,
              keep_extra: frozenset[int] | None = None,
-             vcpu_nodes: frozenset[int] | None = None) -> Allocation:
+             vcpu_nodes: frozenset[int] | None = None,
+             where: str = "on nodes with memory", policy: str = "prefer") -> Allocation:
     """Pin ``count`` vCPUs (guest cores of ``threads`` siblings) plus ``extra`` CPUs.
 
     ``vcpu_nodes`` limits the nodes vCPUs may use (passthrough binds each cell's memory
-    to its node, so nodes without memory are left out); the emulator may go anywhere.
+    to its node, so nodes without memory are left out; device locality may narrow them
+    further), and ``where`` says which in a refusal; the emulator may go anywhere.
+    ``policy`` is threadPolicy: ``isolate`` puts each vCPU on a whole free core and holds
+    its siblings; with ``isolate`` or ``require`` the emulator takes a whole core too.
     """
     usable = frozenset(c for c in available if c in topo.cpus)
     allowed = frozenset(c for c in usable
                         if vcpu_nodes is None or topo.node_of(c) in vcpu_nodes)
+    whole = policy in _WHOLE_CORE
     if count % threads:
         raise Refusal(f"{count} vCPUs cannot be split into guest cores of {threads} threads",
                       "cpu-topology")
-    kept = _valid_kept(topo, allowed, keep or {}, count, threads) if keep else None
+    kept = (_valid_kept(topo, allowed, keep or {}, count, threads, policy, usable)
+            if keep else None)
     if kept is not None:
-        rest = usable - set(kept)
+        held = held_siblings(topo, kept, policy)
+        rest = usable - set(kept) - set(held)
         if extra == 0:
-            return Allocation(kept, (), True)
-        if keep_extra and len(keep_extra) == extra and keep_extra <= rest:
-            return Allocation(kept, tuple(sorted(keep_extra)), True)
-        spare = _pick_extra(topo, rest, kept, extra)
+            return Allocation(kept, (), True, held=held)
+        if keep_extra and _valid_extra(topo, keep_extra, rest, kept, extra, whole):
+            return Allocation(kept, tuple(sorted(keep_extra)), True, held=held)
+        spare = _pick_extra(topo, rest, kept, extra, whole=whole)
         if spare is not None:
-            return Allocation(kept, spare, True)
+            return Allocation(kept, spare, True, held=held)
 
     need_units = count // threads
     per_node: dict[int, list[tuple[int, ...]]] = {}
     caps: dict[int, tuple[int, int]] = {}
     for n in sorted(topo.nodes):
         mine = allowed & topo.nodes[n].cpus
-        per_node[n] = _units(topo, mine, threads)
+        per_node[n] = _units(topo, mine, threads, policy)
         caps[n] = (len(per_node[n]), len(mine))
     nodes = _choose_nodes(topo, caps, need_units, count + extra)
     if not nodes:
         shape = f"{count} vCPUs" + (f" in cores of {threads} threads" if threads > 1 else "")
+        shape += " on cores of their own" if policy == "isolate" else ""
         shape += f" plus {extra} emulator CPU" if extra else ""
+        whole_cores = sum(u for u, _ in caps.values())
         raise Refusal(
             f"not enough dedicated CPUs: the domain needs {shape}, but only "
             f"{len(allowed)} CPUs ({cpulist.format(allowed) or 'none'}) are free in its cpuset"
-            + ("" if allowed == usable else " on nodes with memory") + "; "
-            "widen the partition's cpuset or stop another dedicated domain",
+            + ("" if allowed == usable else f" {where}")
+            + (f", {whole_cores} whole cores among them" if policy == "isolate" else "") + "; "
+            "widen the partition's cpuset or stop another dedicated domain"
+            + (", or set threadPolicy='prefer'" if policy == "isolate" else ""),
             "dedicated-cpus",
         )
     # balance vCPUs across the chosen nodes (symmetric guest cells match the even memory
@@ -157,20 +189,49 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
         remaining -= share
     taken.sort(key=lambda u: (topo.node_of(u[0]), u))
     pins = tuple(c for u in taken for c in u)
-    spare = _pick_extra(topo, usable - set(pins), pins, extra, prefer=nodes)
+    held = held_siblings(topo, pins, policy)
+    spare = _pick_extra(topo, usable - set(pins) - set(held), pins, extra, prefer=nodes,
+                        whole=whole)
     if spare is None:
+        what = (f"no whole core (threadPolicy='{policy}' gives it a core of its own)" if whole
+                else "no CPU")
         raise Refusal(
-            f"not enough dedicated CPUs: {count} vCPUs fit, but no CPU is left for the isolated "
-            f"emulator thread in {cpulist.format(usable)}; widen the partition's cpuset or "
-            "set isolateEmulatorThread=\"false\"",
+            f"not enough dedicated CPUs: {count} vCPUs fit, but {what} is left for the "
+            f"isolated emulator thread in {cpulist.format(usable)}; widen the partition's "
+            "cpuset or set isolateEmulatorThread=\"false\"",
             "dedicated-cpus",
         )
-    return Allocation(pins, spare, False)
+    return Allocation(pins, spare, False, held=held)
+
+
+def _cores(topo: Topology, cpus: frozenset[int]) -> dict[tuple[int, int, int], list[int]]:
+    """The cores all of whose online threads are in ``cpus``, with those threads."""
+    out: dict[tuple[int, int, int], list[int]] = {}
+    for c in sorted(cpus):
+        if topo.cpus[c].siblings <= cpus:
+            out.setdefault(topo.core_key(c), []).append(c)
+    return out
+
+
+def _valid_extra(topo: Topology, keep: frozenset[int], rest: frozenset[int],
+                 pins: Sequence[int], extra: int, whole: bool) -> bool:
+    """An existing emulator pinning still fits: free, off the vCPUs' cores (whole ones)."""
+    if not keep <= rest:
+        return False
+    if not whole:
+        return len(keep) == extra
+    busy = {topo.core_key(c) for c in pins}
+    cores = _cores(topo, keep)
+    return len(cores) == extra and not busy & set(cores) and \
+        sum(len(v) for v in cores.values()) == len(keep)
 
 
 def _pick_extra(topo: Topology, rest: frozenset[int], pins: Sequence[int], extra: int,
-                prefer: Sequence[int] = ()) -> tuple[int, ...] | None:
-    """Emulator CPUs: same node as vCPU 0 if possible, on a core no vCPU uses, then nearest."""
+                prefer: Sequence[int] = (), whole: bool = False) -> tuple[int, ...] | None:
+    """Emulator CPUs: same node as vCPU 0 if possible, on a core no vCPU uses, then nearest.
+
+    ``whole``: ``extra`` whole free cores, every thread of them.
+    """
     if extra == 0:
         return ()
     if len(rest) < extra:
@@ -181,12 +242,19 @@ def _pick_extra(topo: Topology, rest: frozenset[int], pins: Sequence[int], extra
     def rank(c: int) -> tuple[int, int, int]:
         return (topo.distance(home, topo.node_of(c)), topo.core_key(c) in busy_cores, c)
 
+    if whole:
+        cores = [v for k, v in _cores(topo, rest).items() if k not in busy_cores]
+        if len(cores) < extra:
+            return None
+        cores.sort(key=lambda v: rank(v[0]))
+        return tuple(sorted(c for v in cores[:extra] for c in v))
     return tuple(sorted(sorted(rest, key=rank)[:extra]))
 
 
 def allocate_cells(topo: Topology, available: frozenset[int], cells: Sequence[Sequence[int]],
                    threads: int = 1, extra: int = 0,
-                   vcpu_nodes: frozenset[int] | None = None) -> Allocation:
+                   vcpu_nodes: frozenset[int] | None = None,
+                   policy: str = "prefer") -> Allocation:
     """Pin a fixed guest shape: each guest cell's vCPUs on one distinct host node.
 
     For migration and restore, where the guest's cells must not change (libvirt's ABI
@@ -194,7 +262,8 @@ def allocate_cells(topo: Topology, available: frozenset[int], cells: Sequence[Se
     """
     usable = frozenset(c for c in available if c in topo.cpus
                        and (vcpu_nodes is None or topo.node_of(c) in vcpu_nodes))
-    per_node = {n: _units(topo, usable & topo.nodes[n].cpus, threads) for n in sorted(topo.nodes)}
+    per_node = {n: _units(topo, usable & topo.nodes[n].cpus, threads, policy)
+                for n in sorted(topo.nodes)}
     need = [len(c) // threads for c in cells]
     if any(len(c) % threads for c in cells):
         raise Refusal("a guest cell does not hold whole guest cores", "guest-shape")
@@ -222,8 +291,10 @@ def allocate_cells(topo: Topology, available: frozenset[int], cells: Sequence[Se
         for vcpu, cpu in zip(cell, [c for u in units for c in u]):
             pins[vcpu] = cpu
     ordered = tuple(pins[v] for v in sorted(pins))
-    spare = _pick_extra(topo, frozenset(c for c in available if c in topo.cpus) - set(ordered),
-                        ordered, extra, prefer=choice)
+    held = held_siblings(topo, ordered, policy)
+    rest = frozenset(c for c in available if c in topo.cpus) - set(ordered) - set(held)
+    spare = _pick_extra(topo, rest, ordered, extra, prefer=choice,
+                        whole=policy in _WHOLE_CORE)
     if spare is None:
         raise Refusal("no CPU is left for the isolated emulator thread", "guest-shape")
-    return Allocation(ordered, spare, False, tuple(choice))
+    return Allocation(ordered, spare, False, tuple(choice), held)

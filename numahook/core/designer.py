@@ -12,7 +12,8 @@ from collections.abc import Iterable
 
 from lxml import etree
 
-from numahook.core import cpulist
+from numahook.core import cpulist, pci
+from numahook.core.pci import OWNED_ALIAS
 from numahook.core.plan import Plan
 from numahook.xml.edit import (
     CPU_ORDER,
@@ -129,6 +130,78 @@ def set_realtime_extras(root: etree._Element, locked: bool = True) -> None:
         insert(devices, element("memballoon", {"model": "none"}), DEVICE_ORDER)
 
 
+def _pci_address(el: etree._Element, bus: int, slot: int) -> None:
+    """Point ``el``'s guest ``<address>`` at ``bus``/``slot`` (function 0), as libvirt writes."""
+    addr = el.find("address")
+    if addr is None:
+        addr = insert(el, etree.Element("address"), ())  # libvirt keeps it last
+    for key in list(addr.attrib):
+        if key not in ("type", "domain", "bus", "slot", "function"):
+            del addr.attrib[key]
+    addr.set("type", "pci")
+    addr.set("domain", "0x0000")
+    addr.set("bus", f"0x{bus:02x}")
+    addr.set("slot", f"0x{slot:02x}")
+    addr.set("function", "0x0")
+
+
+def _controller(devices: etree._Element, found: etree._Element | None, index: int,
+                model: str, alias: str) -> etree._Element:
+    """Our controller ``alias``: the one found, updated in place (libvirt's additions such
+    as ``<model name>`` and ``<target chassis>`` stay), or a new one after the others."""
+    el = found
+    if el is None:
+        el = insert(devices, element("controller", {"type": "pci"}, children=[
+            element("alias", {"name": alias})]), DEVICE_ORDER)
+    el.set("index", str(index))
+    el.set("model", model)
+    return el
+
+
+def set_pci_topology(root: etree._Element, plan: Plan) -> None:
+    """The plan's expander buses and root ports, and each placed device on its port.
+
+    Controllers are ours by their alias (``ua-numahook-...``): those the plan no longer
+    has are removed, and a device left on one loses its address, for libvirt to assign.
+    """
+    devices = root.find("devices")
+    if devices is None:
+        if not plan.buses:
+            return
+        devices = ensure(root, "devices", DOMAIN_ORDER)
+    owned: dict[str, etree._Element] = {}
+    for el in devices.findall("controller"):
+        name = el.find("alias")
+        if el.get("type") == "pci" and name is not None and \
+                (name.get("name") or "").startswith(OWNED_ALIAS):
+            owned[name.get("name") or ""] = el
+    old_indexes = {c.index for c in pci.read_controllers(root) if c.owned}
+    keep = {b.alias for b in plan.buses} | {p.alias for b in plan.buses for p in b.ports}
+    for alias, el in owned.items():
+        if alias not in keep:
+            remove(el)
+    for b in plan.buses:
+        pxb = _controller(devices, owned.get(b.alias), b.index, "pcie-expander-bus", b.alias)
+        target = pxb.find("target")
+        if target is None:
+            target = insert(pxb, element("target", children=[element("node")]),
+                            ("model", "target", "alias", "address"))
+        target.set("busNr", str(b.bus_nr))
+        node = target.find("node")
+        if node is None:
+            node = insert(target, element("node"), ())
+        node.text = str(b.cell)
+        for p in b.ports:
+            port = _controller(devices, owned.get(p.alias), p.index, "pcie-root-port", p.alias)
+            _pci_address(port, b.index, p.slot)
+    placed = {p.bdf: p.index for b in plan.buses for p in b.ports}
+    for el, dev in pci.iter_passthrough(root):
+        if dev.bdf in placed:
+            _pci_address(el, placed[dev.bdf], 0)
+        elif dev.guest is not None and dev.guest.bus in old_indexes:
+            remove(el.find("address"))  # on a controller of ours that is gone or not its own
+
+
 def apply_host_side(root: etree._Element, plan: Plan) -> None:
     """Migration/restore: pins and host nodes follow this host; the guest's view stays."""
     set_vcpu_placement(root)
@@ -145,3 +218,4 @@ def apply(root: etree._Element, plan: Plan) -> None:
         set_numa(root, plan)
     if plan.realtime_extras:
         set_realtime_extras(root, plan.locked)
+    set_pci_topology(root, plan)

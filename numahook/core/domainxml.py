@@ -6,7 +6,7 @@ decides what it means.
 
 from __future__ import annotations
 
-from numahook.core import cpulist
+from numahook.core import cpulist, pci
 from numahook.core.units import clip, is_decimal, to_kib
 from numahook.errors import InputError
 from numahook.records import field, record
@@ -61,6 +61,18 @@ class DomainFacts:
     pmu_off: bool = False
     nosharepages: bool = False
     locked: bool = False
+    #: ``<os><type machine>`` as written (None: libvirt's default)
+    machine: str | None = None
+    #: host PCI devices given to the guest, and the guest's PCI controllers
+    passthrough: tuple[pci.Passthrough, ...] = ()
+    controllers: tuple[pci.Controller, ...] = ()
+    #: guest PCI buses other devices' addresses name (taken, controller or not)
+    pci_buses: frozenset[int] = frozenset()
+
+    @property
+    def bdfs(self) -> tuple[str, ...]:
+        """The host PCI devices it passes through, for the host adapters to look up."""
+        return tuple(d.bdf for d in self.passthrough)
 
 
 def _int(el: Any, attr: str | None, what: str, lo: int = 0, hi: int = 1 << 31) -> int:
@@ -186,6 +198,7 @@ def read(root: Any) -> DomainFacts:
         for f in root.findall("cpu/feature")
     )
     balloon = root.find("devices/memballoon")
+    os_type = root.find("os/type")
     return DomainFacts(
         name=name,
         uuid=(root.findtext("uuid") or "").strip(),
@@ -213,4 +226,8 @@ def read(root: Any) -> DomainFacts:
         pmu_off=root.find("features/pmu[@state='off']") is not None,
         nosharepages=root.find("memoryBacking/nosharepages") is not None,
         locked=root.find("memoryBacking/locked") is not None,
+        machine=os_type.get("machine") if os_type is not None else None,
+        passthrough=pci.read_passthrough(root),
+        controllers=pci.read_controllers(root),
+        pci_buses=pci.referenced_buses(root),
     )

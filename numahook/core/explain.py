@@ -5,7 +5,33 @@ from __future__ import annotations
 from typing import Any
 
 from numahook.core import cpulist
+from numahook.core.placement import DeviceReport
 from numahook.core.plan import Evaluation, Plan
+
+
+def device_dict(r: DeviceReport) -> dict[str, Any]:
+    """One passthrough device: where it is on the host, where it goes in the guest."""
+    return {"bdf": r.bdf, "kind": r.kind, "present": r.present, "host_node": r.host_node,
+            "root_complex": r.root_complex, "placement": r.placement, "cell": r.cell,
+            "bus": r.bus, "bus_nr": r.bus_nr, "port": r.port, "address": r.address,
+            "why": r.why}
+
+
+def device_text(r: DeviceReport) -> str:
+    """``device 0000:18:00.0 (hostdev): host node 0, root complex pci0000:17 -> ...``"""
+    if not r.present:
+        host = "not on this host"
+    else:
+        host = (f"host node {r.host_node}" if r.host_node is not None else "no host NUMA node") \
+            + (f", root complex {r.root_complex}" if r.root_complex else "")
+    if r.placement == "expander-bus":
+        guest = (f"guest cell {r.cell}, pcie-expander-bus {r.bus} (busNr {r.bus_nr}), "
+                 f"root port {r.port}, address {r.address}")
+    elif r.placement == "kept":
+        guest = f"kept at {r.address or 'its own address'}"
+    else:
+        guest = "pcie.0"
+    return f"device {r.bdf} ({r.kind}): {host} -> {guest}" + (f" ({r.why})" if r.why else "")
 
 
 def plan_dict(plan: Plan | None) -> dict[str, Any]:
@@ -16,6 +42,7 @@ def plan_dict(plan: Plan | None) -> dict[str, Any]:
             "vcpus": {str(v): c for v, c in enumerate(plan.vcpu_pins)},
             "emulator": list(plan.emulator),
             "iothreads": {str(io): list(cpus) for io, cpus in plan.iothread_pins},
+            "held": list(plan.held),
         },
         "cells": [
             {"id": c.id, "host_node": c.host_node, "vcpus": list(c.vcpus),
@@ -37,6 +64,7 @@ def evaluation_dict(name: str, ev: Evaluation) -> dict[str, Any]:
         "ok": ev.failed is None,
         "preconditions": [{"name": c.name, "ok": c.ok, "reason": c.reason} for c in ev.checks],
         "advisories": list(ev.advisories),
+        "devices": [device_dict(r) for r in ev.devices],
     }
     doc.update(plan_dict(ev.plan))
     return doc
@@ -52,7 +80,8 @@ def evaluation_text(name: str, ev: Evaluation) -> str:
     plan = ev.plan
     if plan is not None:
         pins = ", ".join(f"{v}->{c}" for v, c in enumerate(plan.vcpu_pins))
-        lines.append(f"  pinning: vCPU {pins}; emulator {cpulist.format(plan.emulator)}")
+        lines.append(f"  pinning: vCPU {pins}; emulator {cpulist.format(plan.emulator)}"
+                     + (f"; siblings {cpulist.format(plan.held)} held" if plan.held else ""))
         for cell in plan.cells:
             lines.append(f"  cell {cell.id}: host node {cell.host_node}, vCPUs "
                          f"{cpulist.format(cell.vcpus)}, {cell.memory_kib} KiB "
@@ -61,4 +90,9 @@ def evaluation_text(name: str, ev: Evaluation) -> str:
             lines.append(f"  realtime: vCPUs {cpulist.format(plan.realtime_vcpus)} SCHED_FIFO "
                          f"priority {plan.priority}"
                          + (" via <vcpusched>" if plan.vcpusched else " applied after start"))
+        for bus in plan.buses:
+            lines.append(f"  pcie-expander-bus {bus.index} (busNr {bus.bus_nr}): guest cell "
+                         f"{bus.cell}, host node {bus.host_node}, root complex "
+                         f"{bus.root_complex}, {len(bus.ports)} root port(s)")
+    lines += [f"  {device_text(r)}" for r in ev.devices]
     return "\n".join(lines)

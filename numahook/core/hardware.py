@@ -7,7 +7,8 @@ split in whole pages with the remainder on the first cells, strict memory bindin
 
 from __future__ import annotations
 
-from numahook.core import cpulist
+from numahook import records
+from numahook.core import advice, cpulist, locality, placement, smt
 from numahook.core.allocate import Allocation, allocate
 from numahook.core.domainxml import DomainFacts
 from numahook.core.plan import Cell, Check, Evaluation, Inputs, Plan
@@ -58,7 +59,9 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     # combinations (the seed's preconditions)
     needs_dedicated = [w for w, on in (("guestMappingPassthrough", req.passthrough),
                                        ("realtime", req.realtime),
-                                       ("isolateEmulatorThread", req.isolate_emulator)) if on]
+                                       ("isolateEmulatorThread", req.isolate_emulator),
+                                       ("pciNumaAffinity", req.pci_numa_affinity is not None),
+                                       ("threadPolicy", req.thread_policy is not None)) if on]
     if needs_dedicated and not req.dedicated:
         ck.fail("dedicated-cpu-placement", f"{' and '.join(needs_dedicated)} need dedicated CPUs; "
                 "set dedicatedCpuPlacement=\"true\" on <numahook:cpu>")
@@ -83,6 +86,12 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     else:
         ck.ok("cpu-topology", f"{facts.vcpus} vCPUs as {topology[0]} sockets, {topology[1]} dies, "
               f"{topology[2]} cores, {topology[3]} threads")
+    if req.thread_policy is not None:
+        why = smt.problem(req.threads, topology[3], topo)
+        if why:
+            ck.fail(smt.CHECK, why)
+        else:
+            ck.ok(smt.CHECK, smt.summary(req.threads, topology[3], req.isolate_emulator))
 
     rt_vcpus: frozenset[int] = frozenset()
     if req.realtime:
@@ -101,35 +110,90 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     if not req.dedicated or ck.failing:
         if req.dedicated:
             ck.skip("dedicated-cpus", "not evaluated: an earlier precondition failed")
-        return Evaluation(ck.items, None, _advisories(facts, req, None))
+        return _refused(ck, facts, req, inp)
 
-    # allocation
+    # allocation, on the passthrough devices' nodes first (core/locality.py)
+    loc = locality.assess(facts, req, inp)
+    refused = locality.refusal(loc)
+    if refused:
+        ck.fail(locality.CHECK, refused)
+        return _refused(ck, facts, req, inp)
     extra = 1 if req.isolate_emulator else 0
+    with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
+    base = with_memory if req.passthrough else frozenset(topo.nodes)
+
+    def fit(nodes: frozenset[int], where: str = "on nodes with memory") -> Allocation:
+        return allocate(topo, inp.available, facts.vcpus, topology[3], extra,
+                        keep=facts.vcpupin, keep_extra=facts.emulatorpin,
+                        vcpu_nodes=nodes if nodes != frozenset(topo.nodes) else None,
+                        where=where, policy=req.threads)
+
+    fallback = None
     try:
-        with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
-        alloc = allocate(topo, inp.available, facts.vcpus, topology[3], extra,
-                         keep=facts.vcpupin, keep_extra=facts.emulatorpin,
-                         vcpu_nodes=with_memory if req.passthrough else None)
+        try:
+            alloc = fit(base & loc.nodes, locality.where(loc)) if loc.steers else fit(base)
+        except Refusal as exc:
+            if not loc.steers:
+                raise
+            if loc.policy == "required":
+                ck.fail(locality.CHECK, locality.required_failure(loc, str(exc)))
+                return _refused(ck, facts, req, inp)
+            fallback = str(exc).partition(";")[0]
+            alloc = fit(base)
     except Refusal as exc:
         ck.fail(exc.check, str(exc))
-        return Evaluation(ck.items, None, _advisories(facts, req, None))
+        return _refused(ck, facts, req, inp)
+    vcpu_nodes = topo.nodes_of(alloc.vcpus)
+    if loc.devices:
+        ck.ok(locality.CHECK, locality.summary(loc, vcpu_nodes, fallback is not None))
     ck.ok("dedicated-cpus", f"vCPUs on CPUs {cpulist.format(alloc.vcpus)}"
           + (f", emulator on CPU {cpulist.format(alloc.extra)}" if alloc.extra else "")
+          + (f", their siblings {cpulist.format(alloc.held)} held" if alloc.held else "")
           + (" (existing pinning kept)" if alloc.kept else ""))
 
     cells: tuple[Cell, ...] = ()
     if req.passthrough and page_kib is not None:
         cells = _cells(ck, facts, topo, alloc.vcpus, page_kib)
         if ck.failing:
-            return Evaluation(ck.items, None, _advisories(facts, req, None))
+            return _refused(ck, facts, req, inp)
 
-    plan = _plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib)
-    advice = _advisories(facts, req, plan, topo)
+    # the devices in the guest: behind an expander bus on their cell (core/placement.py)
+    why = _unplaced(req, cfg.pci_numa_topology)
+    buses, devices, dev_notes, refused = placement.plan(
+        facts, cells, inp.devices, enabled=not why, reason=why, config_path=cfg.path)
+    if refused:
+        ck.fail(placement.CHECK, refused)
+        return Evaluation(ck.items, None, advice.realtime(facts, req, None), devices)
+    if buses:
+        ck.ok(placement.CHECK, f"{sum(len(b.ports) for b in buses)} device(s) behind "
+              f"{len(buses)} pcie-expander-bus(es), on guest cell(s) "
+              f"{cpulist.format(b.cell for b in buses)}")
+
+    plan = records.replace(_plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib),
+                           buses=buses)
+    notes = (locality.advice(loc, vcpu_nodes, fallback) + dev_notes
+             + advice.realtime(facts, req, plan, topo))
     if req.realtime and not inp.can_lock_memory:
-        advice.append("memory is not locked: libvirtd lacks CAP_SYS_RESOURCE to lift QEMU's "
-                      "memlock limit, so <locked/> is left out (hugepage guest RAM is never "
-                      "swapped); run libvirtd with CAP_SYS_RESOURCE to lock QEMU's own memory")
-    return Evaluation(ck.items, plan, advice)
+        notes.append("memory is not locked: libvirtd lacks CAP_SYS_RESOURCE to lift QEMU's "
+                     "memlock limit, so <locked/> is left out (hugepage guest RAM is never "
+                     "swapped); run libvirtd with CAP_SYS_RESOURCE to lock QEMU's own memory")
+    return Evaluation(ck.items, plan, notes, devices)
+
+
+def _refused(ck: _Checks, facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
+    """No plan: the checks so far, the advice, and each device where it is on the host."""
+    devices = placement.plan(facts, (), inp.devices, enabled=False,
+                             reason="not placed: an earlier precondition failed")[1]
+    return Evaluation(ck.items, None, advice.realtime(facts, req, None), devices)
+
+
+def _unplaced(req: Request, gate: bool) -> str:
+    """Why the devices stay where libvirt puts them ("" when PCINUMAAwareTopology applies)."""
+    if not req.passthrough:
+        return "the guest has no NUMA cells (no guestMappingPassthrough)"
+    if req.pci_affinity == "none":
+        return "pciNumaAffinity is 'none'"
+    return "" if gate else "PCINUMAAwareTopology is off"
 
 
 def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
@@ -159,6 +223,7 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
         emulator_realtime=bool(req.realtime and rt_vcpus and alloc.extra),
         distances=distances,
         kept_pinning=alloc.kept,
+        held=alloc.held,
     )
 
 
@@ -231,41 +296,6 @@ def _iothreads(ids: tuple[int, ...], emulator: tuple[int, ...],
     return tuple((io, emulator) for io in ids)
 
 
-def _advisories(facts: DomainFacts, req: Request, plan: Plan | None,
-                topo: Topology | None = None) -> list[str]:
-    """The reference guide's real-time tuning advice the domain does not follow yet."""
-    if not req.realtime:
-        return []
-    out = []
-    if facts.graphics:
-        out.append("a graphics device is attached; remove it to cut interrupts "
-                   "(KubeVirt: autoattachGraphicsDevice: false)")
-    if facts.memballoon not in (None, "none"):
-        out.append("a memory balloon is present; numahook renders <memballoon model='none'/>")
-    if facts.cpu_mode != "host-passthrough":
-        out.append("the CPU is not host-passthrough; set <cpu mode='host-passthrough'>")
-    if not facts.tsc_deadline_required:
-        out.append("tsc-deadline is not required; add <feature policy='require' "
-                   "name='tsc-deadline'/> to <cpu>")
-    if plan is not None and topo is not None:
-        threads = plan.topology[3]
-        rt_cpus = {plan.vcpu_pins[v] for v in plan.realtime_vcpus}
-        for v in plan.realtime_vcpus:
-            c = plan.vcpu_pins[v]
-            core = v - v % threads
-            own = set(plan.vcpu_pins[core:core + threads])
-            others = topo.cpus[c].siblings - own
-            if others:
-                out.append(f"hyperthread siblings are shared: real-time vCPU {v} on CPU {c} "
-                           f"shares its core with CPU {cpulist.format(others)}; give the guest "
-                           "threads='2' in <cpu><topology> or turn SMT off")
-                break
-        if not req.isolate_emulator and set(plan.emulator) & rt_cpus:
-            out.append("the emulator thread shares CPUs with real-time vCPUs; set "
-                       "isolateEmulatorThread=\"true\"")
-    return out
-
-
 def differences(facts: DomainFacts, plan: Plan) -> list[str]:
     """How a definition differs from ``plan``, one human phrase each (empty: up to date).
 
@@ -302,6 +332,7 @@ def differences(facts: DomainFacts, plan: Plan) -> list[str]:
         want_pages = {(plan.page_kib or 0, frozenset({c.id})) for c in plan.cells}
         if set(facts.page_nodesets) != want_pages:
             out.append("the per-cell hugepage backing differs")
+    out += placement.differences(facts, plan.buses)
     want_sched = (((frozenset(plan.realtime_vcpus), "fifo", plan.priority),)
                   if plan.vcpusched else ())
     # libvirt stores <vcpusched vcpus='0-1'> as one element per vCPU: compare the union of

@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 NS = f"{{{NAMESPACE}}}"
 _MAX_ATTR = 4096
 
-_CPU_ATTRS = {"dedicatedCpuPlacement", "isolateEmulatorThread", "ioThreadsPolicy"}
+_CPU_ATTRS = {"dedicatedCpuPlacement", "isolateEmulatorThread", "ioThreadsPolicy",
+              "pciNumaAffinity", "threadPolicy"}
 _RT_ATTRS = {"mask", "priority"}
 
 
@@ -33,12 +34,17 @@ class RawRequest:
     realtime: bool = False
     realtime_mask: str | None = None
     realtime_priority: str | None = None
+    pci_numa_affinity: str | None = None
+    thread_policy: str | None = None
 
 
 @record(frozen=True)
 class Rendered:
     digest: str
     host: str
+    #: CPUs the domain holds besides its pins (threadPolicy isolate's idle siblings), so
+    #: whoever counts the CPUs a running domain holds from its XML sees them too
+    held: str = ""
 
 
 def _split(tag: str) -> tuple[str | None, str]:
@@ -141,6 +147,8 @@ def parse(el: Any) -> RawRequest:
         realtime=realtime,
         realtime_mask=mask,
         realtime_priority=priority,
+        pci_numa_affinity=attrs.get("pciNumaAffinity"),
+        thread_policy=attrs.get("threadPolicy"),
     )
 
 
@@ -148,7 +156,22 @@ def rendered(el: Any) -> Rendered | None:
     found = el.find(f"{NS}rendered")
     if found is None:
         return None
-    return Rendered(digest=found.get("digest", ""), host=found.get("host", ""))
+    return Rendered(digest=found.get("digest", ""), host=found.get("host", ""),
+                    held=found.get("held", ""))
+
+
+def held_cpus(domain: Any) -> frozenset[int]:
+    """The CPUs ``<numahook:rendered held>`` records; empty if absent or unreadable (the
+    claim records them too, so a hand-edited attribute only loses this second record)."""
+    from numahook.core import cpulist
+
+    found = domain.find(f"metadata/{NS}domain/{NS}rendered")
+    if found is None or not found.get("held"):
+        return frozenset()
+    try:
+        return cpulist.parse(found.get("held"), "<numahook:rendered held>")
+    except InputError:
+        return frozenset()
 
 
 def set_rendered(el: Any, mark: Rendered) -> None:
@@ -162,3 +185,7 @@ def set_rendered(el: Any, mark: Rendered) -> None:
         found = insert(el, etree.Element(f"{NS}rendered"), ("cpu", f"{NS}cpu", f"{NS}rendered"))
     found.set("digest", mark.digest)
     found.set("host", mark.host)
+    if mark.held:
+        found.set("held", mark.held)
+    elif "held" in found.attrib:
+        del found.attrib["held"]

@@ -7,8 +7,12 @@ fills them, :mod:`numahook.core.designer` writes a plan into domain XML, and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from numahook import records
 from numahook.config import Config
+from numahook.core.pci import HostPci
+from numahook.core.placement import Bus, DeviceReport
 from numahook.core.topology import Topology, _sha256
 from numahook.errors import Refusal
 from numahook.records import field, record
@@ -37,6 +41,10 @@ class Cell:
     pages: int
 
 
+#: Plan fields that join the digest only when set (see Plan.digest)
+_LATER = frozenset({"emulator_realtime", "held", "buses"})
+
+
 @record(frozen=True)
 class Plan:
     vcpu_pins: tuple[int, ...]
@@ -58,18 +66,21 @@ class Plan:
     #: guest distances: (cell a, cell b, value) for every ordered pair
     distances: tuple[tuple[int, int, int], ...] = ()
     kept_pinning: bool = field(default=False, compare=False)
+    #: threadPolicy isolate: the other threads of the vCPUs' cores, held idle for them
+    held: tuple[int, ...] = ()
+    #: the pcie-expander-buses and root ports the passthrough devices go behind
+    buses: tuple[Bus, ...] = ()
 
     @property
     def cpus(self) -> frozenset[int]:
         """Every host CPU this domain holds exclusively."""
-        return frozenset(self.vcpu_pins) | frozenset(self.emulator)
+        return frozenset(self.vcpu_pins) | frozenset(self.emulator) | frozenset(self.held)
 
     def digest(self) -> str:
         # repr of plain tuples and ints is stable; asdict() deep-copies (bench/render.py).
-        # emulator_realtime joins only when set, so older renderings keep their digests.
+        # Fields added later join only when set, so older renderings keep their digests.
         parts = [(name, getattr(self, name)) for name in records.field_names(self)
-                 if name != "kept_pinning"
-                 and (name != "emulator_realtime" or self.emulator_realtime)]
+                 if name != "kept_pinning" and (name not in _LATER or getattr(self, name))]
         raw = repr((RENDER_VERSION, parts)).encode()
         return "sha256:" + _sha256(raw)[:32]
 
@@ -79,6 +90,8 @@ class Evaluation:
     checks: list[Check]
     plan: Plan | None
     advisories: list[str]
+    #: each passthrough device: where it is on the host and where it goes in the guest
+    devices: list[DeviceReport] = field(default_factory=list)
 
     @property
     def failed(self) -> Check | None:
@@ -103,3 +116,5 @@ class Inputs:
     default_page_kib: int | None = None
     #: libvirtd can lift QEMU's RLIMIT_MEMLOCK (CAP_SYS_RESOURCE), so <locked/> works
     can_lock_memory: bool = True
+    #: where the domain's passthrough devices sit on this host, by BDF
+    devices: Mapping[str, HostPci] = field(default_factory=dict)

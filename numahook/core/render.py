@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from numahook.core import domainxml, hardware, metadata, request
+from numahook.core import cpulist, domainxml, hardware, metadata, request
 from numahook.core.domainxml import DomainFacts
 from numahook.core.plan import Evaluation, Inputs, Plan
 from numahook.core.request import Request
@@ -71,7 +71,8 @@ def render_parsed(doc: Parsed, inp: Inputs) -> Result:
     designer.apply(doc.root, plan)
     el = metadata.find(doc.root)
     assert el is not None
-    metadata.set_rendered(el, metadata.Rendered(plan.digest(), inp.topology.fingerprint()))
+    metadata.set_rendered(el, metadata.Rendered(plan.digest(), inp.topology.fingerprint(),
+                                                cpulist.format(plan.held)))
     return Result(safe.tostring(doc.root, doc.quote), plan, ev, doc.facts, doc.request)
 
 

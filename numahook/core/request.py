@@ -8,6 +8,10 @@ from numahook.errors import InputError
 from numahook.records import record
 
 IO_THREADS_POLICIES = ("shared", "auto")
+#: Nova's hw:pci_numa_affinity_policy values numahook has (``legacy`` and ``socket`` it has not)
+PCI_NUMA_AFFINITIES = ("required", "preferred", "none")
+#: Nova's hw:cpu_thread_policy
+THREAD_POLICIES = ("prefer", "isolate", "require")
 
 
 @record(frozen=True)
@@ -20,11 +24,24 @@ class Request:
     realtime: bool = False
     realtime_mask: str | None = None
     realtime_priority: int = 1
+    #: pciNumaAffinity as written; None: not set (``preferred``)
+    pci_numa_affinity: str | None = None
+    #: threadPolicy as written; None: not set (``prefer``)
+    thread_policy: str | None = None
 
     @property
     def managed(self) -> bool:
         """Whether numahook has anything to do for this domain."""
-        return self.dedicated or self.passthrough or self.realtime or self.isolate_emulator
+        return (self.dedicated or self.passthrough or self.realtime or self.isolate_emulator
+                or self.pci_numa_affinity is not None or self.thread_policy is not None)
+
+    @property
+    def pci_affinity(self) -> str:
+        return self.pci_numa_affinity or "preferred"
+
+    @property
+    def threads(self) -> str:
+        return self.thread_policy or "prefer"
 
 
 def _bool(value: str | None, name: str) -> bool:
@@ -38,16 +55,18 @@ def _bool(value: str | None, name: str) -> bool:
     raise InputError(f"numahook:cpu {name}={clip(value)} must be \"true\" or \"false\"")
 
 
+def _choice(value: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
+    if value is None:
+        return None
+    text = value.strip()
+    if text not in allowed:
+        raise InputError(f"numahook:cpu {name}={clip(text)} must be one of {', '.join(allowed)}")
+    return text
+
+
 def from_raw(raw: RawRequest) -> Request:
     """Validate attribute values; combinations are checked later as preconditions."""
-    policy = raw.io_threads_policy
-    if policy is not None:
-        policy = policy.strip()
-        if policy not in IO_THREADS_POLICIES:
-            raise InputError(
-                f"numahook:cpu ioThreadsPolicy={clip(policy)} must be one of "
-                f"{', '.join(IO_THREADS_POLICIES)}"
-            )
+    policy = _choice(raw.io_threads_policy, "ioThreadsPolicy", IO_THREADS_POLICIES)
     priority = 1
     if raw.realtime_priority is not None:
         text = raw.realtime_priority.strip()
@@ -64,4 +83,6 @@ def from_raw(raw: RawRequest) -> Request:
         realtime=raw.realtime,
         realtime_mask=raw.realtime_mask,
         realtime_priority=priority,
+        pci_numa_affinity=_choice(raw.pci_numa_affinity, "pciNumaAffinity", PCI_NUMA_AFFINITIES),
+        thread_policy=_choice(raw.thread_policy, "threadPolicy", THREAD_POLICIES),
     )

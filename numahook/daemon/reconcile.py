@@ -16,9 +16,10 @@ from typing import Any
 from numahook import NAMESPACE
 from numahook.config import Config
 from numahook.core import cpulist, metadata, render
+from numahook.core.domainxml import DomainFacts
 from numahook.errors import NumahookError
-from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
-from numahook.ops import hostinputs, lifecycle, redefine
+from numahook.host import libvirtstatus, procfs, rtsched
+from numahook.ops import hostinputs, kvmpit, lifecycle, redefine
 from numahook.state.recovery import rollback
 from numahook.state.statedir import ClaimJournal, StateDir
 from numahook.xml import safe as xmlsafe
@@ -48,6 +49,8 @@ class RunningManaged:
     priority: int
     #: the isolated emulator thread is real-time too
     emulator_rt: bool = False
+    #: a dedicated KVM domain: the facts its kvm-pit thread is pinned from (ops/kvmpit.py)
+    pit: DomainFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -128,7 +131,14 @@ class Reconciler:
             except NumahookError:
                 rt = frozenset()
         return RunningManaged(st, xmlsafe.tostring(st.domain), rt, req.realtime_priority,
-                              bool(rt and req.isolate_emulator))
+                              bool(rt and req.isolate_emulator),
+                              doc.facts if req.dedicated and kvmpit.target(doc.facts) else None)
+
+    def kvm_pit_backstop(self) -> None:
+        """The kvm-pit thread back on vCPU 0's CPU wherever it moved (ops/kvmpit.py)."""
+        for dom in self.running_managed():
+            if dom.pit is not None:
+                kvmpit.pin(dom.pit, dom.status.pid, self.cfg.proc_root, backstop=True)
 
     # -- realtime backstop ----------------------------------------------------------
     def realtime_backstop(self, only: str | None = None) -> None:
@@ -246,20 +256,7 @@ class Reconciler:
 
     # -- keeping definitions rendered ------------------------------------------------
     def inputs_fingerprint(self, partitions: set[str | None]) -> str:
-        """What rendering depends on besides the domain itself; cheap to compute."""
-        parts = [sysfs.read_topology(self.cfg.sysfs_root).fingerprint(),
-                 str(rtsched.needs_group_budget(self.cfg.cgroup_root, self.cfg.proc_root))]
-        for p in sorted(partitions, key=str):
-            try:
-                parts.append(cpulist.format(cgroups.partition_cpuset(self.cfg.cgroup_root,
-                                                                     p).cpus))
-            except NumahookError as exc:
-                parts.append(str(exc))
-        held = hostinputs.managed_running(self.cfg, None)
-        parts.extend(f"{k}:{cpulist.format(v)}" for k, v in sorted(held.items()))
-        parts.append(cpulist.format(self.state.held_cpus(None)) if self.state.path.exists()
-                     else "")
-        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+        return hostinputs.fingerprint(self.cfg, partitions, self.state)
 
     def rerender_inactive(self, conn: Any, force: bool = False, only: Any = None,
                           cached: bool = False, resync: bool = False) -> None:
@@ -376,7 +373,7 @@ class Reconciler:
 
         start = time.monotonic()
         for part, args in ((self.orphans, ()), (self.realtime_backstop, ()),
-                           (self.rt_watch, (True,)),
+                           (self.kvm_pit_backstop, ()), (self.rt_watch, (True,)),
                            (self.rerender_inactive, (conn, False, None, True))):
             try:
                 part(*args)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from numahook import log as logmod
-from numahook.core import cpulist
+from numahook.core import cpulist, metadata
 from numahook.core.units import clip, is_decimal
 from numahook.errors import InputError
 from numahook.host import fsutil
@@ -40,7 +40,8 @@ class RunningDomain:
     #: vCPU id -> thread id (empty until QEMU's vCPUs exist)
     vcpu_tids: dict[int, int]
     domain: Any = field(repr=False, compare=False)
-    #: union of the vcpupin, emulatorpin and iothreadpin cpusets of the live definition
+    #: union of the vcpupin, emulatorpin and iothreadpin cpusets of the live definition,
+    #: and the idle siblings it holds (``<numahook:rendered held>``)
     pinned_cpus: frozenset[int] = frozenset()
 
 
@@ -73,7 +74,7 @@ def parse_status(data: str | bytes, what: str = "libvirt status XML") -> Running
     for vcpu in root.iterfind("vcpus/vcpu"):
         tids[_int(vcpu.get("id"), f"{what} vcpu id", 0, 16383)] = _int(
             vcpu.get("pid"), f"{what} vcpu pid", 1)
-    pinned: set[int] = set()
+    pinned: set[int] = set(metadata.held_cpus(dom))
     for tag in ("vcpupin", "emulatorpin", "iothreadpin"):
         for pin in dom.iterfind(f"cputune/{tag}"):
             pinned |= cpulist.parse(pin.get("cpuset") or "", f"{what} {tag} cpuset")

@@ -67,6 +67,47 @@ def vcpu_threads_from_proc(pid: int, proc_root: str = "/proc") -> dict[int, int]
     return out
 
 
+def kvm_pit_thread(qemu_pid: int, proc_root: str = "/proc") -> int | None:
+    """The ``kvm-pit/<pid>`` kernel thread KVM runs for QEMU ``qemu_pid``'s in-kernel PIT.
+
+    KVM names the worker after the pid of the process that created the PIT, as that
+    process sees it (libvirt gives QEMU no pid namespace of its own). It is a kernel
+    thread, a child of kthreadd, not a thread of QEMU, so every process is looked at.
+    None: there is none (TCG, or the PIT is off or emulated in QEMU).
+    """
+    want = f"kvm-pit/{int(qemu_pid)}"
+    try:
+        names = os.listdir(proc_root)
+    except OSError as exc:
+        raise HostError(f"listing {proc_root} failed: {exc.strerror}; is procfs mounted?") \
+            from None
+    for name in names:
+        if is_decimal(name) and comm_of(int(name), proc_root) == want:
+            return int(name)
+    return None
+
+
+def affinity_of(tid: int) -> frozenset[int]:
+    """The CPUs ``tid`` may run on."""
+    try:
+        return frozenset(os.sched_getaffinity(tid))
+    except OSError as exc:
+        raise HostError(f"reading the CPU affinity of thread {tid} failed: {exc.strerror}; "
+                        "check that it still exists") from None
+
+
+def set_affinity(tid: int, cpus: frozenset[int]) -> None:
+    """Let ``tid`` run on ``cpus`` only."""
+    try:
+        os.sched_setaffinity(tid, cpus)
+    except OSError as exc:
+        hint = ("run numahook as root" if exc.errno == errno.EPERM else
+                "the thread has exited" if exc.errno == errno.ESRCH else
+                "the kernel keeps this thread bound (PF_NO_SETAFFINITY), or a CPU is offline")
+        raise HostError(f"setting the CPU affinity of thread {tid} to {sorted(cpus)} failed: "
+                        f"{exc.strerror}; {hint}") from None
+
+
 def thread_group(tid: int, proc_root: str = "/proc") -> int | None:
     """The process (``Tgid``) a thread belongs to, None when it has exited meanwhile."""
     try:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from numahook import log as logmod
 from numahook.core import cpulist
+from numahook.core.pci import HostPci, is_bdf
 from numahook.core.topology import Cpu, HugepagePool, Node, Topology
 from numahook.core.units import is_decimal
 from numahook.errors import InputError
@@ -17,6 +19,8 @@ log = logmod.get(__name__)
 
 _MEMTOTAL = re.compile(r"^Node\s+[0-9]+\s+MemTotal:\s+([0-9]{1,15})\s+kB", re.MULTILINE)
 _PAGEDIR = re.compile(r"hugepages-([0-9]{1,9})kB")
+#: a host bridge in a device's sysfs path: the PCI root complex (segment and root bus)
+_ROOT_COMPLEX = re.compile(r"pci[0-9a-f]{4}:[0-9a-f]{2}")
 _MAX_FILE = 1 << 16
 
 
@@ -132,3 +136,26 @@ def default_page_kib(proc_root: str | os.PathLike[str] = "/proc") -> int | None:
         return None
     m = re.search(r"^Hugepagesize:\s+([0-9]{1,9})\s+kB", text, re.MULTILINE)
     return int(m.group(1)) if m else None
+
+
+def read_pci(root: str | os.PathLike[str], bdfs: Iterable[str]) -> dict[str, HostPci]:
+    """Each device's NUMA node and root complex, for the devices a domain passes through.
+
+    ``/sys/bus/pci/devices/<BDF>`` links to the device under the host bridge it hangs off
+    (``devices/pci0000:17/0000:17:00.0/0000:18:00.0``): that ``pciDDDD:BB`` component is
+    its root complex. ``numa_node`` holds -1 where the firmware gives no affinity.
+    """
+    out: dict[str, HostPci] = {}
+    for bdf in bdfs:
+        if not is_bdf(bdf):
+            raise InputError(f"{bdf!r} is not a PCI device name like 0000:18:00.0")
+        path = fsutil.under(root, "bus/pci/devices", bdf)  # refuses links out of the root
+        if not path.exists():
+            out[bdf] = HostPci(bdf, present=False)
+            continue
+        node = _read_int(path / "numa_node", -1)
+        rel = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
+        bridges = [c for c in rel.split(os.sep) if _ROOT_COMPLEX.fullmatch(c)]
+        out[bdf] = HostPci(bdf, present=True, node=node if node >= 0 else None,
+                           root_complex=bridges[0] if bridges else None)
+    return out

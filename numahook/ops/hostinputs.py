@@ -6,9 +6,12 @@ libvirt's API, so the hook can call it without deadlocking libvirtd.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from numahook.config import Config
 from numahook.core import cpulist, metadata
 from numahook.core.plan import Inputs
+from numahook.errors import NumahookError
 from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
 from numahook.records import record
 from numahook.state.statedir import StateDir
@@ -52,7 +55,9 @@ def managed_running(cfg: Config, exclude_uuid: str | None) -> dict[str, frozense
 
 def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
            cpuset_override: frozenset[int] | None = None,
-           state: StateDir | None = None) -> tuple[Inputs, CpuSource]:
+           state: StateDir | None = None,
+           devices: Iterable[str] = ()) -> tuple[Inputs, CpuSource]:
+    """``devices``: the BDFs of the domain's passthrough devices, read from sysfs too."""
     topo = sysfs.read_topology(cfg.sysfs_root)
     if cpuset_override is not None:
         cpus, path = cpuset_override, "--cpuset"
@@ -73,6 +78,25 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
         emit_vcpusched=not rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root),
         default_page_kib=sysfs.default_page_kib(cfg.proc_root),
         can_lock_memory=procfs.libvirtd_has_capability(CAP_SYS_RESOURCE, cfg.proc_root),
+        devices=sysfs.read_pci(cfg.sysfs_root, devices),
     )
     view = CpuSource(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed)
     return inputs, view
+
+
+def fingerprint(cfg: Config, partitions: set[str | None], state: StateDir) -> str:
+    """What rendering depends on besides the domain itself, cheap to compute: numahookd
+    renders inactive definitions again when it changes."""
+    import hashlib
+
+    parts = [sysfs.read_topology(cfg.sysfs_root).fingerprint(),
+             str(rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root))]
+    for p in sorted(partitions, key=str):
+        try:
+            parts.append(cpulist.format(cgroups.partition_cpuset(cfg.cgroup_root, p).cpus))
+        except NumahookError as exc:
+            parts.append(str(exc))
+    held = managed_running(cfg, None)
+    parts.extend(f"{k}:{cpulist.format(v)}" for k, v in sorted(held.items()))
+    parts.append(cpulist.format(state.held_cpus(None)) if state.path.exists() else "")
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()

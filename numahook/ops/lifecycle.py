@@ -13,11 +13,11 @@ from collections.abc import Mapping
 from numahook import faults
 from numahook import log as logmod
 from numahook.config import Config
-from numahook.core import allocate, cpulist, hardware, render
+from numahook.core import allocate, cpulist, hardware, metadata, render
 from numahook.core.plan import Plan
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import hugepages, libvirtstatus, procfs, rtsched
-from numahook.ops import hostinputs
+from numahook.ops import hostinputs, kvmpit
 from numahook.records import record
 from numahook.state.claims import Claim, RealtimeIntent
 from numahook.state.recovery import recover, rollback
@@ -69,7 +69,8 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
                 raise HostError(f"{name} still holds resources from an earlier start that "
                                 "could not be given back; see the journal and run "
                                 "`numahook status`")
-        inputs, view = hostinputs.gather(cfg, doc.facts.partition, uuid, state=state)
+        inputs, view = hostinputs.gather(cfg, doc.facts.partition, uuid, state=state,
+                                          devices=doc.facts.bdfs)
         ev = render.evaluate(doc, inputs)
         if ev.failed is not None:
             raise ev.refusal()
@@ -152,16 +153,20 @@ def _apply_journalled(journal: ClaimJournal, tids: Mapping[int, int],
 
 
 def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
-    """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs."""
+    """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs,
+    and the kvm-pit thread of a dedicated KVM domain on vCPU 0's CPU (ops/kvmpit.py)."""
     doc = render.parse(xml, readonly=True)
     req = doc.request
-    if req is None or not req.realtime:
-        if req is not None and req.managed:
-            _mark_running(doc, cfg, state)
+    if req is None or not req.managed:
         return None
     name = doc.facts.name
-    rt_all = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
     pid, tids = vcpu_threads(name, cfg)
+    if req.dedicated:
+        kvmpit.pin(doc.facts, pid, cfg.proc_root)
+    if not req.realtime:
+        _mark_running(doc, cfg, state, pid)
+        return None
+    rt_all = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
     # vCPUs not plugged yet have no thread; the daemon tunes them when they appear
     rt_vcpus = frozenset(v for v in rt_all if v in tids)
     # QEMU's main thread is the emulator thread; real-time with it when it has its own CPU
@@ -219,19 +224,18 @@ def tune_early(uuid: str, tids: dict[int, int], pid: int, cfg: Config,
 
 
 def _live_cpus(doc: render.Parsed) -> frozenset[int]:
-    cpus: set[int] = set()
+    cpus: set[int] = set(metadata.held_cpus(doc.root))
     for pins in doc.facts.vcpupin.values():
         cpus |= pins
     cpus |= doc.facts.emulatorpin or set()
     return frozenset(cpus)
 
 
-def _mark_running(doc: render.Parsed, cfg: Config, state: StateDir) -> None:
+def _mark_running(doc: render.Parsed, cfg: Config, state: StateDir, pid: int | None) -> None:
     state.ensure()
     with state.lock(cfg.lock_timeout):
         claim = state.load(doc.facts.uuid)
         if claim is not None:
-            pid, _ = vcpu_threads(doc.facts.name, cfg)
             ClaimJournal(state, claim).update(phase="running", qemu_pid=pid)
 
 
@@ -282,7 +286,8 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
         return None
     facts, req = doc.facts, doc.request
     name = facts.name
-    inputs, view = hostinputs.gather(cfg, facts.partition, facts.uuid, state=state)
+    inputs, view = hostinputs.gather(cfg, facts.partition, facts.uuid, state=state,
+                                      devices=facts.bdfs)
     ev = hardware.evaluate(facts, req, inputs)
     if ev.failed is not None:
         raise ev.refusal()
@@ -305,7 +310,8 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
             try:
                 alloc = allocate.allocate_cells(
                     inputs.topology, inputs.available, cells, threads,
-                    1 if req.isolate_emulator else 0, vcpu_nodes=with_memory)
+                    1 if req.isolate_emulator else 0, vcpu_nodes=with_memory,
+                    policy=req.threads)
             except Refusal as exc:
                 raise Refusal(
                     f"this host cannot give {name} the same guest NUMA shape "

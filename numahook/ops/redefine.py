@@ -39,7 +39,8 @@ def rerender(xml: str, cfg: Config, state: StateDir | None) -> Outcome | None:
     before = metadata.rendered(metadata.find(doc.root))
     facts = doc.facts
     try:
-        inputs, _ = hostinputs.gather(cfg, facts.partition, facts.uuid or None, state=state)
+        inputs, _ = hostinputs.gather(cfg, facts.partition, facts.uuid or None, state=state,
+                                      devices=facts.bdfs)
         result = render.render_parsed(doc, inputs)
     except NumahookError as exc:
         return Outcome(name, False, "cannot be rendered", refused=str(exc))

@@ -11,9 +11,10 @@ from typing import Any
 
 from numahook import NAMESPACE
 from numahook.config import Config
-from numahook.core import cpulist, metadata, render
+from numahook.core import cpulist, explain, metadata, placement, render
 from numahook.errors import NumahookError
-from numahook.host import libvirtstatus, procfs
+from numahook.host import libvirtstatus, procfs, sysfs
+from numahook.ops import kvmpit
 from numahook.state.statedir import StateDir
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,12 @@ def _running(cfg: Config, claims: dict[str, Any]) -> list[dict[str, Any]]:
                     pass
             vcpus.append(entry)
         claim = claims.pop(st.uuid, None)
+        try:
+            host = sysfs.read_pci(cfg.sysfs_root, facts.bdfs)
+        except NumahookError as exc:
+            log.warning("cannot read the PCI devices of %s: %s", st.name, exc)
+            host = {}
+        devices = placement.where(facts, host)
         out.append({
             "name": st.name, "uuid": st.uuid, "state": st.state, "pid": st.pid,
             "cpus": cpulist.format(st.pinned_cpus),
@@ -62,8 +69,24 @@ def _running(cfg: Config, claims: dict[str, Any]) -> list[dict[str, Any]]:
             "realtime_ok": all(e["policy"] == "fifo" for e in vcpus if e["realtime"]
                                and e["tid"] is not None),
             "claim": claim,
+            "devices": [explain.device_dict(r) for r in devices],
+            "kvm_pit": _kvm_pit(facts, st.pid, cfg.proc_root),
         })
     return out
+
+
+def _kvm_pit(facts: Any, pid: int | None, proc_root: str) -> dict[str, Any] | None:
+    """The kvm-pit thread of a dedicated KVM domain: where it runs and where it belongs."""
+    want = kvmpit.target(facts)
+    if want is None or pid is None:
+        return None
+    try:
+        tid = procfs.kvm_pit_thread(pid, proc_root)
+        cpus = procfs.affinity_of(tid) if tid is not None else None
+    except NumahookError:
+        tid = cpus = None
+    return {"tid": tid, "cpus": cpulist.format(cpus) if cpus is not None else None,
+            "vcpu0_cpus": cpulist.format(want)}
 
 
 def collect(cfg: Config, conn: Any = None) -> dict[str, Any]:
@@ -94,6 +117,12 @@ def collect(cfg: Config, conn: Any = None) -> dict[str, Any]:
             "orphan_claims": [dict(uuid=u, **c) for u, c in claims.items()]}
 
 
+def _report(d: dict[str, Any]) -> placement.DeviceReport:
+    return placement.DeviceReport(d["kind"], d["bdf"], d["host_node"], d["root_complex"],
+                                  d["present"], d["placement"], d["cell"], d["bus"],
+                                  d["bus_nr"], d["port"], d["address"], d["why"])
+
+
 def text(doc: dict[str, Any]) -> str:
     lines = []
     for d in doc["running"]:
@@ -105,6 +134,12 @@ def text(doc: dict[str, Any]) -> str:
             sched = f"{v['policy']} {v['priority']}" if v["policy"] else "no thread"
             mark = " (real-time)" if v["realtime"] else ""
             lines.append(f"  vCPU {v['vcpu']} -> CPU {v['cpus']}: {sched}{mark}")
+        lines += [f"  {explain.device_text(r)}" for r in map(_report, d["devices"])]
+        pit = d["kvm_pit"]
+        if pit:
+            lines.append(f"  kvm-pit thread {pit['tid']}: CPUs {pit['cpus']} (vCPU 0's: "
+                         f"{pit['vcpu0_cpus']})" if pit["tid"] else
+                         "  kvm-pit: no thread (the PIT is off or emulated in QEMU)")
         claim = d["claim"]
         if claim:
             lines.append(f"  holds: hugepages added {claim['hugepages_added'] or 'none'}, "

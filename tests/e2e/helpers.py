@@ -39,7 +39,7 @@ def render_here(xml: str) -> str:
     doc = render.parse(xml)
     cfg = Config()
     inputs, _ = hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None,
-                                  state=StateDir(cfg.state_dir))
+                                  state=StateDir(cfg.state_dir), devices=doc.facts.bdfs)
     return render.render_parsed(doc, inputs).xml
 
 

@@ -184,6 +184,35 @@ def test_fifo_reset_by_hand_is_reapplied(numahookd: Daemon, domains: Any) -> Non
     assert policy(tids[1]) == (os.SCHED_OTHER, 0)
 
 
+def test_kvm_pit_thread_moved_by_hand_is_put_back(numahookd: Daemon, domains: Any) -> None:
+    """numahookd's backstop: the kvm-pit kernel thread of a dedicated KVM domain returns
+    to vCPU 0's CPU at the next reconcile pass (1 s here) after someone moved it."""
+    if not Path("/dev/kvm").exists():
+        pytest.skip("no /dev/kvm: type='kvm' domains cannot start here")
+    xml = render_here(domains.probe_xml("pitback", vcpus=1, memory_mib=128, kind="kvm",
+                                        machine="q35", extra=metadata(passthrough=False)))
+    dom = domains.define(xml)
+    domains.start(dom)
+    pid, _ = guest.vcpu_threads(dom.name())
+    tid = next(int(c.parent.name) for c in Path("/proc").glob("[0-9]*/comm")
+               if _comm(c) == f"kvm-pit/{pid}")
+    vcpu0 = {i for i, on in enumerate(dom.vcpuPinInfo()[0]) if on}
+    assert os.sched_getaffinity(tid) == vcpu0
+    everywhere = set(range(os.cpu_count() or 1))
+    os.sched_setaffinity(tid, everywhere)
+    assert os.sched_getaffinity(tid) == everywhere != vcpu0
+    wait_until(lambda: os.sched_getaffinity(tid) == vcpu0, timeout=5,
+               what="numahookd to put kvm-pit back on vCPU 0's CPU")
+    assert "numahookd put it back" in numahookd.logtext()
+
+
+def _comm(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
 def test_kill9_and_restart_reconciles_every_time(numahookd: Daemon, domains: Any) -> None:
     dom = rt_domain(domains, "kill9")
     _, tids = guest.vcpu_threads(dom.name())

@@ -253,3 +253,44 @@ def test_cli_apply_and_status_on_the_real_libvirt(domains: Any) -> None:
     mine = [d for d in jsonlib.loads(status.stdout)["running"] if d["name"] == name]
     assert mine and mine[0]["cells"][0]["host_nodes"] == "0"
     assert mine[0]["claim"]["hugepages_need"] == {"node0:2048kB": 64}
+
+
+def kvm_pit_affinity(pid: int) -> tuple[int, frozenset[int]] | None:
+    """(tid, affinity) of KVM's ``kvm-pit/<pid>`` kernel thread, None if there is none."""
+    for comm in Path("/proc").glob("[0-9]*/comm"):
+        try:
+            if comm.read_text().strip() == f"kvm-pit/{pid}":
+                tid = int(comm.parent.name)
+                return tid, frozenset(os.sched_getaffinity(tid))
+        except OSError:
+            continue
+    return None
+
+
+def test_kvm_pit_thread_on_vcpu0s_cpu_after_started(domains: Any) -> None:
+    """type='kvm' domains start here (their guest kernel does not run, QEMU does), and KVM
+    runs the guest's PIT in the kernel thread kvm-pit/<QEMU pid>, on any CPU until the
+    started hook pins it to vCPU 0's CPU (KubeVirt's PR #9613)."""
+    if not Path("/dev/kvm").exists():
+        pytest.skip("no /dev/kvm: type='kvm' domains cannot start here")
+    xml = render_here(domains.probe_xml("pit", vcpus=2, memory_mib=128, kind="kvm",
+                                        machine="q35", extra=metadata(passthrough=False)))
+    dom = domains.define(xml)
+    domains.start(dom)  # returns once the started hook has run
+    pid, _ = guest.vcpu_threads(dom.name())
+    assert pid is not None
+    vcpu0 = frozenset(i for i, on in enumerate(dom.vcpuPinInfo()[0]) if on)
+    found = kvm_pit_affinity(pid)
+    assert found is not None, f"QEMU {pid} has no kvm-pit thread"
+    assert found[1] == vcpu0 and len(vcpu0) == 1
+
+
+def test_tcg_domain_has_no_kvm_pit_and_starts(domains: Any) -> None:
+    """Under TCG QEMU emulates the PIT itself: the hook logs that and skips."""
+    xml = render_here(domains.probe_xml("pittcg", vcpus=1, memory_mib=128, cmdline=HOLD,
+                                        extra=metadata(passthrough=False)))
+    dom = domains.define(xml)
+    domains.start(dom)
+    pid, _ = guest.vcpu_threads(dom.name())
+    assert pid is not None and dom.isActive()
+    assert kvm_pit_affinity(pid) is None

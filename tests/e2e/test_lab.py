@@ -107,6 +107,35 @@ def test_parser_rejects_a_truncated_report(cut: Callable[[str], str]) -> None:
         report.parse(cut(SAMPLE))
 
 
+#: the PCI lines a q35 guest with a virtio-rng behind a pcie-expander-bus (busNr 254) and
+#: one on pcie.0 printed in the lab (two of them)
+PCI_LINES = [
+    "pci0.bdf=0000:02:00.0", "pci0.id=0x1af4:0x1044", "pci0.class=0x00ff00",
+    "pci0.numa_node=-1", "pci0.root=pci0000:00",
+    "pci1.bdf=0000:ff:00.0", "pci1.id=0x1af4:0x1044", "pci1.class=0x00ff00",
+    "pci1.numa_node=0", "pci1.root=pci0000:fe", "pci.count=2",
+]
+
+
+def with_pci(lines: list[str]) -> str:
+    body = "".join(f"{line}\r\n" for line in lines)
+    return SAMPLE.replace("memtotal_kib=94572\r\n", f"memtotal_kib=94572\r\n{body}").replace(
+        "count=17", f"count={17 + len(lines)}")
+
+
+def test_parser_reads_the_pci_functions() -> None:
+    r = report.parse(with_pci(PCI_LINES))
+    assert r.pci["0000:ff:00.0"] == report.GuestPci("0000:ff:00.0", "0x1af4:0x1044", "0x00ff00",
+                                                     0, "pci0000:fe")
+    assert r.pci["0000:02:00.0"].numa_node == -1
+    assert report.parse(SAMPLE).pci == {}  # a probe from before the PCI lines
+
+
+def test_parser_rejects_a_pci_function_cut_short() -> None:
+    with pytest.raises(report.ReportError, match=r"has no pci1\.root"):
+        report.parse(with_pci(PCI_LINES[:9] + PCI_LINES[10:]))
+
+
 def test_compare_finds_a_guest_that_differs() -> None:
     r = report.parse(SAMPLE.replace("node1.cpulist=1", "node1.cpulist=0-1"))
     problems = report.compare(r, report.rendered_cells(TWO_CELLS), 2)

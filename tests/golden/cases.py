@@ -43,4 +43,14 @@ CASES = [
     # IO threads on an NPS4 host with a v2 systemd partition
     Case("epyc-realtime-v2-systemd", "realtime-2m", "epyc-nps4", cgroup_version=2,
          cpusets={"": "0-63", "machine.slice": "4-63"}),
+    # passthrough devices (intel-2s-io): 48 vCPUs over both sockets, so two cells; one
+    # expander bus per cell and host root complex (NIC ports and a VF share one), the
+    # numa_node -1 card on pcie.0, the user's explicit address kept
+    Case("intel-io-wide", "io-wide", "intel-2s-io"),
+    # pciNumaAffinity required with the NIC on node 1: cell 0 is host node 1; isolate
+    # holds the vCPUs' siblings (<numahook:rendered held>)
+    Case("intel-io-required", "io-required", "intel-2s-io"),
+    # as libvirt stores a definition: the GPU on libvirt's root port of pcie.0 moves to a
+    # root port behind the expander bus of its cell; threadPolicy require
+    Case("intel-io-defined", "io-defined", "intel-2s-io"),
 ]

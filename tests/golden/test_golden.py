@@ -35,7 +35,8 @@ def host_config(tmp_path: Path, case: Case) -> Config:
 def render_case(tmp_path: Path, case: Case, xml: str) -> render.Result:
     cfg = host_config(tmp_path, case)
     doc = render.parse(xml)
-    inp, _ = hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid)
+    inp, _ = hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid,
+                              devices=doc.facts.bdfs)
     return render.render_parsed(doc, inp)
 
 

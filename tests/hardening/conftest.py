@@ -172,7 +172,7 @@ def prerender(cfg: config.Config, xml: str, cpus: frozenset[int] | set[int]) -> 
     """Render ``xml`` as numahookd would, pinned within ``cpus`` (the hook re-checks it)."""
     doc = render.parse(xml)
     inputs, _ = hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid,
-                                  cpuset_override=frozenset(cpus))
+                                  cpuset_override=frozenset(cpus), devices=doc.facts.bdfs)
     return render.render_parsed(doc, inputs).xml
 
 

@@ -31,6 +31,7 @@ from hypothesis import strategies as st
 from numahook import NAMESPACE, config
 from numahook.config import Config
 from numahook.core import cpulist, hardware, render, units
+from numahook.core.pci import HostPci
 from numahook.core.plan import Inputs
 from numahook.errors import ConfigError, InputError, NumahookError
 from numahook.hook import main as hookmain
@@ -171,14 +172,51 @@ meta_tree = st.recursive(
     max_leaves=12,
 )
 good_meta = st.builds(
-    lambda d, i, p, rt, mask, prio: (
+    lambda d, i, p, rt, mask, prio, aff, thr: (
         "<numahook:cpu" + attr("dedicatedCpuPlacement", d) + attr("isolateEmulatorThread", i)
+        + attr("pciNumaAffinity", aff) + attr("threadPolicy", thr)
         + ">" + ("<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>" if p
                  else "")
         + (("<numahook:realtime" + attr("mask", mask) + attr("priority", prio) + "/>")
            if rt else "") + "</numahook:cpu>"),
     st.sampled_from(["true", "false", None]), st.sampled_from(["true", "false", None]),
-    st.booleans(), st.booleans(), opt(xml_values), opt(xml_values))
+    st.booleans(), st.booleans(), opt(xml_values), opt(xml_values),
+    st.one_of(st.sampled_from([None, "required", "preferred", "none"]), xml_values),
+    st.one_of(st.sampled_from([None, "prefer", "isolate", "require"]), xml_values))
+
+#: PCI numbers as libvirt writes them, and not
+pci_numbers = st.one_of(st.sampled_from(["0x0000", "0x18", "0x86", "0x00", "0x1f", "0x7",
+                                         "24", "010", "0x100", "0X18", "-1"]), xml_values)
+
+
+@st.composite
+def pci_devices(draw: st.DrawFn) -> str:
+    """Hostdevs, SR-IOV interfaces and PCI controllers with hostile addresses and targets."""
+    n = lambda: draw(opt(pci_numbers))  # noqa: E731
+
+    def address(kind: str | None = None) -> str:
+        return (f"<address{attr('type', kind)}{attr('domain', n())}{attr('bus', n())}"
+                f"{attr('slot', n())}{attr('function', n())}/>")
+
+    out = []
+    for _ in range(draw(st.integers(0, 4))):
+        guest = draw(st.sampled_from(["", address("pci"), address("ccw"), address(None)]))
+        out.append(draw(st.sampled_from([
+            f"<hostdev mode='subsystem' type='pci'><source>{address()}</source>{guest}</hostdev>",
+            f"<interface type='hostdev'><source>{address('pci')}</source>{guest}</interface>",
+            "<hostdev mode='subsystem' type='pci'><source/></hostdev>"])))
+    for _ in range(draw(st.integers(0, 3))):
+        node = draw(opt(pci_numbers))
+        target = f"<target{attr('busNr', n())}>" + (
+            f"<node>{escape(node)}</node>" if node is not None else "") + "</target>"
+        alias = draw(st.sampled_from(["", "<alias name='ua-numahook-pxb-c0-pci0000-17'/>",
+                                      "<alias name='ua-numahook-rp-0000-18-00-0'/>",
+                                      "<alias/>"]))
+        model = draw(st.one_of(st.sampled_from(["pcie-expander-bus", "pcie-root-port",
+                                                "pcie-root"]), xml_values))
+        out.append(f"<controller type='pci'{attr('index', n())}{attr('model', model)}>"
+                   f"{draw(st.sampled_from([target, '']))}{alias}{address('pci')}</controller>")
+    return "".join(out)
 
 
 @st.composite
@@ -230,7 +268,10 @@ def domains(draw: st.DrawFn) -> str:
     if draw(st.booleans()):
         parts.append(f"<resource><partition>{escape(draw(xml_values))}</partition></resource>")
     if draw(st.booleans()):
-        parts.append(f"<devices><memballoon{attr('model', v())}/></devices>")
+        parts.append(f"<devices><memballoon{attr('model', v())}/>{draw(pci_devices())}"
+                     "</devices>")
+    if draw(st.booleans()):
+        parts.append(f"<os><type{attr('machine', pick('q35', 'pc', None, v()))}>hvm</type></os>")
     draw(st.randoms()).shuffle(parts)
     return f"<domain{attr('type', pick('kvm', 'qemu', None))}>{''.join(parts)}</domain>"
 
@@ -273,8 +314,11 @@ def mangle(doc: str, data: st.DataObject) -> str | bytes:
 _TMP = tempfile.TemporaryDirectory(prefix="numahook-fuzz-")
 _HOST = host_roots(Path(_TMP.name) / "quad", "quad-nosmt", 1)
 TOPOLOGY = sysfs.read_topology(_HOST["sysfs"])
+#: two of the fuzzed devices are on this host, on nodes 0 and 2 (so they get placed)
 INPUTS = Inputs(topology=TOPOLOGY, available=frozenset(TOPOLOGY.cpus), config=Config(),
-                emit_vcpusched=False, default_page_kib=2048)
+                emit_vcpusched=False, default_page_kib=2048,
+                devices={"0000:18:00.0": HostPci("0000:18:00.0", True, 0, "pci0000:17"),
+                         "0000:86:00.0": HostPci("0000:86:00.0", True, 2, "pci0000:85")})
 
 
 def teardown_module() -> None:

@@ -16,10 +16,12 @@ import pytest
 
 from numahook import NAMESPACE, config
 from numahook.core import allocate, hardware, render
+from numahook.core.pci import HostPci
 from numahook.core.plan import Inputs
 from numahook.core.topology import Topology
 from numahook.errors import InputError, NumahookError, Refusal
 from numahook.host import sysfs
+from numahook.records import replace
 from tests.fixtures.hosts import HOSTS, build_sysfs
 
 CORE = Path(__file__).resolve().parents[3] / "numahook" / "core"
@@ -126,6 +128,73 @@ def test_gate_off_does_not_matter_for_domains_not_asking(topos: dict[str, Topolo
                          inputs(topos["quad-nosmt"], "0-31", "[features]\nRealtime = false\n"))
     assert ev.failed is None and ev.plan is not None
     assert "feature-gate-realtime" not in [c.name for c in ev.checks]
+
+
+# --------------------------------------------------------------------------- devices, SMT
+
+
+def device(bdf: str = "0000:41:00.0") -> str:
+    return (f"<devices><hostdev mode='subsystem' type='pci'><source><address domain='0x0000' "
+            f"bus='0x{bdf[5:7]}' slot='0x00' function='0x0'/></source></hostdev></devices>")
+
+
+@pytest.mark.parametrize("host, words", [
+    (HostPci("0000:41:00.0", True, None, "pci0000:40"),
+     ["0000:41:00.0 reports none (its numa_node is -1", "set pciNumaAffinity='preferred'"]),
+    (HostPci("0000:41:00.0", False),
+     ["0000:41:00.0 is not on this host", "fix its <source><address>"]),
+    (HostPci("0000:41:00.0", True, 1, "pci0000:40"),
+     ["0000:41:00.0 (node 1, root complex pci0000:40) is there",
+      "only 2 CPUs (8-9) are free in its cpuset on node 1 (its devices' node)",
+      "or set pciNumaAffinity='preferred' to let the vCPUs run elsewhere"]),
+])
+def test_pci_numa_affinity_required(topos: dict[str, Topology], host: HostPci,
+                                    words: list[str]) -> None:
+    inp = replace(inputs(topos["quad-nosmt"], "0-9"), devices={host.bdf: host})
+    refusal(Dom(cpu_attrs={"dedicatedCpuPlacement": "true", "pciNumaAffinity": "required"},
+                extra=device()), inp, "pci-numa-affinity", *words)
+
+
+def test_pci_numa_topology_needs_q35(topos: dict[str, Topology]) -> None:
+    """A device on a guest cell's node and an i440fx machine: no pcie-expander-bus there."""
+    host = HostPci("0000:41:00.0", True, 1, "pci0000:40")
+    inp = replace(inputs(topos["quad-nosmt"], "8-15"), devices={host.bdf: host})
+    refusal(Dom(extra=device() + "<os><type arch='x86_64' machine='pc'>hvm</type></os>"), inp,
+            "pci-numa-topology", "0000:41:00.0 (node 1, root complex pci0000:40) belongs "
+            "behind a pcie-expander-bus on guest cell 0, which needs a q35 machine",
+            "set machine='q35', or set PCINUMAAwareTopology = false under [features] in " + CONF)
+
+
+@pytest.mark.parametrize("policy, threads, host, words", [
+    ("require", 2, "quad-nosmt", ["needs a host with SMT", "turn SMT (Hyper-Threading) on",
+                                  "or set threadPolicy='isolate' or 'prefer'"]),
+    ("require", 1, "single", ["<cpu><topology> has threads='1'",
+                              "set threads='2' (this host's threads per core)"]),
+    ("isolate", 2, "single", ["the guest can have no thread siblings", "set threads='1' or "
+                              "threadPolicy='require'"]),
+])
+def test_thread_policy(topos: dict[str, Topology], policy: str, threads: int, host: str,
+                       words: list[str]) -> None:
+    cores = 4 // threads
+    refusal(Dom(cpu_attrs={"dedicatedCpuPlacement": "true", "threadPolicy": policy},
+                topology=f"<topology sockets='1' dies='1' cores='{cores}' threads='{threads}'/>"),
+            inputs(topos[host], "0-31"), "thread-policy", *words)
+
+
+def test_isolate_without_enough_whole_cores(topos: dict[str, Topology]) -> None:
+    """single: 2 cores of 2 threads (0,2 and 1,3); CPU 3 taken leaves one whole core."""
+    refusal(Dom(vcpus=2, cpu_attrs={"dedicatedCpuPlacement": "true", "threadPolicy": "isolate"}),
+            inputs(topos["single"], "0-2"), "dedicated-cpus",
+            "the domain needs 2 vCPUs on cores of their own", "1 whole cores among them",
+            "or set threadPolicy='prefer'")
+
+
+def test_no_whole_core_left_for_the_emulator(topos: dict[str, Topology]) -> None:
+    refusal(Dom(vcpus=2, cpu_attrs={"dedicatedCpuPlacement": "true", "threadPolicy": "isolate",
+                                    "isolateEmulatorThread": "true"}),
+            inputs(topos["single"], "0-3"), "dedicated-cpus",
+            "no whole core (threadPolicy='isolate' gives it a core of its own) is left",
+            'set isolateEmulatorThread="false"')
 
 
 # --------------------------------------------------------------------------- combinations
@@ -445,7 +514,11 @@ def test_unicode_digits_are_input_errors(xml: str) -> None:
 
 def _core_check_names() -> set[str]:
     names = set(re.findall(r'ck\.fail\(\s*"([a-z-]+)"', (CORE / "hardware.py").read_text()))
-    names |= set(re.findall(r'"([a-z-]+)",?\s*\)', (CORE / "allocate.py").read_text()))
+    names |= set(re.findall(r'"([a-z-]+)",?\s*\)$', (CORE / "allocate.py").read_text(),
+                            re.MULTILINE))
+    # the checks of the modules hardware.evaluate hands a part to (core/locality.py, ...)
+    for path in CORE.glob("*.py"):
+        names |= set(re.findall(r'^CHECK = "([a-z-]+)"$', path.read_text(), re.MULTILINE))
     return names
 
 
@@ -455,6 +528,7 @@ COVERED = {
     "memory-page-per-cell", "cpu-topology", "realtime-mask", "dedicated-cpus",
     # allocate_cells (migration/restore); lifecycle.relocate wraps these with the fix
     "guest-shape",
+    "pci-numa-affinity", "thread-policy", "pci-numa-topology",
 }
 
 

@@ -7,71 +7,19 @@ against the allocator's own helpers.
 
 from __future__ import annotations
 
-import itertools
 from dataclasses import dataclass
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from numahook import NAMESPACE, config
 from numahook.core import cpulist, domainxml, hardware, render
 from numahook.core.plan import Inputs, Plan
-from numahook.core.topology import Cpu, HugepagePool, Node, Topology
+from numahook.core.topology import Topology
 from numahook.errors import Refusal
 from numahook.xml import safe
-
-PAGE = 2048
-SETTINGS = settings(max_examples=150, deadline=None,
-                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
-
-
-# --------------------------------------------------------------------------- random hosts
-
-
-@st.composite
-def topologies(draw: st.DrawFn) -> Topology:
-    n_nodes = draw(st.integers(1, 5))
-    smt = draw(st.booleans())
-    threads = 2 if smt else 1
-    cores_per_node = [draw(st.integers(0, 6)) for _ in range(n_nodes)]
-    assume(sum(cores_per_node) > 0)
-    # a memory-less node must have CPUs to matter; a CPU-less node must have memory
-    memory = [draw(st.sampled_from([0, 4 << 20, 4 << 20, 16 << 20, 16 << 20, 32 << 20]))
-              if cores_per_node[i] else 8 << 20 for i in range(n_nodes)]
-    packages = [draw(st.integers(0, 1)) for _ in range(n_nodes)]
-    # node ids need not be contiguous on real hosts (offline nodes leave gaps)
-    node_ids = sorted(draw(st.sets(st.integers(0, 7), min_size=n_nodes, max_size=n_nodes)))
-    physical = [(node_ids[i], packages[i])
-                for i in range(n_nodes) for _ in range(cores_per_node[i])]
-    total = len(physical) * threads
-    # CPU numbering: Intel/AMD style (sibling = N + physical cores) or a random permutation
-    if draw(st.booleans()):
-        ids = list(range(total))
-    else:
-        ids = draw(st.permutations(list(range(total))))
-    cpus: dict[int, Cpu] = {}
-    next_core = {0: 0, 1: 0}
-    members: dict[int, list[int]] = {n: [] for n in node_ids}
-    for p, (node, pkg) in enumerate(physical):
-        core = next_core[pkg]
-        next_core[pkg] += 1
-        sibs = [ids[t * len(physical) + p] for t in range(threads)]
-        for s in sibs:
-            cpus[s] = Cpu(id=s, node=node, package=pkg, die=0, core=core,
-                          siblings=frozenset(sibs))
-            members[node].append(s)
-    dist: dict[tuple[int, int], int] = {}
-    for a, b in itertools.combinations(node_ids, 2):
-        dist[a, b] = dist[b, a] = draw(st.integers(11, 40))
-    nodes = {
-        n: Node(id=n, cpus=frozenset(members[n]), memory_kib=memory[i],
-                hugepages={PAGE: HugepagePool(PAGE, 1024, 1024)},
-                distances={o: 10 if o == n else dist[n, o] for o in node_ids})
-        for i, n in enumerate(node_ids)
-    }
-    sizes = draw(st.sampled_from([frozenset({PAGE}), frozenset({PAGE, 1 << 20})]))
-    return Topology(cpus=cpus, nodes=nodes, page_sizes=sizes, default_page_kib=PAGE)
+from tests.fixtures.randomhosts import PAGE, SETTINGS, topologies
 
 
 @dataclass(frozen=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -292,3 +293,46 @@ def test_oversized_file_gives_one_input_error_line(tmp_path: Path) -> None:
 def test_missing_root_gives_one_input_error_line(tmp_path: Path) -> None:
     msg = _one_line_error(tmp_path / "no-such-sys")
     assert msg.startswith("reading ")
+
+
+# --------------------------------------------------------------------------- PCI devices
+
+
+def test_pci_devices_node_and_root_complex(trees: dict[str, Path]) -> None:
+    """intel-2s-io: behind root ports, on two root complexes of node 0, one of node 1."""
+    got = sysfs.read_pci(trees["intel-2s-io"], ["0000:18:00.0", "0000:3b:00.0",
+                                               "0000:86:00.0", "0000:5e:00.0"])
+    assert [(d.node, d.root_complex, d.present) for d in got.values()] == [
+        (0, "pci0000:17", True), (0, "pci0000:3a", True), (1, "pci0000:85", True),
+        (None, "pci0000:5d", True)]  # numa_node -1: no affinity
+
+
+def test_pci_device_not_on_this_host(trees: dict[str, Path]) -> None:
+    got = sysfs.read_pci(trees["intel-2s-io"], ["0000:99:00.0"])["0000:99:00.0"]
+    assert (got.present, got.node, got.root_complex) == (False, None, None)
+
+
+def test_pci_on_this_machine_reads_like_a_fixture() -> None:
+    """The real /sys has the same layout (links into devices/pciDDDD:BB/...)."""
+    real = Path("/sys/bus/pci/devices")
+    if not real.is_dir() or not any(real.iterdir()):
+        pytest.skip("this machine shows no PCI devices")
+    bdf = sorted(p.name for p in real.iterdir())[0]
+    dev = sysfs.read_pci("/sys", [bdf])[bdf]
+    assert dev.present and dev.root_complex is not None
+    assert re.fullmatch(r"pci[0-9a-f]{4}:[0-9a-f]{2}", dev.root_complex)
+    assert dev.node is None or dev.node >= 0
+
+
+@pytest.mark.parametrize("bad", ["../../etc", "0000:18:00.0/..", "18:00.0", "0000:18:00.8"])
+def test_pci_names_are_checked(trees: dict[str, Path], bad: str) -> None:
+    with pytest.raises(InputError, match="is not a PCI device name"):
+        sysfs.read_pci(trees["intel-2s-io"], [bad])
+
+
+def test_a_device_link_out_of_the_root_is_refused(tmp_path: Path) -> None:
+    root = build_sysfs(tmp_path / "sys", HOSTS["single"])
+    (root / "bus/pci/devices").mkdir(parents=True)
+    (root / "bus/pci/devices/0000:18:00.0").symlink_to("/etc")
+    with pytest.raises(InputError, match="outside"):
+        sysfs.read_pci(root, ["0000:18:00.0"])

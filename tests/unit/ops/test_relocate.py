@@ -105,3 +105,17 @@ def test_a_cell_without_vcpus_is_refused_in_one_sentence(tmp_path: Path) -> None
     assert exc.value.check == "guest-shape"
     assert "do not hold every vCPU exactly once" in str(exc.value)
     assert "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize("case", ["intel-io-wide", "intel-io-defined"])
+def test_relocation_keeps_every_device_address(tmp_path: Path, case: str) -> None:
+    """migrate/restore re-pin the host side only: the expander buses, root ports and each
+    passthrough device's guest address (guest ABI) come out as they went in."""
+    source = (DATA / f"{case}-out.xml").read_text()
+    cfg = host_config(tmp_path, "intel-2s-io")
+    out = lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert out is not None
+    before, after = facts(source), facts(out)
+    assert after.controllers == before.controllers and after.passthrough == before.passthrough
+    src, dst = safe.parse(source).find("devices"), safe.parse(out).find("devices")
+    assert safe.tostring(dst) == safe.tostring(src)
