@@ -44,7 +44,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -57,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.report import percentile, summarize, thread_hist  # noqa: E402
 from lab import LabError, env, guest  # noqa: E402
 from lab import report as rep  # noqa: E402
 from lab.session import hook_config, lab_held  # noqa: E402
@@ -241,9 +241,6 @@ def host_floor(seconds: int, hist_us: int) -> dict[str, Any]:
     competing on it, that is the kernel's and the outer hypervisor's noise (steal). A
     guest's figures cannot be judged below it.
     """
-    from lab import apt
-
-    apt.install(["rt-tests"])
     ncpu = os.cpu_count() or 1
     s0, t0 = proc_stat(), time.monotonic()
     proc = subprocess.run(["cyclictest", "-q", "-m", "-t", str(ncpu), "-a", "-p", "1",
@@ -405,78 +402,6 @@ def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
             print(f"warning: removing {name}: {exc}", file=sys.stderr)
 
 
-# --- statistics over cyclictest histograms ----------------------------------------------
-
-def thread_hist(run: dict[str, Any], thread: int) -> tuple[dict[int, int], int]:
-    """(latency us -> samples, samples beyond the histogram) of one cyclictest thread."""
-    h = {int(k): v[thread] for k, v in run.get("hist", {}).items()
-         if thread < len(v) and v[thread]}
-    over = run["overflows"][thread] if thread < len(run.get("overflows", [])) else 0
-    return h, over
-
-
-def percentile(hist: dict[int, int], over: int, p: float) -> float | None:
-    """The p-quantile in us; None when it lies beyond the histogram's range."""
-    n = sum(hist.values()) + over
-    if not n:
-        return None
-    rank = p * n
-    seen = 0
-    for us in sorted(hist):
-        seen += hist[us]
-        if seen >= rank:
-            return float(us)
-    return None
-
-
-def stats(runs: list[dict[str, Any]], thread: int = 0) -> dict[str, Any]:
-    """Pooled min/median/p99/p99.9/max of ``thread`` over ``runs``, plus the per-run spread."""
-    ok = [r for r in runs if "hist" in r]
-    if not ok:
-        return {"runs": 0}
-    pooled: dict[int, int] = {}
-    over = 0
-    per_run = []
-    for r in ok:
-        h, o = thread_hist(r, thread)
-        for k, v in h.items():
-            pooled[k] = pooled.get(k, 0) + v
-        over += o
-        per_run.append({"rep": r.get("rep"), "min_us": r["min_us"][thread],
-                        "median_us": percentile(h, o, 0.5),
-                        "p99_us": percentile(h, o, 0.99), "p999_us": percentile(h, o, 0.999),
-                        "max_us": r["max_us"][thread], "avg_us": r["avg_us"][thread],
-                        "samples": sum(h.values()) + o, "overflows": o,
-                        "steal_pct": r.get("steal_pct"), "loadavg_1m": r.get("loadavg_1m"),
-                        "threads": r.get("threads", {})})
-    out: dict[str, Any] = {
-        "runs": len(ok), "samples": sum(pooled.values()) + over, "overflows": over,
-        "hist_max_us": max(int(k) for r in ok for k in r["hist"]) if pooled else None,
-        "hist_us": min(r.get("hist_us", 2000) for r in ok),
-        "min_us": min(p["min_us"] for p in per_run),
-        "median_us": percentile(pooled, over, 0.5),
-        "p99_us": percentile(pooled, over, 0.99),
-        "p999_us": percentile(pooled, over, 0.999),
-        "max_us": max(p["max_us"] for p in per_run),
-        "per_run": per_run,
-    }
-    for key in ("median_us", "p99_us", "p999_us", "max_us", "steal_pct"):
-        vals = [p[key] for p in per_run if p[key] is not None]
-        if vals:
-            out[f"{key}_spread"] = [min(vals), statistics.median(vals), max(vals)]
-    shares: dict[str, list[float]] = {}
-    for r in ok:
-        for k, v in r.get("cpu_share", {}).items():
-            shares.setdefault(k, []).append(v)
-    out["cpu_share_max"] = {k: max(v) for k, v in shares.items()}
-    out["histogram"] = {str(k): pooled[k] for k in sorted(pooled)}
-    return out
-
-
-def ratio(a: float | None, c: float | None) -> float | None:
-    return round(a / c, 2) if a and c else None
-
-
 def progress(r: dict[str, Any], seq: int, total: int, reps: int) -> None:
     """One line per run on stderr (bench/run's stdout carries only the JSON)."""
     where = "load" if r["load"] else "idle"
@@ -528,6 +453,9 @@ def main(argv: list[str] | None = None) -> int:
     b_attempts: list[dict[str, Any]] = []
     t_start = time.monotonic()
     load1 = os.getloadavg()
+    from lab import apt
+
+    apt.install(["stress-ng", "rt-tests"])  # bench/run installs them too; alone, do it here
     floor: dict[str, Any] = {}
     with lab_held(), hook_config("[realtime]\nthrottled = delegate\n"):
         if args.floor_seconds:
@@ -565,14 +493,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             conn.close()
 
-    summary: dict[str, Any] = {}
-    for load in loads:
-        key = "load" if load else "idle"
-        summary[key] = {c: stats([r for r in runs if r["config"] == c and r["load"] == load])
-                        for c in configs}
-        a, c = summary[key].get("A", {}), summary[key].get("C", {})
-        summary[key]["ratio_A_over_C"] = {
-            k: ratio(a.get(k), c.get(k)) for k in ("median_us", "p99_us", "p999_us", "max_us")}
+    summary = summarize(runs, configs, loads)
     elapsed = time.monotonic() - t_start
     out = {
         "configs": {k: CONFIGS[k] for k in ["A", "B", *configs] if k in CONFIGS},
