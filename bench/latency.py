@@ -285,6 +285,10 @@ def thread_view(name: str) -> dict[str, Any]:
     return out
 
 
+#: a wait longer than this between two 0.25 s samples counts as a stall (see window_noise)
+STALL_NS = 20_000_000
+
+
 def window_noise(sched: list[tuple[float, dict[str, tuple[int, int]]]],
                  stats_: list[tuple[float, dict[str, int]]]) -> dict[str, Any]:
     """Steal time, and each thread's waits and busiest second, over cyclictest's window.
@@ -293,6 +297,7 @@ def window_noise(sched: list[tuple[float, dict[str, tuple[int, int]]]],
     on its CPU waits only when its group is RT-throttled (it used its ``rt_runtime_us`` in
     the period) or a higher class runs; ``max_wait_ms_per_s`` is the worst such second.
     ``max_run_ms_per_s`` is its busiest second, against the 1 s period's RT budget.
+    ``stalls`` counts the sample intervals in which it waited more than ``STALL_NS``.
     """
     out: dict[str, Any] = {}
     if len(stats_) >= 2:
@@ -312,7 +317,11 @@ def window_noise(sched: list[tuple[float, dict[str, tuple[int, int]]]],
             dt = sched[j][0] - sched[i][0]
             worst_run = max(worst_run, (sched[j][1][k][0] - sched[i][1][k][0]) / 1e6 / dt)
             worst_wait = max(worst_wait, (sched[j][1][k][1] - sched[i][1][k][1]) / 1e6 / dt)
-        threads[k] = {"wait_ms": round((b[k][1] - a[k][1]) / 1e6, 1),
+        # a FIFO thread alone on its CPU kept off it this long between two samples was
+        # throttled (or a higher class ran): count those spells
+        stalls = sum(1 for (_, p0), (_, p1) in zip(sched, sched[1:])
+                     if p1[k][1] - p0[k][1] > STALL_NS)
+        threads[k] = {"wait_ms": round((b[k][1] - a[k][1]) / 1e6, 1), "stalls": stalls,
                       "max_wait_ms_per_s": round(worst_wait, 1),
                       "max_run_ms_per_s": round(worst_run, 1)}
     out["threads"] = threads
@@ -419,7 +428,8 @@ def progress(r: dict[str, Any], seq: int, total: int, reps: int) -> None:
     vcpu = r.get("threads", {}).get("vcpu0", {})
     print(f"latency {r['config']} {where} {rep} ({seq}/{total}): {what} (steal "
           f"{r.get('steal_pct', '?')} %, load {r.get('loadavg_1m', '?')}, vCPU waited "
-          f"{vcpu.get('wait_ms', '?')} ms)", file=sys.stderr, flush=True)
+          f"{vcpu.get('wait_ms', '?')} ms, {vcpu.get('stalls', '?')} stalls)", file=sys.stderr,
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
