@@ -485,11 +485,14 @@ def spread_lines(lat: dict[str, Any]) -> list[str]:
             waits = [r.get("threads", {}).get("vcpu0", {}).get("max_wait_ms_per_s")
                      for r in runs]
             waits_k = [w for w in waits if w is not None]
+            stalls = [r.get("threads", {}).get("vcpu0", {}).get("stalls") for r in runs]
+            stalls_k = [n for n in stalls if n is not None]
             lines.append(f"| {cond} | {cfg} | {s['runs']} | {s['samples']:,} | "
                          f"{span(runs, 'p99_us', hm)} | {span(runs, 'p999_us', hm)} | "
                          f"{span(runs, 'max_us', hm)} | "
                          + (f"{min(steal):.1f} – {max(steal):.1f}" if steal else "n/a")
-                         + " | " + (f"{max(waits_k):,.1f}" if waits_k else "n/a") + " |")
+                         + " | " + (f"{max(waits_k):,.1f}" if waits_k else "n/a")
+                         + " | " + (f"{sum(stalls_k)}" if stalls_k else "n/a") + " |")
     return lines
 
 
@@ -534,8 +537,8 @@ def markdown(res: dict[str, Any]) -> str:
                       f"{lat.get('hist_us', HIST_EDGE_DEFAULT):,} µs):", "",
                       "| host | config | runs | samples | p99 per run (µs) | "
                       "p99.9 per run (µs) | max per run (µs) | steal per run (%) | "
-                      "vCPU's worst wait (ms per s) |",
-                      "|---|---|---|---|---|---|---|---|---|", *spread]
+                      "vCPU's worst wait (ms per s) | vCPU stalls |",
+                      "|---|---|---|---|---|---|---|---|---|---|", *spread]
         lines += ["", *goal_lines(lat)]
     steps = res.get("steps", {})
     loads = ", ".join(f"{k} {v['loadavg_1m_before']:.2f}" for k, v in steps.items())
