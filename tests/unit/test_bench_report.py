@@ -118,6 +118,13 @@ def test_a_high_floor_prints_no_ratio(floor: dict[str, Any], runs_steal: float,
     assert f"Goals under load not judged: noise floor too high: {why}" in md
 
 
+def test_a_floor_probed_on_a_busy_host_is_no_floor() -> None:
+    doc = document([a_run(0), c_run(0)], {**QUIET, "busy_pct": 97.6})
+    md = report.markdown(doc)
+    assert "A/C: " not in md
+    assert "not judged: the host was not idle during the floor probe: busy 98 % > 25 %" in md
+
+
 def test_results_without_a_floor_are_not_judged() -> None:
     doc = document([a_run(0), c_run(0)], {})
     md = report.markdown(doc)
