@@ -15,7 +15,7 @@ import pytest
 from numahook import cli
 from tests.fixtures.devices import domain, host_config, hostdev, render_xml, vf_interface
 from tests.fixtures.hosts import host_roots
-from tests.unit.schemas import validate
+from tests.support.schemas import validate
 
 NIC0, VF0, GPU1, NONODE = "0000:18:00.0", "0000:18:02.0", "0000:af:00.0", "0000:5e:00.0"
 DEVICES = hostdev(NIC0) + vf_interface(VF0) + hostdev(GPU1) + hostdev(NONODE) + \
