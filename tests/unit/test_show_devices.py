@@ -2,7 +2,7 @@
 node, root complex and guest placement, and a dedicated KVM domain's kvm-pit thread.
 
 The CLI's own ``main`` on the intel-2s-io fixture host; JSON validated against
-docs/schemas/ (tests/unit/schemas.py).
+docs/schemas/ (tests/support/schemas.py).
 """
 
 from __future__ import annotations
