@@ -26,7 +26,14 @@ the host's scheduling of both threads is what is measured. The guest's own code 
 emulated, tens of times slower than on KVM, so absolute latencies are far above a KVM
 guest's. The ratios are the result.
 
-Usage: /usr/bin/python3 bench/latency.py [--reps N] [--duration S] [--json]
+The machine's own noise is measured too, so that a report can tell a slow or shared machine
+from a result: first ``cyclictest`` on the idle host itself (``--floor-seconds``), then, in
+every run, the host's CPU steal time and load average from ``/proc/stat`` and
+``/proc/loadavg``, and how long the vCPU and emulator threads waited while runnable
+(``/proc/PID/task/TID/schedstat``: for a FIFO thread alone on its CPU, RT throttling or a
+higher class), beside the RT budget of their cgroups.
+
+Usage: /usr/bin/python3 bench/latency.py [--reps N] [--duration S] [--hist-us US] [--json]
 """
 
 from __future__ import annotations
@@ -37,7 +44,6 @@ import json
 import os
 import random
 import signal
-import statistics
 import subprocess
 import sys
 import threading
@@ -50,6 +56,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from bench.report import percentile, summarize, thread_hist  # noqa: E402
 from lab import LabError, env, guest  # noqa: E402
 from lab import report as rep  # noqa: E402
 from lab.session import hook_config, lab_held  # noqa: E402
@@ -154,6 +161,112 @@ def cpu_ticks(pid: int | None, tid: int) -> int:
         return 0
 
 
+def schedstat(pid: int | None, tid: int) -> tuple[int, int]:
+    """(ns on CPU, ns runnable but waiting) of one thread, from its schedstat."""
+    try:
+        f = Path(f"/proc/{pid or tid}/task/{tid}/schedstat").read_text().split()
+        return int(f[0]), int(f[1])
+    except (OSError, IndexError, ValueError):
+        return 0, 0
+
+
+#: /proc/stat's cpu line, in its order
+STAT_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq", "steal")
+
+
+def proc_stat() -> dict[str, int]:
+    """The host's aggregate CPU time so far (USER_HZ ticks), by kind."""
+    with open("/proc/stat") as f:
+        vals = f.readline().split()[1:1 + len(STAT_FIELDS)]
+    return dict(zip(STAT_FIELDS, (int(v) for v in vals)))
+
+
+def steal_between(a: dict[str, int], b: dict[str, int]) -> dict[str, float]:
+    """Steal and busy time between two /proc/stat readings, in % of all CPU time."""
+    total = sum(b[k] - a[k] for k in STAT_FIELDS) or 1
+    idle = (b["idle"] - a["idle"]) + (b["iowait"] - a["iowait"])
+    return {"steal_pct": round(100 * (b["steal"] - a["steal"]) / total, 2),
+            "busy_pct": round(100 * (total - idle) / total, 1)}
+
+
+def rt_budget(pid: int | None, tid: int) -> dict[str, Any]:
+    """cpu.rt_runtime_us / rt_period_us of a thread's cpu cgroup (v1) and of its parents."""
+    try:
+        lines = Path(f"/proc/{pid or tid}/task/{tid}/cgroup").read_text().splitlines()
+    except OSError:
+        return {}
+    rel = next((ln.split(":", 2)[2] for ln in lines
+                if "cpu" in ln.split(":", 2)[1].split(",")), None)
+    if rel is None:
+        return {}
+    chain = []
+    d = Path("/sys/fs/cgroup/cpu") / rel.lstrip("/")
+    root = Path("/sys/fs/cgroup/cpu")
+    while True:
+        try:
+            chain.append({"group": "/" + str(d.relative_to(root)).lstrip("."),
+                          "rt_runtime_us": int((d / "cpu.rt_runtime_us").read_text()),
+                          "rt_period_us": int((d / "cpu.rt_period_us").read_text())})
+        except (OSError, ValueError):
+            pass
+        if d == root:
+            break
+        d = d.parent
+    return {"group": "/" + rel.lstrip("/"), "chain": chain,
+            "rt_runtime_us": chain[0]["rt_runtime_us"] if chain else None}
+
+
+def parse_cyclictest(text: str) -> dict[str, Any]:
+    """min/avg/max/overflows and the histogram (rows with a sample) of cyclictest -q -h."""
+    out: dict[str, Any] = {"hist": {}}
+    keys = {"# Min Latencies:": "min_us", "# Avg Latencies:": "avg_us",
+            "# Max Latencies:": "max_us", "# Histogram Overflows:": "overflows",
+            "# Total:": "total"}
+    for line in text.splitlines():
+        for head, key in keys.items():
+            if line.startswith(head):
+                out[key] = [int(v) for v in line[len(head):].split()]
+        if line[:1].isdigit():
+            f = line.split()
+            vals = [int(v) for v in f[1:]]
+            if any(vals):
+                out["hist"][str(int(f[0]))] = vals
+    return out
+
+
+def host_floor(seconds: int, hist_us: int) -> dict[str, Any]:
+    """cyclictest on the idle host itself, one FIFO thread per CPU: the machine's own floor.
+
+    Before any guest runs: what a SCHED_FIFO thread on this machine meets with nothing
+    competing on it, that is the kernel's and the outer hypervisor's noise (steal). A
+    guest's figures cannot be judged below it.
+    """
+    ncpu = os.cpu_count() or 1
+    s0, t0 = proc_stat(), time.monotonic()
+    proc = subprocess.run(["cyclictest", "-q", "-m", "-t", str(ncpu), "-a", "-p", "1",
+                           "-i", "1000", "-D", str(seconds), "-h", str(hist_us)],
+                          capture_output=True, text=True, check=False,
+                          timeout=seconds + 60)
+    s1 = proc_stat()
+    if proc.returncode != 0:
+        return {"error": proc.stderr.strip() or f"cyclictest exited {proc.returncode}"}
+    parsed = parse_cyclictest(proc.stdout)
+    per_cpu = []
+    for t in range(ncpu):
+        h, over = thread_hist(parsed, t)
+        per_cpu.append({"cpu": t, "samples": sum(h.values()) + over,
+                        "median_us": percentile(h, over, 0.5),
+                        "p99_us": percentile(h, over, 0.99),
+                        "p999_us": percentile(h, over, 0.999),
+                        "max_us": parsed["max_us"][t]})
+    worst = {k: (None if any(c[k] is None for c in per_cpu) else max(c[k] for c in per_cpu))
+             for k in ("median_us", "p99_us", "p999_us", "max_us")}
+    return {"seconds": seconds, "wall_s": round(time.monotonic() - t0, 1), "hist_us": hist_us,
+            "argv": f"cyclictest -q -m -t {ncpu} -a -p 1 -i 1000 -D {seconds} -h {hist_us}",
+            "per_cpu": per_cpu, **worst, **steal_between(s0, s1),
+            "loadavg_1m": round(os.getloadavg()[0], 2)}
+
+
 def thread_view(name: str) -> dict[str, Any]:
     """Policy and affinity of the vCPU threads and of QEMU's main (emulator) thread."""
     pid, tids = guest.vcpu_threads(name)
@@ -172,13 +285,57 @@ def thread_view(name: str) -> dict[str, Any]:
     return out
 
 
+#: a wait longer than this between two 0.25 s samples counts as a stall (see window_noise)
+STALL_NS = 20_000_000
+
+
+def window_noise(sched: list[tuple[float, dict[str, tuple[int, int]]]],
+                 stats_: list[tuple[float, dict[str, int]]]) -> dict[str, Any]:
+    """Steal time, and each thread's waits and busiest second, over cyclictest's window.
+
+    ``wait_ms`` is the time a thread was runnable but not running. A SCHED_FIFO vCPU alone
+    on its CPU waits only when its group is RT-throttled (it used its ``rt_runtime_us`` in
+    the period) or a higher class runs; ``max_wait_ms_per_s`` is the worst such second.
+    ``max_run_ms_per_s`` is its busiest second, against the 1 s period's RT budget.
+    ``stalls`` counts the sample intervals in which it waited more than ``STALL_NS``.
+    """
+    out: dict[str, Any] = {}
+    if len(stats_) >= 2:
+        out.update(steal_between(stats_[0][1], stats_[-1][1]))
+    if len(sched) < 2:
+        return out
+    threads: dict[str, Any] = {}
+    for k in sched[0][1]:
+        a, b = sched[0][1], sched[-1][1]
+        worst_wait = worst_run = 0.0
+        j = 0
+        for i in range(len(sched)):  # every span of >= 1 s that starts at a sample
+            while j < len(sched) and sched[j][0] - sched[i][0] < 1.0:
+                j += 1
+            if j >= len(sched):
+                break
+            dt = sched[j][0] - sched[i][0]
+            worst_run = max(worst_run, (sched[j][1][k][0] - sched[i][1][k][0]) / 1e6 / dt)
+            worst_wait = max(worst_wait, (sched[j][1][k][1] - sched[i][1][k][1]) / 1e6 / dt)
+        # a FIFO thread alone on its CPU kept off it this long between two samples was
+        # throttled (or a higher class ran): count those spells
+        stalls = sum(1 for (_, p0), (_, p1) in zip(sched, sched[1:])
+                     if p1[k][1] - p0[k][1] > STALL_NS)
+        threads[k] = {"wait_ms": round((b[k][1] - a[k][1]) / 1e6, 1), "stalls": stalls,
+                      "max_wait_ms_per_s": round(worst_wait, 1),
+                      "max_run_ms_per_s": round(worst_run, 1)}
+    out["threads"] = threads
+    return out
+
+
 def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
-             seq: int, settle: int = 0) -> dict[str, Any]:
+             seq: int, settle: int = 0, hist_us: int = 2000) -> dict[str, Any]:
     """Boot one probe guest in ``config`` and return its latency block (or its failure)."""
     import libvirt
 
     name = f"{PREFIX}-{config.lower()}-{os.getpid()}-{seq}"
-    cmdline = f"numahook.latency={duration}" + (f" numahook.settle={settle}" if settle else "")
+    cmdline = (f"numahook.latency={duration} numahook.hist={hist_us}"
+               + (f" numahook.settle={settle}" if settle else ""))
     xml = domain_xml(config, name, cmdline)
     dom = guest.define(conn, xml)
     result: dict[str, Any] = {"config": config, "load": load, "name": name}
@@ -197,10 +354,14 @@ def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
             threads = {f"vcpu{v}": d["tid"] for v, d in result["host"]["vcpus"].items()}
             if pid:
                 threads["emulator"] = pid
+            result["rt_budget"] = {k: rt_budget(pid, t) for k, t in threads.items()}
             hz = os.sysconf("SC_CLK_TCK")
             # CPU used per second of wall time by the vCPU and the emulator thread while
-            # cyclictest runs: how close each comes to its delegated RT budget
+            # cyclictest runs: how close each comes to its delegated RT budget; the time
+            # each waited while runnable; and the host's steal time
             series: list[tuple[float, dict[str, int]]] = []
+            sched: list[tuple[float, dict[str, tuple[int, int]]]] = []
+            stats_: list[tuple[float, dict[str, int]]] = []
             stop = threading.Event()
 
             def sample() -> None:
@@ -208,7 +369,10 @@ def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
                     now = {k: cpu_ticks(pid, t) for k, t in threads.items()}
                     if not all(now.values()):
                         return  # QEMU is gone
-                    series.append((time.monotonic(), now))
+                    t_now = time.monotonic()
+                    series.append((t_now, now))
+                    sched.append((t_now, {k: schedstat(pid, t) for k, t in threads.items()}))
+                    stats_.append((t_now, proc_stat()))
                     stop.wait(0.25)
 
             guest.wait_for_report(dom, until_off=False, timeout=240)  # booted
@@ -226,6 +390,10 @@ def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
                 (ta, a), (tb, b) = window[0], window[-1]
                 result["cpu_share"] = {k: round((b[k] - a[k]) / hz / (tb - ta), 3)
                                        for k in threads}
+            result.update(window_noise(
+                [(t, v) for t, v in sched if begin <= t <= begin + duration],
+                [(t, v) for t, v in stats_ if begin <= t <= begin + duration]))
+            result["loadavg_1m"] = round(os.getloadavg()[0], 2)
             result["seconds"] = round(time.monotonic() - t0, 1)
         report = rep.parse(text)
         lat = report.latency
@@ -233,7 +401,7 @@ def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
             raise LabError(f"{name}: the guest printed no latency block")
         result.update(exit=lat.exit_code, min_us=list(lat.min_us), avg_us=list(lat.avg_us),
                       max_us=list(lat.max_us), overflows=list(lat.overflows),
-                      total=list(lat.total), stderr=list(lat.stderr),
+                      total=list(lat.total), stderr=list(lat.stderr), hist_us=lat.hist_us,
                       hist={str(k): list(v) for k, v in sorted(lat.histogram.items())})
         return result
     finally:
@@ -243,71 +411,25 @@ def run_once(conn: Any, config: str, load: bool, duration: int, workers: int,
             print(f"warning: removing {name}: {exc}", file=sys.stderr)
 
 
-# --- statistics over cyclictest histograms ----------------------------------------------
+def progress(r: dict[str, Any], seq: int, total: int, reps: int) -> None:
+    """One line per run on stderr (bench/run's stdout carries only the JSON)."""
+    where = "load" if r["load"] else "idle"
+    rep = f"rep {r['rep'] + 1}/{reps}" if "rep" in r else "attempt"
+    if "hist" not in r:
+        what = f"{r.get('error', 'no result')}"
+    else:
+        h, over = thread_hist(r, 0)
+        p99, p999 = percentile(h, over, 0.99), percentile(h, over, 0.999)
+        edge = r.get("hist_us", 2000)
+        def us(v: float | None) -> str:
+            return f"> {edge}" if v is None else f"{v:.0f}"
 
-def thread_hist(run: dict[str, Any], thread: int) -> tuple[dict[int, int], int]:
-    """(latency us -> samples, samples beyond the histogram) of one cyclictest thread."""
-    h = {int(k): v[thread] for k, v in run.get("hist", {}).items()
-         if thread < len(v) and v[thread]}
-    over = run["overflows"][thread] if thread < len(run.get("overflows", [])) else 0
-    return h, over
-
-
-def percentile(hist: dict[int, int], over: int, p: float) -> float | None:
-    """The p-quantile in us; None when it lies beyond the histogram's range."""
-    n = sum(hist.values()) + over
-    if not n:
-        return None
-    rank = p * n
-    seen = 0
-    for us in sorted(hist):
-        seen += hist[us]
-        if seen >= rank:
-            return float(us)
-    return None
-
-
-def stats(runs: list[dict[str, Any]], thread: int = 0) -> dict[str, Any]:
-    """Pooled min/median/p99/p99.9/max of ``thread`` over ``runs``, plus the per-run spread."""
-    ok = [r for r in runs if "hist" in r]
-    if not ok:
-        return {"runs": 0}
-    pooled: dict[int, int] = {}
-    over = 0
-    per_run = []
-    for r in ok:
-        h, o = thread_hist(r, thread)
-        for k, v in h.items():
-            pooled[k] = pooled.get(k, 0) + v
-        over += o
-        per_run.append({"min_us": r["min_us"][thread], "median_us": percentile(h, o, 0.5),
-                        "p99_us": percentile(h, o, 0.99), "max_us": r["max_us"][thread],
-                        "avg_us": r["avg_us"][thread]})
-    out: dict[str, Any] = {
-        "runs": len(ok), "samples": sum(pooled.values()) + over, "overflows": over,
-        "hist_max_us": max(int(k) for r in ok for k in r["hist"]) if pooled else None,
-        "min_us": min(p["min_us"] for p in per_run),
-        "median_us": percentile(pooled, over, 0.5),
-        "p99_us": percentile(pooled, over, 0.99),
-        "p999_us": percentile(pooled, over, 0.999),
-        "max_us": max(p["max_us"] for p in per_run),
-        "per_run": per_run,
-    }
-    for key in ("median_us", "p99_us", "max_us"):
-        vals = [p[key] for p in per_run if p[key] is not None]
-        if vals:
-            out[f"{key}_spread"] = [min(vals), statistics.median(vals), max(vals)]
-    shares: dict[str, list[float]] = {}
-    for r in ok:
-        for k, v in r.get("cpu_share", {}).items():
-            shares.setdefault(k, []).append(v)
-    out["cpu_share_max"] = {k: max(v) for k, v in shares.items()}
-    out["histogram"] = {str(k): pooled[k] for k in sorted(pooled)}
-    return out
-
-
-def ratio(a: float | None, c: float | None) -> float | None:
-    return round(a / c, 2) if a and c else None
+        what = f"p99 {us(p99)} µs, p99.9 {us(p999)} µs, max {r['max_us'][0]} µs"
+    vcpu = r.get("threads", {}).get("vcpu0", {})
+    print(f"latency {r['config']} {where} {rep} ({seq}/{total}): {what} (steal "
+          f"{r.get('steal_pct', '?')} %, load {r.get('loadavg_1m', '?')}, vCPU waited "
+          f"{vcpu.get('wait_ms', '?')} ms, {vcpu.get('stalls', '?')} stalls)", file=sys.stderr,
+          flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -321,6 +443,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--configs", default=",".join(MEASURED))
     ap.add_argument("--loads", default="idle,load")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--hist-us", type=int, default=50000,
+                    help="cyclictest's histogram width in µs, in the guest and on the host "
+                    "(beyond it only a count is known)")
+    ap.add_argument("--floor-seconds", type=int, default=10,
+                    help="cyclictest on the idle host first, for this long (0: skip)")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args(argv)
     result_stream = sys.stdout
@@ -336,14 +463,30 @@ def main(argv: list[str] | None = None) -> int:
     b_attempts: list[dict[str, Any]] = []
     t_start = time.monotonic()
     load1 = os.getloadavg()
+    from lab import apt
+
+    apt.install(["stress-ng", "rt-tests"])  # bench/run installs them too; alone, do it here
+    floor: dict[str, Any] = {}
     with lab_held(), hook_config("[realtime]\nthrottled = delegate\n"):
+        if args.floor_seconds:
+            print(f"latency: the idle host's own floor: cyclictest for {args.floor_seconds} s",
+                  file=sys.stderr, flush=True)
+            floor = host_floor(args.floor_seconds, args.hist_us)
+            print(f"latency: idle host floor: p99 {floor.get('p99_us')} µs, p99.9 "
+                  f"{floor.get('p999_us')} µs, max {floor.get('max_us')} µs, steal "
+                  f"{floor.get('steal_pct')} %" if "error" not in floor else
+                  f"latency: the host floor probe failed: {floor['error']}",
+                  file=sys.stderr, flush=True)
         conn = env.connect()
+        total_runs = len(loads) * (1 + args.reps * len(configs))
         try:
             seq = 0
             for load in loads:
                 # B as a user would write it: libvirt must refuse it on this kernel
                 seq += 1
-                b = run_once(conn, "B", load, args.duration, args.workers, seq, args.settle)
+                b = run_once(conn, "B", load, args.duration, args.workers, seq, args.settle,
+                             args.hist_us)
+                progress(b, seq, total_runs, args.reps)
                 b_attempts.append({k: b.get(k) for k in ("load", "error", "exit")})
                 if "error" not in b:
                     runs.append(b)
@@ -353,25 +496,14 @@ def main(argv: list[str] | None = None) -> int:
                     for config in order:
                         seq += 1
                         r = run_once(conn, config, load, args.duration, args.workers, seq,
-                                     args.settle)
+                                     args.settle, args.hist_us)
                         r["rep"] = i
                         runs.append(r)
-                        if not args.json:
-                            lat = (f"max {r['max_us'][0]} us, avg {r['avg_us'][0]} us"
-                                   if "max_us" in r else r.get("error"))
-                            print(f"  {config:<5} {'load' if load else 'idle'} rep {i}: {lat}",
-                                  file=sys.stderr, flush=True)
+                        progress(r, seq, total_runs, args.reps)
         finally:
             conn.close()
 
-    summary: dict[str, Any] = {}
-    for load in loads:
-        key = "load" if load else "idle"
-        summary[key] = {c: stats([r for r in runs if r["config"] == c and r["load"] == load])
-                        for c in configs}
-        a, c = summary[key].get("A", {}), summary[key].get("C", {})
-        summary[key]["ratio_A_over_C"] = {
-            k: ratio(a.get(k), c.get(k)) for k in ("median_us", "p99_us", "p999_us", "max_us")}
+    summary = summarize(runs, configs, loads)
     elapsed = time.monotonic() - t_start
     out = {
         "configs": {k: CONFIGS[k] for k in ["A", "B", *configs] if k in CONFIGS},
@@ -379,6 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         "settle_s": args.settle,
         "reps": args.reps, "hog": f"stress-ng --cpu {args.workers} --taskset 0-1",
         "thread": 0, "tcg": guest.TCG_NOTE,
+        "hist_us": args.hist_us, "floor": floor,
         "b_vcpusched": b_attempts, "summary": summary,
         "loadavg_before": [round(x, 2) for x in load1],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

@@ -99,6 +99,8 @@ class Latency:
     #: latency in us -> samples per thread; only rows with a sample
     histogram: dict[int, tuple[int, ...]] = field(default_factory=dict)
     stderr: tuple[str, ...] = ()
+    #: the histogram's width (cyclictest -h): samples at or beyond it are only counted
+    hist_us: int = 2000
 
 
 @dataclass(frozen=True)
@@ -214,6 +216,7 @@ def _latency(body: list[str]) -> Latency:
         total=_ints(pairs.get("latency.total")),
         histogram=hist,
         stderr=tuple(stderr),
+        hist_us=_int(pairs, "latency.hist_us", required=False) or 2000,
     )
 
 

@@ -13,7 +13,7 @@ from numahook import records
 from numahook.config import Config
 from numahook.core.pci import HostPci
 from numahook.core.placement import Bus, DeviceReport
-from numahook.core.topology import Topology, _sha256
+from numahook.core.topology import Topology, sha256_hex
 from numahook.errors import Refusal
 from numahook.records import field, record
 
@@ -82,7 +82,7 @@ class Plan:
         parts = [(name, getattr(self, name)) for name in records.field_names(self)
                  if name != "kept_pinning" and (name not in _LATER or getattr(self, name))]
         raw = repr((RENDER_VERSION, parts)).encode()
-        return "sha256:" + _sha256(raw)[:32]
+        return "sha256:" + sha256_hex(raw)[:32]
 
 
 @record

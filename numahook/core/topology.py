@@ -69,10 +69,11 @@ class Topology:
             "dist": {n.id: sorted(n.distances.items()) for n in self.nodes.values()},
         }
         raw = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
-        return _sha256(raw)[:16]
+        return sha256_hex(raw)[:16]
 
 
-def _sha256(raw: bytes) -> str:
+def sha256_hex(raw: bytes) -> str:
+    """The hex digest behind topology and plan digests (core/plan.py), hashlib imported late."""
     import hashlib  # OpenSSL's init is not free; only digests pay for it
 
     return hashlib.sha256(raw).hexdigest()

@@ -20,7 +20,7 @@ from numahook import __version__
 from numahook.errors import InputError
 from numahook.host import fsutil
 from numahook.node.model import NodeCapability
-from numahook.node.publish import _consumer_dir, _remove
+from numahook.node.publish import consumer_dir, remove_published
 
 METRICS_FILE = "numahook.prom"
 _METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -194,7 +194,7 @@ def write_metrics(cap: NodeCapability, textfile_dir: str | os.PathLike[str],
     None when the directory is absent (node_exporter's textfile collector is not set up).
     ``extra_metrics`` are the daemon's own (managed domains, reconcile duration, ...).
     """
-    directory = _consumer_dir(textfile_dir, "node_exporter's textfile collector")
+    directory = consumer_dir(textfile_dir, "node_exporter's textfile collector")
     if directory is None:
         return None
     path = directory / METRICS_FILE
@@ -208,5 +208,5 @@ def remove_metrics(textfile_dir: str | os.PathLike[str]) -> bool:
     node_exporter's textfile collector reads the file as it is and takes no timestamps, so
     a file left behind by a stopped daemon would be scraped as current forever.
     """
-    return _remove(Path(textfile_dir) / METRICS_FILE,
+    return remove_published(Path(textfile_dir) / METRICS_FILE,
                    "so node_exporter stops serving numahook's stale metrics")

@@ -54,7 +54,11 @@ def rfc3339(when: datetime) -> str:
     return _utc(when).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _consumer_dir(directory: str | os.PathLike[str], what: str) -> Path | None:
+def consumer_dir(directory: str | os.PathLike[str], what: str) -> Path | None:
+    """The directory a consumer (NFD, node_exporter) reads, or None when it is not installed.
+
+    Shared with node/metrics.py: both publish only where someone reads.
+    """
     path = Path(directory)
     if not path.is_dir():
         log.debug("%s is not a directory, so %s is not installed; not publishing there",
@@ -185,7 +189,7 @@ def write_nfd(cap: NodeCapability, nfd_dir: str | os.PathLike[str], ttl: float |
     if numahookd dies without :func:`remove_nfd`; nfd-worker checks expiry at each
     re-discovery (every minute by default).
     """
-    directory = _consumer_dir(nfd_dir, "node-feature-discovery")
+    directory = consumer_dir(nfd_dir, "node-feature-discovery")
     if directory is None:
         return None
     path = directory / NFD_FILE
@@ -195,11 +199,12 @@ def write_nfd(cap: NodeCapability, nfd_dir: str | os.PathLike[str], ttl: float |
 
 def remove_nfd(nfd_dir: str | os.PathLike[str]) -> bool:
     """Remove our feature file at shutdown so NFD drops the labels; True if one was removed."""
-    return _remove(Path(nfd_dir) / NFD_FILE,
+    return remove_published(Path(nfd_dir) / NFD_FILE,
                    "so node-feature-discovery drops numahook's labels")
 
 
-def _remove(path: Path, why: str) -> bool:
+def remove_published(path: Path, why: str) -> bool:
+    """Unlink a published file at shutdown; a failure names the file and why it matters."""
     try:
         path.unlink()
     except FileNotFoundError:

@@ -59,7 +59,7 @@ def required_imports(paths: list[Path]) -> dict[str, str]:
                 continue
             for name in names:
                 top = name.split(".")[0]
-                if top in stdlib or top in ("numahook", "tests", "lab") \
+                if top in stdlib or top in ("numahook", "tests", "lab", "bench") \
                         or node.lineno in optional:
                     continue
                 out.setdefault(top, str(path.relative_to(REPO) if path.is_relative_to(REPO)

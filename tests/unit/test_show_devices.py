@@ -2,7 +2,7 @@
 node, root complex and guest placement, and a dedicated KVM domain's kvm-pit thread.
 
 The CLI's own ``main`` on the intel-2s-io fixture host; JSON validated against
-docs/schemas/ (tests/unit/schemas.py).
+docs/schemas/ (tests/support/schemas.py).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 from numahook import cli
 from tests.fixtures.devices import domain, host_config, hostdev, render_xml, vf_interface
 from tests.fixtures.hosts import host_roots
-from tests.unit.schemas import validate
+from tests.support.schemas import validate
 
 NIC0, VF0, GPU1, NONODE = "0000:18:00.0", "0000:18:02.0", "0000:af:00.0", "0000:5e:00.0"
 DEVICES = hostdev(NIC0) + vf_interface(VF0) + hostdev(GPU1) + hostdev(NONODE) + \

@@ -138,3 +138,30 @@ def test_the_ignore_check_tells_a_reason_from_none() -> None:
     assert _justified("x = 1  # type: ignore[misc]", "    # the metaclass adds it")
     assert not _justified("x = 1  # type: ignore[misc]", "y = 2")
     assert not _justified("x = 1  # type: ignore", "")
+
+
+def private_imports(path: Path, source: str | None = None) -> list[str]:
+    """``line: module.name`` for each underscore name ``path`` imports from another numahook
+    module: a private helper used elsewhere is an interface nobody declared."""
+    tree = ast.parse(source if source is not None else path.read_text(), str(path))
+    return [f"{node.lineno}: {node.module}.{a.name}" for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and not node.level
+            and (node.module or "").split(".")[0] == "numahook"
+            for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "numahook").rglob("*.py")),
+                         ids=lambda p: str(p.relative_to(REPO)))
+def test_no_numahook_module_imports_another_ones_private_names(path: Path) -> None:
+    bad = private_imports(path)
+    assert bad == [], (f"{path.relative_to(REPO)} imports private names {bad}; make them "
+                       "public (with a docstring saying who shares them) or move them")
+
+
+def test_the_private_import_check_sees_them() -> None:
+    here = REPO / "numahook" / "node" / "x.py"
+    assert private_imports(here, "from numahook.node.publish import a, _b\n"
+                                 "def f():\n    from numahook.core import _c\n") == [
+        "1: numahook.node.publish._b", "3: numahook.core._c"]
+    assert private_imports(here, "from numahook import __version__\n"
+                                 "from os import _exit\nfrom numahook.x import y\n") == []

@@ -1,0 +1,162 @@
+"""bench/report.py: the bench report keeps the keys tools read, judges latency only above a
+quiet noise floor, and prints every target as a ratio with its verdict.
+
+Results documents are synthetic, built the way bench/latency.py builds its runs (one
+cyclictest histogram per run), so each figure below is known exactly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench import report
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def run(config: str, rep: int, hist: dict[int, int], *, over: int = 0, max_us: int | None = None,
+        steal: float = 0.5, load: bool = True, hist_us: int = 50000) -> dict[str, Any]:
+    """One run as bench/latency.py's run_once returns it (thread 0 only)."""
+    return {"config": config, "load": load, "rep": rep, "hist_us": hist_us,
+            "hist": {str(k): [v] for k, v in hist.items()}, "overflows": [over],
+            "min_us": [min(hist)], "avg_us": [min(hist)],
+            "max_us": [max_us if max_us is not None else max(hist)],
+            "steal_pct": steal, "loadavg_1m": 2.0,
+            "threads": {"vcpu0": {"wait_ms": 1.0, "max_wait_ms_per_s": 1.0,
+                                  "max_run_ms_per_s": 200.0}}}
+
+
+def a_run(rep: int, **kw: Any) -> dict[str, Any]:
+    # 10,000 samples: 98.5 % at 100 µs, 1 % at 3,000 µs, 0.5 % at 6,000 µs -> p99 3,000
+    return run("A", rep, {100: 9850, 3000: 100, 6000: 50}, **kw)
+
+
+def c_run(rep: int, c_max: int = 2000, **kw: Any) -> dict[str, Any]:
+    # p99 250 µs; one sample at c_max
+    return run("C", rep, {100: 9800, 250: 199, c_max: 1}, **kw)
+
+
+def document(runs: list[dict[str, Any]], floor: dict[str, Any]) -> dict[str, Any]:
+    summary = report.summarize(runs, ["A", "C"], [True])
+    return {
+        "machine": {"date": "2026-12-03", "commit": "abc", "cpus": 2},
+        "steps": {"latency": {"seconds": 60, "loadavg_1m_before": 0.5}},
+        "hook": {"results": {"python_start": {"median_ms": 16.0},
+                             "sh_cat": {"median_ms": 2.0},
+                             "hook_unmanaged": {"median_ms": 2.5},
+                             "hook_prepare_dedicated": {"median_ms": 42.0}},
+                 "unmanaged_ratio": 1.25},
+        "started": {"floors": {"python_start": {"median_ms": 16.0},
+                               "python_with_hook_imports": {"median_ms": 30.0}},
+                    "daemon": {"1": {"runs": [{"delay_ms": 0.0}, {"delay_ms": 4.0}],
+                                     "delay": {"median_ms": 2.0, "max_ms": 4.0, "runs": 2},
+                                     "hook_wall": {"median_ms": 20.0}, "early": [5.0, -4.0]}}},
+        "latency": {"duration_s": 10, "hog": "stress-ng --cpu 4 --taskset 0-1",
+                    "hist_us": 50000, "floor": floor, "b_vcpusched": [], "summary": summary,
+                    "runs": [{k: v for k, v in r.items() if k != "hist"} for r in runs]},
+    }
+
+
+QUIET = {"seconds": 10, "hist_us": 50000, "median_us": 20.0, "p99_us": 80.0,
+         "p999_us": 300.0, "max_us": 900, "steal_pct": 0.4, "busy_pct": 3.0,
+         "loadavg_1m": 0.3}
+
+
+def test_the_document_keeps_the_keys_tools_read() -> None:
+    doc = document([a_run(0), c_run(0)], QUIET)
+    assert report.contract_problems(doc) == []
+    assert doc["latency"]["summary"]["load"]["A"]["p99_us"] == 3000.0
+    assert doc["latency"]["summary"]["load"]["C"]["p99_us"] == 250.0
+    del doc["started"]["daemon"]["1"]["runs"][1]["delay_ms"]
+    del doc["latency"]["summary"]["load"]["C"]["p99_us"]
+    assert report.contract_problems(doc) == ["started.daemon.1.runs[1].delay_ms",
+                                             "latency.summary.load.C.p99_us"]
+
+
+def test_the_committed_results_keep_the_keys_tools_read() -> None:
+    doc = json.loads((REPO / "bench" / "results" / "latest.json").read_text())
+    assert report.contract_problems(doc) == []
+
+
+def test_a_wide_histogram_gives_a_numbers_beyond_2_ms() -> None:
+    s = report.stats([a_run(0)])
+    assert (s["p99_us"], s["p999_us"], s["max_us"]) == (3000.0, 6000.0, 6000)
+    clipped = report.stats([run("A", 0, {100: 9850}, over=150, max_us=6000, hist_us=2000)])
+    assert clipped["p99_us"] is None and clipped["hist_us"] == 2000
+
+
+def test_a_quiet_floor_prints_the_ratio_and_judges_every_run() -> None:
+    doc = document([a_run(0), c_run(0, c_max=2000), a_run(1), c_run(1, c_max=4000)], QUIET)
+    assert report.floor_verdict(doc["latency"]) == (True, [])
+    goals = report.latency_goals(doc["latency"])
+    assert [(g["rep"], g["p99_ratio"], g["p99_ok"], g["max_ok"]) for g in goals] == [
+        (0, 12.0, True, True), (1, 12.0, True, False)]
+    md = report.markdown(doc)
+    assert "A/C: " in md
+    assert "| 1 | 3,000 µs | 250 µs | 12.0x | pass | 2,000 µs | pass |" in md
+    assert "| 2 | 3,000 µs | 250 µs | 12.0x | pass | 4,000 µs | FAIL |" in md
+
+
+@pytest.mark.parametrize("floor, runs_steal, why", [
+    ({**QUIET, "p99_us": 900.0}, 0.5, "idle-host p99 900 µs > 500 µs"),
+    ({**QUIET, "p99_us": None}, 0.5, "idle-host p99 beyond 50000 µs"),
+    ({**QUIET, "steal_pct": 9.0}, 0.5, "idle-host steal 9.0 % > 5 %"),
+    (QUIET, 12.0, "median run steal 12.0 % > 5 %"),
+])
+def test_a_high_floor_prints_no_ratio(floor: dict[str, Any], runs_steal: float,
+                                      why: str) -> None:
+    doc = document([a_run(0, steal=runs_steal), c_run(0, steal=runs_steal)], floor)
+    quiet, reasons = report.floor_verdict(doc["latency"])
+    assert not quiet and any(why in r for r in reasons)
+    md = report.markdown(doc)
+    assert "A/C: " not in md and "12.0x" not in md
+    assert f"not judged: noise floor too high: {why}" in md
+    assert f"Goals under load not judged: noise floor too high: {why}" in md
+
+
+def test_a_floor_probed_on_a_busy_host_is_no_floor() -> None:
+    doc = document([a_run(0), c_run(0)], {**QUIET, "busy_pct": 97.6})
+    md = report.markdown(doc)
+    assert "A/C: " not in md
+    assert "not judged: the host was not idle during the floor probe: busy 98 % > 25 %" in md
+
+
+def test_results_without_a_floor_are_not_judged() -> None:
+    doc = document([a_run(0), c_run(0)], {})
+    md = report.markdown(doc)
+    assert "A/C: " not in md
+    assert "not judged: no idle-host noise floor was measured" in md
+
+
+def test_a_noisy_run_is_not_judged_but_its_neighbours_are() -> None:
+    doc = document([a_run(0), c_run(0), a_run(1), c_run(1, steal=8.0),
+                    a_run(2), c_run(2)], QUIET)
+    goals = report.latency_goals(doc["latency"])
+    assert [(g["noisy"], g["p99_ok"]) for g in goals] == [(False, True), (True, None),
+                                                          (False, True)]
+
+
+def test_an_a_beyond_the_histogram_only_proves_a_pass() -> None:
+    a_clipped = run("A", 0, {100: 9850}, over=150, max_us=9000, hist_us=2000)
+    proven = document([a_clipped, c_run(0, c_max=1500, hist_us=2000)], QUIET)
+    assert [(g["p99_ok"], g["max_ok"]) for g in report.latency_goals(proven["latency"])] == [
+        (None, True)]  # 2,000 / 250 = 8x: a bound, so no failure is proven either
+    fast = run("C", 0, {50: 9950, 150: 50}, hist_us=2000)
+    doc = document([a_clipped, fast], QUIET)
+    assert [(g["p99_ok"], g["max_ok"]) for g in report.latency_goals(doc["latency"])] == [
+        (True, True)]
+
+
+def test_every_target_is_a_ratio_with_its_verdict() -> None:
+    rows = {r[0]: r for r in report.rows(document([a_run(0), c_run(0)], QUIET))}
+    prep = rows["hook, managed `prepare` (dedicated CPUs)"]
+    assert (prep[3], prep[4]) == ("2.62x", "≤ 2x: FAIL")
+    unmanaged = rows["hook, unmanaged domain (sh front)"]
+    assert (unmanaged[3], unmanaged[4]) == ("1.25x", "≤ 3x: pass")
+    fast = next(r for k, r in rows.items() if "fast path" in k)
+    assert (fast[3], fast[4]) == ("1.25x", "≤ 1.5x: pass")
+    assert report.target(None, 2.0) == "≤ 2x: n/a"
