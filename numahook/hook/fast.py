@@ -19,8 +19,9 @@ Anything it does not understand or cannot confirm (an unusual config file, a mis
 different record, one thread off) makes :func:`started` return False, and the caller
 takes the full path, which applies and verifies as before. It never changes a thread.
 
-Reading only: the config's ``[paths]`` and ``[hook]`` values (the rest is not used
-here; a file configparser would refuse makes the full path run, and refuse it), the
+Reading only: the config's ``[paths]`` and ``[hook]`` values (the whole file was
+validated by ``prepare`` moments before; lines this reader does not understand, or
+that configparser would refuse for their shape, make the full path run), the
 domain UUID from the XML libvirt passes (its first ``<uuid>``, which libvirt writes
 before any ``<metadata>``), the claim, and the status file's ``pid`` attributes.
 """
@@ -75,7 +76,8 @@ def settings(environ: Any = os.environ) -> dict[str, str]:
     except (OSError, ValueError):
         raise _Decline("config unreadable") from None
     section = None
-    seen = set()
+    seen: set[tuple[str, str]] = set()
+    sections: set[str] = set()
     for line in text.splitlines():
         s = line.strip()
         if not s or s[0] in "#;":
@@ -86,6 +88,9 @@ def settings(environ: Any = os.environ) -> dict[str, str]:
             if not s.endswith("]"):
                 raise _Decline("section header")
             section = s[1:-1].strip().lower()
+            if section in sections:
+                raise _Decline("a duplicate section")
+            sections.add(section)
             continue
         if section is None:
             raise _Decline("a key outside a section")
@@ -321,6 +326,10 @@ def verify(name: str, xml: str, environ: Any = os.environ) -> str:
     pid, tids = _status(os.path.join(cfg["libvirt_run"], f"{name}.xml"))
     if pid != data["verified_pid"] or not masked <= set(tids):
         raise _Decline("another QEMU, or a masked vCPU without a thread")
+    if sorted(tids) != list(range(len(tids))):
+        # the intent holds the masked vCPUs below the boot count (ops/lifecycle.py, admit):
+        # the same as the mask's vCPUs with a thread only when vCPUs 0..n-1 are the online ones
+        raise _Decline("online vCPUs are not 0..n-1")
     for vcpu, tid in tids.items():
         policy, prio = _sched(tid)
         if vcpu in masked:

@@ -81,7 +81,7 @@ def test_verified_by_numahookd_is_only_verified(host: dict) -> None:
 
 @pytest.mark.parametrize("spoil", [
     "masked vCPU not FIFO", "wrong priority", "unmasked vCPU FIFO", "emulator not FIFO",
-    "not verified", "another QEMU", "already running", "name differs",
+    "not verified", "another QEMU", "already running", "name differs", "vCPU 1 offline",
 ])
 def test_anything_unconfirmed_declines_and_changes_nothing(host: dict, spoil: str) -> None:
     state, claim = host["state"], host["claim"]
@@ -96,6 +96,9 @@ def test_anything_unconfirmed_declines_and_changes_nothing(host: dict, spoil: st
     if spoil == "another QEMU":
         state.save(replace(claim, verified_pid=claim.qemu_pid + 1,
                            qemu_pid=claim.qemu_pid + 1))
+    if spoil == "vCPU 1 offline":  # vCPUs 0 and 2 online: the mask may hold 2, the intent not
+        status = host["conf"].parent / "run" / f"{NAME}.xml"
+        status.write_text(status.read_text().replace("<vcpu id='1'", "<vcpu id='2'"))
     if spoil == "already running":
         state.save(replace(claim, phase="running"))
     before = (state.path / "claims" / f"{UUID}.json").read_text()
@@ -109,6 +112,7 @@ def test_anything_unconfirmed_declines_and_changes_nothing(host: dict, spoil: st
     "[paths]\nstate_dir = /a\nstate_dir = /b\n",  # configparser refuses duplicates
     "state_dir = /a\n",  # a key outside a section
     "[paths]\nstate_dir = relative\n",
+    "[paths]\n[hook]\n[paths]\n",  # configparser refuses a section twice
 ])
 def test_config_it_does_not_fully_understand_declines(host: dict, conf: str) -> None:
     fifo(host["v0"])
