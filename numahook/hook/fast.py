@@ -353,7 +353,8 @@ def started(name: str, xml: str, environ: Any = os.environ) -> bool:
     full path (nothing was changed)."""
     try:
         line = verify(name, xml, environ)
-    except (_Decline, OSError, ValueError, UnicodeError):
+    except (_Decline, OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+            OverflowError, RuntimeError):  # the full path's to judge, never a failure here
         return False
     _audit(line, environ)
     return True
