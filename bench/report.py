@@ -324,6 +324,11 @@ def _hook_rows(hk: dict[str, Any], _py: float | None) -> list[Row]:
         p = h["hook_prepare_passthrough_64_pages"]["median_ms"]
         out.append(("hook, managed `prepare`, passthrough, reserves 64 × 2 MiB",
                     fmt(p, "ms"), base, x(p / py), target(p / py, PREPARE_OVER_PYTHON)))
+    if "hook_started_verified" in h:  # numahook/hook/fast.py, against paired bare starts
+        v, paired = h["hook_started_verified"]["median_ms"], h["python_start_paired"]["median_ms"]
+        out.append(("hook, `started` after numahookd verified (fast path, no libvirt)",
+                    fmt(v, "ms"), f"`python3 -I -c pass`, paired: {fmt(paired, 'ms')}",
+                    x(v / paired), target(v / paired, FAST_PATH_OVER_PYTHON)))
     return out
 
 

@@ -376,13 +376,16 @@ def main(argv: list[str] | None = None) -> int:
         json.dump(out, result_stream, indent=2)
         result_stream.write("\n")
         return 0
+    bare = out["floors"]["python_start"]["median_ms"]
+    print(f"baseline: python3 -I -c pass median {bare:.1f} ms (this run)")
     for path in args.paths.split(","):
         for v in layouts:
             r = out[path][str(v)]
             d, h = r["delay"], r["hook_wall"]
             print(f"{path}, {v} vCPU(s), mask {r['mask']}: started -> last masked vCPU FIFO "
-                  f"median {d['median_ms']:.1f} ms (max {d['max_ms']:.1f}, target <= "
-                  f"{TARGET_MS:g}); started hook wall time median {h['median_ms']:.1f} ms; "
+                  f"median {d['median_ms']:.1f} ms = {d['median_ms'] / bare:.2f}x bare (max "
+                  f"{d['max_ms']:.1f}, target <= {TARGET_MS:g}); started hook wall time median "
+                  f"{h['median_ms']:.1f} ms = {h['median_ms'] / bare:.2f}x bare; "
                   f"FIFO already at first sight in {r['fifo_at_first_sight']}/{d['runs']} "
                   "starts" + (f"; {r['problem']}" if r["problem"] else ""))
             early = [e for e in r["early"] if e is not None]

@@ -12,7 +12,6 @@ handlers and levels, and pytest's caplog, see the same records as before. The ho
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -93,6 +92,8 @@ def _emit(level: int, msg: str, args: tuple[object, ...], exc_info: bool) -> Non
     traceback if any."""
     text = str(msg)
     if args:
+        from collections.abc import Mapping  # not at import: the started fast path
+
         # logging's rule: a lone mapping is the argument for %(key)s formats
         values = args[0] if len(args) == 1 and isinstance(args[0], Mapping) and args[0] else args
         try:

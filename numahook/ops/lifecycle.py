@@ -217,10 +217,18 @@ def tune_early(uuid: str, tids: dict[int, int], pid: int, cfg: Config,
                                    frozenset(intent.vcpus), intent.priority,
                                    pid if intent.emulator else None, cfg,
                                    allow_delegation=True)
+        _record_verified(journal, pid)
     audit("realtime-early", claim.name, vcpus=cpulist.format(intent.vcpus),
           priority=intent.priority, emulator=intent.emulator, path=result.path,
           detail=result.message)
     return True
+
+
+def _record_verified(journal: ClaimJournal, pid: int) -> None:
+    """Say in the claim that the intent is applied and verified for QEMU ``pid``: rtsched.apply
+    returns only after reading back every policy it set. The ``started`` hook then takes
+    its fast path (numahook/hook/fast.py), which verifies again and applies nothing."""
+    journal.update(verified_pid=pid)
 
 
 def _live_cpus(doc: render.Parsed) -> frozenset[int]:

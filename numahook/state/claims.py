@@ -96,6 +96,10 @@ class Claim:
     realtime: RealtimeIntent | None = None
     #: the boot the claim was made in: pools, budgets and cgroups do not outlive it
     boot: str = field(default_factory=boot_id)
+    #: the QEMU pid for which numahookd applied ``realtime`` and verified it, before the
+    #: ``started`` hook ran (ops/lifecycle.py, tune_early); that hook then only verifies
+    #: (numahook/hook/fast.py). None: the hook applies it.
+    verified_pid: int | None = None
 
     def from_earlier_boot(self) -> bool:
         """Made before the last reboot ("" is a record of numahook 0.1.0: this boot)."""
@@ -123,6 +127,7 @@ class Claim:
             "qemu_pid": self.qemu_pid,
             "realtime": None if self.realtime is None else self.realtime.to_json(),
             "boot": self.boot,
+            "verified_pid": self.verified_pid,
         }
 
     @classmethod
@@ -132,6 +137,7 @@ class Claim:
             if data.get("version") != VERSION:
                 raise ValueError(f"version {data.get('version')!r}")
             pid = data["qemu_pid"]
+            verified = data.get("verified_pid")  # absent in records of numahook 0.1.0
             rt = data.get("realtime")  # absent in records of numahook 0.1.0
             return cls(
                 uuid=_str(data["uuid"]),
@@ -152,6 +158,7 @@ class Claim:
                 qemu_pid=None if pid is None else _int(pid),
                 realtime=None if rt is None else RealtimeIntent.from_json(rt),
                 boot=_str(data.get("boot", "")),
+                verified_pid=None if verified is None else _int(verified),
             )
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
             raise InputError(f"the claim record is malformed ({exc!r})") from None

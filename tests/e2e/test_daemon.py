@@ -313,6 +313,8 @@ def test_realtime_vcpus_are_fifo_before_the_started_hook_runs(numahookd: Daemon,
         claim = StateDir().load(dom.UUIDString())
         assert claim is not None and claim.phase == "running" and claim.rt_budget
         rounds.append(seen["vcpu0"].startswith("SCHED_FIFO"))
+        if rounds[-1]:  # numahookd applied it: it says so for the hook's fast path
+            assert claim.verified_pid == guest.vcpu_threads(dom.name())[0]
         domains.stop(dom)
         if rounds[-1]:
             break

@@ -294,3 +294,68 @@ def test_tcg_domain_has_no_kvm_pit_and_starts(domains: Any) -> None:
     pid, _ = guest.vcpu_threads(dom.name())
     assert pid is not None and dom.isActive()
     assert kvm_pit_affinity(pid) is None
+
+
+def _hook_started(dom: Any, log: Path) -> str:
+    """The installed hook's started call by hand, as libvirtd makes it (live XML on stdin);
+    its audit line."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[2]
+    log.write_text("")
+    proc = subprocess.run(["sh", str(repo / "libvirt-hooks" / "numahook"), dom.name(),
+                           "started", "begin", "-"], input=dom.XMLDesc(0), text=True,
+                          capture_output=True, env={"PATH": "/usr/bin:/bin",
+                                                    "NUMAHOOK_PYTHONPATH": str(repo),
+                                                    "NUMAHOOK_HOOK_LOG": str(log)},
+                          check=False)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    lines = [ln for ln in log.read_text().splitlines()
+             if f"domain={dom.name()} action=realtime " in ln]
+    assert len(lines) == 1, log.read_text()
+    return lines[0]
+
+
+def test_started_only_verifies_what_numahookd_verified(domains: Any, delegate_config: None,
+                                                        tmp_path: Path) -> None:
+    """The claim says numahookd applied and verified real-time for this QEMU (what
+    tune_early records, set here so the race with libvirt cannot decide the test): the
+    hook's fast path (numahook/hook/fast.py) verifies, moves the claim to running and
+    applies nothing. With vCPU 0 knocked back to SCHED_OTHER it declines, and the full
+    path applies FIFO again."""
+    if not rtsched.needs_group_budget():
+        pytest.skip("this kernel needs no RT group budget; numahookd applies nothing early")
+    from numahook.records import replace
+    from numahook.state.statedir import StateDir
+
+    xml = render_here(domains.probe_xml("fast", vcpus=2, memory_mib=128, hugepage_kib=2048,
+                                        cmdline=HOLD, extra=metadata(mask="0")))
+    dom = domains.define(xml)
+    domains.start(dom)
+    pid, tids = guest.vcpu_threads(dom.name())
+    assert pid is not None and sorted(tids) == [0, 1]
+    state = StateDir()
+    claim = state.load(dom.UUIDString())
+    assert claim is not None and claim.phase == "running" and claim.rt_budget
+
+    def verified_by_numahookd() -> None:
+        with state.lock():
+            state.save(replace(claim, phase="reserved", qemu_pid=pid, verified_pid=pid))
+
+    def policy(tid: int) -> tuple[int, int]:
+        return (os.sched_getscheduler(tid) & ~os.SCHED_RESET_ON_FORK,
+                os.sched_getparam(tid).sched_priority)
+
+    verified_by_numahookd()
+    assert " path=verified " in _hook_started(dom, tmp_path / "hook.log")
+    after = state.load(dom.UUIDString())
+    assert after == replace(claim, phase="running", qemu_pid=pid, verified_pid=pid)
+    assert policy(tids[0]) == (os.SCHED_FIFO, 1)
+
+    os.sched_setscheduler(tids[0], os.SCHED_OTHER, os.sched_param(0))
+    verified_by_numahookd()
+    assert " path=budget " in _hook_started(dom, tmp_path / "hook.log")
+    assert policy(tids[0]) == (os.SCHED_FIFO, 1)
+    assert policy(tids[1]) == (os.SCHED_OTHER, 0)
+    again = state.load(dom.UUIDString())
+    assert again is not None and again.phase == "running"

@@ -1,0 +1,382 @@
+"""The ``started`` hook's fast path: numahookd already applied real-time, so only verify it.
+
+On a throttled node numahookd applies what ``prepare`` recorded as soon as libvirt puts
+the vCPU threads in their cgroups, and notes in the claim for which QEMU it did
+(``verified_pid``, :func:`numahook.ops.lifecycle.tune_early`). The ``started`` hook then
+has nothing to apply, but the full path still costs configparser, re, json, pathlib and
+the renderer's modules, several times the work itself (bench/started.py). This module
+checks the same things with what the interpreter has loaded already, plus fcntl and the
+C half of json:
+
+* the claim is this domain's, ``reserved``, with a real-time intent and ``verified_pid``
+  equal to the QEMU pid in libvirt's status file;
+* every masked vCPU thread of that file is SCHED_FIFO at the intent's priority, every
+  other vCPU thread is not real-time, the emulator thread is FIFO when the intent says so;
+* under KVM, the kvm-pit thread runs on vCPU 0's CPUs (numahook/ops/kvmpit.py);
+
+and then, under the state lock, moves the claim to ``running`` as the full path does.
+Anything it does not understand or cannot confirm (an unusual config file, a missing or
+different record, one thread off) makes :func:`started` return False, and the caller
+takes the full path, which applies and verifies as before. It never changes a thread.
+
+Reading only: the config's ``[paths]`` and ``[hook]`` values (the whole file was
+validated by ``prepare`` moments before; lines this reader does not understand, or
+that configparser would refuse for their shape, make the full path run), the
+domain UUID from the XML libvirt passes (its first ``<uuid>``, which libvirt writes
+before any ``<metadata>``), the claim, and the status file's ``pid`` attributes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
+
+#: numahook.config's defaults for what this module reads
+_DEFAULTS = {"state_dir": "/run/numahook", "libvirt_run": "/run/libvirt/qemu",
+             "proc_root": "/proc", "lock_timeout": "10"}
+_KEYS = {("paths", "state_dir"), ("paths", "libvirt_run"), ("paths", "proc_root"),
+         ("hook", "lock_timeout")}
+_MAX_FILE = 1 << 20
+_HEX = frozenset("0123456789abcdef")
+_RT_POLICIES = (os.SCHED_FIFO, os.SCHED_RR, 6)  # 6: SCHED_DEADLINE
+_RESET_ON_FORK = 0x40000000
+
+
+class _Decline(Exception):
+    """Not verified here; the full path decides."""
+
+
+def _read(path: str) -> str:
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read(_MAX_FILE + 1)
+    if len(text) > _MAX_FILE:
+        raise _Decline(f"{path} is too large")
+    return text
+
+
+def settings(environ: Any = os.environ) -> dict[str, str]:
+    """The values of ``_KEYS`` from numahook.conf, as numahook.config would read them.
+
+    Only plain ``key = value`` lines, comments and section headers are understood; any
+    other line (a continuation, a duplicate key, no separator) declines.
+    """
+    out = dict(_DEFAULTS)
+    explicit = "NUMAHOOK_CONFIG" in environ
+    path = environ.get("NUMAHOOK_CONFIG", "/etc/numahook/numahook.conf")
+    try:
+        text = _read(path)
+    except FileNotFoundError:
+        if explicit:
+            raise _Decline("no config file") from None
+        return out
+    except (OSError, ValueError):
+        raise _Decline("config unreadable") from None
+    section = None
+    seen: set[tuple[str, str]] = set()
+    sections: set[str] = set()
+    for line in text.splitlines():
+        s = line.strip()
+        if not s or s[0] in "#;":
+            continue
+        if line[0] in " \t":
+            raise _Decline("continuation line")
+        if s[0] == "[":
+            if not s.endswith("]"):
+                raise _Decline("section header")
+            section = s[1:-1].strip().lower()
+            if section in sections:
+                raise _Decline("a duplicate section")
+            sections.add(section)
+            continue
+        if section is None:
+            raise _Decline("a key outside a section")
+        cut = min((i for i in (s.find("="), s.find(":")) if i > 0), default=-1)
+        if cut < 0:
+            raise _Decline("a line without a value")
+        key = (section, s[:cut].strip().lower())
+        if key in seen:
+            raise _Decline("a duplicate key")
+        seen.add(key)
+        if key in _KEYS:
+            value = s[cut + 1:].strip()
+            if key[0] == "paths" and (not value.startswith("/") or ".." in value.split("/")
+                                      or "\0" in value):
+                raise _Decline("a path numahook.config refuses")
+            out[key[1]] = value
+    return out
+
+
+def _uuid(xml: str) -> str:
+    start = xml.find("<uuid>")
+    end = xml.find("</uuid>", start)
+    if start < 0 or end < 0:
+        raise _Decline("no <uuid>")
+    u = xml[start + 6:end].strip().lower()
+    parts = u.split("-")
+    if [len(p) for p in parts] != [8, 4, 4, 4, 12] or not set(u.replace("-", "")) <= _HEX:
+        raise _Decline("not a UUID")
+    return u
+
+
+def _json_scanner() -> Any:
+    """json's C scanner without json (json imports re, enum and more)."""
+    import _json
+
+    class Context:
+        strict = True
+        object_hook = None
+        object_pairs_hook = None
+        parse_float = float
+        parse_int = int
+
+        @staticmethod
+        def parse_constant(name: str) -> None:
+            raise ValueError(name)
+
+    # typeshed types the argument as a scanner; the C code reads only these attributes
+    return _json.make_scanner(Context)  # type: ignore[arg-type]
+
+
+def _load_json(text: str) -> Any:
+    body = text.strip()
+    try:
+        value, end = _json_scanner()(body, 0)
+    except (StopIteration, ValueError) as exc:
+        raise _Decline("claim is not JSON") from exc
+    if end != len(body) or type(value) is not dict:
+        raise _Decline("claim is not one JSON object")
+    return value
+
+
+def _dump_json(data: dict[str, Any]) -> str:
+    """What json.dumps(data, sort_keys=True) gives, through the C encoder."""
+    import _json
+
+    def default(obj: object) -> None:
+        raise TypeError(f"{type(obj).__name__} in a claim")
+
+    encode = _json.make_encoder(None, default, _json.encode_basestring_ascii, None, ": ",
+                                ", ", True, False, False)
+    return "".join(encode(data, 0)) + "\n"
+
+
+def _int(v: object) -> int:
+    if type(v) is not int:
+        raise _Decline(f"{v!r} is not an integer")
+    return v
+
+
+def _claim(path: str, uuid: str, name: str) -> tuple[str, dict[str, Any]]:
+    """The claim's text and content, if it is one this path may act on."""
+    try:
+        st = os.lstat(path)
+        text = _read(path)
+    except (OSError, ValueError):
+        raise _Decline("no claim") from None
+    if (st.st_mode & 0o170000) != 0o100000 or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise _Decline("claim not ours")
+    data = _load_json(text)
+    if (data.get("version") != 1 or data.get("uuid") != uuid or data.get("name") != name
+            or data.get("phase") != "reserved" or type(data.get("realtime")) is not dict
+            or data.get("verified_pid") is None
+            or data.get("verified_pid") != data.get("qemu_pid")):
+        raise _Decline("claim not verified by numahookd")
+    return text, data
+
+
+def _status(path: str) -> tuple[int, dict[int, int]]:
+    """QEMU's pid and the vCPU thread ids from libvirt's status file (numahook/host/
+    libvirtstatus.py reads the same attributes with lxml)."""
+    try:
+        text = _read(path)
+    except (OSError, ValueError):
+        raise _Decline("no status file") from None
+    at = text.find("<domstatus ")  # after libvirt's "do not edit" comment
+    head_end = text.find(">", at)
+    if at < 0 or head_end < 0 or "<" in text[:at].replace("<!--", "", 1):
+        raise _Decline("not a status file")
+    head = text[at:head_end]
+    pid = _attr(head, "pid")
+    start = text.find("<vcpus>", head_end)
+    stop = text.find("</vcpus>", start)
+    dom = text.find("<domain ", head_end)
+    if start < 0 or stop < 0 or (0 <= dom < start):
+        raise _Decline("no vCPU threads in the status file")
+    tids: dict[int, int] = {}
+    for item in text[start + 7:stop].split("<vcpu ")[1:]:
+        tag = " " + item[:item.find(">")]
+        vcpu = _attr(tag, "id")
+        if vcpu in tids:
+            raise _Decline("a vCPU listed twice")
+        tids[vcpu] = _attr(tag, "pid")
+    return pid, tids
+
+
+def _attr(tag: str, name: str) -> int:
+    for quote in ("'", '"'):
+        key = f" {name}={quote}"
+        at = tag.find(key)
+        if at >= 0:
+            value = tag[at + len(key):tag.find(quote, at + len(key))]
+            if not value.isdigit() or not value.isascii() or len(value) > 10:
+                raise _Decline(f"{name} is not a number")
+            number = int(value)
+            if number <= 0 and name == "pid":
+                raise _Decline("pid 0")
+            return number
+    raise _Decline(f"no {name} attribute")
+
+
+def _sched(tid: int) -> tuple[int, int]:
+    try:
+        return (os.sched_getscheduler(tid) & ~_RESET_ON_FORK,
+                os.sched_getparam(tid).sched_priority)
+    except OSError:
+        raise _Decline(f"thread {tid} cannot be read") from None
+
+
+def _kvm_pit_in_place(qemu_pid: int, vcpu0_tid: int, proc_root: str) -> None:
+    """The kvm-pit thread of a KVM domain on vCPU 0's CPUs, or none at all (the full path
+    would only log that); as numahook/host/procfs.py finds it."""
+    want = f"kvm-pit/{qemu_pid}\n"
+    try:
+        names = os.listdir(proc_root)
+    except OSError:
+        raise _Decline("no procfs") from None
+    for entry in names:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"{proc_root}/{entry}/comm", encoding="utf-8") as fh:
+                if fh.read(64) != want:
+                    continue
+            if os.sched_getaffinity(int(entry)) != os.sched_getaffinity(vcpu0_tid):
+                raise _Decline("the kvm-pit thread is not on vCPU 0's CPUs")
+        except (OSError, ValueError):
+            continue
+        return
+
+
+def _write_running(state_dir: str, path: str, text: str, data: dict[str, Any],
+                   timeout: float) -> None:
+    """phase ``running``, as numahook.state.statedir writes a claim (atomic rename, no
+    fsync), under its lock, if the record did not change meanwhile."""
+    import fcntl
+
+    fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        pause = 0.005
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise _Decline("the state lock is busy") from None
+                time.sleep(pause)
+                pause = min(pause * 2, 0.1)
+        try:
+            if _read(path) != text:
+                raise _Decline("the claim changed meanwhile")
+            data["phase"] = "running"
+            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}."
+                               f"{os.getpid()}-{os.urandom(4).hex()}.tmp")
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                          | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    os.write(out, _dump_json(data).encode("ascii"))
+                finally:
+                    os.close(out)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def verify(name: str, xml: str, environ: Any = os.environ) -> str:
+    """Check what numahookd applied; the audit line's fields. Raises _Decline."""
+    if not name or "/" in name:
+        raise _Decline("domain name")
+    cfg = settings(environ)
+    try:
+        timeout = float(cfg["lock_timeout"])
+    except ValueError:
+        raise _Decline("lock_timeout") from None
+    if not 0.1 <= timeout <= 120:
+        raise _Decline("lock_timeout")
+    uuid = _uuid(xml)
+    path = os.path.join(cfg["state_dir"], "claims", f"{uuid}.json")
+    text, data = _claim(path, uuid, name)
+    rt = data["realtime"]
+    masked = {_int(v) for v in rt.get("vcpus", ())}
+    priority = _int(rt.get("priority"))
+    emulator = rt.get("emulator")
+    if not masked or not 1 <= priority <= 99 or type(emulator) is not bool:
+        raise _Decline("realtime intent")
+    pid, tids = _status(os.path.join(cfg["libvirt_run"], f"{name}.xml"))
+    if pid != data["verified_pid"] or not masked <= set(tids):
+        raise _Decline("another QEMU, or a masked vCPU without a thread")
+    if sorted(tids) != list(range(len(tids))):
+        # the intent holds the masked vCPUs below the boot count (ops/lifecycle.py, admit):
+        # the same as the mask's vCPUs with a thread only when vCPUs 0..n-1 are the online ones
+        raise _Decline("online vCPUs are not 0..n-1")
+    for vcpu, tid in tids.items():
+        policy, prio = _sched(tid)
+        if vcpu in masked:
+            if (policy, prio) != (os.SCHED_FIFO, priority):
+                raise _Decline(f"vCPU {vcpu} is not FIFO {priority}")
+        elif policy in _RT_POLICIES:
+            raise _Decline(f"vCPU {vcpu} is real-time but not masked")
+    if emulator and _sched(pid) != (os.SCHED_FIFO, priority):
+        raise _Decline("the emulator thread is not FIFO")
+    if xml.lstrip().startswith(("<domain type='kvm'", '<domain type="kvm"')) and 0 in tids:
+        _kvm_pit_in_place(pid, tids[0], cfg["proc_root"])
+    _write_running(cfg["state_dir"], path, text, data, timeout)
+    vcpus = ",".join(str(v) for v in sorted(masked))
+    return (f"domain={name} action=realtime vcpus={vcpus} priority={priority} "
+            f"emulator={emulator} path=verified detail=applied by numahookd before started "
+            f"(qemu pid {pid}), verified")
+
+
+def started(name: str, xml: str, environ: Any = os.environ) -> bool:
+    """True: numahookd's tuning holds and the claim says ``running``; False: take the
+    full path (nothing was changed)."""
+    try:
+        line = verify(name, xml, environ)
+    except (_Decline, OSError, ValueError, TypeError, KeyError, AttributeError, IndexError,
+            OverflowError, RuntimeError):  # the full path's to judge, never a failure here
+        return False
+    _audit(line, environ)
+    return True
+
+
+def _audit(line: str, environ: Any) -> None:
+    """The full path's audit line, to syslog (or NUMAHOOK_HOOK_LOG, in its format)."""
+    path = environ.get("NUMAHOOK_HOOK_LOG")
+    if path:
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now))
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(f"{stamp},{int(now % 1 * 1000):03d} numahook-hook[{os.getpid()}]: "
+                         f"INFO {line}\n")
+        except OSError:
+            pass
+        return
+    import syslog
+
+    syslog.openlog("numahook-hook", syslog.LOG_PID, syslog.LOG_DAEMON)
+    syslog.syslog(syslog.LOG_INFO, line)
+
+
+__all__ = ["settings", "started", "verify"]
