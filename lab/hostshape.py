@@ -27,6 +27,12 @@ class Shape:
     threads: int
     distances: tuple[tuple[int, ...], ...]
     summary: str
+    #: QEMU arguments ahead of the lab's own devices (a vIOMMU must precede every PCI
+    #: device) and after them (buses: QEMU puts a device without ``bus=`` on the last PCI
+    #: bus it made, and a pxb-pcie takes only bridges), and guest kernel arguments
+    devices: tuple[str, ...] = ()
+    late_devices: tuple[str, ...] = ()
+    cmdline: str = ""
 
     @property
     def cpus(self) -> int:
@@ -63,7 +69,19 @@ class Shape:
             for dst, val in enumerate(row):
                 if src != dst:
                     args += ["-numa", f"dist,src={src},dst={dst},val={val}"]
-        return args
+        return args + list(self.devices)
+
+
+#: caching-mode makes QEMU's VT-d report each mapping change, which VFIO needs to shadow
+#: the mappings of an assigned device; intremap gives the interrupt remapping that
+#: vfio_iommu_type1 wants by default.
+IOMMU = ("-device", "intel-iommu,intremap=on,caching-mode=on")
+#: An e1000e behind its own root port on a pxb-pcie whose _PXM is node 1.
+NODE1_NIC = (
+    "-device", "pxb-pcie,id=pxb1,bus_nr=128,numa_node=1,bus=pcie.0",
+    "-device", "pcie-root-port,id=rp1,bus=pxb1,chassis=1,slot=1",
+    "-device", "e1000e,id=nic1,bus=rp1,mac=52:54:00:12:34:99",
+)
 
 
 def _sym(rows: Sequence[Sequence[int]]) -> tuple[tuple[int, ...], ...]:
@@ -83,5 +101,9 @@ SHAPES = {
               "4 nodes, asymmetric: 2+1+1 CPUs and a CPU-less memory node, SLIT 10..28"),
         Shape("gib", (Node(2, 2560), Node(2, 2560)), 1, _sym([[10, 21], [21, 10]]),
               "2 nodes of 2 CPUs with 2.5 GiB each, room for 1 GiB pages (-cpu max: pdpe1gb)"),
+        Shape("iommu", (Node(2, 1536), Node(2, 1536)), 1, _sym([[10, 21], [21, 10]]),
+              "2 nodes of 2 CPUs, an emulated VT-d and an e1000e NIC behind a pxb-pcie on "
+              "node 1 (VFIO assignment to an inner guest)",
+              devices=IOMMU, late_devices=NODE1_NIC, cmdline="intel_iommu=on iommu=pt"),
     )
 }

@@ -122,13 +122,16 @@ def _qemu_argv(img: hostimage.Image, shape: Shape, port: int, rd: Path) -> list[
     return [QEMU, "-name", "numahook-hostlab", "-M", "q35", "-accel", "tcg,thread=multi",
             "-cpu", _cpu(shape), "-m", f"{shape.mib}M", *shape.qemu_args(),
             "-kernel", str(img.kernel), "-initrd", str(img.initrd),
-            "-append", "root=/dev/vda rw console=ttyS0 systemd.show_status=0",
-            "-drive", f"file={rd / 'overlay.qcow2'},if=virtio,format=qcow2,cache=unsafe",
+            "-append", f"root=/dev/vda rw console=ttyS0 systemd.show_status=0 {shape.cmdline}"
+                       .strip(),
+            "-drive", f"file={rd / 'overlay.qcow2'},if=none,id=disk0,format=qcow2,cache=unsafe",
             "-netdev", f"user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:22",
-            "-device", "virtio-net-pci,netdev=n0", "-display", "none",
+            # on pcie.0 by name, in if=virtio's order (its disk came after -device's)
+            "-device", "virtio-net-pci,netdev=n0,bus=pcie.0",
+            "-device", "virtio-blk-pci,drive=disk0,bus=pcie.0", "-display", "none",
             "-serial", f"file:{rd / 'console.log'}",
             "-qmp", f"unix:{rd / 'qmp.sock'},server=on,wait=off",
-            "-pidfile", str(rd / "qemu.pid"), "-daemonize"]  # fmt: skip
+            "-pidfile", str(rd / "qemu.pid"), "-daemonize", *shape.late_devices]  # fmt: skip
 
 
 def _wait(what: str, timeout: float, probe: Any) -> float:

@@ -148,7 +148,7 @@ def domain_xml(name: str, vcpus: int, memory_mib: int, *, realtime: str | None =
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The package's remove and purge go late: every other test needs it installed; the
-    other shapes last, since each replaces the default VM."""
-    last = {"test_package": 1, "test_shapes": 2}
+    other shapes last, since each replaces the default VM (VFIO boots its iommu shape)."""
+    last = {"test_package": 1, "test_shapes": 2, "test_vfio": 2}
     items.sort(key=lambda item: last.get(item.module.__name__.rsplit(".", 1)[-1], 0)
                if item.module else 0)
