@@ -214,6 +214,10 @@ def _initramfs(init: bytes, busybox: Path, cyclictest: Path | None, libs: list[P
     return gzip.compress(cpio.finish(), compresslevel=6, mtime=0)
 
 
+#: probe builds kept in the cache, the current one included
+KEEP_BUILDS = 4
+
+
 def _copy_atomic(src: Path, dest: Path) -> None:
     tmp = dest.with_name(dest.name + ".tmp")
     shutil.copyfile(src, tmp)
@@ -277,9 +281,14 @@ def build(force: bool = False) -> Probe:
     if published.get("key") != key or not (pdir / "initrd.img").exists():
         for name in ("vmlinuz", "initrd.img", "manifest.json"):
             _copy_atomic(built / name, pdir / name)
-    # Other builds are stale: keep the cache from growing with every init script edit.
-    for old in pdir.iterdir():
-        if old.is_dir() and old.name != key:
-            shutil.rmtree(old, ignore_errors=True)
+    # Keep the cache from growing with every init script edit, but keep a few recent
+    # builds: checkouts with different init scripts (worktrees) share this directory, and
+    # deleting every other build made them rebuild each other's in turn.
+    built.touch()
+    others = sorted((d for d in pdir.iterdir()
+                     if d.is_dir() and not d.name.startswith(".") and d.name != key),
+                    key=lambda d: d.stat().st_mtime, reverse=True)
+    for old in others[KEEP_BUILDS - 1:]:
+        shutil.rmtree(old, ignore_errors=True)
     pdir.chmod(0o755)
     return Probe(pdir / "vmlinuz", pdir / "initrd.img", key, manifest)
