@@ -382,10 +382,6 @@ def test_a_hot_plugged_real_time_vcpu_becomes_fifo(numahookd: Daemon, domains: A
     assert not rtsched.unbudgeted_rt_threads([tids[0], tids[1]])
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "OPEN: re-planning keeps every group at least at its current budget, so vCPU 0 keeps "
-    "the 900000 us it got alone and the hot-plugged vCPU 1 gets what is left (50000 us "
-    "here), while numahook says the budget is split evenly"))
 def test_a_hot_plugged_vcpu_gets_an_even_share_of_the_budget(numahookd: Daemon,
                                                              domains: Any) -> None:
     if not rtsched.needs_group_budget():
