@@ -17,6 +17,13 @@ for it, and the main loop may be busy with the very DEFINED event of the domain 
 started (``virt-install`` defines and starts at once). Its state is its own; the claim
 is shared through the state lock like any hook call's.
 
+A vCPU hot-plugged into a running domain gets a ``vcpuN`` directory too. Its watch is
+kept on the domain's directory after the start, and once libvirt has moved the new
+thread in, the thread tells the main loop (a byte on :attr:`VcpuWatch.plugged_fd`), whose
+reconcile pass re-applies the domain's real-time tuning and re-splits its budget evenly
+(``Reconciler.realtime_backstop``). At start the watch scans the tree that is already
+there, so domains running before numahookd are covered as well.
+
 The main loop's watchdog timer covers the thread too (:meth:`VcpuWatch.health`): it wakes
 at least every :data:`HEARTBEAT` seconds and stamps :attr:`VcpuWatch.beat`, so a thread
 that died is restarted, and one that stopped making progress withholds systemd's
@@ -70,12 +77,15 @@ class VcpuWatch:
         self._dirs: dict[int, tuple[Path, int]] = {}  # wd -> (directory, depth)
         self._vcpus: dict[int, Path] = {}  # wd -> a vcpuN directory of a starting domain
         self._done: set[Path] = set()  # domain directories handled (or not ours)
+        self._plugged: dict[int, Path] = {}  # wd -> a vcpuN directory hot-plugged later
         self._thread: threading.Thread | None = None
         self._stop_r, self._stop_w = -1, -1
         #: monotonic time of the thread's last sign of progress
         self.beat = time.monotonic()
         #: times a dead thread was started again
         self.restarts = 0
+        # a vCPU thread moved into a hot-plugged vcpuN cgroup: one byte on the write end
+        self.plugged_fd, self._plugged_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def start(self) -> bool:
         """Begin watching, in a thread of its own until :meth:`close`; False where there is
@@ -88,7 +98,9 @@ class VcpuWatch:
         self._watch_dir(cpu, 0, scan=False)
         for child in sorted(cpu.iterdir()):
             if child.name.startswith("machine") and child.is_dir():
-                self._watch_dir(child, 1, scan=False)  # running domains are done already
+                # running domains too: their vCPUs are checked once (done), and a vCPU
+                # hot-plugged there later is seen
+                self._watch_dir(child, 1)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self.beat = time.monotonic()
         self._thread = threading.Thread(target=self._serve, name="vcpu-watch", daemon=True)
@@ -137,6 +149,7 @@ class VcpuWatch:
         changed meanwhile was not seen, and domains starting then get FIFO from the hook."""
         self.close()
         self._vcpus.clear()
+        self._plugged.clear()
         self._dirs.clear()
         self._done.clear()
         self.restarts += 1
@@ -174,12 +187,16 @@ class VcpuWatch:
                 return
             for name in names:
                 if (path / name).is_dir():
-                    self._created(path, depth, name)
+                    self._created(path, depth, name, scanned=True)
 
-    def _created(self, parent: Path, depth: int, name: str) -> None:
+    def _created(self, parent: Path, depth: int, name: str, scanned: bool = False) -> None:
         child = parent / name
         if _VCPU_DIR.match(name):
-            if parent in self._done or not self._wanted():
+            if not self._wanted():
+                return
+            if parent in self._done:
+                if not scanned:  # a scan finds vCPUs that the domain's check just saw
+                    self._hot_plugged(child)
                 return
             try:
                 assert self.ino is not None
@@ -192,6 +209,37 @@ class VcpuWatch:
             self._check(parent)
         elif depth + 1 < _MAX_DEPTH:
             self._watch_dir(child, depth + 1)
+
+    def _hot_plugged(self, vcpu_dir: Path) -> None:
+        """A vcpuN cgroup of a running domain: wait for libvirt to move its thread in."""
+        assert self.ino is not None
+        try:
+            wd = self.ino.add(str(vcpu_dir), IN_MODIFY | IN_ONLYDIR)
+        except OSError as exc:
+            log.debug("cannot watch %s: %s", vcpu_dir, exc.strerror)
+            return
+        self._plugged[wd] = vcpu_dir
+        log.debug("vcpu watch: %s hot-plugged", vcpu_dir)
+        if _first_task(vcpu_dir) is not None:  # moved before the watch existed
+            self._moved(wd)
+
+    def _moved(self, wd: int) -> None:
+        vcpu_dir = self._plugged.pop(wd)
+        if self.ino is not None:
+            self.ino.remove(wd)
+        log.debug("vcpu watch: a thread moved into the hot-plugged %s", vcpu_dir)
+        try:
+            os.write(self._plugged_w, b"p")
+        except BlockingIOError:
+            pass  # bytes are waiting already: the main loop re-checks every domain
+
+    def drain(self) -> None:
+        """The main loop read its wake-up: empty the pipe."""
+        try:
+            while os.read(self.plugged_fd, 512):
+                pass
+        except BlockingIOError:
+            pass
 
     def _wanted(self) -> bool:
         try:
@@ -219,12 +267,15 @@ class VcpuWatch:
                 self._created(parent, depth, name)
             elif wd in self._vcpus and mask & IN_MODIFY and name == "tasks":
                 touched.add(self._vcpus[wd].parent)
+            elif wd in self._plugged and mask & IN_MODIFY and name == "tasks":
+                self._moved(wd)
         for domain_dir in sorted(touched):
             self._check(domain_dir)
 
     def _forget(self, wd: int) -> None:
         gone = self._dirs.pop(wd, None)
         self._vcpus.pop(wd, None)
+        self._plugged.pop(wd, None)
         if gone is not None:
             self._done.discard(gone[0])
 
