@@ -12,6 +12,18 @@ moment every real-time vCPU of a starting domain sits in its cgroup, it applies 
 then applies and verifies as before and finds the work done; without numahookd nothing
 changes.
 
+While a starting domain's vCPU cgroups are being filled, the thread races the booting
+guest and the ``started`` hook for the CPU. It therefore runs SCHED_FIFO (priority
+:data:`RACE_PRIORITY`, above the still-SCHED_OTHER vCPUs, not above other domains'
+real-time vCPUs) from the moment the first ``vcpuN`` of a starting domain appears until
+that domain is done, and never longer than :data:`RACE_WINDOW` seconds. A bug in it must
+not starve the host, so the bound does not rest on this code alone: the thread blocks in
+poll(2) between events, and the process's RLIMIT_RTTIME (:data:`RTTIME_SOFT_US`, hard
+twice that) is CPU time an RT thread may use without blocking, after which the kernel
+sends SIGXCPU and then SIGKILL (systemd restarts numahookd). Where the daemon's own
+cgroup has no RT budget (RT group scheduling, a ``cpu.rt_runtime_us`` of 0) the kernel
+refuses FIFO; the thread then races at SCHED_OTHER and says so once.
+
 It runs in its own thread, blocked in poll(2) on the inotify fd: libvirt does not wait
 for it, and the main loop may be busy with the very DEFINED event of the domain being
 started (``virt-install`` defines and starts at once). Its state is its own; the claim
@@ -35,6 +47,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import resource
 import select
 import threading
 import time
@@ -67,6 +80,12 @@ _MAX_WATCHES = 4096
 HEARTBEAT = 1.0
 #: beyond its lock wait, how long one event may take before the thread counts as hung
 HANG_GRACE = 5.0
+#: the thread's SCHED_FIFO priority while it races a starting domain's vCPUs
+RACE_PRIORITY = 1
+#: the longest the thread stays SCHED_FIFO for one race (seconds of wall time)
+RACE_WINDOW = 1.0
+#: RLIMIT_RTTIME soft limit: CPU microseconds an RT thread may use without blocking
+RTTIME_SOFT_US = 200_000
 
 
 class VcpuWatch:
@@ -84,6 +103,9 @@ class VcpuWatch:
         self.beat = time.monotonic()
         #: times a dead thread was started again
         self.restarts = 0
+        #: monotonic deadline of the current race at SCHED_FIFO, None while SCHED_OTHER
+        self.racing_until: float | None = None
+        self._fifo_refused = False
         # a vCPU thread moved into a hot-plugged vcpuN cgroup: one byte on the write end
         self.plugged_fd, self._plugged_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -102,6 +124,7 @@ class VcpuWatch:
                 # hot-plugged there later is seen
                 self._watch_dir(child, 1)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        limit_rttime()
         self.beat = time.monotonic()
         self._thread = threading.Thread(target=self._serve, name="vcpu-watch", daemon=True)
         self._thread.start()
@@ -118,15 +141,46 @@ class VcpuWatch:
                 raise faults.Injected("vcpuwatch.die")
             if faults.hit("vcpuwatch.hang"):
                 threading.Event().wait()
-            ready = {fd for fd, _ in poller.poll(int(HEARTBEAT * 1000))}
+            wait = HEARTBEAT
+            if self.racing_until is not None:
+                wait = min(wait, max(0.0, self.racing_until - time.monotonic()))
+            ready = {fd for fd, _ in poller.poll(int(wait * 1000))}
             if self._stop_r in ready:
+                self._race_end()
                 return
-            if not ready:
-                continue
             try:
-                self._ready()
+                if ready:
+                    self._ready()
             except Exception:  # a bug here must not end the watch, nor the daemon
                 log.exception("the vcpu watch failed on an event; it carries on")
+            finally:
+                if self.racing_until is not None and (
+                        not self._vcpus or time.monotonic() >= self.racing_until):
+                    self._race_end()
+
+    # -- racing at SCHED_FIFO ---------------------------------------------------------
+    def _race_begin(self) -> None:
+        """SCHED_FIFO for this thread until the starting domain is done, at most
+        :data:`RACE_WINDOW` seconds (the deadline is set once per race, never extended)."""
+        if self.racing_until is not None or threading.current_thread() is not self._thread:
+            return
+        try:
+            procfs.set_fifo(threading.get_native_id(), RACE_PRIORITY, reset_on_fork=True)
+        except NumahookError as exc:
+            if not self._fifo_refused:
+                log.warning("the vcpu watch races at SCHED_OTHER: %s", exc)
+                self._fifo_refused = True
+            return
+        self.racing_until = time.monotonic() + RACE_WINDOW
+
+    def _race_end(self) -> None:
+        if self.racing_until is None:
+            return
+        self.racing_until = None
+        try:
+            procfs.set_other(threading.get_native_id())
+        except NumahookError as exc:  # cannot happen to our own thread; the rlimit bounds it
+            log.error("the vcpu watch could not leave SCHED_FIFO: %s", exc)
 
     def health(self, now: float | None = None) -> str | None:
         """None while the thread works: ``"dead"`` when it ended, ``"hung"`` when it has
@@ -206,6 +260,8 @@ class VcpuWatch:
                 return
             self._vcpus[wd] = child
             log.debug("vcpu watch: %s appeared", child)
+            if not scanned:
+                self._race_begin()
             self._check(parent)
         elif depth + 1 < _MAX_DEPTH:
             self._watch_dir(child, depth + 1)
@@ -308,6 +364,16 @@ class VcpuWatch:
                 del self._vcpus[wd]
                 if self.ino is not None:
                     self.ino.remove(wd)
+
+
+def limit_rttime(soft_us: int = RTTIME_SOFT_US) -> None:
+    """RLIMIT_RTTIME for the process: an RT thread that runs ``soft_us`` without blocking
+    gets SIGXCPU, at twice that SIGKILL. Never raised above a lower limit already set."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_RTTIME)
+    want_hard = 2 * soft_us if hard == resource.RLIM_INFINITY else min(hard, 2 * soft_us)
+    want_soft = min(soft_us, want_hard) if soft == resource.RLIM_INFINITY \
+        else min(soft, soft_us, want_hard)
+    resource.setrlimit(resource.RLIMIT_RTTIME, (want_soft, want_hard))
 
 
 def _first_task(vcpu_dir: Path) -> int | None:

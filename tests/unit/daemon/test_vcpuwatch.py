@@ -4,13 +4,19 @@ vCPUs hot-plugged into them, wake the main loop (daemon/vcpuwatch.py)."""
 from __future__ import annotations
 
 import os
+import resource
 import select
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from numahook.config import Config
+from numahook.daemon import vcpuwatch
 from numahook.daemon.vcpuwatch import VcpuWatch
 from numahook.state.statedir import StateDir
 
@@ -89,3 +95,63 @@ def test_a_full_pipe_never_blocks_the_watch(watch: VcpuWatch, throttled: Config)
     watch._hot_plugged(_group(dom / "vcpu3", "4245\n"))  # returns: the byte is not needed
     watch.drain()
     assert not _woken(watch, 0)
+
+
+# ------------------------------------------------------------ racing at SCHED_FIFO
+
+ROOT = os.geteuid() == 0
+
+
+def _policy(tid: int) -> int:
+    return os.sched_getscheduler(tid) & ~getattr(os, "SCHED_RESET_ON_FORK", 0x40000000)
+
+
+@pytest.mark.skipif(not ROOT, reason="SCHED_FIFO needs root")
+def test_the_watch_races_at_fifo_and_drops_back_at_its_deadline(
+        watch: VcpuWatch, throttled: Config, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A starting domain whose vCPU never gets its thread: FIFO from its first vcpuN on,
+    SCHED_OTHER again once the race window is over, although the domain is not done."""
+    monkeypatch.setattr(vcpuwatch, "RACE_WINDOW", 0.5)
+    assert watch._thread is not None and watch._thread.native_id is not None
+    tid = watch._thread.native_id
+    assert _policy(tid) == os.SCHED_OTHER
+    _group(Path(throttled.cgroup_root) / "cpu" / "machine/qemu-2-new.libvirt-qemu" / "vcpu0")
+    deadline = time.monotonic() + 10
+    while _policy(tid) != os.SCHED_FIFO and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert _policy(tid) == os.SCHED_FIFO
+    assert os.sched_getparam(tid).sched_priority == vcpuwatch.RACE_PRIORITY
+    while _policy(tid) == os.SCHED_FIFO and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _policy(tid) == os.SCHED_OTHER and watch.racing_until is None
+    assert watch._vcpus  # still waiting for the thread, at SCHED_OTHER now
+
+
+_SPIN = """
+import os, sys
+from numahook.daemon import vcpuwatch
+vcpuwatch.limit_rttime(20_000)
+os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+while True:
+    pass
+"""
+
+
+@pytest.mark.skipif(not ROOT, reason="SCHED_FIFO needs root")
+def test_a_spinning_fifo_thread_is_killed_by_the_rttime_limit() -> None:
+    """What bounds a buggy watch: the kernel ends an RT thread that never blocks."""
+    proc = subprocess.run([sys.executable, "-c", _SPIN], timeout=30,
+                          cwd=Path(__file__).resolve().parents[3])
+    assert proc.returncode in (-signal.SIGXCPU, -signal.SIGKILL)
+
+
+def test_the_rttime_limit_is_never_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(resource, "getrlimit", lambda _r: (5000, 8000))
+    monkeypatch.setattr(resource, "setrlimit", lambda _r, lim: calls.append(lim))
+    vcpuwatch.limit_rttime(200_000)
+    assert calls == [(5000, 8000)]
+    monkeypatch.setattr(resource, "getrlimit",
+                        lambda _r: (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+    vcpuwatch.limit_rttime(200_000)
+    assert calls[-1] == (200_000, 400_000)
