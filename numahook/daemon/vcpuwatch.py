@@ -122,7 +122,7 @@ class VcpuWatch:
             if child.name.startswith("machine") and child.is_dir():
                 # running domains too: their vCPUs are checked once (done), and a vCPU
                 # hot-plugged there later is seen
-                self._watch_dir(child, 1)
+                self._watch_dir(child, 1, at_start=True)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         limit_rttime()
         self.beat = time.monotonic()
@@ -222,7 +222,9 @@ class VcpuWatch:
             self.ino = None
 
     # -- watches ----------------------------------------------------------------------
-    def _watch_dir(self, path: Path, depth: int, scan: bool = True) -> None:
+    def _watch_dir(self, path: Path, depth: int, scan: bool = True,
+                   at_start: bool = False) -> None:
+        """``at_start``: the tree numahookd found, not one a start is creating now."""
         assert self.ino is not None
         if len(self._dirs) + len(self._vcpus) >= _MAX_WATCHES:
             log.warning("watching %d cgroups already; %s is left to the started hook",
@@ -241,7 +243,7 @@ class VcpuWatch:
                 return
             for name in names:
                 if (path / name).is_dir():
-                    self._created(path, depth, name, scanned=True)
+                    self._created(path, depth, name, scanned=at_start)
 
     def _created(self, parent: Path, depth: int, name: str, scanned: bool = False) -> None:
         child = parent / name
@@ -249,7 +251,7 @@ class VcpuWatch:
             if not self._wanted():
                 return
             if parent in self._done:
-                if not scanned:  # a scan finds vCPUs that the domain's check just saw
+                if not scanned:  # found at start: the domain's check just saw them
                     self._hot_plugged(child)
                 return
             try:
@@ -264,7 +266,7 @@ class VcpuWatch:
                 self._race_begin()
             self._check(parent)
         elif depth + 1 < _MAX_DEPTH:
-            self._watch_dir(child, depth + 1)
+            self._watch_dir(child, depth + 1, at_start=scanned)
 
     def _hot_plugged(self, vcpu_dir: Path) -> None:
         """A vcpuN cgroup of a running domain: wait for libvirt to move its thread in."""
@@ -280,7 +282,9 @@ class VcpuWatch:
             self._moved(wd)
 
     def _moved(self, wd: int) -> None:
-        vcpu_dir = self._plugged.pop(wd)
+        vcpu_dir = self._plugged.pop(wd, None)
+        if vcpu_dir is None:  # its thread's move was seen already
+            return
         if self.ino is not None:
             self.ino.remove(wd)
         log.debug("vcpu watch: a thread moved into the hot-plugged %s", vcpu_dir)
