@@ -91,15 +91,18 @@ class Tree(NamedTuple):
 def solve(tree: Tree, budget: int, root_ratio: int) -> dict[Any, int] | None:
     """New runtimes giving every leaf ``budget``, or None where the kernel would refuse.
 
-    Each group keeps at least its current value and is raised to cover its children
-    (ours at the planned budget, others as they are); at the top, all groups together
-    must fit the root's bandwidth.
+    Each leaf gets exactly ``budget`` (more only where children of its own hold more), so
+    a re-plan after a vCPU was hot-plugged splits the domain's budget evenly again rather
+    than leaving the newcomer what is left. Every other group keeps at least its current
+    value and is raised to cover its children (ours at the planned budget, others as they
+    are); at the top, all groups together must fit the root's bandwidth.
     """
     new: dict[Any, int] = {}
     for n in reversed(tree.groups):  # children first
         runtime, period = tree.current[n]
         below = tree.others[n] + [(new[k], tree.current[k][1]) for k in tree.kids[n]]
-        want = max(runtime, budget if n in tree.leaves else 0, runtime_for(below, period))
+        keep = budget if n in tree.leaves else runtime
+        want = max(keep, runtime_for(below, period))
         if want > period or to_ratio(period, want) > root_ratio:
             return None
         new[n] = want

@@ -228,8 +228,13 @@ class Daemon:
         self.loop.watch_fd(sock.fileno(), ready, "uevents")
 
     def _watch_vcpus(self) -> None:
+        def plugged() -> None:
+            self.vcpus.drain()
+            self.reconciler.realtime_backstop()
+
         try:
-            self.vcpus.start()
+            if self.vcpus.start():
+                self.loop.watch_fd(self.vcpus.plugged_fd, plugged, "hot-plugged vcpus")
         except OSError as exc:
             log.warning("cannot watch the cpu cgroups (%s); real-time vCPUs get FIFO from the "
                         "started hook only", exc.strerror)

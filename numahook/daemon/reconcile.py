@@ -147,8 +147,11 @@ class Reconciler:
             if not dom.rt_vcpus or (only and dom.status.name != only):
                 continue
             tids = dict(dom.status.vcpu_tids)
-            if not tids and dom.status.pid:
-                tids = procfs.vcpu_threads_from_proc(dom.status.pid, self.cfg.proc_root)
+            if dom.status.pid and not dom.rt_vcpus <= set(tids):
+                # not in the status XML (yet): libvirt saves it after a hot-plugged vCPU's
+                # thread moved to its cgroup, when the vCPU watch wakes this pass
+                tids = {**procfs.vcpu_threads_from_proc(dom.status.pid, self.cfg.proc_root),
+                        **tids}
             wrong = []
             for v in sorted(dom.rt_vcpus):
                 tid = tids.get(v)

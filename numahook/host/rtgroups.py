@@ -86,10 +86,17 @@ def plan_budget(
 ) -> BudgetPlan:
     """Plan the largest equal budget for each real-time leaf group (one per RT vCPU).
 
-    Each group on the paths keeps at least its current value and is raised to cover its
-    children (ours at the planned budget, others as they are); at the top, all groups
+    Each leaf gets the planned budget, also when it held more (a vCPU hot-plugged into a
+    domain whose leaves already hold budget: the domain's budget is split evenly again).
+    Every other group on the paths keeps at least its current value and is raised to cover
+    its children (ours at the planned budget, others as they are); at the top, all groups
     together must fit the root's budget, ``kernel.sched_rt_runtime_us``. The tightest
     level therefore decides, and its free budget is split evenly between the leaves.
+
+    The records are in an order the kernel accepts at every step (a child never above its
+    parent, siblings never above their parent together): first every lowering, children
+    first, then every raise, parents first. Each intermediate state is then below the
+    final one wherever a sum is checked.
     """
     cpu = cpu_controller(cgroup_root)
     if cpu is None:
@@ -136,11 +143,11 @@ def plan_budget(
     new = rtbudget.solve(tree, budget, root_ratio)
     if new is None:  # cannot happen: budget <= lo and feasibility is monotone
         raise HostError(f"planning {budget} us of real-time budget failed; report a bug")
-    records = [
-        BudgetRecord(str(n / RUNTIME), current[n][0], new[n])
-        for n in ours
-        if new[n] != current[n][0]
-    ]
+    lowered = [BudgetRecord(str(n / RUNTIME), current[n][0], new[n])
+               for n in reversed(ours) if new[n] < current[n][0]]
+    raised = [BudgetRecord(str(n / RUNTIME), current[n][0], new[n])
+              for n in ours if new[n] > current[n][0]]
+    records = lowered + raised
     return BudgetPlan(budget, current[leaves[0]][1], records)
 
 

@@ -9,6 +9,7 @@ back: nothing is half-applied.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from collections.abc import Set as AbstractSet
 
 from numahook import faults
 from numahook import log as logmod
@@ -125,14 +126,22 @@ class Tuning:
     message: str
 
 
-def vcpu_threads(name: str, cfg: Config) -> tuple[int | None, dict[int, int]]:
-    """vCPU thread ids: libvirt's status XML first, then /proc thread names."""
+def vcpu_threads(name: str, cfg: Config,
+                 plugged: AbstractSet[int] = frozenset()) -> tuple[int | None, dict[int, int]]:
+    """vCPU thread ids: libvirt's status XML first, then /proc thread names.
+
+    ``plugged``: vCPUs expected to run (the real-time mask); one the status XML lacks is
+    looked up by name too, since libvirt saves the status of a hot-plugged vCPU only
+    after it has moved its thread into its cgroup, which is when numahookd's vCPU watch
+    (daemon/vcpuwatch.py) asks for it.
+    """
     status = libvirtstatus.status_of(name, cfg.libvirt_run)
     if status is None:
         return None, {}
     tids = dict(status.vcpu_tids)
-    if not tids and status.pid:
-        tids = procfs.vcpu_threads_from_proc(status.pid, cfg.proc_root)
+    if status.pid and (not tids or not set(plugged) <= set(tids)):
+        named = procfs.vcpu_threads_from_proc(status.pid, cfg.proc_root)
+        tids = {**named, **tids} if tids else named
     return status.pid, tids
 
 
@@ -160,13 +169,14 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
     if req is None or not req.managed:
         return None
     name = doc.facts.name
-    pid, tids = vcpu_threads(name, cfg)
+    rt_all = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus) if req.realtime \
+        else frozenset()
+    pid, tids = vcpu_threads(name, cfg, rt_all)
     if req.dedicated:
         kvmpit.pin(doc.facts, pid, cfg.proc_root)
     if not req.realtime:
         _mark_running(doc, cfg, state, pid)
         return None
-    rt_all = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
     # vCPUs not plugged yet have no thread; the daemon tunes them when they appear
     rt_vcpus = frozenset(v for v in rt_all if v in tids)
     # QEMU's main thread is the emulator thread; real-time with it when it has its own CPU

@@ -78,7 +78,7 @@ class Notifications:
 
 class Daemon:
     def __init__(self, tmp: Path, throttled: str = "delegate", extra_conf: str = "",
-                 read_notify: bool = True, fault: str = "") -> None:
+                 read_notify: bool = True, fault: str = "", reconcile: float = 1) -> None:
         self.tmp = tmp
         self.nfd = tmp / "nfd"
         self.prom = tmp / "prom"
@@ -86,7 +86,7 @@ class Daemon:
         self.prom.mkdir(exist_ok=True)
         self.conf = tmp / "numahook.conf"
         self.conf.write_text(
-            f"[realtime]\nthrottled = {throttled}\n[daemon]\nreconcile_interval = 1\n"
+            f"[realtime]\nthrottled = {throttled}\n[daemon]\nreconcile_interval = {reconcile:g}\n"
             f"probe_interval = 2\nnfd_dir = {self.nfd}\ntextfile_dir = {self.prom}\n"
             + extra_conf)
         self.log = tmp / "numahookd.log"

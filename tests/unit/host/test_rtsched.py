@@ -134,6 +134,27 @@ def test_plan_keeps_larger_existing_values(tree: Tree) -> None:
     assert [(Path(r.path).parent.name, r.new) for r in p.records] == [("vcpu0", 50000)]
 
 
+def test_plan_after_a_hot_plug_splits_evenly_lowering_first(tree: Tree) -> None:
+    """vCPU 0 got the whole budget alone; with vCPU 1 plugged both get half, and vCPU 0
+    is lowered before vCPU 1 is raised, so the domain's children never exceed it."""
+    tree.group("/machine", 950000)
+    tree.group(DOM, 950000)
+    tree.group(f"{DOM}/vcpu0", 950000)
+    p = plan(tree, [f"{DOM}/vcpu0", f"{DOM}/vcpu1"])
+    assert p.per_vcpu_us == 475000
+    assert [(Path(r.path).parent.name, r.previous, r.new) for r in p.records] == [
+        ("vcpu0", 950000, 475000),
+        ("vcpu1", 0, 475000),
+    ]
+    # planned again once written, nothing changes: the split is stable
+    records = rtsched.delegate(p)
+    assert (tree.rt(f"{DOM}/vcpu0"), tree.rt(f"{DOM}/vcpu1")) == (475000, 475000)
+    assert plan(tree, [f"{DOM}/vcpu0", f"{DOM}/vcpu1"]).records == []
+    # giving back returns every leaf to what it held before numahook
+    rtsched.undelegate(records)
+    assert (tree.rt(f"{DOM}/vcpu0"), tree.rt(f"{DOM}/vcpu1")) == (475000, 0)
+
+
 def test_plan_refuses_when_no_budget_is_left(tree: Tree) -> None:
     tree.group("/system.slice", 949500)
     with pytest.raises(HostError, match=r"only 50[01] us of real-time budget.*raise kernel"):
@@ -384,6 +405,26 @@ def test_real_give_back_after_the_domain_cgroups_are_removed(rt_group: SimpleNam
     rtsched.undelegate(result.records, journal.append)
     assert journal[-1] == []
     assert fsutil.read_int(rt_group.base / RUNTIME) == 0
+
+
+def test_real_hot_plug_re_split_is_accepted_by_the_kernel(rt_group: SimpleNamespace) -> None:
+    """vCPU 0 alone first, then vCPU 0 and 1: the kernel takes every write of the re-split
+    (lowering vCPU 0 before raising vCPU 1), both end at the same budget, and all of it
+    comes back."""
+    first = rtsched.apply(rt_group.tids, {0}, 1, allow_delegation=True)
+    records = list(first.records)
+    try:
+        assert first.per_vcpu_us is not None
+        again = rtsched.apply(rt_group.tids, {0, 1}, 1, allow_delegation=True)
+        records += again.records
+        assert again.per_vcpu_us is not None
+        assert _runtimes(rt_group)[2:] == [again.per_vcpu_us] * 2
+        assert 2 * again.per_vcpu_us <= first.per_vcpu_us + 2
+        assert [procfs.sched_of(t) for t in rt_group.tids.values()] == [("fifo", 1)] * 2
+    finally:
+        rtsched.demote(rt_group.tids.values())
+        rtsched.undelegate(records)
+    assert _runtimes(rt_group) == [0, 0, 0, 0]
 
 
 def test_real_uncapped_budget_is_split_evenly(rt_group: SimpleNamespace) -> None:
