@@ -4,7 +4,8 @@
 * unmanaged domain: the sh front on a realistic domain XML, against
   ``sh -c 'cat >/dev/null'`` on the same XML (target <= 3x);
 * managed ``prepare`` (render again, compare, claim, reserve), against a bare
-  ``python3 -I -c pass`` (target <= 2.0x);
+  ``python3 -I -c pass`` (target <= 2.0x); ``python3 -I -S -c pass`` is printed beside it,
+  since the front skips site processing, but it is not the baseline;
 * (root) ``started`` after numahookd applied and verified real-time: the fast path,
   against the same bare start (target <= 1.5x);
 * with ``--hugepages`` (root): a passthrough ``prepare`` that really reserves 2 MiB pages
@@ -183,6 +184,10 @@ def main() -> int:
                                                 "-"], plain, env) for _ in range(args.runs)])
     results["python_start"] = summary([timed([PY, "-I", "-c", "pass"], b"")
                                        for _ in range(args.runs)])
+    # not a baseline: the front runs Python with -S, and this shows how much of the bare
+    # start that skips; the ratios stay against the plain bare start above
+    results["python_start_no_site"] = summary([timed([PY, "-I", "-S", "-c", "pass"], b"")
+                                               for _ in range(args.runs)])
 
     managed = render(domain("dedicated", managed_meta(False)), env).encode()
     prepare = []
@@ -238,6 +243,8 @@ def main() -> int:
           f"{r['python_start']['median_ms']:.1f} ms: +{over:.1f} ms, "
           f"{ratios['hook_prepare_dedicated']:.2f}x (target <= 2.0x: "
           f"{'ok' if ratios['hook_prepare_dedicated'] <= 2.0 else 'MISSED'})")
+    print(f"  (python3 -I -S start, which the front uses: median "
+          f"{r['python_start_no_site']['median_ms']:.1f} ms; not the baseline)")
     if "hook_started_verified" in r:
         v = ratios["hook_started_verified"]
         print(f"hook, started after numahookd verified (fast path): median "

@@ -7,18 +7,15 @@ leave a feature on.
 
 from __future__ import annotations
 
-import configparser
 import os
-import re
-from collections.abc import Callable
-from pathlib import Path
 
-from numahook import records
+from numahook import ini, records
 from numahook.errors import ConfigError
 from numahook.records import field, record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 DEFAULT_PATH = "/etc/numahook/numahook.conf"
@@ -198,6 +195,8 @@ _MAX_CONFIG = 1 << 20
 
 def _line_of(text: str, section: str, key: str) -> int:
     """Best-effort line number of ``key`` in ``section`` for error messages."""
+    import re
+
     current = None
     for no, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -209,10 +208,10 @@ def _line_of(text: str, section: str, key: str) -> int:
     return 0
 
 
-def parse(text: str, source: str = "<string>") -> Config:
-    """Parse config text; every error names the file, the line and the reason."""
-    if len(text) > _MAX_CONFIG:
-        raise ConfigError(f"{source}: the file is larger than {_MAX_CONFIG} bytes")
+def _configparser_items(text: str, source: str) -> list[ini.Item]:
+    """What configparser reads from a file ini.simple_items does not take; its errors."""
+    import configparser
+
     cp = configparser.ConfigParser(interpolation=None, strict=True)
     # keys fold to lower case: configparser's documented hook, typed as a method by typeshed
     cp.optionxform = str.lower  # type: ignore[assignment,method-assign]
@@ -226,31 +225,40 @@ def parse(text: str, source: str = "<string>") -> Config:
         line = _line_of(text, cp.default_section.lower(), key)
         raise ConfigError(f"{source}:{line}: [{cp.default_section}] {key} is not read by "
                           "numahook; move it under its own section, e.g. [features]")
+    # line 0: found by _line_of, and only for a message (it compiles a pattern per key)
+    return [(section, key, raw, 0) for section in cp.sections()
+            for key, raw in cp.items(section)]
+
+
+def parse(text: str, source: str = "<string>") -> Config:
+    """Parse config text; every error names the file, the line and the reason."""
+    if len(text) > _MAX_CONFIG:
+        raise ConfigError(f"{source}: the file is larger than {_MAX_CONFIG} bytes")
+    items = ini.simple_items(text)
+    if items is None:
+        items = _configparser_items(text, source)
     values: dict[str, Any] = {}
-    for section in cp.sections():
+    for section, key, raw, line in items:
         sec = section.strip().lower()
-        for key, raw in cp.items(section):
-            entry = _SCHEMA.get((sec, key))
-            # _line_of only for messages: it compiles a pattern per key, which every hook
-            # call would pay for each key of the shipped file
-            if entry is None:
-                known = ", ".join(sorted({f"[{s}] {k}" for s, k in _SCHEMA if s == sec}))
-                hint = f"known keys there: {known}" if known else "unknown section"
-                line = _line_of(text, sec, key)
-                raise ConfigError(f"{source}:{line}: unknown setting [{section}] {key} ({hint})")
-            name, conv = entry
-            try:
-                values[name] = conv(raw)
-            except ValueError as exc:
-                line = _line_of(text, sec, key)
-                raise ConfigError(f"{source}:{line}: [{section}] {key}: {exc}") from None
+        entry = _SCHEMA.get((sec, key))
+        if entry is None:
+            known = ", ".join(sorted({f"[{s}] {k}" for s, k in _SCHEMA if s == sec}))
+            hint = f"known keys there: {known}" if known else "unknown section"
+            line = line or _line_of(text, sec, key)
+            raise ConfigError(f"{source}:{line}: unknown setting [{section}] {key} ({hint})")
+        name, conv = entry
+        try:
+            values[name] = conv(raw)
+        except ValueError as exc:
+            line = line or _line_of(text, sec, key)
+            raise ConfigError(f"{source}:{line}: [{section}] {key}: {exc}") from None
     return Config(source=source, **values)
 
 
 def load(path: str | os.PathLike[str] | None = None) -> Config:
     """Load the config; a missing file at the default path means defaults (gates on)."""
     explicit = path is not None or "NUMAHOOK_CONFIG" in os.environ
-    p = Path(path or os.environ.get("NUMAHOOK_CONFIG", DEFAULT_PATH))
+    p = os.fspath(path or os.environ.get("NUMAHOOK_CONFIG", DEFAULT_PATH))
     try:
         with open(p, encoding="utf-8") as fh:
             text = fh.read(_MAX_CONFIG + 1)
@@ -261,7 +269,7 @@ def load(path: str | os.PathLike[str] | None = None) -> Config:
         return Config()
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p}: cannot be read: {exc}") from None
-    return parse(text, str(p))
+    return parse(text, p)
 
 
 def field_names() -> list[str]:

@@ -3,7 +3,7 @@
 On a throttled node numahookd applies what ``prepare`` recorded as soon as libvirt puts
 the vCPU threads in their cgroups, and notes in the claim for which QEMU it did
 (``verified_pid``, :func:`numahook.ops.lifecycle.tune_early`). The ``started`` hook then
-has nothing to apply, but the full path still costs configparser, re, json, pathlib and
+has nothing to apply, but the full path still costs re, json, pathlib and
 the renderer's modules, several times the work itself (bench/started.py). This module
 checks the same things with what the interpreter has loaded already, plus fcntl and the
 C half of json:
@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import os
 import time
+
+from numahook.ini import simple_items
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -61,8 +63,8 @@ def _read(path: str) -> str:
 def settings(environ: Any = os.environ) -> dict[str, str]:
     """The values of ``_KEYS`` from numahook.conf, as numahook.config would read them.
 
-    Only plain ``key = value`` lines, comments and section headers are understood; any
-    other line (a continuation, a duplicate key, no separator) declines.
+    Only the shape numahook/ini.py reads without configparser is understood; any other
+    (a continuation, a duplicate key, no separator) declines.
     """
     out = dict(_DEFAULTS)
     explicit = "NUMAHOOK_CONFIG" in environ
@@ -75,38 +77,16 @@ def settings(environ: Any = os.environ) -> dict[str, str]:
         return out
     except (OSError, ValueError):
         raise _Decline("config unreadable") from None
-    section = None
-    seen: set[tuple[str, str]] = set()
-    sections: set[str] = set()
-    for line in text.splitlines():
-        s = line.strip()
-        if not s or s[0] in "#;":
-            continue
-        if line[0] in " \t":
-            raise _Decline("continuation line")
-        if s[0] == "[":
-            if not s.endswith("]"):
-                raise _Decline("section header")
-            section = s[1:-1].strip().lower()
-            if section in sections:
-                raise _Decline("a duplicate section")
-            sections.add(section)
-            continue
-        if section is None:
-            raise _Decline("a key outside a section")
-        cut = min((i for i in (s.find("="), s.find(":")) if i > 0), default=-1)
-        if cut < 0:
-            raise _Decline("a line without a value")
-        key = (section, s[:cut].strip().lower())
-        if key in seen:
-            raise _Decline("a duplicate key")
-        seen.add(key)
-        if key in _KEYS:
-            value = s[cut + 1:].strip()
-            if key[0] == "paths" and (not value.startswith("/") or ".." in value.split("/")
-                                      or "\0" in value):
+    items = simple_items(text)
+    if items is None:
+        raise _Decline("a line of a shape only configparser reads")
+    for section, key, value, _line in items:
+        where = (section.strip().lower(), key)
+        if where in _KEYS:
+            if where[0] == "paths" and (not value.startswith("/") or ".." in value.split("/")
+                                        or "\0" in value):
                 raise _Decline("a path numahook.config refuses")
-            out[key[1]] = value
+            out[key] = value
     return out
 
 

@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGE = REPO / "numahook"
 
 #: modules at the package root that everything may use (and that use only each other)
-BASE = {"numahook", "errors", "records", "log", "faults", "config"}
+BASE = {"numahook", "errors", "records", "log", "faults", "config", "ini"}
 
 #: layer -> the layers it may import besides itself and BASE (docs/architecture.md)
 ALLOWED = {

@@ -135,7 +135,7 @@ def test_hook_main_reads_no_more_than_safe_allows() -> None:
 #: everything the fast path may load beyond a bare interpreter (-I): our three modules,
 #: __future__, the C half of json, fcntl for the lock (syslog is replaced by a file here)
 FAST_PATH_MODULES = {"__future__", "_json", "fcntl", "numahook", "numahook.hook",
-                     "numahook.hook.fast", "numahook.hook.main", "numahook.log"}
+                     "numahook.hook.fast", "numahook.hook.main", "numahook.ini", "numahook.log"}
 
 _RUN = """
 import io, sys

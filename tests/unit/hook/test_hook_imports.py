@@ -6,6 +6,7 @@ the modules that were taken out of the hook's path from coming back, without tim
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -18,7 +19,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 #: stdlib modules the hook does not need (top-level names; submodules count too)
 NOT_IN_HOOK = ("lxml", "logging", "tempfile", "random", "shutil", "signal", "dataclasses",
-               "inspect", "typing")
+               "inspect", "typing", "configparser")
 
 #: the hook run as libvirtd runs it (-I, syslog), then what it imported
 _HOOK = """
@@ -109,3 +110,34 @@ def test_the_sh_front_runs_the_hook_as_libvirtd_does(tmp_path: Path) -> None:
                                                    "<vcpupin vcpu='0' cpuset='5'/>"))
     assert refused.returncode == 1
     assert refused.stderr.startswith("numahook: ") and refused.stderr.count("\n") == 1
+
+
+def test_the_front_skips_site_processing_but_keeps_the_site_directories(tmp_path: Path) -> None:
+    """-S keeps other packages' .pth files and sitecustomize out of every managed call; the
+    distribution's site-packages (lxml, libvirt) must still be found, as without -S."""
+    probe = tmp_path / "probe" / "numahook" / "hook"
+    probe.mkdir(parents=True)
+    (probe.parent / "__init__.py").write_text("")
+    (probe / "__init__.py").write_text("")
+    (probe / "main.py").write_text(
+        "import json, sys\n"
+        "def main(argv):\n"
+        "    import lxml.etree\n"
+        "    print(json.dumps({'no_site': sys.flags.no_site, 'path': sys.path,\n"
+        "                      'argv': argv}))\n"
+        "    return 3\n")
+    _conf, xml = fixture_host(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "NUMAHOOK_PYTHON": sys.executable,
+           "NUMAHOOK_PYTHONPATH": str(tmp_path / "probe")}
+    proc = subprocess.run(["sh", str(REPO / "libvirt-hooks" / "numahook"), "dedicated",
+                           "prepare", "begin", "-"], input=xml, capture_output=True, text=True,
+                          env=env, check=False)
+    assert proc.returncode == 3, proc.stderr
+    seen = json.loads(proc.stdout)
+    assert seen["no_site"] == 1
+    assert seen["argv"] == ["dedicated", "prepare", "begin", "-"]
+    normal = subprocess.run([sys.executable, "-I", "-c",
+                             "import json, site; print(json.dumps(site.getsitepackages()))"],
+                            capture_output=True, text=True, check=True)
+    site_dirs = [p for p in json.loads(normal.stdout) if Path(p).is_dir()]
+    assert site_dirs and all(p in seen["path"] for p in site_dirs)
