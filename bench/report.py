@@ -320,6 +320,10 @@ def _hook_rows(hk: dict[str, Any], _py: float | None) -> list[Row]:
            ("hook, managed `prepare` (dedicated CPUs)",
             fmt(h["hook_prepare_dedicated"]["median_ms"], "ms"), base, x(prep),
             target(prep, PREPARE_OVER_PYTHON))]
+    if "python_stdlib_floor" in h:  # bench/hook.py's FLOOR: no managed call goes below it
+        f = h["python_stdlib_floor"]["median_ms"]
+        out.append(("floor under a managed call: `python3 -I -S` importing xml.etree, json "
+                    "and re", fmt(f, "ms"), base, x(f / py), ""))
     if "hook_prepare_passthrough_64_pages" in h:
         p = h["hook_prepare_passthrough_64_pages"]["median_ms"]
         out.append(("hook, managed `prepare`, passthrough, reserves 64 × 2 MiB",

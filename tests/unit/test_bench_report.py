@@ -160,3 +160,12 @@ def test_every_target_is_a_ratio_with_its_verdict() -> None:
     fast = next(r for k, r in rows.items() if "fast path" in k)
     assert (fast[3], fast[4]) == ("1.25x", "≤ 1.5x: pass")
     assert report.target(None, 2.0) == "≤ 2x: n/a"
+
+
+def test_the_stdlib_floor_under_a_managed_call_has_its_row_when_measured() -> None:
+    doc = document([a_run(0), c_run(0)], QUIET)
+    assert "floor under a managed call" not in report.markdown(doc)
+    doc["hook"]["results"]["python_stdlib_floor"] = {"median_ms": 32.0}
+    row = next(ln for ln in report.markdown(doc).splitlines()
+               if ln.startswith("| floor under a managed call"))
+    assert "| 32.0 ms | `python3 -I -c pass`: 16.0 ms | 2.00x |" in row

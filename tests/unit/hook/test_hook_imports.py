@@ -7,6 +7,7 @@ the modules that were taken out of the hook's path from coming back, without tim
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -114,17 +115,18 @@ def test_the_sh_front_runs_the_hook_as_libvirtd_does(tmp_path: Path) -> None:
 
 def test_the_front_skips_site_processing_but_keeps_the_site_directories(tmp_path: Path) -> None:
     """-S keeps other packages' .pth files and sitecustomize out of every managed call; the
-    distribution's site-packages (lxml, libvirt) must still be found, as without -S."""
+    distribution's site-packages (lxml, libvirt) must still be found, as without -S. And
+    the call runs at nice -10 (as root)."""
     probe = tmp_path / "probe" / "numahook" / "hook"
     probe.mkdir(parents=True)
     (probe.parent / "__init__.py").write_text("")
     (probe / "__init__.py").write_text("")
     (probe / "main.py").write_text(
-        "import json, sys\n"
+        "import json, os, sys\n"
         "def main(argv):\n"
         "    import lxml.etree\n"
         "    print(json.dumps({'no_site': sys.flags.no_site, 'path': sys.path,\n"
-        "                      'argv': argv}))\n"
+        "                      'argv': argv, 'nice': os.getpriority(os.PRIO_PROCESS, 0)}))\n"
         "    return 3\n")
     _conf, xml = fixture_host(tmp_path)
     env = {"PATH": "/usr/bin:/bin", "NUMAHOOK_PYTHON": sys.executable,
@@ -136,6 +138,8 @@ def test_the_front_skips_site_processing_but_keeps_the_site_directories(tmp_path
     seen = json.loads(proc.stdout)
     assert seen["no_site"] == 1
     assert seen["argv"] == ["dedicated", "prepare", "begin", "-"]
+    # the larger CFS share on libvirtd's critical path; without root it stays as it was
+    assert seen["nice"] == (-10 if os.geteuid() == 0 else os.getpriority(os.PRIO_PROCESS, 0))
     normal = subprocess.run([sys.executable, "-I", "-c",
                              "import json, site; print(json.dumps(site.getsitepackages()))"],
                             capture_output=True, text=True, check=True)
