@@ -18,7 +18,7 @@ from numahook.config import Config
 from numahook.core import cpulist, metadata, render
 from numahook.core.domainxml import DomainFacts
 from numahook.errors import NumahookError
-from numahook.host import libvirtstatus, procfs, rtsched
+from numahook.host import fsutil, libvirtstatus, procfs, rtsched
 from numahook.ops import hostinputs, kvmpit, lifecycle, redefine
 from numahook.state.recovery import rollback
 from numahook.state.statedir import ClaimJournal, StateDir
@@ -88,7 +88,7 @@ class Reconciler:
         into a group without RT budget, so an early FIFO would fail the start.
         """
         phases = {}
-        if self.state.path.exists():
+        if fsutil.exists(self.state.path):
             phases = {c.uuid: c.phase for c in self.state.list_claims()}
         out = []
         for dom in self._read_running():
@@ -236,7 +236,7 @@ class Reconciler:
     # -- crash recovery ----------------------------------------------------------------
     def orphans(self, now: float | None = None) -> None:
         """Release claims whose domain is gone (or whose start died half-way)."""
-        if not self.state.path.exists():
+        if not fsutil.exists(self.state.path):
             return
         now = time.time() if now is None else now
         running = {d.uuid: d for d in libvirtstatus.running_domains(self.cfg.libvirt_run)}

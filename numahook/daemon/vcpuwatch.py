@@ -112,10 +112,11 @@ class VcpuWatch:
     def start(self) -> bool:
         """Begin watching, in a thread of its own until :meth:`close`; False where there is
         nothing to watch (cgroup v2: ``<vcpusched>`` sets FIFO before the vCPUs run)."""
-        cpu = rtsched.cpu_controller(self.cfg.cgroup_root)
-        if cpu is None:
+        found = rtsched.cpu_controller(self.cfg.cgroup_root)
+        if found is None:
             log.info("no cgroup v1 cpu controller: <vcpusched> sets FIFO before the vCPUs run")
             return False
+        cpu = Path(found)
         self.ino = Inotify()
         self._watch_dir(cpu, 0, scan=False)
         for child in sorted(cpu.iterdir()):

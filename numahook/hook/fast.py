@@ -3,10 +3,9 @@
 On a throttled node numahookd applies what ``prepare`` recorded as soon as libvirt puts
 the vCPU threads in their cgroups, and notes in the claim for which QEMU it did
 (``verified_pid``, :func:`numahook.ops.lifecycle.tune_early`). The ``started`` hook then
-has nothing to apply, but the full path still costs re, json, pathlib and
-the renderer's modules, several times the work itself (bench/started.py). This module
-checks the same things with what the interpreter has loaded already, plus fcntl and the
-C half of json:
+has nothing to apply, but the full path still costs re, json and the renderer's
+modules, several times the work itself (bench/started.py). This module checks the same
+things with what the interpreter has loaded already, plus fcntl and the C half of json:
 
 * the claim is this domain's, ``reserved``, with a real-time intent and ``verified_pid``
   equal to the QEMU pid in libvirt's status file;

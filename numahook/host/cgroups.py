@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import re
-from pathlib import Path
 
 from numahook.core import cpulist
 from numahook.core.units import clip
 from numahook.errors import InputError
+from numahook.host import fsutil
 from numahook.records import record
 
 DEFAULT_PARTITION = "/machine"
@@ -32,7 +32,7 @@ _CONTROLLERS = ("cpu", "cpuacct", "cpuset", "memory", "devices", "freezer", "blk
 class Cpuset:
     cpus: frozenset[int]
     #: the cgroup directory the set was read from
-    path: Path
+    path: str
     layout: str
     version: int
 
@@ -84,22 +84,23 @@ def systemd_path(parts: list[str]) -> str:
 
 def version(root: str | os.PathLike[str]) -> int:
     """2 for a pure unified hierarchy, else 1 (legacy or hybrid)."""
-    base = Path(root)
-    if (base / "cgroup.controllers").exists() and not (base / "cpuset").is_dir():
+    base = fsutil.clean(root)
+    if (fsutil.exists(os.path.join(base, "cgroup.controllers"))
+            and not fsutil.is_dir(os.path.join(base, "cpuset"))):
         return 2
     return 1
 
 
-def cpuset_root(root: str | os.PathLike[str]) -> Path:
-    base = Path(root)
-    return base if version(base) == 2 else base / "cpuset"
+def cpuset_root(root: str | os.PathLike[str]) -> str:
+    base = fsutil.clean(root)
+    return base if version(base) == 2 else os.path.join(base, "cpuset")
 
 
-def _read_set(directory: Path, ver: int) -> frozenset[int] | None:
+def _read_set(directory: str, ver: int) -> frozenset[int] | None:
     names = (("cpuset.cpus.effective", "cpuset.cpus") if ver == 2
              else ("cpuset.effective_cpus", "cpuset.cpus"))
     for name in names:
-        f = directory / name
+        f = os.path.join(directory, name)
         try:
             with open(f, encoding="ascii") as fh:
                 text = fh.read(cpulist.MAX_TEXT + 1)
@@ -108,7 +109,7 @@ def _read_set(directory: Path, ver: int) -> frozenset[int] | None:
         except (OSError, UnicodeDecodeError) as exc:
             raise InputError(f"cannot read {f}: {exc}") from None
         if text.strip() or ver == 1:
-            return cpulist.parse(text, str(f))
+            return cpulist.parse(text, f)
     return None
 
 
@@ -121,15 +122,16 @@ def partition_cpuset(root: str | os.PathLike[str], partition: str | None) -> Cpu
     parts = validate_partition(partition)
     ver = version(root)
     base = cpuset_root(root)
-    if not base.is_dir():
+    if not fsutil.is_dir(base):
         raise InputError(f"no cpuset cgroup hierarchy at {base}; mount the cpuset controller")
-    systemd = (base / "machine.slice").is_dir() and not (base / "machine").is_dir()
+    systemd = (fsutil.is_dir(os.path.join(base, "machine.slice"))
+               and not fsutil.is_dir(os.path.join(base, "machine")))
     rel = systemd_path(parts) if systemd else cgroupfs_path(parts)
     layout = "systemd" if systemd else "cgroupfs"
     comps = rel.split("/")
     for depth in range(len(comps), -1, -1):
-        d = base.joinpath(*comps[:depth]) if depth else base
-        if d.is_dir():
+        d = os.path.join(base, *comps[:depth]) if depth else base
+        if fsutil.is_dir(d):
             got = _read_set(d, ver)
             if got is not None:
                 return Cpuset(got, d, layout, ver)

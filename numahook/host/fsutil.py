@@ -3,14 +3,20 @@
 Everything numahook touches on the host goes through here so that reads are bounded,
 our own files are replaced atomically, kernel knob writes fail with one actionable
 sentence, and paths built from outside input cannot leave their root.
+
+Paths are plain strings: importing pathlib (it loads urllib.parse, ipaddress, fnmatch
+and ntpath) was an eighth of a managed prepare's instructions, in every hook call.
+:func:`clean` spells a path as pathlib does, and :func:`exists`, :func:`is_dir`,
+:func:`is_file` and :func:`is_link` answer and raise as pathlib's methods do, so
+messages, records and errors read as they did.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections.abc import Mapping
-from pathlib import Path
 
 from numahook import log as logmod
 from numahook.core.units import clip
@@ -40,6 +46,66 @@ _KNOB_HINTS = {
     errno.ENOENT: "the kernel does not offer this file; check the kernel configuration",
     errno.ESRCH: "the process is gone; retry once it runs",
 }
+
+
+#: The errors for which pathlib's exists()/is_dir()/is_file()/is_symlink() answer False
+#: rather than raise: the path is not there. EACCES and the rest still raise.
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.EBADF, errno.ELOOP)
+
+
+def clean(path: PathLike) -> str:
+    """``path`` as ``str(pathlib.Path(path))`` spells it.
+
+    Empty and ``.`` components and a trailing slash go, ``..`` stays (it is not resolved);
+    an empty path is ``.``. A root of exactly two slashes is kept, as POSIX lets it mean
+    something else. Paths compared, used as keys or walked up with :func:`parent` must be
+    clean, so that one directory has one spelling.
+    """
+    text = os.fspath(path)
+    names = "/".join(n for n in text.split("/") if n and n != ".")
+    if not text.startswith("/"):
+        return names or "."
+    return ("//" if text[:2] == "//" and text[2:3] != "/" else "/") + names
+
+
+def parent(path: str) -> str:
+    """The directory holding a :func:`clean` path (``pathlib.PurePath.parent``): a root is
+    its own parent, and a relative name's is ``.``."""
+    return os.path.dirname(path) or "."
+
+
+def _mode(path: PathLike, follow: bool = True) -> int | None:
+    try:
+        return (os.stat(path) if follow else os.lstat(path)).st_mode
+    except OSError as exc:
+        if exc.errno not in _ABSENT:
+            raise
+        return None
+    except ValueError:  # an embedded NUL byte
+        return None
+
+
+def exists(path: PathLike) -> bool:
+    """``Path.exists``: follows links; raises what stat(2) says other than "not there"."""
+    return _mode(path) is not None
+
+
+def is_dir(path: PathLike) -> bool:
+    """``Path.is_dir``, with the errors of :func:`exists`."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISDIR(mode)
+
+
+def is_file(path: PathLike) -> bool:
+    """``Path.is_file``, with the errors of :func:`exists`."""
+    mode = _mode(path)
+    return mode is not None and stat.S_ISREG(mode)
+
+
+def is_link(path: PathLike) -> bool:
+    """``Path.is_symlink``, with the errors of :func:`exists`."""
+    mode = _mode(path, follow=False)
+    return mode is not None and stat.S_ISLNK(mode)
 
 
 class KnobWriteError(HostError):
@@ -85,22 +151,22 @@ def read_int(path: PathLike) -> int:
 
 def make_private_dirs(path: PathLike) -> None:
     """Create ``path`` and any missing parents with mode 0700 (os.makedirs only does the leaf)."""
-    missing: list[Path] = []
-    p = Path(path)
-    while not p.is_dir():
+    missing: list[str] = []
+    p = clean(path)
+    while not is_dir(p):
         missing.append(p)
-        if p.parent == p:
+        if parent(p) == p:
             break
-        p = p.parent
+        p = parent(p)
     for d in reversed(missing):
         try:
-            d.mkdir(mode=0o700)
+            os.mkdir(d, 0o700)
         except FileExistsError:
-            if not d.is_dir():
+            if not is_dir(d):
                 raise
 
 
-def _fsync_dir(path: Path) -> None:
+def _fsync_dir(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -108,21 +174,21 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _create_temp(parent: Path, name: str) -> tuple[int, str]:
+def _create_temp(directory: str, name: str) -> tuple[int, str]:
     """Create ``.NAME.PID-RANDOM.tmp`` beside the target, exclusively and 0600.
 
     tempfile.mkstemp does the same but importing tempfile (random, shutil, bz2, lzma...)
     costs the hook more than its whole prepare work.
     """
     for _ in range(_TEMP_ATTEMPTS):
-        tmp_name = os.path.join(parent, f".{name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
+        tmp_name = os.path.join(directory, f".{name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
         try:
             fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
                          | os.O_CLOEXEC, 0o600)
         except FileExistsError:
             continue
         return fd, tmp_name
-    raise FileExistsError(errno.EEXIST, "no free temporary file name", os.fspath(parent))
+    raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)
 
 
 def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600,
@@ -134,13 +200,13 @@ def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600,
     power loss. Missing parents are created 0700. On failure nothing but the old file
     remains.
     """
-    target = Path(path)
+    target = clean(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
-    parent = target.parent
+    where = parent(target)
     tmp_name: str | None = None
     try:
-        make_private_dirs(parent)
-        fd, tmp_name = _create_temp(parent, target.name)
+        make_private_dirs(where)
+        fd, tmp_name = _create_temp(where, os.path.basename(target))
         try:
             os.fchmod(fd, mode)
             view = memoryview(raw)
@@ -154,11 +220,11 @@ def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600,
         os.replace(tmp_name, target)
         tmp_name = None
         if durable:
-            _fsync_dir(parent)
+            _fsync_dir(where)
     except OSError as exc:
         raise StateError(
             f"writing {target} failed: {exc.strerror or exc}; "
-            f"free space in {parent} or fix its permissions"
+            f"free space in {where} or fix its permissions"
         ) from None
     finally:
         if tmp_name is not None:
@@ -202,22 +268,24 @@ def write_knob(path: PathLike, value: str, hint: str | Mapping[int, str] | None 
         )
 
 
-def under(root: PathLike, *parts: str) -> Path:
+def under(root: PathLike, *parts: str) -> str:
     """Join ``parts`` below ``root``, refusing anything that could leave it.
 
     Parts come from outside (cgroup paths from /proc, domain names, UUIDs), so ``..``,
     absolute parts, NUL bytes and symlinks resolving outside ``root`` are refused.
-    A part may hold several components (``devices/system/node``).
+    A part may hold several components (``devices/system/node``). The result is
+    :func:`clean`.
     """
-    base = Path(root)
-    path = base
+    base = clean(root)
+    names: list[str] = []
     for part in parts:
         if not isinstance(part, str) or not part or "\0" in part or part.startswith("/"):
             raise InputError(f"path part {part!r} is not a relative name; use a plain name")
         components = part.split("/")
         if any(c == ".." for c in components):
             raise InputError(f"path part {part!r} climbs out with '..'; use a plain name")
-        path = path.joinpath(*[c for c in components if c and c != "."])
+        names.extend(c for c in components if c and c != ".")
+    path = os.path.join(base, *names) if names else base
     real_root = os.path.realpath(base)
     real = os.path.realpath(path)
     if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from pathlib import Path
 
 from numahook import faults
 from numahook import log as logmod
@@ -45,19 +44,19 @@ class PoolCounts(NamedTuple):
     surplus: int
 
 
-def node_dir(sysfs_root: str, node: int) -> Path:
+def node_dir(sysfs_root: str, node: int) -> str:
     return fsutil.under(sysfs_root, "devices/system/node", f"node{int(node)}")
 
 
-def pool_dir(sysfs_root: str, pool: PoolKey) -> Path:
+def pool_dir(sysfs_root: str, pool: PoolKey) -> str:
     node, size = pool
-    return node_dir(sysfs_root, node) / "hugepages" / f"hugepages-{int(size)}kB"
+    return os.path.join(node_dir(sysfs_root, node), "hugepages", f"hugepages-{int(size)}kB")
 
 
 def supported_sizes(sysfs_root: str, node: int) -> list[int]:
     """Hugepage sizes (kB) the host offers on ``node``, ascending."""
     try:
-        names = os.listdir(node_dir(sysfs_root, node) / "hugepages")
+        names = os.listdir(os.path.join(node_dir(sysfs_root, node), "hugepages"))
     except OSError:
         return []
     return sorted(int(m.group(1)) for m in map(_SIZE_DIR.match, names) if m)
@@ -66,22 +65,22 @@ def supported_sizes(sysfs_root: str, node: int) -> list[int]:
 def counts(sysfs_root: str, pool: PoolKey) -> PoolCounts:
     d = pool_dir(sysfs_root, pool)
     return PoolCounts(
-        fsutil.read_int(d / "nr_hugepages"),
-        fsutil.read_int(d / "free_hugepages"),
-        fsutil.read_int(d / "surplus_hugepages"),
+        fsutil.read_int(os.path.join(d, "nr_hugepages")),
+        fsutil.read_int(os.path.join(d, "free_hugepages")),
+        fsutil.read_int(os.path.join(d, "surplus_hugepages")),
     )
 
 
 def check_pools(pools: list[PoolKey], sysfs_root: str = "/sys") -> None:
     """Refuse pools the host does not have, naming what it does have."""
     for node, size in pools:
-        if not node_dir(sysfs_root, node).is_dir():
+        if not fsutil.is_dir(node_dir(sysfs_root, node)):
             raise Refusal(
                 f"NUMA node {node} does not exist on this host; pin the domain to CPUs of "
                 "existing nodes",
                 check="hugepage-node",
             )
-        if pool_dir(sysfs_root, (node, size)).is_dir():
+        if fsutil.is_dir(pool_dir(sysfs_root, (node, size))):
             continue
         sizes = supported_sizes(sysfs_root, node)
         offered = " and ".join(f"{s} kB" for s in sizes) or "no hugepage size at all"
@@ -106,7 +105,7 @@ class _Ledger:
 
     def change(self, sysfs_root: str, pool: PoolKey, delta: int) -> int:
         """Move ``nr_hugepages`` by ``delta``; return the change the kernel really made."""
-        knob = pool_dir(sysfs_root, pool) / "nr_hugepages"
+        knob = os.path.join(pool_dir(sysfs_root, pool), "nr_hugepages")
         before = fsutil.read_int(knob)
         target = max(0, before + delta)
         self.pending[pool] = Pending(before, target - before)
@@ -237,7 +236,7 @@ def release(
 def _release_into(ledger: _Ledger, sysfs_root: str) -> None:
     first: NumahookError | None = None
     for pool in sorted(ledger.added):
-        if not pool_dir(sysfs_root, pool).is_dir():
+        if not fsutil.is_dir(pool_dir(sysfs_root, pool)):
             log.warning("hugepage pool %s is gone; nothing to give back there", pool)
             continue
         try:

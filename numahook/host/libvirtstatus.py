@@ -9,7 +9,6 @@ thread ids and the host CPUs they are pinned to from these root-only files. The 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 from numahook import log as logmod
 from numahook.core import cpulist, metadata
@@ -89,7 +88,7 @@ def parse_status(data: str | bytes, what: str = "libvirt status XML") -> Running
     )
 
 
-def _load(path: Path) -> RunningDomain:
+def _load(path: str) -> RunningDomain:
     return parse_status(fsutil.read_text(path, safe.MAX_XML_BYTES), f"status file {path}")
 
 
@@ -118,8 +117,8 @@ def running_domains(root: str = DEFAULT_ROOT) -> list[RunningDomain]:
             log.warning("skipping libvirt status file %s/%s: %s", root, name, exc)
             continue
         key = (st.st_ino, st.st_mtime_ns, st.st_size)
-        listed.add(str(path))
-        cached = _seen.get(str(path))
+        listed.add(path)
+        cached = _seen.get(path)
         if cached is not None and cached[0] == key:
             out.append(cached[1])
             continue
@@ -128,7 +127,7 @@ def running_domains(root: str = DEFAULT_ROOT) -> list[RunningDomain]:
         except InputError as exc:
             log.warning("skipping libvirt status file %s/%s: %s", root, name, exc)
             continue
-        _seen[str(path)] = (key, dom)
+        _seen[path] = (key, dom)
         out.append(dom)
     prefix = os.path.join(root, "")
     for gone in [p for p in _seen if p.startswith(prefix) and p not in listed]:
@@ -141,6 +140,6 @@ def status_of(name: str, root: str = DEFAULT_ROOT) -> RunningDomain | None:
     if "/" in name:
         raise InputError(f"domain name {name!r} contains '/', which libvirt never allows")
     path = fsutil.under(root, f"{name}.xml")
-    if not path.exists():
+    if not fsutil.exists(path):
         return None
     return _load(path)

@@ -11,9 +11,9 @@ Every change is journalled ahead of its write so a crash can give the budget bac
 from __future__ import annotations
 
 import errno
+import os
 import time
 from collections.abc import Iterable
-from pathlib import Path
 
 from numahook import faults
 from numahook import log as logmod
@@ -30,11 +30,12 @@ PERIOD = "cpu.rt_period_us"
 REALTIME_POLICIES = ("fifo", "rr")
 
 
-def cpu_controller(cgroup_root: str = "/sys/fs/cgroup") -> Path | None:
+def cpu_controller(cgroup_root: str = "/sys/fs/cgroup") -> str | None:
     """The cgroup v1 cpu controller mount (``cpu``, ``cpu,cpuacct`` ...), None on v2."""
     for name in ("cpu", "cpu,cpuacct", "cpuacct,cpu"):
-        d = Path(cgroup_root) / name
-        if (d / "cpu.shares").is_file():  # only v1 has cpu.shares; v2 has cpu.weight
+        d = os.path.join(fsutil.clean(cgroup_root), name)
+        # only v1 has cpu.shares; v2 has cpu.weight
+        if fsutil.is_file(os.path.join(d, "cpu.shares")):
             return d
     return None
 
@@ -53,29 +54,38 @@ def rt_sysctl(proc_root: str = "/proc") -> tuple[int, int]:
 def needs_group_budget(cgroup_root: str = "/sys/fs/cgroup", proc_root: str = "/proc") -> bool:
     """True when SCHED_FIFO needs ``cpu.rt_runtime_us`` > 0 on every cgroup of the thread."""
     cpu = cpu_controller(cgroup_root)
-    if cpu is None or not (cpu / RUNTIME).is_file():
+    if cpu is None or not fsutil.is_file(os.path.join(cpu, RUNTIME)):
         return False
     return rt_sysctl(proc_root)[0] >= 0
 
 
 
-def _group_dir(cpu_root: Path, cgroup: str) -> Path:
+def _group_dir(cpu_root: str, cgroup: str) -> str:
     parts = [p for p in cgroup.split("/") if p]
     return fsutil.under(cpu_root, *parts) if parts else cpu_root
 
 
-def _bandwidth(group: Path) -> tuple[int, int]:
+def _bandwidth(group: str) -> tuple[int, int]:
     """(runtime, period) of a cgroup."""
-    return fsutil.read_int(group / RUNTIME), fsutil.read_int(group / PERIOD)
+    return (fsutil.read_int(os.path.join(group, RUNTIME)),
+            fsutil.read_int(os.path.join(group, PERIOD)))
 
 
-def _ratio(group: Path) -> int:
+def _ratio(group: str) -> int:
     runtime, period = _bandwidth(group)
     return to_ratio(period, runtime)
 
 
-def _children(group: Path) -> list[Path]:
-    return sorted(p for p in group.iterdir() if p.is_dir() and (p / RUNTIME).is_file())
+def _components(group: str) -> list[str]:
+    """Sort key: name by name, as pathlib sorts, so ``a/b/c`` stays before ``a/b-c`` (as
+    strings, ``-`` sorts before ``/``) and a plan's records keep their order."""
+    return group.split("/")
+
+
+def _children(group: str) -> list[str]:
+    paths = (os.path.join(group, name) for name in os.listdir(group))
+    return sorted((p for p in paths if fsutil.is_dir(p)
+                   and fsutil.is_file(os.path.join(p, RUNTIME))), key=_components)
 
 
 def plan_budget(
@@ -104,24 +114,24 @@ def plan_budget(
             f"there is no cgroup v1 cpu controller under {cgroup_root}; "
             "mount it or let libvirt's <vcpusched> set the policy"
         )
-    leaves = sorted({_group_dir(cpu, c) for c in leaf_cgroups} - {cpu})
+    leaves = sorted({_group_dir(cpu, c) for c in leaf_cgroups} - {cpu}, key=_components)
     glob_runtime, glob_period = rt_sysctl(proc_root)
     root_ratio = to_ratio(glob_period, glob_runtime)
-    if (cpu / RUNTIME).is_file():
+    if fsutil.is_file(os.path.join(cpu, RUNTIME)):
         root_ratio = min(root_ratio, _ratio(cpu))
     if not leaves:
         return BudgetPlan(0, glob_period, [])
 
     # our tree: every group on a leaf's path, each with its parent
-    parent: dict[Path, Path] = {}
-    for leaf in leaves:
+    parent: dict[str, str] = {}
+    for leaf in leaves:  # clean paths below cpu (fsutil.under), so the walk ends at cpu
         node = leaf
         while node != cpu:
-            parent[node] = node.parent
-            node = node.parent
-    ours = sorted(parent, key=lambda p: len(p.parts))  # parents first
+            parent[node] = fsutil.parent(node)
+            node = parent[node]
+    ours = sorted(parent, key=lambda p: p.count("/"))  # parents first
     current = {n: _bandwidth(n) for n in ours}
-    kids: dict[Path, list[Path]] = {n: [] for n in [cpu, *ours]}
+    kids: dict[str, list[str]] = {n: [] for n in [cpu, *ours]}
     for n in ours:
         kids[parent[n]].append(n)
     others = {n: [_bandwidth(c) for c in _children(n) if c not in parent] for n in [cpu, *ours]}
@@ -143,9 +153,9 @@ def plan_budget(
     new = rtbudget.solve(tree, budget, root_ratio)
     if new is None:  # cannot happen: budget <= lo and feasibility is monotone
         raise HostError(f"planning {budget} us of real-time budget failed; report a bug")
-    lowered = [BudgetRecord(str(n / RUNTIME), current[n][0], new[n])
+    lowered = [BudgetRecord(os.path.join(n, RUNTIME), current[n][0], new[n])
                for n in reversed(ours) if new[n] < current[n][0]]
-    raised = [BudgetRecord(str(n / RUNTIME), current[n][0], new[n])
+    raised = [BudgetRecord(os.path.join(n, RUNTIME), current[n][0], new[n])
               for n in ours if new[n] > current[n][0]]
     records = lowered + raised
     return BudgetPlan(budget, current[leaves[0]][1], records)
@@ -194,7 +204,7 @@ def delegate(plan: BudgetPlan, journal: Journal | None = None) -> list[BudgetRec
     return done
 
 
-def _lower(path: Path, value: int, wait: float) -> None:
+def _lower(path: str, value: int, wait: float) -> None:
     """Write a lower runtime, retrying EINVAL for up to ``wait`` seconds.
 
     A child cgroup that was just removed (libvirt tears the domain's groups down at stop)
@@ -229,9 +239,9 @@ def undelegate(
             journal(list(remaining))
 
     for rec in reversed(list(records)):
-        path = Path(rec.path)
+        path = fsutil.clean(rec.path)
         try:
-            if not path.is_file():
+            if not fsutil.is_file(path):
                 remaining.remove(rec)
                 note()
                 continue
@@ -241,8 +251,9 @@ def undelegate(
                 note()
                 continue
             share = rec.new - rec.previous
-            period = fsutil.read_int(path.parent / PERIOD)
-            held = rtbudget.runtime_for(map(_bandwidth, _children(path.parent)), period)
+            group = fsutil.parent(path)
+            period = fsutil.read_int(os.path.join(group, PERIOD))
+            held = rtbudget.runtime_for(map(_bandwidth, _children(group)), period)
             target = min(cur, max(0, cur - share, held))
             left = share - (cur - target)
             before = list(remaining)
@@ -288,10 +299,10 @@ def unbudgeted_rt_threads(
                 continue
             group = _group_dir(cpu, procfs.cgroup_of(tid, "cpu", proc_root))
             while group != cpu:
-                if fsutil.read_int(group / RUNTIME) == 0:
+                if fsutil.read_int(os.path.join(group, RUNTIME)) == 0:
                     out.append(tid)
                     break
-                group = group.parent
+                group = fsutil.parent(group)
         except NumahookError as exc:  # the thread or its cgroup went away meanwhile
             log.debug("skipping thread %d: %s", tid, exc)
     return out

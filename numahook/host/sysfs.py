@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterable
-from pathlib import Path
 
 from numahook import log as logmod
 from numahook.core import cpulist
@@ -24,51 +23,51 @@ _ROOT_COMPLEX = re.compile(r"pci[0-9a-f]{4}:[0-9a-f]{2}")
 _MAX_FILE = 1 << 16
 
 
-def _read(path: Path) -> str:
+def _read(path: str) -> str:
     return fsutil.read_text(path, _MAX_FILE)
 
 
-def _read_int(path: Path, default: int | None = None) -> int:
-    if default is not None and not path.exists():
+def _read_int(path: str, default: int | None = None) -> int:
+    if default is not None and not fsutil.exists(path):
         return default
     return fsutil.read_int(path)
 
 
-def _pools(directory: Path) -> dict[int, HugepagePool]:
+def _pools(directory: str) -> dict[int, HugepagePool]:
     pools: dict[int, HugepagePool] = {}
-    if not directory.is_dir():
+    if not fsutil.is_dir(directory):
         return pools
     for entry in sorted(os.listdir(directory)):
         m = _PAGEDIR.fullmatch(entry)
         if not m:
             continue
-        d = directory / entry
+        d = os.path.join(directory, entry)
         size = int(m.group(1))
         pools[size] = HugepagePool(
             size_kib=size,
-            nr=_read_int(d / "nr_hugepages"),
-            free=_read_int(d / "free_hugepages"),
-            surplus=_read_int(d / "surplus_hugepages", 0),
+            nr=_read_int(os.path.join(d, "nr_hugepages")),
+            free=_read_int(os.path.join(d, "free_hugepages")),
+            surplus=_read_int(os.path.join(d, "surplus_hugepages"), 0),
         )
     return pools
 
 
 def read_topology(root: str | os.PathLike[str] = "/sys") -> Topology:
     """Read online CPUs and nodes. Offline CPUs are absent; CPU-less nodes have no CPUs."""
-    sysroot = Path(root)
-    cpu_dir = sysroot / "devices/system/cpu"
-    node_dir = sysroot / "devices/system/node"
-    online_cpus = cpulist.parse(_read(cpu_dir / "online"), f"{cpu_dir}/online")
+    sysroot = fsutil.clean(root)
+    cpu_dir = os.path.join(sysroot, "devices/system/cpu")
+    node_dir = os.path.join(sysroot, "devices/system/node")
+    online_cpus = cpulist.parse(_read(os.path.join(cpu_dir, "online")), f"{cpu_dir}/online")
 
     node_cpus: dict[int, frozenset[int]] = {}
-    nodes_online_file = node_dir / "online"
-    if nodes_online_file.exists():
-        node_ids = sorted(cpulist.parse(_read(nodes_online_file), str(nodes_online_file)))
+    nodes_online_file = os.path.join(node_dir, "online")
+    if fsutil.exists(nodes_online_file):
+        node_ids = sorted(cpulist.parse(_read(nodes_online_file), nodes_online_file))
     else:  # CONFIG_NUMA=n: one node holding everything
         node_ids = []
     for n in node_ids:
-        path = node_dir / f"node{n}/cpulist"
-        node_cpus[n] = cpulist.parse(_read(path), str(path)) & online_cpus
+        path = os.path.join(node_dir, f"node{n}/cpulist")
+        node_cpus[n] = cpulist.parse(_read(path), path) & online_cpus
     if not node_ids:
         node_ids = [0]
         node_cpus[0] = online_cpus
@@ -76,35 +75,35 @@ def read_topology(root: str | os.PathLike[str] = "/sys") -> Topology:
 
     cpus: dict[int, Cpu] = {}
     for c in sorted(online_cpus):
-        topo = cpu_dir / f"cpu{c}/topology"
+        topo = os.path.join(cpu_dir, f"cpu{c}/topology")
         if c not in cpu_node:
             log.warning("CPU %d is online but in no NUMA node; ignoring it", c)
             continue
-        sib_path = topo / "thread_siblings_list"
+        sib_path = os.path.join(topo, "thread_siblings_list")
         siblings = (
-            cpulist.parse(_read(sib_path), str(sib_path)) & online_cpus
-            if sib_path.exists()
+            cpulist.parse(_read(sib_path), sib_path) & online_cpus
+            if fsutil.exists(sib_path)
             else frozenset({c})
         )
         cpus[c] = Cpu(
             id=c,
             node=cpu_node[c],
-            package=_read_int(topo / "physical_package_id", 0),
-            die=_read_int(topo / "die_id", 0),
-            core=_read_int(topo / "core_id", c),
+            package=_read_int(os.path.join(topo, "physical_package_id"), 0),
+            die=_read_int(os.path.join(topo, "die_id"), 0),
+            core=_read_int(os.path.join(topo, "core_id"), c),
             siblings=siblings | {c},
         )
 
     nodes: dict[int, Node] = {}
     for n in node_ids:
-        d = node_dir / f"node{n}"
+        d = os.path.join(node_dir, f"node{n}")
         memory = 0
-        if (d / "meminfo").exists():
-            m = _MEMTOTAL.search(_read(d / "meminfo"))
+        if fsutil.exists(os.path.join(d, "meminfo")):
+            m = _MEMTOTAL.search(_read(os.path.join(d, "meminfo")))
             memory = int(m.group(1)) if m else 0
         distances: dict[int, int] = {}
-        if (d / "distance").exists():
-            row = _read(d / "distance").split()
+        if fsutil.exists(os.path.join(d, "distance")):
+            row = _read(os.path.join(d, "distance")).split()
             if len(row) == len(node_ids) and all(is_decimal(v) for v in row):
                 distances = {node_ids[i]: int(v) for i, v in enumerate(row)}
             else:
@@ -113,11 +112,11 @@ def read_topology(root: str | os.PathLike[str] = "/sys") -> Topology:
             id=n,
             cpus=node_cpus[n],
             memory_kib=memory,
-            hugepages=_pools(d / "hugepages"),
+            hugepages=_pools(os.path.join(d, "hugepages")),
             distances=distances,
         )
 
-    global_pools = _pools(sysroot / "kernel/mm/hugepages")
+    global_pools = _pools(os.path.join(sysroot, "kernel/mm/hugepages"))
     sizes = frozenset(global_pools) or frozenset(s for n in nodes.values() for s in n.hugepages)
     return Topology(cpus=cpus, nodes=nodes, page_sizes=sizes, default_page_kib=_default_page(sizes))
 
@@ -131,7 +130,7 @@ def _default_page(sizes: frozenset[int]) -> int:
 def default_page_kib(proc_root: str | os.PathLike[str] = "/proc") -> int | None:
     """``Hugepagesize:`` from ``/proc/meminfo``: the size libvirt uses for a bare <hugepages/>."""
     try:
-        text = _read(Path(proc_root) / "meminfo")
+        text = _read(os.path.join(fsutil.clean(proc_root), "meminfo"))
     except InputError:
         return None
     m = re.search(r"^Hugepagesize:\s+([0-9]{1,9})\s+kB", text, re.MULTILINE)
@@ -150,10 +149,10 @@ def read_pci(root: str | os.PathLike[str], bdfs: Iterable[str]) -> dict[str, Hos
         if not is_bdf(bdf):
             raise InputError(f"{bdf!r} is not a PCI device name like 0000:18:00.0")
         path = fsutil.under(root, "bus/pci/devices", bdf)  # refuses links out of the root
-        if not path.exists():
+        if not fsutil.exists(path):
             out[bdf] = HostPci(bdf, present=False)
             continue
-        node = _read_int(path / "numa_node", -1)
+        node = _read_int(os.path.join(path, "numa_node"), -1)
         rel = os.path.relpath(os.path.realpath(path), os.path.realpath(root))
         bridges = [c for c in rel.split(os.sep) if _ROOT_COMPLEX.fullmatch(c)]
         out[bdf] = HostPci(bdf, present=True, node=node if node >= 0 else None,

@@ -95,7 +95,8 @@ def read_rt_budget(cgroup_root: str, runtime: int, period: int) -> RtBudget | No
 
     As in the kernel, the root never hands out more than the global sysctl allows.
     """
-    cpu = rtsched.cpu_controller(cgroup_root)
+    found = rtsched.cpu_controller(cgroup_root)
+    cpu = Path(found) if found is not None else None
     if cpu is None or not (cpu / rtsched.RUNTIME).is_file():
         return None
     root_raw = fsutil.read_int(cpu / rtsched.RUNTIME)
@@ -168,7 +169,7 @@ def probe(cfg: Config, libvirt_reachable: bool | None = None) -> NodeCapability:
     group_sched = False
     try:
         cpu = rtsched.cpu_controller(cfg.cgroup_root)
-        group_sched = cpu is not None and (cpu / rtsched.RUNTIME).is_file()
+        group_sched = cpu is not None and (Path(cpu) / rtsched.RUNTIME).is_file()
         budget = read_rt_budget(cfg.cgroup_root, runtime, period)
     except (NumahookError, OSError) as exc:
         warnings.append(f"the RT group budget could not be read: {exc}")

@@ -12,7 +12,7 @@ from numahook.config import Config
 from numahook.core import cpulist, metadata
 from numahook.core.plan import Inputs
 from numahook.errors import NumahookError
-from numahook.host import cgroups, libvirtstatus, procfs, rtsched, sysfs
+from numahook.host import cgroups, fsutil, libvirtstatus, procfs, rtsched, sysfs
 from numahook.records import record
 from numahook.state.statedir import StateDir
 
@@ -63,7 +63,7 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
         cpus, path = cpuset_override, "--cpuset"
     else:
         cs = cgroups.partition_cpuset(cfg.cgroup_root, partition)
-        cpus, path = cs.cpus, str(cs.path)
+        cpus, path = cs.cpus, cs.path
     domains = managed_running(cfg, exclude_uuid)
     claimed: frozenset[int] = frozenset()
     if state is not None:
@@ -98,5 +98,5 @@ def fingerprint(cfg: Config, partitions: set[str | None], state: StateDir) -> st
             parts.append(str(exc))
     held = managed_running(cfg, None)
     parts.extend(f"{k}:{cpulist.format(v)}" for k, v in sorted(held.items()))
-    parts.append(cpulist.format(state.held_cpus(None)) if state.path.exists() else "")
+    parts.append(cpulist.format(state.held_cpus(None)) if fsutil.exists(state.path) else "")
     return hashlib.sha256("|".join(parts).encode()).hexdigest()

@@ -17,7 +17,7 @@ from numahook.config import Config
 from numahook.core import allocate, cpulist, hardware, metadata, render
 from numahook.core.plan import Plan
 from numahook.errors import HostError, NumahookError, Refusal
-from numahook.host import hugepages, libvirtstatus, procfs, rtsched
+from numahook.host import fsutil, hugepages, libvirtstatus, procfs, rtsched
 from numahook.ops import hostinputs, kvmpit
 from numahook.records import record
 from numahook.state.claims import Claim, RealtimeIntent
@@ -259,7 +259,7 @@ def _mark_running(doc: render.Parsed, cfg: Config, state: StateDir, pid: int | N
 
 def release(uuid: str, name: str, cfg: Config, state: StateDir) -> bool:
     """``stopped``/``release``: give back hugepages we added and RT budget, drop the claim."""
-    if not state.path.exists():
+    if not fsutil.exists(state.path):
         return True
     with state.lock(cfg.lock_timeout):
         claim = state.load(uuid)

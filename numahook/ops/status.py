@@ -13,7 +13,7 @@ from numahook import NAMESPACE
 from numahook.config import Config
 from numahook.core import cpulist, explain, metadata, placement, render
 from numahook.errors import NumahookError
-from numahook.host import libvirtstatus, procfs, sysfs
+from numahook.host import fsutil, libvirtstatus, procfs, sysfs
 from numahook.ops import kvmpit
 from numahook.state.statedir import StateDir
 
@@ -92,7 +92,7 @@ def _kvm_pit(facts: Any, pid: int | None, proc_root: str) -> dict[str, Any] | No
 def collect(cfg: Config, conn: Any = None) -> dict[str, Any]:
     state = StateDir(cfg.state_dir)
     claims: dict[str, Any] = {}
-    if state.path.exists():
+    if fsutil.exists(state.path):
         for c in state.list_claims():
             claims[c.uuid] = {
                 "phase": c.phase, "cpus": cpulist.format(c.cpus),

@@ -23,7 +23,6 @@ import stat
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from numahook import log as logmod
 from numahook import records
@@ -48,8 +47,8 @@ class StateDir:
     """The state directory; every read-modify-write happens under :meth:`lock`."""
 
     def __init__(self, path: str = DEFAULT_DIR) -> None:
-        self.path = Path(path)
-        self.claims_dir = self.path / "claims"
+        self.path = fsutil.clean(path)
+        self.claims_dir = os.path.join(self.path, "claims")
 
     def ensure(self) -> None:
         """Create the directories 0700, and refuse one that others could write to."""
@@ -85,7 +84,7 @@ class StateDir:
         instead poll with LOCK_NB and give up with a StateError.
         """
         self.ensure()
-        lockfile = self.path / "lock"
+        lockfile = os.path.join(self.path, "lock")
         try:
             fd = os.open(lockfile, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         except OSError as exc:
@@ -120,7 +119,7 @@ class StateDir:
         finally:
             os.close(fd)
 
-    def _file(self, uuid: str) -> Path:
+    def _file(self, uuid: str) -> str:
         return fsutil.under(self.claims_dir, f"{check_uuid(uuid)}.json")
 
     def save(self, claim: Claim) -> None:
@@ -131,7 +130,7 @@ class StateDir:
         # start's critical path (prepare, and FIFO racing the guest's boot; bench/README.md).
         fsutil.atomic_write(self._file(claim.uuid), text, 0o600, durable=False)
 
-    def _read(self, path: Path) -> Claim:
+    def _read(self, path: str) -> Claim:
         # a record root did not write (the dir was open once) is never acted on as root
         try:
             st = os.lstat(path)
@@ -145,7 +144,7 @@ class StateDir:
         except ValueError as exc:
             raise InputError(f"claim record {path} is not JSON ({exc})") from None
         claim = Claim.from_json(data)
-        if f"{claim.uuid}.json" != path.name:
+        if f"{claim.uuid}.json" != os.path.basename(path):
             raise InputError(f"claim record {path} holds the claim of {claim.uuid}")
         return claim
 
@@ -153,7 +152,7 @@ class StateDir:
         """The domain's claim; None when it has none, or when its record is corrupt
         (logged; :meth:`corrupt_records` lists it for cleaning)."""
         path = self._file(uuid)
-        if not path.exists():
+        if not fsutil.exists(path):
             return None
         try:
             return self._read(path)
@@ -174,13 +173,14 @@ class StateDir:
             if name.startswith(".") or not name.endswith(".json"):
                 continue  # atomic_write's temporary files
             stem = name[: -len(".json")]
-            if (self.claims_dir / name).is_symlink():
+            path = os.path.join(self.claims_dir, name)
+            if fsutil.is_link(path):
                 # we never write links: one here points somewhere we must not trust
                 log.warning("ignoring claim record %s: it is a symbolic link", name)
                 yield stem, None
                 continue
             try:
-                yield stem, self._read(self.claims_dir / name)
+                yield stem, self._read(path)
             except InputError as exc:
                 log.warning("ignoring corrupt claim record %s: %s", name, exc)
                 yield stem, None
@@ -200,7 +200,7 @@ class StateDir:
             if not (name.startswith(".") and name.endswith(".tmp")):
                 continue
             try:
-                os.unlink(self.claims_dir / name)
+                os.unlink(os.path.join(self.claims_dir, name))
             except OSError as exc:
                 log.warning("cannot remove the stale temporary file %s: %s", name,
                             exc.strerror)
@@ -226,7 +226,7 @@ class StateDir:
         stem = uuid.lower() if UUID_PATTERN.match(uuid.lower()) else uuid
         path = fsutil.under(self.claims_dir, f"{stem}.json")
         try:
-            path.unlink()
+            os.unlink(path)
         except FileNotFoundError:
             return
         except OSError as exc:

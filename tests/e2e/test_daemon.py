@@ -344,9 +344,9 @@ def test_early_realtime_covers_the_isolated_emulator_thread(numahookd: Daemon,
     assert "emulator=True" in line
     # what numahookd's sysctl watch relies on: the kernel refuses to zero the budget of a
     # group holding a real-time thread, so a stall can only begin at a sysctl flip
-    cpu = rtsched.cpu_controller()
-    assert cpu is not None
-    group = cpu / procfs.cgroup_of(tids[0], "cpu").lstrip("/")
+    found = rtsched.cpu_controller()
+    assert found is not None
+    group = Path(found) / procfs.cgroup_of(tids[0], "cpu").lstrip("/")
     with pytest.raises(OSError) as refused:
         (group / "cpu.rt_runtime_us").write_text("0")
     assert refused.value.errno == errno.EBUSY
@@ -397,7 +397,7 @@ def test_a_hot_plugged_vcpu_gets_an_even_share_of_the_budget(numahookd: Daemon,
     _, tids = _hot_plug_vcpu1(domains)
     cpu = rtsched.cpu_controller()
     assert cpu is not None
-    budgets = [int((cpu / procfs.cgroup_of(t, "cpu").lstrip("/") / "cpu.rt_runtime_us")
+    budgets = [int((Path(cpu) / procfs.cgroup_of(t, "cpu").lstrip("/") / "cpu.rt_runtime_us")
                    .read_text()) for t in (tids[0], tids[1])]
     assert budgets[0] == budgets[1], budgets
 

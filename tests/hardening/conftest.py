@@ -249,7 +249,7 @@ class Host:
 
     def claims(self) -> list[Claim]:
         sd = self.statedir()
-        return sd.list_claims() if sd.claims_dir.is_dir() else []
+        return sd.list_claims() if os.path.isdir(sd.claims_dir) else []
 
     def claim_files(self) -> list[str]:
         d = self.state / "claims"
@@ -404,7 +404,8 @@ def real_pool() -> Iterator[RealPool]:
             knob.write_text(str(pool.baseline))
 
 
-CPU_CTL = rtsched.cpu_controller()
+_FOUND = rtsched.cpu_controller()
+CPU_CTL = Path(_FOUND) if _FOUND is not None else None
 
 
 @dataclass

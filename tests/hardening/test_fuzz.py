@@ -748,7 +748,7 @@ def test_fuzz_claim_records(text: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         sd = StateDir(d)
         sd.ensure()
-        (sd.claims_dir / f"{uuid_of(3)}.json").write_text(text, encoding="utf-8")
+        (Path(sd.claims_dir) / f"{uuid_of(3)}.json").write_text(text, encoding="utf-8")
         got = attempt("claim-record", sd.load, uuid_of(3))
         assert got is None or isinstance(got, (Claim, Exception))
         attempt("claim-scan", sd.list_claims)
@@ -916,7 +916,7 @@ def test_claim_load_does_not_follow_symlinks_out_of_the_state_dir(tmp_path: Path
     (out / "c.json").write_text(json.dumps(claim.to_json()))
     sd = StateDir(str(tmp_path / "state"))
     sd.ensure()
-    os.symlink(out / "c.json", sd.claims_dir / f"{claim.uuid}.json")
+    os.symlink(out / "c.json", Path(sd.claims_dir) / f"{claim.uuid}.json")
     with pytest.raises(InputError, match="outside"):
         sd.load(claim.uuid)
 
@@ -928,7 +928,7 @@ def test_claim_scan_does_not_follow_symlinks_out_of_the_state_dir(tmp_path: Path
     (out / "c.json").write_text(json.dumps(claim.to_json()))
     sd = StateDir(str(tmp_path / "state"))
     sd.ensure()
-    os.symlink(out / "c.json", sd.claims_dir / f"{claim.uuid}.json")
+    os.symlink(out / "c.json", Path(sd.claims_dir) / f"{claim.uuid}.json")
     assert [c.name for c in sd.list_claims()] == []
 
 
@@ -1000,7 +1000,7 @@ def test_claim_with_overflowing_number_is_skipped_as_corrupt(tmp_path: Path) -> 
     sd.ensure()
     doc = Claim(uuid=uuid_of(6), name="d").to_json()
     doc["created"] = 10**400
-    (sd.claims_dir / f"{uuid_of(6)}.json").write_text(json.dumps(doc))
+    (Path(sd.claims_dir) / f"{uuid_of(6)}.json").write_text(json.dumps(doc))
     assert sd.load(uuid_of(6)) is None
     assert sd.list_claims() == []
     assert sd.corrupt_records() == [uuid_of(6)]

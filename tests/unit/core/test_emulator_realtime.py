@@ -124,7 +124,8 @@ def test_vcpusched_split_per_vcpu_by_libvirt_is_not_stale(topo: Topology) -> Non
 
 # ---------------------------------------------------------------- the real kernel
 
-CPU = rtsched.cpu_controller()
+_FOUND = rtsched.cpu_controller()
+CPU = Path(_FOUND) if _FOUND is not None else None
 
 
 @pytest.fixture

@@ -101,10 +101,10 @@ def test_anything_unconfirmed_declines_and_changes_nothing(host: dict, spoil: st
         status.write_text(status.read_text().replace("<vcpu id='1'", "<vcpu id='2'"))
     if spoil == "already running":
         state.save(replace(claim, phase="running"))
-    before = (state.path / "claims" / f"{UUID}.json").read_text()
+    before = (Path(state.path) / "claims" / f"{UUID}.json").read_text()
     name = "other" if spoil == "name differs" else NAME
     assert not fast.started(name, XML, host["env"])
-    assert (state.path / "claims" / f"{UUID}.json").read_text() == before
+    assert (Path(state.path) / "claims" / f"{UUID}.json").read_text() == before
 
 
 @pytest.mark.parametrize("conf", [

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -142,7 +143,7 @@ def test_v1_cgroupfs_partition(tmp_path: Path) -> None:
                                       "machine/rt.partition": "2-4,42-44"})
     cs = cgroups.partition_cpuset(root, "/machine/rt")
     assert cs.cpus == frozenset({2, 3, 4, 42, 43, 44})
-    assert cs.path == root / "cpuset/machine/rt.partition"
+    assert cs.path == str(root / "cpuset/machine/rt.partition")
     assert (cs.layout, cs.version) == ("cgroupfs", 1)
 
 
@@ -150,7 +151,7 @@ def test_v1_default_partition_is_machine(tmp_path: Path) -> None:
     root = build_cgroup(tmp_path, 1, {"": "0-15", "machine": "4-15"})
     cs = cgroups.partition_cpuset(root, None)
     assert cs.cpus == frozenset(range(4, 16))
-    assert cs.path == root / "cpuset/machine"
+    assert cs.path == str(root / "cpuset/machine")
 
 
 def test_v1_reads_the_effective_set(tmp_path: Path) -> None:
@@ -164,7 +165,7 @@ def test_v1_missing_partition_inherits_nearest_ancestor(tmp_path: Path) -> None:
     root = build_cgroup(tmp_path, 1, {"": "0-15", "machine": "2-9"})
     cs = cgroups.partition_cpuset(root, "/machine/rt/vm7")
     assert cs.cpus == frozenset(range(2, 10))
-    assert cs.path == root / "cpuset/machine"
+    assert cs.path == str(root / "cpuset/machine")
     assert cs.layout == "cgroupfs"
 
 
@@ -172,7 +173,7 @@ def test_v1_missing_top_level_inherits_root(tmp_path: Path) -> None:
     root = build_cgroup(tmp_path, 1, {"": "0-7"})
     cs = cgroups.partition_cpuset(root, "/machine")
     assert cs.cpus == frozenset(range(8))
-    assert cs.path == root / "cpuset"
+    assert cs.path == str(root / "cpuset")
 
 
 def test_v1_systemd_partition(tmp_path: Path) -> None:
@@ -180,7 +181,7 @@ def test_v1_systemd_partition(tmp_path: Path) -> None:
                                       "machine.slice/machine-rt.slice": "2-19,42-59"})
     cs = cgroups.partition_cpuset(root, "/machine/rt")
     assert cs.cpus == frozenset(range(2, 20)) | frozenset(range(42, 60))
-    assert cs.path == root / "cpuset/machine.slice/machine-rt.slice"
+    assert cs.path == str(root / "cpuset/machine.slice/machine-rt.slice")
     assert (cs.layout, cs.version) == ("systemd", 1)
 
 
@@ -189,14 +190,14 @@ def test_v1_systemd_escaped_dash(tmp_path: Path) -> None:
                                       "machine.slice/machine-my\\x2drt.slice": "5-6"})
     cs = cgroups.partition_cpuset(root, "/machine/my-rt")
     assert cs.cpus == frozenset({5, 6})
-    assert cs.path.name == "machine-my\\x2drt.slice"
+    assert os.path.basename(cs.path) == "machine-my\\x2drt.slice"
 
 
 def test_v1_systemd_missing_partition_inherits(tmp_path: Path) -> None:
     root = build_cgroup(tmp_path, 1, {"": "0-15", "machine.slice": "8-15"})
     cs = cgroups.partition_cpuset(root, "/machine/rt")
     assert cs.cpus == frozenset(range(8, 16))
-    assert cs.path == root / "cpuset/machine.slice"
+    assert cs.path == str(root / "cpuset/machine.slice")
     assert cs.layout == "systemd"
 
 
@@ -205,7 +206,7 @@ def test_v2_systemd_partition(tmp_path: Path) -> None:
                                       "machine.slice/machine-rt.slice": "8-15,40-47"})
     cs = cgroups.partition_cpuset(root, "/machine/rt")
     assert cs.cpus == frozenset(range(8, 16)) | frozenset(range(40, 48))
-    assert cs.path == root / "machine.slice/machine-rt.slice"
+    assert cs.path == str(root / "machine.slice/machine-rt.slice")
     assert (cs.layout, cs.version) == ("systemd", 2)
 
 
@@ -215,14 +216,14 @@ def test_v2_empty_cpuset_inherits_the_parent_effective_set(tmp_path: Path) -> No
                                       "machine.slice/machine-rt.slice": ""})
     cs = cgroups.partition_cpuset(root, "/machine/rt")
     assert cs.cpus == frozenset(range(16, 32))
-    assert cs.path == root / "machine.slice/machine-rt.slice"
+    assert cs.path == str(root / "machine.slice/machine-rt.slice")
 
 
 def test_v2_missing_partition_inherits_nearest_ancestor(tmp_path: Path) -> None:
     root = build_cgroup(tmp_path, 2, {"": "0-63", "machine.slice": "0-31"})
     cs = cgroups.partition_cpuset(root, "/machine/rt/vm1")
     assert cs.cpus == frozenset(range(32))
-    assert cs.path == root / "machine.slice"
+    assert cs.path == str(root / "machine.slice")
     assert cs.version == 2
 
 

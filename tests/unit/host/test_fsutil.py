@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 
@@ -173,10 +173,35 @@ def test_write_knob_real_kernel_rejects_garbage() -> None:
     assert NR_2M.read_text() == before
 
 
+@pytest.mark.parametrize("text", ["", ".", "./", "/", "//", "///", "//a", "///a/", "a", "a/",
+                                  "./a/./b//", "/a//b/.", "/a/../b", "a/..", "..", "/."])
+def test_paths_are_spelled_and_walked_up_as_pathlib_does(text: str) -> None:
+    """Messages and records name paths as they did when these were pathlib.Path objects."""
+    want = PurePosixPath(text)
+    assert fsutil.clean(text) == str(want)
+    assert fsutil.clean(want) == str(want)
+    assert fsutil.parent(fsutil.clean(text)) == str(want.parent)
+
+
+def test_path_tests_answer_as_pathlib_does(tmp_path: Path) -> None:
+    (tmp_path / "f").write_text("")
+    (tmp_path / "d").mkdir()
+    (tmp_path / "link").symlink_to("d")
+    (tmp_path / "loop").symlink_to("loop")
+    for name in ("f", "d", "link", "loop", "missing", "f/under-a-file", "nul\0byte"):
+        path = tmp_path / name
+        assert fsutil.exists(str(path)) == path.exists(), name
+        assert fsutil.is_dir(str(path)) == path.is_dir(), name
+        assert fsutil.is_file(str(path)) == path.is_file(), name
+        assert fsutil.is_link(str(path)) == path.is_symlink(), name
+
+
 def test_under_joins_and_confines(tmp_path: Path) -> None:
     (tmp_path / "devices" / "system").mkdir(parents=True)
-    assert fsutil.under(tmp_path, "devices/system", "node") == tmp_path / "devices/system/node"
-    assert fsutil.under(tmp_path, "./a//b") == tmp_path / "a" / "b"
+    assert fsutil.under(tmp_path, "devices/system", "node") == str(
+        tmp_path / "devices/system/node")
+    assert fsutil.under(tmp_path, "./a//b") == str(tmp_path / "a" / "b")
+    assert fsutil.under(f"{tmp_path}//./", "a") == str(tmp_path / "a")
     for bad in ("..", "a/../..", "/etc", "a\0b", ""):
         with pytest.raises(InputError):
             fsutil.under(tmp_path, bad)
@@ -188,7 +213,7 @@ def test_under_refuses_symlink_escape(tmp_path: Path) -> None:
     (root / "inside").mkdir()
     (root / "ok").symlink_to("inside")
     (root / "evil").symlink_to(tmp_path)
-    assert fsutil.under(root, "ok") == root / "ok"
+    assert fsutil.under(root, "ok") == str(root / "ok")
     with pytest.raises(InputError, match="outside"):
         fsutil.under(root, "evil", "x")
 

@@ -68,10 +68,11 @@ class FakeKernel:
         self.capacity[(node, size)] = capacity
 
     def read(self, pool: PoolKey, what: str = "nr") -> int:
-        return int((hugepages.pool_dir(str(self.sys), pool) / f"{what}_hugepages").read_text())
+        return int((Path(hugepages.pool_dir(str(self.sys), pool)) / f"{what}_hugepages")
+                   .read_text())
 
     def set_nr(self, pool: PoolKey, target: int) -> None:
-        d = hugepages.pool_dir(str(self.sys), pool)
+        d = Path(hugepages.pool_dir(str(self.sys), pool))
         nr, free = self.read(pool), self.read(pool, "free")
         if target > nr:
             grow = min(target - nr, self.capacity.get(pool, 0))

@@ -52,10 +52,10 @@ def test_save_load_roundtrip_and_modes(sd: StateDir) -> None:
     sd.save(claim)
     assert sd.load(U1) == claim
     assert sd.load(U1.upper()) == claim
-    f = sd.claims_dir / f"{U1}.json"
+    f = Path(sd.claims_dir) / f"{U1}.json"
     assert f.stat().st_mode & 0o777 == 0o600
-    assert sd.path.stat().st_mode & 0o777 == 0o700
-    assert sd.claims_dir.stat().st_mode & 0o777 == 0o700
+    assert os.stat(sd.path).st_mode & 0o777 == 0o700
+    assert os.stat(sd.claims_dir).st_mode & 0o777 == 0o700
     data = json.loads(f.read_text())
     assert data["hugepages"] == {"0:2048": 64, "1:1048576": 1}
     assert data["rt_budget"][0][1:] == [0, 950000, True]
@@ -100,9 +100,9 @@ def test_corrupt_record_is_an_orphan_not_a_crash(
     sd: StateDir, content: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     sd.save(Claim(uuid=U2, name="fine", cpus=frozenset({7})))
-    (sd.claims_dir / f"{U1}.json").write_text(content)
-    (sd.claims_dir / "junk.json").write_text("")
-    (sd.claims_dir / f".{U1}.json.abc.tmp").write_text("half")  # killed atomic_write
+    (Path(sd.claims_dir) / f"{U1}.json").write_text(content)
+    (Path(sd.claims_dir) / "junk.json").write_text("")
+    (Path(sd.claims_dir) / f".{U1}.json.abc.tmp").write_text("half")  # killed atomic_write
     assert [c.name for c in sd.list_claims()] == ["fine"]
     assert sd.load(U1) is None
     assert sd.held_cpus() == frozenset({7})
@@ -138,7 +138,7 @@ sys.stdin.read()
 def held_lock(sd: StateDir) -> Iterator[subprocess.Popen[str]]:
     sd.ensure()
     child = subprocess.Popen(
-        [sys.executable, "-c", _HOLDER, str(sd.path / "lock")],
+        [sys.executable, "-c", _HOLDER, os.path.join(sd.path, "lock")],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -282,7 +282,7 @@ def test_real_crash_after_raising_nr_hugepages_is_rolled_back(
     with pytest.raises(Killed):
         hugepages.reserve({(0, 2048): free + 3}, journal=journal)
     assert int((REAL_POOL / "nr_hugepages").read_text()) == real_pool + 3
-    on_disk = StateDir(str(sd.path)).load(U1)  # what the next process sees
+    on_disk = StateDir(sd.path).load(U1)  # what the next process sees
     assert on_disk is not None
     assert on_disk.hugepages == {}
     assert on_disk.hugepages_pending == {(0, 2048): Pending(real_pool, 3)}
@@ -294,7 +294,7 @@ def test_real_crash_after_raising_nr_hugepages_is_rolled_back(
 def test_realtime_intent_round_trips_and_old_records_still_load(sd: StateDir) -> None:
     claim = full_claim()
     sd.save(claim)
-    data = json.loads((sd.claims_dir / f"{U1}.json").read_text())
+    data = json.loads((Path(sd.claims_dir) / f"{U1}.json").read_text())
     assert data["realtime"] == {"vcpus": [0, 1], "priority": 10, "emulator": True}
     del data["realtime"]  # a record written by numahook 0.1.0
     assert Claim.from_json(data).realtime is None
@@ -318,7 +318,7 @@ def test_a_malformed_realtime_intent_makes_the_record_malformed(bad: object) -> 
 
 def test_temporaries_of_a_killed_writer_are_removed_under_the_lock(sd: StateDir) -> None:
     sd.save(full_claim())
-    stale = sd.claims_dir / f".{U1}.json.4242-deadbeef.tmp"
+    stale = Path(sd.claims_dir) / f".{U1}.json.4242-deadbeef.tmp"
     stale.write_text("{half a record")
     with sd.lock(5):
         assert sd.remove_temporaries() == [stale.name]
