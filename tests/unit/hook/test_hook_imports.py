@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 #: stdlib modules the hook does not need (top-level names; submodules count too)
 NOT_IN_HOOK = ("lxml", "logging", "tempfile", "random", "shutil", "signal", "dataclasses",
-               "inspect", "typing", "configparser")
+               "inspect", "typing", "configparser", "pathlib")
 
 #: the hook run as libvirtd runs it (-I, syslog), then what it imported
 _HOOK = """
