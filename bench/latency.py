@@ -27,7 +27,8 @@ emulated, tens of times slower than on KVM, so absolute latencies are far above 
 guest's. The ratios are the result.
 
 The machine's own noise is measured too, so that a report can tell a slow or shared machine
-from a result: first ``cyclictest`` on the idle host itself (``--floor-seconds``), then, in
+from a result: first ``cyclictest`` on the idle host itself (``--floor-seconds``), and
+again under the hog (what a FIFO thread meets on this machine under that load), then, in
 every run, the host's CPU steal time and load average from ``/proc/stat`` and
 ``/proc/loadavg``, and how long the vCPU and emulator threads waited while runnable
 (``/proc/PID/task/TID/schedstat``: for a FIFO thread alone on its CPU, RT throttling or a
@@ -239,7 +240,9 @@ def host_floor(seconds: int, hist_us: int) -> dict[str, Any]:
 
     Before any guest runs: what a SCHED_FIFO thread on this machine meets with nothing
     competing on it, that is the kernel's and the outer hypervisor's noise (steal). A
-    guest's figures cannot be judged below it.
+    guest's figures cannot be judged below it. Called inside :func:`hog` it gives the
+    same for a FIFO thread among the load the guests meet: the best a real-time vCPU,
+    which is one such thread, could do on this machine under that load.
     """
     ncpu = os.cpu_count() or 1
     s0, t0 = proc_stat(), time.monotonic()
@@ -467,6 +470,7 @@ def main(argv: list[str] | None = None) -> int:
 
     apt.install(["stress-ng", "rt-tests"])  # bench/run installs them too; alone, do it here
     floor: dict[str, Any] = {}
+    floor_load: dict[str, Any] = {}
     with lab_held(), hook_config("[realtime]\nthrottled = delegate\n"):
         if args.floor_seconds:
             print(f"latency: the idle host's own floor: cyclictest for {args.floor_seconds} s",
@@ -477,6 +481,14 @@ def main(argv: list[str] | None = None) -> int:
                   f"{floor.get('steal_pct')} %" if "error" not in floor else
                   f"latency: the host floor probe failed: {floor['error']}",
                   file=sys.stderr, flush=True)
+            if any(loads):
+                with hog(args.workers, "0-1"):
+                    floor_load = host_floor(args.floor_seconds, args.hist_us)
+                print(f"latency: the host's own FIFO thread under the same load: p99 "
+                      f"{floor_load.get('p99_us')} µs, max {floor_load.get('max_us')} µs"
+                      if "error" not in floor_load else
+                      f"latency: the loaded host floor probe failed: {floor_load['error']}",
+                      file=sys.stderr, flush=True)
         conn = env.connect()
         total_runs = len(loads) * (1 + args.reps * len(configs))
         try:
@@ -511,7 +523,7 @@ def main(argv: list[str] | None = None) -> int:
         "settle_s": args.settle,
         "reps": args.reps, "hog": f"stress-ng --cpu {args.workers} --taskset 0-1",
         "thread": 0, "tcg": guest.TCG_NOTE,
-        "hist_us": args.hist_us, "floor": floor,
+        "hist_us": args.hist_us, "floor": floor, "floor_load": floor_load,
         "b_vcpusched": b_attempts, "summary": summary,
         "loadavg_before": [round(x, 2) for x in load1],
         "loadavg_after": [round(x, 2) for x in os.getloadavg()],

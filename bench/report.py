@@ -440,6 +440,13 @@ def _latency_section(lat: dict[str, Any], _py: float | None) -> list[Row]:
                     f"steal {fmt(floor.get('steal_pct'), '%')}, busy "
                     f"{fmt(floor.get('busy_pct'), '%')}, load {fmt(floor.get('loadavg_1m'))}",
                     "", target(floor.get("p99_us"), FLOOR_P99_US, " µs")))
+    loaded = lat.get("floor_load") or {}
+    if loaded and "error" not in loaded:
+        out.append(("noise floor under load: the same cyclictest on the host under "
+                    f"`{lat.get('hog', 'the hog')}`: median / p99 / p99.9 / max",
+                    " / ".join(us(loaded.get(k), loaded.get("hist_us", HIST_EDGE_DEFAULT))
+                               for k in ("median_us", "p99_us", "p999_us", "max_us")),
+                    f"steal {fmt(loaded.get('steal_pct'), '%')}", "", ""))
     for b in lat.get("b_vcpusched", []):
         cond = "under load" if b["load"] else "idle"
         out.append((f"guest latency B ({cond}): libvirt `<vcpusched>` + pinning",
@@ -539,6 +546,13 @@ def goal_lines(lat: dict[str, Any]) -> list[str]:
                      f"{verdict(g['p99_ok'])}{noisy} | "
                      f"{'n/a' if g['c_max_us'] is None else us(g['c_max_us'])} | "
                      f"{verdict(g['max_ok'])}{noisy} | {fmt(g.get('steal_pct'), '%')} |")
+    loaded = lat.get("floor_load") or {}
+    if loaded.get("max_us") is not None:
+        # context, not a verdict: the goals stay judged as above
+        lines += ["", f"The host's own FIFO thread under the same load (no guest): max "
+                      f"{us(loaded['max_us'])}, p99 {us(loaded.get('p99_us'), edge)}. A "
+                      "real-time vCPU is one such thread, so C's max is not expected below "
+                      "that max."]
     return lines
 
 

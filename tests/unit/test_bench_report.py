@@ -169,3 +169,14 @@ def test_the_stdlib_floor_under_a_managed_call_has_its_row_when_measured() -> No
     row = next(ln for ln in report.markdown(doc).splitlines()
                if ln.startswith("| floor under a managed call"))
     assert "| 32.0 ms | `python3 -I -c pass`: 16.0 ms | 2.00x |" in row
+
+
+def test_the_loaded_host_floor_is_reported_beside_the_goals_without_changing_them() -> None:
+    doc = document([a_run(0), c_run(0, c_max=4000)], QUIET)
+    before = report.latency_goals(doc["latency"])
+    doc["latency"]["floor_load"] = {**QUIET, "max_us": 4500, "p99_us": 60.0}
+    assert report.latency_goals(doc["latency"]) == before
+    assert before[0]["max_ok"] is False
+    md = report.markdown(doc)
+    assert "| noise floor under load: the same cyclictest on the host under " in md
+    assert "The host's own FIFO thread under the same load (no guest): max 4,500 µs" in md
