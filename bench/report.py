@@ -428,6 +428,12 @@ def bounded_ratio(a: float | None, c: float | None, hist_max: int) -> str:
     return "n/a"
 
 
+def _floor_figures(floor: dict[str, Any]) -> str:
+    """A host cyclictest probe's median / p99 / p99.9 / max, as the floor rows print it."""
+    return " / ".join(us(floor.get(k), floor.get("hist_us", HIST_EDGE_DEFAULT))
+                      for k in ("median_us", "p99_us", "p999_us", "max_us"))
+
+
 def _latency_section(lat: dict[str, Any], _py: float | None) -> list[Row]:
     out: list[Row] = []
     quiet, why = floor_verdict(lat)
@@ -435,8 +441,7 @@ def _latency_section(lat: dict[str, Any], _py: float | None) -> list[Row]:
     if floor and "error" not in floor:
         out.append(("noise floor: cyclictest on the idle host itself, "
                     f"{floor.get('seconds')} s per CPU: median / p99 / p99.9 / max",
-                    " / ".join(us(floor.get(k), floor.get("hist_us", HIST_EDGE_DEFAULT))
-                               for k in ("median_us", "p99_us", "p999_us", "max_us")),
+                    _floor_figures(floor),
                     f"steal {fmt(floor.get('steal_pct'), '%')}, busy "
                     f"{fmt(floor.get('busy_pct'), '%')}, load {fmt(floor.get('loadavg_1m'))}",
                     "", target(floor.get("p99_us"), FLOOR_P99_US, " µs")))
@@ -444,9 +449,8 @@ def _latency_section(lat: dict[str, Any], _py: float | None) -> list[Row]:
     if loaded and "error" not in loaded:
         out.append(("noise floor under load: the same cyclictest on the host under "
                     f"`{lat.get('hog', 'the hog')}`: median / p99 / p99.9 / max",
-                    " / ".join(us(loaded.get(k), loaded.get("hist_us", HIST_EDGE_DEFAULT))
-                               for k in ("median_us", "p99_us", "p999_us", "max_us")),
-                    f"steal {fmt(loaded.get('steal_pct'), '%')}", "", ""))
+                    _floor_figures(loaded), f"steal {fmt(loaded.get('steal_pct'), '%')}",
+                    "", ""))
     for b in lat.get("b_vcpusched", []):
         cond = "under load" if b["load"] else "idle"
         out.append((f"guest latency B ({cond}): libvirt `<vcpusched>` + pinning",

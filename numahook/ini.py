@@ -1,8 +1,8 @@
 """numahook.conf's usual shape, read without configparser.
 
 Every managed hook call reads the config, and configparser (its import and the patterns
-it compiles) was the largest single cost of a managed ``prepare`` after the interpreter
-itself (bench/hook.py). The shipped file, and every file the tests write, uses only
+it compiles) was one of the larger costs of a managed ``prepare`` that are not
+numahook's own work (bench/hook.py). The shipped file, and every file the tests write, uses only
 section headers, ``key = value`` lines, comments and blank lines. :func:`simple_items`
 reads exactly that subset, and gives what configparser would give for it. Anything else
 (an indented line, which configparser may join to the value above; a duplicate; a key

@@ -5,7 +5,7 @@ our own files are replaced atomically, kernel knob writes fail with one actionab
 sentence, and paths built from outside input cannot leave their root.
 
 Paths are plain strings: importing pathlib (it loads urllib.parse, ipaddress, fnmatch
-and ntpath) was an eighth of a managed prepare's instructions, in every hook call.
+and ntpath) cost every managed hook call more than most of its own modules (bench/hook.py).
 :func:`clean` spells a path as pathlib does, and :func:`exists`, :func:`is_dir`,
 :func:`is_file` and :func:`is_link` answer and raise as pathlib's methods do, so
 messages, records and errors read as they did.
