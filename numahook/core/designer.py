@@ -43,7 +43,7 @@ def set_cputune(root: etree._Element, plan: Plan) -> None:
             remove(el)
     for v, cpu in enumerate(plan.vcpu_pins):
         insert(cputune, element("vcpupin", {"vcpu": str(v), "cpuset": str(cpu)}), CPUTUNE_ORDER)
-    insert(cputune, element("emulatorpin", {"cpuset": _fmt(plan.emulator)}), CPUTUNE_ORDER)
+    insert(cputune, element("emulatorpin", {"cpuset": _fmt(plan.emulator_pin)}), CPUTUNE_ORDER)
     for io, cpus in plan.iothread_pins:
         insert(cputune, element("iothreadpin", {"iothread": str(io), "cpuset": _fmt(cpus)}),
                CPUTUNE_ORDER)

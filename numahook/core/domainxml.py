@@ -6,7 +6,7 @@ decides what it means.
 
 from __future__ import annotations
 
-from numahook.core import cpulist, pci
+from numahook.core import cpulist, metadata, pci
 from numahook.core.units import clip, is_decimal, to_kib
 from numahook.errors import InputError
 from numahook.records import field, record
@@ -45,6 +45,9 @@ class DomainFacts:
     partition: str | None
     vcpupin: dict[int, frozenset[int]] = field(default_factory=dict)
     emulatorpin: frozenset[int] | None = None
+    #: the emulator's own CPUs once started, ``<numahook:rendered emulator>``, where the
+    #: rendered ``<emulatorpin>`` is wider while QEMU starts (core/prealloc.py)
+    emulator_own: frozenset[int] | None = None
     iothreadpin: dict[int, frozenset[int]] = field(default_factory=dict)
     cells: tuple[DefinedCell, ...] = ()
     #: <numatune><memnode cellid nodeset>, by cell id
@@ -58,6 +61,11 @@ class DomainFacts:
     memballoon: str | None = None
     cpu_mode: str | None = None
     tsc_deadline_required: bool = False
+
+    @property
+    def emulator_cpus(self) -> frozenset[int] | None:
+        """Where the emulator runs once the domain has started."""
+        return self.emulator_own if self.emulator_own is not None else self.emulatorpin
     pmu_off: bool = False
     nosharepages: bool = False
     locked: bool = False
@@ -213,6 +221,7 @@ def read(root: Any) -> DomainFacts:
         partition=(root.findtext("resource/partition") or "").strip() or None,
         vcpupin=vcpupin,
         emulatorpin=emulatorpin,
+        emulator_own=metadata.emulator_cpus(root),
         iothreadpin=iothreadpin,
         cells=tuple(cells),
         memnodes=memnodes,

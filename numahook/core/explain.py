@@ -41,6 +41,7 @@ def plan_dict(plan: Plan | None) -> dict[str, Any]:
         "pinning": {
             "vcpus": {str(v): c for v, c in enumerate(plan.vcpu_pins)},
             "emulator": list(plan.emulator),
+            "emulator_start": list(plan.emulator_pin),
             "iothreads": {str(io): list(cpus) for io, cpus in plan.iothread_pins},
             "held": list(plan.held),
         },
@@ -82,6 +83,11 @@ def evaluation_text(name: str, ev: Evaluation) -> str:
         pins = ", ".join(f"{v}->{c}" for v, c in enumerate(plan.vcpu_pins))
         lines.append(f"  pinning: vCPU {pins}; emulator {cpulist.format(plan.emulator)}"
                      + (f"; siblings {cpulist.format(plan.held)} held" if plan.held else ""))
+        if plan.emulator_start:
+            lines.append(f"  emulator while QEMU starts: CPUs {cpulist.format(plan.emulator_pin)}"
+                         ", so it reaches every guest cell's host node to preallocate its "
+                         "memory there; narrowed to "
+                         f"{cpulist.format(plan.emulator)} at started")
         for cell in plan.cells:
             lines.append(f"  cell {cell.id}: host node {cell.host_node}, vCPUs "
                          f"{cpulist.format(cell.vcpus)}, {cell.memory_kib} KiB "

@@ -8,7 +8,7 @@ split in whole pages with the remainder on the first cells, strict memory bindin
 from __future__ import annotations
 
 from numahook import records
-from numahook.core import advice, cpulist, locality, placement, smt
+from numahook.core import advice, cpulist, locality, placement, prealloc, smt
 from numahook.core.allocate import Allocation, allocate
 from numahook.core.domainxml import DomainFacts
 from numahook.core.plan import Cell, Check, Evaluation, Inputs, Plan
@@ -124,7 +124,7 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
 
     def fit(nodes: frozenset[int], where: str = "on nodes with memory") -> Allocation:
         return allocate(topo, inp.available, facts.vcpus, topology[3], extra,
-                        keep=facts.vcpupin, keep_extra=facts.emulatorpin,
+                        keep=facts.vcpupin, keep_extra=facts.emulator_cpus,
                         vcpu_nodes=nodes if nodes != frozenset(topo.nodes) else None,
                         where=where, policy=req.threads)
 
@@ -208,6 +208,8 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
     distances = tuple(
         (a.id, b.id, topo.distance(a.host_node, b.host_node)) for a in cells for b in cells
     ) if len(cells) > 1 else ()
+    start = prealloc.start_set(topo, emulator, alloc.vcpus, rt_vcpus, alloc.held,
+                               (c.host_node for c in cells))
     return Plan(
         vcpu_pins=alloc.vcpus,
         emulator=emulator,
@@ -224,6 +226,7 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
         distances=distances,
         kept_pinning=alloc.kept,
         held=alloc.held,
+        emulator_start=start,
     )
 
 
@@ -311,9 +314,12 @@ def differences(facts: DomainFacts, plan: Plan) -> list[str]:
             else:
                 out.append(f"vCPU {v} is not pinned (it belongs on CPU {cpu})")
             break
-    if facts.emulatorpin != frozenset(plan.emulator):
+    if facts.emulatorpin != frozenset(plan.emulator_pin):
         out.append(f"the emulator is pinned to {cpulist.format(facts.emulatorpin or ())}, "
-                   f"not {cpulist.format(plan.emulator)}")
+                   f"not {cpulist.format(plan.emulator_pin)}")
+    elif facts.emulator_own != (frozenset(plan.emulator) if plan.emulator_start else None):
+        out.append("<numahook:rendered emulator> does not name the CPUs the emulator keeps "
+                   f"once started ({cpulist.format(plan.emulator)})")
     want_io = {io: frozenset(cpus) for io, cpus in plan.iothread_pins}
     if {k: v for k, v in facts.iothreadpin.items()} != want_io:
         out.append("the IO thread pinning differs")

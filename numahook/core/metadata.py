@@ -45,6 +45,9 @@ class Rendered:
     #: CPUs the domain holds besides its pins (threadPolicy isolate's idle siblings), so
     #: whoever counts the CPUs a running domain holds from its XML sees them too
     held: str = ""
+    #: the emulator's own CPUs, where the rendered <emulatorpin> is wider while QEMU
+    #: starts (core/prealloc.py); empty when the two are the same
+    emulator: str = ""
 
 
 def _split(tag: str) -> tuple[str | None, str]:
@@ -157,21 +160,31 @@ def rendered(el: Any) -> Rendered | None:
     if found is None:
         return None
     return Rendered(digest=found.get("digest", ""), host=found.get("host", ""),
-                    held=found.get("held", ""))
+                    held=found.get("held", ""), emulator=found.get("emulator", ""))
+
+
+def _rendered_cpus(domain: Any, attr: str) -> frozenset[int] | None:
+    from numahook.core import cpulist
+
+    found = domain.find(f"metadata/{NS}domain/{NS}rendered")
+    if found is None or not found.get(attr):
+        return None
+    try:
+        return cpulist.parse(found.get(attr), f"<numahook:rendered {attr}>")
+    except InputError:
+        return None
 
 
 def held_cpus(domain: Any) -> frozenset[int]:
     """The CPUs ``<numahook:rendered held>`` records; empty if absent or unreadable (the
     claim records them too, so a hand-edited attribute only loses this second record)."""
-    from numahook.core import cpulist
+    return _rendered_cpus(domain, "held") or frozenset()
 
-    found = domain.find(f"metadata/{NS}domain/{NS}rendered")
-    if found is None or not found.get("held"):
-        return frozenset()
-    try:
-        return cpulist.parse(found.get("held"), "<numahook:rendered held>")
-    except InputError:
-        return frozenset()
+
+def emulator_cpus(domain: Any) -> frozenset[int] | None:
+    """``<numahook:rendered emulator>``: None if absent or unreadable. An unreadable one
+    only makes the prepare gate see a stale definition, which a re-render mends."""
+    return _rendered_cpus(domain, "emulator")
 
 
 def set_rendered(el: Any, mark: Rendered) -> None:
@@ -185,7 +198,8 @@ def set_rendered(el: Any, mark: Rendered) -> None:
         found = insert(el, etree.Element(f"{NS}rendered"), ("cpu", f"{NS}cpu", f"{NS}rendered"))
     found.set("digest", mark.digest)
     found.set("host", mark.host)
-    if mark.held:
-        found.set("held", mark.held)
-    elif "held" in found.attrib:
-        del found.attrib["held"]
+    for attr, value in (("held", mark.held), ("emulator", mark.emulator)):
+        if value:
+            found.set(attr, value)
+        elif attr in found.attrib:
+            del found.attrib[attr]

@@ -42,7 +42,7 @@ class Cell:
 
 
 #: Plan fields that join the digest only when set (see Plan.digest)
-_LATER = frozenset({"emulator_realtime", "held", "buses"})
+_LATER = frozenset({"emulator_realtime", "held", "buses", "emulator_start"})
 
 
 @record(frozen=True)
@@ -70,6 +70,14 @@ class Plan:
     held: tuple[int, ...] = ()
     #: the pcie-expander-buses and root ports the passthrough devices go behind
     buses: tuple[Bus, ...] = ()
+    #: the rendered <emulatorpin> while QEMU starts, when it must reach memory nodes that
+    #: ``emulator`` does not (core/prealloc.py); ``()``: the same as ``emulator``
+    emulator_start: tuple[int, ...] = ()
+
+    @property
+    def emulator_pin(self) -> tuple[int, ...]:
+        """What ``<emulatorpin>`` says: the start set, narrowed to ``emulator`` at started."""
+        return self.emulator_start or self.emulator
 
     @property
     def cpus(self) -> frozenset[int]:

@@ -71,8 +71,9 @@ def render_parsed(doc: Parsed, inp: Inputs) -> Result:
     designer.apply(doc.root, plan)
     el = metadata.find(doc.root)
     assert el is not None
-    metadata.set_rendered(el, metadata.Rendered(plan.digest(), inp.topology.fingerprint(),
-                                                cpulist.format(plan.held)))
+    metadata.set_rendered(el, metadata.Rendered(
+        plan.digest(), inp.topology.fingerprint(), cpulist.format(plan.held),
+        cpulist.format(plan.emulator) if plan.emulator_start else ""))
     return Result(safe.tostring(doc.root, doc.quote), plan, ev, doc.facts, doc.request)
 
 

@@ -1,9 +1,8 @@
 """Reconcile passes: the realtime backstop, crash recovery and keeping definitions rendered.
 
-The hook does the work at each lifecycle step; these passes catch what happens between
-steps (a thread reset by hand, a vCPU hot-plugged later, a sysctl flipped under running
-FIFO threads, a hook killed half-way, a cpuset changed under an inactive definition).
-"""
+The hook does the work at each lifecycle step; these passes catch what happens between steps
+(a thread reset by hand, a vCPU hot-plugged later, a sysctl flipped under running FIFO
+threads, a hook killed half-way, a cpuset changed under an inactive definition)."""
 
 from __future__ import annotations
 
@@ -19,7 +18,7 @@ from numahook.core import cpulist, metadata, render
 from numahook.core.domainxml import DomainFacts
 from numahook.errors import NumahookError
 from numahook.host import fsutil, libvirtstatus, procfs, rtsched
-from numahook.ops import hostinputs, kvmpit, lifecycle, redefine
+from numahook.ops import emulator, hostinputs, kvmpit, lifecycle, redefine
 from numahook.state.recovery import rollback
 from numahook.state.statedir import ClaimJournal, StateDir
 from numahook.xml import safe as xmlsafe
@@ -49,8 +48,10 @@ class RunningManaged:
     priority: int
     #: the isolated emulator thread is real-time too
     emulator_rt: bool = False
-    #: a dedicated KVM domain: the facts its kvm-pit thread is pinned from (ops/kvmpit.py)
+    #: dedicated: the facts its kvm-pit thread (ops/kvmpit.py), and an emulator started wider
+    #: (ops/emulator.py), are placed from
     pit: DomainFacts | None = None
+    emulator: DomainFacts | None = None
 
 
 @dataclass(frozen=True)
@@ -132,13 +133,19 @@ class Reconciler:
                 rt = frozenset()
         return RunningManaged(st, xmlsafe.tostring(st.domain), rt, req.realtime_priority,
                               bool(rt and req.isolate_emulator),
-                              doc.facts if req.dedicated and kvmpit.target(doc.facts) else None)
+                              doc.facts if req.dedicated and kvmpit.target(doc.facts) else None,
+                              doc.facts if req.dedicated and emulator.target(doc.facts) else None)
 
-    def kvm_pit_backstop(self) -> None:
-        """The kvm-pit thread back on vCPU 0's CPU wherever it moved (ops/kvmpit.py)."""
+    def threads_backstop(self) -> None:
+        """The kvm-pit thread back on vCPU 0's CPU wherever it moved (ops/kvmpit.py), and
+        the emulator on its own CPUs wherever it is wider (ops/emulator.py): the latter
+        only once the claim says the start is over, since QEMU may preallocate until then."""
         for dom in self.running_managed():
             if dom.pit is not None:
                 kvmpit.pin(dom.pit, dom.status.pid, self.cfg.proc_root, backstop=True)
+            claim = self.state.load(dom.status.uuid) if dom.emulator else None
+            if dom.emulator and claim and claim.phase == "running":
+                emulator.narrow(dom.emulator, dom.status.pid, self.cfg.proc_root, backstop=True)
 
     # -- realtime backstop ----------------------------------------------------------
     def realtime_backstop(self, only: str | None = None) -> None:
@@ -376,7 +383,7 @@ class Reconciler:
 
         start = time.monotonic()
         for part, args in ((self.orphans, ()), (self.realtime_backstop, ()),
-                           (self.kvm_pit_backstop, ()), (self.rt_watch, (True,)),
+                           (self.threads_backstop, ()), (self.rt_watch, (True,)),
                            (self.rerender_inactive, (conn, False, None, True))):
             try:
                 part(*args)

@@ -12,6 +12,8 @@ things with what the interpreter has loaded already, plus fcntl and the C half o
 * every masked vCPU thread of that file is SCHED_FIFO at the intent's priority, every
   other vCPU thread is not real-time, the emulator thread is FIFO when the intent says so;
 * under KVM, the kvm-pit thread runs on vCPU 0's CPUs (numahook/ops/kvmpit.py);
+* where the emulator started wider than its own CPUs, it runs on those alone
+  (numahook/ops/emulator.py);
 
 and then, under the state lock, moves the claim to ``running`` as the full path does.
 Anything it does not understand or cannot confirm (an unusual config file, a missing or
@@ -99,6 +101,29 @@ def _uuid(xml: str) -> str:
     if [len(p) for p in parts] != [8, 4, 4, 4, 12] or not set(u.replace("-", "")) <= _HEX:
         raise _Decline("not a UUID")
     return u
+
+
+def _emulator_in_place(xml: str, pid: int) -> None:
+    """Where ``<numahook:rendered emulator>`` says the emulator was wider during the start
+    (numahook/ops/emulator.py), QEMU's main thread must already run on that set alone."""
+    at = xml.find(":rendered ")
+    end = xml.find(">", at)
+    if at < 0 or end < 0:
+        return
+    tag = xml[at:end]
+    key = tag.find(" emulator=")
+    if key < 0:
+        return
+    quote = tag[key + 10:key + 11]
+    value = tag[key + 11:tag.find(quote, key + 11)] if quote in ("'", '"') else ""
+    want: set[int] = set()
+    for part in value.split(","):
+        lo, _, hi = part.partition("-")
+        if not lo.isdigit() or (hi and not hi.isdigit()):
+            raise _Decline("<numahook:rendered emulator>")
+        want.update(range(int(lo), int(hi or lo) + 1))
+    if os.sched_getaffinity(pid) != want:
+        raise _Decline("the emulator is not narrowed to its own CPUs yet")
 
 
 def _json_scanner() -> Any:
@@ -318,6 +343,7 @@ def verify(name: str, xml: str, environ: Any = os.environ) -> str:
             raise _Decline(f"vCPU {vcpu} is real-time but not masked")
     if emulator and _sched(pid) != (os.SCHED_FIFO, priority):
         raise _Decline("the emulator thread is not FIFO")
+    _emulator_in_place(xml, pid)
     if xml.lstrip().startswith(("<domain type='kvm'", '<domain type="kvm"')) and 0 in tids:
         _kvm_pit_in_place(pid, tids[0], cfg["proc_root"])
     _write_running(cfg["state_dir"], path, text, data, timeout)

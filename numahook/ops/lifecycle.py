@@ -18,7 +18,7 @@ from numahook.core import allocate, cpulist, hardware, metadata, render
 from numahook.core.plan import Plan
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import fsutil, hugepages, libvirtstatus, procfs, rtsched
-from numahook.ops import hostinputs, kvmpit
+from numahook.ops import emulator, hostinputs, kvmpit
 from numahook.records import record
 from numahook.state.claims import Claim, RealtimeIntent
 from numahook.state.recovery import recover, rollback
@@ -163,7 +163,8 @@ def _apply_journalled(journal: ClaimJournal, tids: Mapping[int, int],
 
 def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
     """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs,
-    and the kvm-pit thread of a dedicated KVM domain on vCPU 0's CPU (ops/kvmpit.py)."""
+    the kvm-pit thread of a dedicated KVM domain on vCPU 0's CPU (ops/kvmpit.py), and the
+    emulator back on its own CPUs where it started wider (ops/emulator.py)."""
     doc = render.parse(xml, readonly=True)
     req = doc.request
     if req is None or not req.managed:
@@ -174,13 +175,14 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
     pid, tids = vcpu_threads(name, cfg, rt_all)
     if req.dedicated:
         kvmpit.pin(doc.facts, pid, cfg.proc_root)
+        emulator.narrow(doc.facts, pid, cfg.proc_root)
     if not req.realtime:
         _mark_running(doc, cfg, state, pid)
         return None
     # vCPUs not plugged yet have no thread; the daemon tunes them when they appear
     rt_vcpus = frozenset(v for v in rt_all if v in tids)
     # QEMU's main thread is the emulator thread; real-time with it when it has its own CPU
-    emulator = pid if req.isolate_emulator and rt_all and pid else None
+    emulator_tid = pid if req.isolate_emulator and rt_all and pid else None
     state.ensure()
     with state.lock(cfg.lock_timeout):
         claim = state.load(doc.facts.uuid) or Claim(
@@ -188,11 +190,12 @@ def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
         journal = ClaimJournal(state, claim)
         journal.update(phase="running", qemu_pid=pid)
         faults.point("tune.journalled")
-        result = _apply_journalled(journal, tids, rt_vcpus, req.realtime_priority, emulator,
-                                   cfg, allow_delegation=cfg.rt_throttled == "delegate")
+        result = _apply_journalled(journal, tids, rt_vcpus, req.realtime_priority,
+                                   emulator_tid, cfg,
+                                   allow_delegation=cfg.rt_throttled == "delegate")
         faults.point("tune.applied")
     audit("realtime", name, vcpus=cpulist.format(rt_vcpus), priority=req.realtime_priority,
-          emulator=emulator is not None, path=result.path, detail=result.message)
+          emulator=emulator_tid is not None, path=result.path, detail=result.message)
     return Tuning(tuple(sorted(rt_vcpus)), result, result.message)
 
 

@@ -61,7 +61,8 @@ def _running(cfg: Config, claims: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({
             "name": st.name, "uuid": st.uuid, "state": st.state, "pid": st.pid,
             "cpus": cpulist.format(st.pinned_cpus),
-            "emulator": cpulist.format(facts.emulatorpin or ()),
+            "emulator": cpulist.format(facts.emulator_cpus or ()),
+            "emulator_now": _affinity(st.pid),
             "cells": [{"id": c.id, "vcpus": cpulist.format(c.cpus), "memory_kib": c.memory_kib,
                        "host_nodes": cpulist.format(facts.memnodes.get(c.id, ()))}
                       for c in facts.cells],
@@ -73,6 +74,16 @@ def _running(cfg: Config, claims: dict[str, Any]) -> list[dict[str, Any]]:
             "kvm_pit": _kvm_pit(facts, st.pid, cfg.proc_root),
         })
     return out
+
+
+def _affinity(pid: int | None) -> str | None:
+    """Where QEMU's main (emulator) thread may run now: what ``check`` promised, or not."""
+    if pid is None:
+        return None
+    try:
+        return cpulist.format(procfs.affinity_of(pid))
+    except NumahookError:
+        return None
 
 
 def _kvm_pit(facts: Any, pid: int | None, proc_root: str) -> dict[str, Any] | None:
@@ -126,7 +137,9 @@ def _report(d: dict[str, Any]) -> placement.DeviceReport:
 def text(doc: dict[str, Any]) -> str:
     lines = []
     for d in doc["running"]:
-        lines.append(f"{d['name']}  {d['state']}  cpus {d['cpus']}  emulator {d['emulator']}")
+        lines.append(f"{d['name']}  {d['state']}  cpus {d['cpus']}  emulator {d['emulator']}"
+                     + (f" (runs on {d['emulator_now']} now)"
+                        if d["emulator_now"] not in (None, d["emulator"]) else ""))
         for c in d["cells"]:
             lines.append(f"  cell {c['id']}: vCPUs {c['vcpus']}, {c['memory_kib']} KiB on "
                          f"host node {c['host_nodes']}")

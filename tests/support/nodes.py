@@ -50,7 +50,7 @@ def capability(tmp_path: Path, name: str = "intel-2s-ht-rt", runtime: int = -1,
 
 #: one running managed domain as numahookd lists it in node.json (and status --json)
 DOMAIN = {"name": "rt1", "uuid": "c7a5fdbd-cdaf-9455-926a-d65c16db1809", "state": "running",
-          "pid": 4242, "cpus": "2-5", "emulator": "6",
+          "pid": 4242, "cpus": "2-5", "emulator": "6", "emulator_now": "6",
           "cells": [{"id": 0, "vcpus": "0-3", "memory_kib": 4194304, "host_nodes": "0"}],
           "vcpus": [{"vcpu": 0, "cpus": "2", "realtime": True, "tid": 4250, "policy": "fifo",
                      "priority": 1}],

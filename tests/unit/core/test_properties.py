@@ -186,6 +186,21 @@ def check_plan(topo: Topology, ask: Ask, available: frozenset[int], plan: Plan) 
         non_rt = {pins[v] for v in range(ask.vcpus) if v not in rt}
         assert set(plan.emulator) == (non_rt or set(pins))
 
+    # while QEMU starts, the emulator reaches every cell's node, on CPUs the domain holds
+    # (core/prealloc.py); it borrows a real-time vCPU's CPU only where nothing else is there
+    start = set(plan.emulator_pin)
+    assert start >= set(plan.emulator) and start <= plan.cpus
+    assert {c.host_node for c in plan.cells} <= {topo.node_of(c) for c in start}
+    for cpu in start - set(plan.emulator):
+        node = topo.node_of(cpu)
+        assert node not in {topo.node_of(c) for c in plan.emulator}
+        if cpu in {pins[v] for v in plan.realtime_vcpus}:
+            rt = set(plan.realtime_vcpus)
+            assert not [c for v, c in enumerate(pins) if v not in rt and topo.node_of(c) == node]
+            assert not [c for c in plan.held if topo.node_of(c) == node]
+    if not plan.cells:
+        assert plan.emulator_start == ()
+
     # IO threads
     assert [io for io, _ in plan.iothread_pins] == list(range(1, ask.iothreads + 1))
     for i, (_, cpus) in enumerate(plan.iothread_pins):
@@ -286,7 +301,8 @@ def test_rendered_xml_round_trips(case: tuple[Topology, Ask, frozenset[int]]) ->
     facts = domainxml.read(safe.parse(first.xml))
     assert hardware.differences(facts, plan) == []
     assert facts.vcpupin == {v: frozenset({c}) for v, c in enumerate(plan.vcpu_pins)}
-    assert facts.emulatorpin == frozenset(plan.emulator)
+    assert facts.emulatorpin == frozenset(plan.emulator_pin)
+    assert facts.emulator_cpus == frozenset(plan.emulator)
     if ask.passthrough:
         assert facts.memnodes == {c.id: frozenset({c.host_node}) for c in plan.cells}
         assert sorted(facts.page_nodesets) == sorted(

@@ -127,5 +127,5 @@ def test_started_hook_and_daemon_backstop(pit_thread: tuple[int, Path], tmp_path
     assert os.sched_getaffinity(tid) == {one_cpu()}
     os.sched_setaffinity(tid, os.sched_getaffinity(0))  # someone moved it
     rec = Reconciler(cfg, state)
-    rec.kvm_pit_backstop()
+    rec.threads_backstop()
     assert os.sched_getaffinity(tid) == {one_cpu()}
