@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from lab import guest
+from lab import guest, report
 
 REPO = Path(__file__).resolve().parents[2]
 LAB = [str(REPO / "scripts" / "lab")]
@@ -152,3 +152,60 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     last = {"test_package": 1, "test_shapes": 2, "test_vfio": 2}
     items.sort(key=lambda item: last.get(item.module.__name__.rsplit(".", 1)[-1], 0)
                if item.module else 0)
+
+
+def with_cpu_attrs(xml: str, **attrs: str) -> str:
+    """``domain_xml``'s domain with more ``<numahook:cpu>`` attributes (isolateEmulatorThread,
+    ioThreadsPolicy, ...)."""
+    extra = "".join(f" {k}='{v}'" for k, v in attrs.items())
+    return xml.replace("dedicatedCpuPlacement='true'", "dedicatedCpuPlacement='true'" + extra, 1)
+
+
+def threads_of(host: Host, name: str) -> dict[str, tuple[list[int], str]]:
+    """QEMU's threads by ``comm`` (suffixed ``#tid`` when repeated): (affinity, policy)."""
+    out = host.json(
+        f"python3 -c 'import json,os; pid=int(open(\"/run/libvirt/qemu/{name}.pid\").read()); "
+        "print(json.dumps({t: [open(f\"/proc/{pid}/task/{t}/comm\").read().strip(), "
+        "sorted(os.sched_getaffinity(int(t))), os.sched_getscheduler(int(t))] "
+        "for t in os.listdir(f\"/proc/{pid}/task\")}))'")
+    named: dict[str, tuple[list[int], str]] = {}
+    for tid, (comm, cpus, policy) in sorted(out.items()):
+        key = comm if comm not in named else f"{comm}#{tid}"
+        named[key] = (cpus, {0: "other", 1: "fifo", 2: "rr"}.get(policy, str(policy)))
+    return named
+
+
+def start_and_check_emulator(host: Host, name: str, xml: str,
+                             iothreads: int = 0) -> dict[str, Any]:
+    """Define and start ``xml``, then check the running domain against ``numahook check``:
+    vCPU pins and FIFO, every emulator thread (and IO thread) on what check said, and the
+    guest's cells as QEMU holds them. Returns check's JSON; the caller destroys it."""
+    if iothreads:
+        ids = "".join(f"<iothread id='{i}'/>" for i in range(1, iothreads + 1))
+        xml = xml.replace("</vcpu>", f"</vcpu><iothreadids>{ids}</iothreadids>", 1)
+    host.define(xml)
+    host.wait(lambda: "<numa>" in host.sh(f"virsh dumpxml --inactive {name}").stdout,
+              "numahookd to render the definition", 60)
+    check = host.json(f"virsh dumpxml --inactive {name} | numahook check --json -")
+    assert check["ok"], check
+    host.sh(f"virsh -q start {name}")
+    pins = check["pinning"]
+    threads = threads_of(host, name)
+    for v, cpu in pins["vcpus"].items():
+        cpus, policy = threads[f"CPU {v}/TCG"]
+        assert cpus == [cpu], (v, threads)
+        assert policy == ("fifo" if int(v) in check["realtime_vcpus"] else "other"), threads
+    emulator = {k: cpus for k, (cpus, _) in threads.items()
+                if not k.startswith(("CPU ", "IO iothread"))}
+    assert emulator and all(cpus == pins["emulator"] for cpus in emulator.values()), \
+        (pins, threads)
+    for io, cpus in pins["iothreads"].items():
+        assert threads[f"IO iothread{io}"][0] == cpus, (pins, threads)
+    numa = host.sh(f"virsh qemu-monitor-command --hmp {name} 'info numa'").stdout
+    assert f"{len(check['cells'])} nodes" in numa
+    for cell in check["cells"]:
+        assert f"node {cell['id']} cpus: {' '.join(map(str, cell['vcpus']))}" in numa, numa
+    status = host.json("numahook status --json")
+    mine = next(d for d in status["domains"] if d["name"] == name)
+    assert report.parse_cpulist(mine["emulator_now"]) == set(pins["emulator"])
+    return check

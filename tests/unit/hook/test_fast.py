@@ -173,3 +173,33 @@ def test_declined_fast_path_runs_the_full_path(host: dict, tmp_path: Path) -> No
     assert rc == "0"
     assert "numahook.ops.lifecycle" in loaded.split()
     assert "action=realtime vcpus=0" not in (tmp_path / "hook.log").read_text()
+
+
+def _with_rendered_emulator(xml: str, cpus: str, quote: str = '"') -> str:
+    """The domain XML as rendered for a start wider than the emulator's own CPUs."""
+    mark = (f"<numahook:rendered digest={quote}sha256:0{quote} host={quote}h{quote} "
+            f"emulator={quote}{cpus}{quote}/>")
+    at = xml.index("</uuid>") + len("</uuid>")
+    meta = (f"<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/domain/1'>"
+            f"{mark}</numahook:domain></metadata>")
+    return xml[:at] + meta + xml[at:]
+
+
+@pytest.mark.parametrize("quote", ['"', "'"])
+def test_an_emulator_not_yet_narrowed_declines(host: dict, quote: str) -> None:
+    """numahook/ops/emulator.py: while QEMU's main thread still runs on the start set, the
+    full path must run and narrow it; once on its own CPUs alone, the fast path verifies."""
+    fifo(host["v0"])
+    cpu = min(os.sched_getaffinity(0))
+    xml = _with_rendered_emulator(XML, str(cpu), quote)
+    if len(os.sched_getaffinity(host["qemu"])) > 1:
+        assert not fast.started(NAME, xml, host["env"])
+        assert host["state"].load(UUID) == host["claim"]
+    os.sched_setaffinity(host["qemu"], {cpu})
+    assert fast.started(NAME, xml, host["env"])
+    assert host["state"].load(UUID).phase == "running"
+
+
+def test_an_unreadable_rendered_emulator_declines(host: dict) -> None:
+    fifo(host["v0"])
+    assert not fast.started(NAME, _with_rendered_emulator(XML, "3-x"), host["env"])
