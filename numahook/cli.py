@@ -103,6 +103,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     doc = render.parse(_read_source(args.file))
     inp, view = _inputs(args, doc)
     ev = render.evaluate(doc, inp)
+    pages = hostinputs.page_supply(ev.plan, inp.config.sysfs_root) if ev.plan is not None else None
+    if pages is not None:
+        ev.checks.append(pages)
     if args.json:
         out = explain.evaluation_dict(doc.facts.name, ev)
         out["available_cpus"] = cpulist.format(inp.available)
@@ -310,7 +313,12 @@ def parser() -> argparse.ArgumentParser:
         "Check every precondition of FILE's domain on this host (feature gates, dedicated\n"
         "CPUs, hugepages, topology, the real-time mask, the node, device locality) and show\n"
         "the pinning and cells it would get, and each passthrough device's host node, root\n"
-        "complex and place in the guest. Exits 1 if any precondition fails, naming each fix."))
+        "complex and place in the guest. It shows the hugepages a start would reserve on\n"
+        "each host node, with the pages free there and how many the node's free memory\n"
+        "could add, and fails when the node cannot give them. A domain on hugepages\n"
+        "without guestMappingPassthrough gets its dedicated CPUs on one host node and all\n"
+        "its memory bound strict to that node. Exits 1 if any precondition fails, naming\n"
+        "each fix."))
     _common(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (docs/schemas/check.schema.json)")

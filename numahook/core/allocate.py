@@ -127,7 +127,8 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
              extra: int = 0, keep: Mapping[int, frozenset[int]] | None = None,
              keep_extra: frozenset[int] | None = None,
              vcpu_nodes: frozenset[int] | None = None,
-             where: str = "on nodes with memory", policy: str = "prefer") -> Allocation:
+             where: str = "on nodes with memory", policy: str = "prefer",
+             one_node: bool = False) -> Allocation:
     """Pin ``count`` vCPUs (guest cores of ``threads`` siblings) plus ``extra`` CPUs.
 
     ``vcpu_nodes`` limits the nodes vCPUs may use (passthrough binds each cell's memory
@@ -135,7 +136,13 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
     further), and ``where`` says which in a refusal; the emulator may go anywhere.
     ``policy`` is threadPolicy: ``isolate`` puts each vCPU on a whole free core and holds
     its siblings; with ``isolate`` or ``require`` the emulator takes a whole core too.
+    ``one_node``: the vCPUs and the emulator all on one node, as a domain whose memory is
+    bound to a single node needs (QEMU places its memory preallocation threads on that
+    node's CPUs, inside the emulator's cpuset).
     """
+    if one_node:
+        return _on_one_node(topo, available, count, threads, extra, keep, keep_extra,
+                            vcpu_nodes, where, policy)
     usable = frozenset(c for c in available if c in topo.cpus)
     allowed = frozenset(c for c in usable
                         if vcpu_nodes is None or topo.node_of(c) in vcpu_nodes)
@@ -202,6 +209,37 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
             "dedicated-cpus",
         )
     return Allocation(pins, spare, False, held=held)
+
+
+def _on_one_node(topo: Topology, available: frozenset[int], count: int, threads: int,
+                 extra: int, keep: Mapping[int, frozenset[int]] | None,
+                 keep_extra: frozenset[int] | None, vcpu_nodes: frozenset[int] | None,
+                 where: str, policy: str) -> Allocation:
+    """:func:`allocate` with every CPU on one node: the usual choice when it already is
+    (a kept pinning, the fewest nodes), else the tightest node that holds it all."""
+    first = allocate(topo, available, count, threads, extra, keep, keep_extra, vcpu_nodes,
+                     where, policy)  # its refusal, when the cpuset is short anyway, is the one
+    if len(topo.nodes_of(first.vcpus + first.extra + first.held)) == 1:
+        return first
+    free = {n: frozenset(c for c in available if c in topo.cpus and topo.node_of(c) == n)
+            for n in sorted(topo.nodes) if vcpu_nodes is None or n in vcpu_nodes}
+    kept = {topo.node_of(c) for cpus in (keep or {}).values() for c in cpus if c in topo.cpus}
+    for n in sorted(free, key=lambda n: (kept != {n}, len(free[n]), n)):
+        try:
+            return allocate(topo, free[n], count, threads, extra, keep, keep_extra,
+                            None, where, policy)
+        except Refusal:
+            continue
+    shape = f"{count} vCPUs" + (" plus the isolated emulator thread" if extra else "")
+    per_node = ", ".join(f"{len(cpus)} on node {n}" for n, cpus in free.items() if cpus)
+    raise Refusal(
+        f"its memory is on hugepages without guestMappingPassthrough, so numahook binds it "
+        f"to one host node with the dedicated CPUs, but no single node has {shape} free in "
+        f"its cpuset (free CPUs {where}: {per_node or 'none'}); add <numahook:numa>"
+        "<numahook:guestMappingPassthrough/></numahook:numa> so the guest gets one cell per "
+        "node, or use fewer vCPUs",
+        "dedicated-cpus",
+    )
 
 
 def _cores(topo: Topology, cpus: frozenset[int]) -> dict[tuple[int, int, int], list[int]]:

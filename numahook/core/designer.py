@@ -101,11 +101,14 @@ def set_numa(root: etree._Element, plan: Plan) -> None:
 
 
 def set_memnodes(root: etree._Element, plan: Plan) -> None:
-    """Strict binding of each guest cell to its host node (host side only)."""
+    """Strict binding of each guest cell to its host node (host side only), or of all
+    memory to the plan's one node when there are no cells, where its pages wait."""
     old = root.find("numatune")
     if old is not None:
         remove(old)
     nodes = [c.host_node for c in plan.cells]
+    if not nodes and plan.memory_node is not None:
+        nodes = [plan.memory_node]
     insert(root, element("numatune", children=[
         element("memory", {"mode": "strict", "nodeset": _fmt(nodes)}),
         *(element("memnode", {"cellid": str(c.id), "mode": "strict",
@@ -206,7 +209,7 @@ def apply_host_side(root: etree._Element, plan: Plan) -> None:
     """Migration/restore: pins and host nodes follow this host; the guest's view stays."""
     set_vcpu_placement(root)
     set_cputune(root, plan)
-    if plan.cells:
+    if plan.cells or plan.memory_node is not None:
         set_memnodes(root, plan)
 
 
@@ -216,6 +219,8 @@ def apply(root: etree._Element, plan: Plan) -> None:
     if plan.cells:
         set_topology(root, plan)
         set_numa(root, plan)
+    elif plan.memory_node is not None:
+        set_memnodes(root, plan)
     if plan.realtime_extras:
         set_realtime_extras(root, plan.locked)
     set_pci_topology(root, plan)

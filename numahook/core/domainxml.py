@@ -52,6 +52,8 @@ class DomainFacts:
     cells: tuple[DefinedCell, ...] = ()
     #: <numatune><memnode cellid nodeset>, by cell id
     memnodes: dict[int, frozenset[int]] = field(default_factory=dict)
+    #: <numatune><memory>: (mode, host nodes), None when absent; libvirt's default is strict
+    numatune_memory: tuple[str, frozenset[int]] | None = None
     #: <hugepages><page size nodeset>: (size KiB, guest cells) per page element
     page_nodesets: tuple[tuple[int, frozenset[int]], ...] = ()
     vcpusched: tuple[tuple[frozenset[int], str, int], ...] = ()
@@ -150,6 +152,12 @@ def read(root: Any) -> DomainFacts:
         for m in root.findall("numatune/memnode")
     }
 
+    tune_el = root.find("numatune/memory")
+    numatune_memory = None
+    if tune_el is not None:
+        numatune_memory = (tune_el.get("mode") or "strict",
+                           budget.parse(tune_el.get("nodeset") or "", "<numatune memory nodeset>"))
+
     topo_el = root.find("cpu/topology")
     topology: tuple[int, int, int, int] | None = None
     if topo_el is not None:
@@ -225,6 +233,7 @@ def read(root: Any) -> DomainFacts:
         iothreadpin=iothreadpin,
         cells=tuple(cells),
         memnodes=memnodes,
+        numatune_memory=numatune_memory,
         page_nodesets=tuple(page_nodesets),
         vcpusched=tuple(sched),
         emulatorsched=emusched,

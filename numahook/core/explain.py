@@ -7,6 +7,7 @@ from typing import Any
 from numahook.core import cpulist
 from numahook.core.placement import DeviceReport
 from numahook.core.plan import Evaluation, Plan
+from numahook.core.units import human_kib
 
 
 def device_dict(r: DeviceReport) -> dict[str, Any]:
@@ -51,6 +52,9 @@ def plan_dict(plan: Plan | None) -> dict[str, Any]:
             for c in plan.cells
         ],
         "page_kib": plan.page_kib,
+        "memory_node": plan.memory_node,
+        "hugepages": [{"node": n, "size_kib": size, "pages": pages}
+                      for (n, size), pages in sorted(plan.page_need.items())],
         "realtime_vcpus": list(plan.realtime_vcpus),
         "priority": plan.priority if plan.realtime_vcpus else None,
         "vcpusched": plan.vcpusched,
@@ -92,6 +96,9 @@ def evaluation_text(name: str, ev: Evaluation) -> str:
             lines.append(f"  cell {cell.id}: host node {cell.host_node}, vCPUs "
                          f"{cpulist.format(cell.vcpus)}, {cell.memory_kib} KiB "
                          f"({cell.pages} pages)")
+        if plan.memory_node is not None:
+            lines.append(f"  memory: bound strict to host node {plan.memory_node}, "
+                         f"{plan.memory_pages} pages of {human_kib(plan.page_kib or 0)}")
         if plan.realtime_vcpus:
             lines.append(f"  realtime: vCPUs {cpulist.format(plan.realtime_vcpus)} SCHED_FIFO "
                          f"priority {plan.priority}"

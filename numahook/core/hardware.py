@@ -74,9 +74,12 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
             ck.fail("guest-mapping-passthrough", "realtime needs guestMappingPassthrough; add "
                     "<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>")
 
+    # hugepages without passthrough: Nova's implicit one-cell topology (hw:mem_page_size),
+    # all memory bound strict to the one node of the dedicated CPUs, its pages reserved there
+    bound = req.dedicated and facts.hugepages and not req.passthrough
     page_kib = None
-    if req.passthrough:
-        page_kib = _check_hugepages(ck, facts, inp)
+    if req.passthrough or bound:
+        page_kib = _check_hugepages(ck, facts, inp, req.passthrough)
     # guest CPU topology
     topology = facts.topology or (1, 1, facts.vcpus, 1)
     product = topology[0] * topology[1] * topology[2] * topology[3]
@@ -120,13 +123,13 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         return _refused(ck, facts, req, inp)
     extra = 1 if req.isolate_emulator else 0
     with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
-    base = with_memory if req.passthrough else frozenset(topo.nodes)
+    base = with_memory if req.passthrough or bound else frozenset(topo.nodes)
 
     def fit(nodes: frozenset[int], where: str = "on nodes with memory") -> Allocation:
         return allocate(topo, inp.available, facts.vcpus, topology[3], extra,
                         keep=facts.vcpupin, keep_extra=facts.emulator_cpus,
                         vcpu_nodes=nodes if nodes != frozenset(topo.nodes) else None,
-                        where=where, policy=req.threads)
+                        where=where, policy=req.threads, one_node=bound)
 
     fallback = None
     try:
@@ -171,6 +174,12 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
 
     plan = records.replace(_plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib),
                            buses=buses)
+    if bound and page_kib is not None:
+        plan = records.replace(plan, memory_node=vcpu_nodes[0],
+                               memory_pages=facts.memory_kib // page_kib,
+                               emulator_start=prealloc.start_set(
+                                   topo, plan.emulator, plan.vcpu_pins, rt_vcpus, plan.held,
+                                   (vcpu_nodes[0],)))
     notes = (locality.advice(loc, vcpu_nodes, fallback) + dev_notes
              + advice.realtime(facts, req, plan, topo))
     if req.realtime and not inp.can_lock_memory:
@@ -215,7 +224,7 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
         emulator=emulator,
         iothread_pins=_iothreads(facts.iothread_ids, emulator, req.io_threads_policy),
         cells=cells,
-        page_kib=page_kib if req.passthrough else None,
+        page_kib=page_kib,
         topology=topology,
         realtime_vcpus=tuple(sorted(rt_vcpus)),
         priority=req.realtime_priority,
@@ -245,13 +254,16 @@ def replan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
     return _plan(facts, req, inp, alloc, cells, rt, topology, page_kib)
 
 
-def _check_hugepages(ck: _Checks, facts: DomainFacts, inp: Inputs) -> int | None:
+def _check_hugepages(ck: _Checks, facts: DomainFacts, inp: Inputs,
+                     passthrough: bool) -> int | None:
     if not facts.hugepages:
         ck.fail("hugepages", "guestMappingPassthrough needs hugepages; add <memoryBacking>"
                 "<hugepages><page size='2048' unit='KiB'/></hugepages></memoryBacking>")
         return None
     if len(set(facts.page_sizes)) > 1:
-        ck.fail("hugepages", "guestMappingPassthrough needs one hugepage size, but <hugepages> "
+        who = ("guestMappingPassthrough needs" if passthrough else
+               "numahook reserves a hugepage domain's pages on one node and needs")
+        ck.fail("hugepages", f"{who} one hugepage size, but <hugepages> "
                 f"lists {len(set(facts.page_sizes))}; keep a single <page>")
         return None
     page = facts.page_sizes[0] if facts.page_sizes else (
@@ -338,6 +350,11 @@ def differences(facts: DomainFacts, plan: Plan) -> list[str]:
         want_pages = {(plan.page_kib or 0, frozenset({c.id})) for c in plan.cells}
         if set(facts.page_nodesets) != want_pages:
             out.append("the per-cell hugepage backing differs")
+    if plan.memory_node is not None:
+        want_tune = ("strict", frozenset({plan.memory_node}))
+        if facts.numatune_memory != want_tune or facts.memnodes:
+            out.append(f"its memory is not bound strict to host node {plan.memory_node}, "
+                       "where its dedicated CPUs and reserved hugepages are")
     out += placement.differences(facts, plan.buses)
     want_sched = (((frozenset(plan.realtime_vcpus), "fifo", plan.priority),)
                   if plan.vcpusched else ())

@@ -41,8 +41,12 @@ class Cell:
     pages: int
 
 
-#: Plan fields that join the digest only when set (see Plan.digest)
-_LATER = frozenset({"emulator_realtime", "held", "buses", "emulator_start"})
+#: Plan fields added later, with their defaults: each joins the digest only when it differs
+#: from its default (see Plan.digest), so renderings made before it keep their digests.
+#: A default, not truthiness, because memory_node 0 is a real node.
+_LATER: dict[str, object] = {"emulator_realtime": False, "held": (), "buses": (),
+                             "memory_node": None, "memory_pages": 0,
+                             "emulator_start": ()}
 
 
 @record(frozen=True)
@@ -70,6 +74,12 @@ class Plan:
     held: tuple[int, ...] = ()
     #: the pcie-expander-buses and root ports the passthrough devices go behind
     buses: tuple[Bus, ...] = ()
+    #: hugepages without guestMappingPassthrough: the one host node of the dedicated CPUs,
+    #: to which all memory is bound strict (Nova's implicit one-cell NUMA topology), so the
+    #: pages reserved there are the ones QEMU maps
+    memory_node: int | None = None
+    #: how many pages of ``page_kib`` the domain takes on ``memory_node``
+    memory_pages: int = 0
     #: the rendered <emulatorpin> while QEMU starts, when it must reach memory nodes that
     #: ``emulator`` does not (core/prealloc.py); ``()``: the same as ``emulator``
     emulator_start: tuple[int, ...] = ()
@@ -84,11 +94,21 @@ class Plan:
         """Every host CPU this domain holds exclusively."""
         return frozenset(self.vcpu_pins) | frozenset(self.emulator) | frozenset(self.held)
 
+    @property
+    def page_need(self) -> dict[tuple[int, int], int]:
+        """Pages to reserve, by (host node, page size KiB): the cells', or the bound node's."""
+        if self.page_kib is None:
+            return {}
+        if self.memory_node is not None:
+            return {(self.memory_node, self.page_kib): self.memory_pages}
+        return {(c.host_node, self.page_kib): c.pages for c in self.cells}
+
     def digest(self) -> str:
         # repr of plain tuples and ints is stable; asdict() deep-copies (bench/render.py).
         # Fields added later join only when set, so older renderings keep their digests.
         parts = [(name, getattr(self, name)) for name in records.field_names(self)
-                 if name != "kept_pinning" and (name not in _LATER or getattr(self, name))]
+                 if name != "kept_pinning"
+                 and (name not in _LATER or getattr(self, name) != _LATER[name])]
         raw = repr((RENDER_VERSION, parts)).encode()
         return "sha256:" + sha256_hex(raw)[:32]
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 from numahook import faults
 from numahook import log as logmod
+from numahook.core.units import human_kib
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import fsutil
 from numahook.records import NamedTuple
@@ -89,6 +90,59 @@ def check_pools(pools: list[PoolKey], sysfs_root: str = "/sys") -> None:
             "one of those in the domain's <memoryBacking><hugepages>",
             check="hugepage-size",
         )
+
+
+_MEMFREE = re.compile(r"^Node\s+[0-9]+\s+MemFree:\s+([0-9]{1,15})\s+kB", re.MULTILINE)
+
+
+class Supply(NamedTuple):
+    """What :func:`reserve` would find in one pool now: pages free, and how many more the
+    node's free memory could hold (an upper bound: fragmentation may give fewer)."""
+
+    node: int
+    size_kib: int
+    need: int
+    free: int
+    addable: int
+
+    @property
+    def enough(self) -> bool:
+        return self.free + self.addable >= self.need
+
+
+def supply(need: Mapping[PoolKey, int], sysfs_root: str = "/sys") -> list[Supply]:
+    """Each pool of ``need`` as :func:`reserve` would start on it, without changing it.
+
+    For ``numahook check``: free pages count as they are, as in ``reserve``, and the rest
+    must come from the node's ``MemFree``.
+    """
+    pools = sorted(p for p, n in need.items() if n > 0)
+    check_pools(pools, sysfs_root)
+    out = []
+    for node, size in pools:
+        text = fsutil.read_text(os.path.join(node_dir(sysfs_root, node), "meminfo"))
+        m = _MEMFREE.search(text)
+        memfree = int(m.group(1)) if m else 0
+        out.append(Supply(node, size, need[(node, size)], counts(sysfs_root, (node, size)).free,
+                          memfree // size))
+    return out
+
+
+def supply_shortfall(rows: list[Supply]) -> str | None:
+    """The refusal for pools :func:`supply` found short, with their numbers; None if none."""
+    short = [r for r in rows if not r.enough]
+    if not short:
+        return None
+    parts = [f"need {r.need} pages of {human_kib(r.size_kib)} on node {r.node}, {r.free} "
+             f"free and at most {r.addable} can be added from its free memory" for r in short]
+    return ("not enough hugepages: " + "; ".join(parts)
+            + f"; free memory on {_nodes(r.node for r in short)} or lower the domain's memory")
+
+
+def _nodes(ids: Iterable[int]) -> str:
+    """``node 1`` or ``nodes 0, 1``, for the fixes of the shortage messages."""
+    nodes = sorted(set(ids))
+    return ("node " if len(nodes) == 1 else "nodes ") + ", ".join(map(str, nodes))
 
 
 class _Ledger:
@@ -215,9 +269,8 @@ def _shortage_message(
         by_size.setdefault(size, []).append(part)
     clauses = [f"not enough {size} kB hugepages: " + ", ".join(parts)
                for size, parts in sorted(by_size.items())]
-    nodes = sorted({node for node, _ in short})
-    where = ("node " if len(nodes) == 1 else "nodes ") + ", ".join(map(str, nodes))
-    return "; and ".join(clauses) + f"; free memory on {where} or lower the domain's memory"
+    return ("; and ".join(clauses)
+            + f"; free memory on {_nodes(node for node, _ in short)} or lower the domain's memory")
 
 
 def release(

@@ -10,14 +10,17 @@ from collections.abc import Iterable
 
 from numahook.config import Config
 from numahook.core import cpulist, metadata
-from numahook.core.plan import Inputs
-from numahook.errors import NumahookError
-from numahook.host import cgroups, fsutil, libvirtstatus, procfs, rtsched, sysfs
+from numahook.core.plan import Check, Inputs, Plan
+from numahook.core.units import human_kib
+from numahook.errors import NumahookError, Refusal
+from numahook.host import cgroups, fsutil, hugepages, libvirtstatus, procfs, rtsched, sysfs
 from numahook.records import record
 from numahook.state.statedir import StateDir
 
 #: lets libvirtd raise QEMU's RLIMIT_MEMLOCK, which <memoryBacking><locked/> needs
 CAP_SYS_RESOURCE = 24
+#: ``numahook check``'s precondition for the hugepages a start would reserve
+CHECK_PAGES = "hugepages-available"
 
 
 @record(frozen=True)
@@ -82,6 +85,26 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
     )
     view = CpuSource(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed)
     return inputs, view
+
+
+def page_supply(plan: Plan, sysfs_root: str) -> Check | None:
+    """``numahook check``'s view of the plan's hugepages on this host now, per node.
+
+    Not part of the rendering, which must not change with what happens to be free; at
+    start ``hugepages.reserve`` decides with the same numbers, and compacts first.
+    """
+    if not plan.page_need:
+        return None
+    try:
+        rows = hugepages.supply(plan.page_need, sysfs_root)
+    except Refusal as exc:
+        return Check(CHECK_PAGES, False, str(exc))
+    short = hugepages.supply_shortfall(rows)
+    if short:
+        return Check(CHECK_PAGES, False, short)
+    return Check(CHECK_PAGES, True, "; ".join(
+        f"{r.need} pages of {human_kib(r.size_kib)} on node {r.node}: {r.free} already free, "
+        f"{max(r.need - r.free, 0)} to add, room for {r.addable}" for r in rows))
 
 
 def fingerprint(cfg: Config, partitions: set[str | None], state: StateDir) -> str:

@@ -88,8 +88,7 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
             gate = rtsched.realtime_gate(cfg)
             if not gate.ok:
                 raise Refusal(gate.reason, gate.name)
-        need = {(c.host_node, plan.page_kib): c.pages for c in plan.cells
-                if plan.page_kib is not None}
+        need = plan.page_need
         early = tuple(v for v in plan.realtime_vcpus if v < doc.facts.current_vcpus)
         intent = (RealtimeIntent(early, plan.priority, doc.request.isolate_emulator)
                   if early else None)

@@ -66,6 +66,7 @@ def _running(cfg: Config, claims: dict[str, Any]) -> list[dict[str, Any]]:
             "cells": [{"id": c.id, "vcpus": cpulist.format(c.cpus), "memory_kib": c.memory_kib,
                        "host_nodes": cpulist.format(facts.memnodes.get(c.id, ()))}
                       for c in facts.cells],
+            "memory": _memory(facts.numatune_memory),
             "vcpus": vcpus,
             "realtime_ok": all(e["policy"] == "fifo" for e in vcpus if e["realtime"]
                                and e["tid"] is not None),
@@ -84,6 +85,13 @@ def _affinity(pid: int | None) -> str | None:
         return cpulist.format(procfs.affinity_of(pid))
     except NumahookError:
         return None
+
+
+def _memory(tune: tuple[str, frozenset[int]] | None) -> dict[str, Any] | None:
+    """The live ``<numatune><memory>``: where QEMU may take the domain's memory from."""
+    if tune is None:
+        return None
+    return {"mode": tune[0], "host_nodes": cpulist.format(tune[1])}
 
 
 def _kvm_pit(facts: Any, pid: int | None, proc_root: str) -> dict[str, Any] | None:
@@ -143,6 +151,9 @@ def text(doc: dict[str, Any]) -> str:
         for c in d["cells"]:
             lines.append(f"  cell {c['id']}: vCPUs {c['vcpus']}, {c['memory_kib']} KiB on "
                          f"host node {c['host_nodes']}")
+        if d["memory"] and not d["cells"]:
+            lines.append(f"  memory: {d['memory']['mode']} on host node "
+                         f"{d['memory']['host_nodes']}")
         for v in d["vcpus"]:
             sched = f"{v['policy']} {v['priority']}" if v["policy"] else "no thread"
             mark = " (real-time)" if v["realtime"] else ""

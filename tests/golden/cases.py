@@ -43,6 +43,10 @@ CASES = [
     # IO threads on an NPS4 host with a v2 systemd partition
     Case("epyc-realtime-v2-systemd", "realtime-2m", "epyc-nps4", cgroup_version=2,
          cpusets={"": "0-63", "machine.slice": "4-63"}),
+    # hugepages without passthrough (issue 25): vCPUs and isolated emulator on the one node
+    # with room for all seven (node 1), all memory bound strict there, no guest cells
+    Case("intel-hugepages-dedicated", "hugepages-dedicated", "intel-2s-ht",
+         cpusets={"": "0-79", "machine": "18-27,58-59"}),
     # passthrough devices (intel-2s-io): 48 vCPUs over both sockets, so two cells; one
     # expander bus per cell and host root complex (NIC ports and a VF share one), the
     # numa_node -1 card on pcie.0, the user's explicit address kept

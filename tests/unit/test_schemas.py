@@ -38,9 +38,15 @@ def test_the_schemas_are_valid_and_name_their_files() -> None:
                      "status.schema.json"}
 
 
-@pytest.mark.parametrize("xml", [domain(realtime=RT), ADVISED, domain(numa=False),
-                                 domain(backing="")], ids=["realtime", "advised",
-                                                               "no-numa", "refused"])
+#: 2 MiB pages without passthrough: memory bound to one node (issue 25)
+HUGE = "<memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages></memoryBacking>"
+
+
+@pytest.mark.parametrize("xml", [
+    domain(realtime=RT), ADVISED, domain(numa=False), domain(backing=""),
+    domain(numa=False, backing=HUGE),
+    domain(numa=False, backing=HUGE, memory="<memory unit='GiB'>32</memory>"),
+], ids=["realtime", "advised", "no-numa", "refused", "hugepages-one-node", "pages-short"])
 def test_check_json(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
                     tmp_path: Path, xml: str) -> None:
     rc, out, err = run_cli(capsys, "check", "--json", *cli_args(single_v1, tmp_path),

@@ -119,3 +119,24 @@ def test_relocation_keeps_every_device_address(tmp_path: Path, case: str) -> Non
     assert after.controllers == before.controllers and after.passthrough == before.passthrough
     src, dst = safe.parse(source).find("devices"), safe.parse(out).find("devices")
     assert safe.tostring(dst) == safe.tostring(src)
+
+
+def test_a_hugepage_domain_without_passthrough_is_rebound_to_the_new_node(
+        tmp_path: Path) -> None:
+    """Its memory follows its CPUs to this host's node, so the pages reserved there at
+    start are the ones QEMU maps (issue 25)."""
+    source = (DATA / "intel-hugepages-dedicated-out.xml").read_text()
+    assert facts(source).numatune_memory == ("strict", frozenset({1}))
+    roots = host_roots(tmp_path, "intel-2s-ht", 1,
+                       {"": "0-79", "machine": "0-9,40-49"})  # node 0 only here
+    (tmp_path / "run").mkdir()
+    cfg = replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
+                  proc_root=str(roots["proc"]), libvirt_run=str(tmp_path / "run"),
+                  state_dir=str(tmp_path / "state"))
+    out = lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert out is not None
+    after = facts(out)
+    assert after.numatune_memory == ("strict", frozenset({0}))
+    assert all(pins <= frozenset(range(10)) | frozenset(range(40, 50))
+               for pins in after.vcpupin.values())
+    assert after.cells == () and after.memnodes == {}

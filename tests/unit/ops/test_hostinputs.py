@@ -1,0 +1,74 @@
+"""``numahook check`` on the hugepages a start would reserve (issue 25, item 2): the need
+per node, what the node has free and can add, and a refusal with those numbers."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.fixtures.hosts import host_roots
+from tests.support.cli import cli_args, domain, run_cli, write
+
+BACKING = ("<memoryBacking><hugepages><page size='2048' unit='KiB'/></hugepages>"
+           "</memoryBacking>")
+
+
+def bound(memory: str) -> str:
+    """Dedicated, 2 MiB pages, no passthrough."""
+    return domain(numa=False, vcpus=2, memory=memory, backing=BACKING)
+
+
+@pytest.fixture
+def single(tmp_path: Path) -> dict[str, Path]:
+    """One node of 16 GiB with 128 free 2 MiB pages."""
+    return host_roots(tmp_path / "host", "single", 1)
+
+
+def memfree_pages(roots: dict[str, Path]) -> int:
+    text = (roots["sysfs"] / "devices/system/node/node0/meminfo").read_text()
+    m = re.search(r"MemFree:\s+([0-9]+) kB", text)
+    assert m is not None
+    return int(m.group(1)) // 2048
+
+
+def test_check_shows_the_need_per_node_and_the_binding(
+        capsys: pytest.CaptureFixture[str], single: dict[str, Path], tmp_path: Path) -> None:
+    args = cli_args(single, tmp_path)
+    rc, out, _ = run_cli(capsys, "check", *args,
+                         write(tmp_path, bound("<memory unit='MiB'>512</memory>")))
+    assert rc == 0
+    assert "  memory: bound strict to host node 0, 256 pages of 2 MiB\n" in out
+    assert (f"  ok   hugepages-available: 256 pages of 2 MiB on node 0: 128 already free, "
+            f"128 to add, room for {memfree_pages(single)}\n") in out
+    rc, out, _ = run_cli(capsys, "check", "--json", *args,
+                         write(tmp_path, bound("<memory unit='MiB'>512</memory>")))
+    doc = json.loads(out)
+    assert rc == 0 and doc["memory_node"] == 0 and doc["page_kib"] == 2048
+    assert doc["hugepages"] == [{"node": 0, "size_kib": 2048, "pages": 256}]
+    assert doc["cells"] == []
+
+
+def test_check_refuses_pages_the_node_cannot_give_with_the_numbers(
+        capsys: pytest.CaptureFixture[str], single: dict[str, Path], tmp_path: Path) -> None:
+    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(single, tmp_path),
+                         write(tmp_path, bound("<memory unit='GiB'>32</memory>")))
+    assert rc == 1
+    failed = [p for p in json.loads(out)["preconditions"] if p["ok"] is False]
+    assert [p["name"] for p in failed] == ["hugepages-available"]
+    assert failed[0]["reason"] == (
+        f"not enough hugepages: need 16384 pages of 2 MiB on node 0, 128 free and at most "
+        f"{memfree_pages(single)} can be added from its free memory; free memory on node 0 "
+        "or lower the domain's memory")
+
+
+def test_check_shows_the_cells_pages_of_a_passthrough_domain_too(
+        capsys: pytest.CaptureFixture[str], single: dict[str, Path], tmp_path: Path) -> None:
+    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(single, tmp_path),
+                         write(tmp_path, domain()))
+    doc = json.loads(out)
+    assert rc == 0 and doc["memory_node"] is None
+    assert doc["hugepages"] == [{"node": 0, "size_kib": 2048, "pages": 32}]
+    assert [p["ok"] for p in doc["preconditions"] if p["name"] == "hugepages-available"] == [True]

@@ -1,0 +1,93 @@
+"""prepare and stopped for a hugepage domain without passthrough (issue 25, item 2): its
+pages are reserved on the node of its dedicated CPUs and given back, on a fixture host
+whose hugepage pools behave like the kernel's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from numahook.config import Config
+from numahook.core import render
+from numahook.errors import Refusal
+from numahook.ops import hostinputs, lifecycle
+from numahook.records import replace
+from numahook.state.statedir import StateDir
+from numahook.xml import safe
+from tests.fixtures.hosts import host_roots
+from tests.golden.cases import DATA
+from tests.support.kernel import FakeKernel
+
+#: the golden input: 6 vCPUs, an isolated emulator, 2 GiB on 2 MiB pages, no passthrough
+SOURCE = (DATA / "hugepages-dedicated-in.xml").read_text()
+POOL = (1, 2048)
+UUID = "5e1b1a5e-0000-4000-8000-000000000025"
+
+
+@pytest.fixture
+def host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Config, FakeKernel]:
+    """intel-2s-ht with the machine partition on node 1; 512 of node 1's 2 MiB pages are
+    free (the fixture's pool) and the kernel can find 2000 more."""
+    roots = host_roots(tmp_path, "intel-2s-ht", 1, {"": "0-79", "machine": "20-39,60-79"})
+    (tmp_path / "run").mkdir()
+    cfg = replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
+                  proc_root=str(roots["proc"]), libvirt_run=str(tmp_path / "run"),
+                  state_dir=str(tmp_path / "state"))
+    kernel = FakeKernel(tmp_path, monkeypatch)
+    kernel.capacity[POOL] = 2000
+    return cfg, kernel
+
+
+def rendered(cfg: Config) -> str:
+    doc = render.parse(SOURCE)
+    inp, _ = hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid)
+    return render.render_parsed(doc, inp).xml
+
+
+def test_admit_reserves_the_pages_on_its_node_and_release_gives_back_what_it_added(
+        host: tuple[Config, FakeKernel]) -> None:
+    cfg, kernel = host
+    state = StateDir(cfg.state_dir)
+    before = kernel.read(POOL), kernel.read(POOL, "free")
+    assert before == (512, 512)
+    admission = lifecycle.admit(rendered(cfg), cfg, state)
+    assert admission is not None
+    assert admission.plan.memory_node == 1
+    # 1024 pages needed, 512 already free: only the deficit is added, and journalled
+    assert admission.claim.need == {POOL: 1024}
+    assert admission.claim.hugepages == {POOL: 512}
+    assert kernel.read(POOL) == 1024 and kernel.read(POOL, "free") == 1024
+    assert kernel.read((0, 2048)) == 512  # the other node is not touched
+    assert lifecycle.release(UUID, "hugepinned", cfg, state)
+    assert (kernel.read(POOL), kernel.read(POOL, "free")) == before
+    assert state.load(UUID) is None
+
+
+def test_a_node_that_cannot_give_the_pages_refuses_and_keeps_nothing(
+        host: tuple[Config, FakeKernel]) -> None:
+    cfg, kernel = host
+    kernel.capacity[POOL] = 100
+    state = StateDir(cfg.state_dir)
+    with pytest.raises(Refusal) as exc:
+        lifecycle.admit(rendered(cfg), cfg, state)
+    assert exc.value.check == "hugepages"
+    assert "node 1 needs 1024 and has 612 free" in str(exc.value)
+    assert kernel.read(POOL) == 512
+    assert state.load(UUID) is None
+
+
+def test_a_definition_without_the_binding_is_refused_at_prepare(
+        host: tuple[Config, FakeKernel]) -> None:
+    cfg, kernel = host
+    root = safe.parse(rendered(cfg))
+    tune = root.find("numatune")
+    tune.getparent().remove(tune)
+    state = StateDir(cfg.state_dir)
+    with pytest.raises(Refusal) as exc:
+        lifecycle.admit(safe.tostring(root), cfg, state)
+    assert exc.value.check == "stale-definition"
+    assert "its memory is not bound strict to host node 1" in str(exc.value)
+    assert str(exc.value).endswith("run `numahook apply hugepinned` or let numahookd "
+                                   "re-render it, then start again")
+    assert kernel.read(POOL) == 512 and state.load(UUID) is None
