@@ -19,7 +19,14 @@ import pytest
 
 from lab import report
 from lab.hostshape import SHAPES
-from tests.host.conftest import LAB, Host, _skip_reason, domain_xml
+from tests.host.conftest import (
+    LAB,
+    Host,
+    _skip_reason,
+    domain_xml,
+    start_and_check_emulator,
+    with_cpu_attrs,
+)
 
 NAME = "nhhost-shape"
 
@@ -80,5 +87,24 @@ def test_one_gib_pages_reserved_per_node_at_run_time(shaped: tuple[str, Host]) -
         assert {n: v["1048576"][0] for n, v in during.items()} == {"0": 1, "1": 1}
         host.sh(f"virsh -q destroy {NAME}")
         host.wait(lambda: host.inside("hugepages") == before, "the 1 GiB pages back", 60)
+    finally:
+        host.remove_domains()
+
+
+def test_an_isolated_emulator_away_from_the_cells_starts(shaped: tuple[str, Host]) -> None:
+    """Issue 25, item 1, on an asymmetric host: numa4 puts 3 real-time vCPUs on nodes 0
+    and 1 and the isolated emulator on node 2, so neither cell's node has an emulator CPU;
+    the start set borrows one of the domain's CPUs on each (core/prealloc.py)."""
+    name, host = shaped
+    if SHAPES[name].cpus < 4:
+        pytest.skip(f"the {name} shape has fewer than 4 CPUs")
+    xml = with_cpu_attrs(domain_xml(NAME, 3, 128, realtime="0-2"), isolateEmulatorThread="true")
+    try:
+        check = start_and_check_emulator(host, NAME, xml)
+        own = check["pinning"]["emulator"]
+        assert set(check["pinning"]["emulator_start"]) > set(own)
+        if name == "numa4":
+            assert [c["host_node"] for c in check["cells"]] == [0, 1]
+            assert own == [3]  # node 2's only CPU
     finally:
         host.remove_domains()
