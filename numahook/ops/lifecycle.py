@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from collections.abc import Set as AbstractSet
 
-from numahook import faults
+from numahook import faults, records
 from numahook import log as logmod
 from numahook.config import Config
 from numahook.core import allocate, cpulist, hardware, metadata, render
@@ -342,5 +342,10 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
     from numahook.core import designer  # editing XML: the one lifecycle call that loads lxml
 
     designer.apply_host_side(doc.root, plan)
+    mark = metadata.rendered(metadata.find(doc.root))
+    if mark is not None:  # the CPUs narrowed to at started, and held ones, are this host's
+        metadata.set_rendered(metadata.find(doc.root), records.replace(
+            mark, held=cpulist.format(plan.held),
+            emulator=cpulist.format(plan.emulator) if plan.emulator_start else ""))
     audit("relocate", name, cpus=cpulist.format(plan.cpus))
     return safe.tostring(doc.root, doc.quote)

@@ -162,11 +162,12 @@ def with_cpu_attrs(xml: str, **attrs: str) -> str:
 
 
 def threads_of(host: Host, name: str) -> dict[str, tuple[list[int], str]]:
-    """QEMU's threads by ``comm`` (suffixed ``#tid`` when repeated): (affinity, policy)."""
+    """QEMU's threads by ``comm`` (suffixed ``#tid`` when repeated): (affinity, policy),
+    the policy without SCHED_RESET_ON_FORK."""
     out = host.json(
         f"python3 -c 'import json,os; pid=int(open(\"/run/libvirt/qemu/{name}.pid\").read()); "
         "print(json.dumps({t: [open(f\"/proc/{pid}/task/{t}/comm\").read().strip(), "
-        "sorted(os.sched_getaffinity(int(t))), os.sched_getscheduler(int(t))] "
+        "sorted(os.sched_getaffinity(int(t))), os.sched_getscheduler(int(t)) & ~0x40000000] "
         "for t in os.listdir(f\"/proc/{pid}/task\")}))'")
     named: dict[str, tuple[list[int], str]] = {}
     for tid, (comm, cpus, policy) in sorted(out.items()):

@@ -140,3 +140,24 @@ def test_a_hugepage_domain_without_passthrough_is_rebound_to_the_new_node(
     assert all(pins <= frozenset(range(10)) | frozenset(range(40, 50))
                for pins in after.vcpupin.values())
     assert after.cells == () and after.memnodes == {}
+
+
+def test_the_emulators_own_cpus_follow_it_to_this_host(tmp_path: Path) -> None:
+    """The started hook narrows the emulator to <numahook:rendered emulator> (ops/emulator.py):
+    after a migration that must name this host's CPUs, not the source's."""
+    source = (DATA / "quad-rt-span-v2-out.xml").read_text()
+    assert facts(source).emulator_own == {9}
+    roots = host_roots(tmp_path, "quad-nosmt", 2, {"": "0-31", "machine.slice": "14-17"})
+    (tmp_path / "run").mkdir()
+    cfg = replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
+                  proc_root=str(roots["proc"]), libvirt_run=str(tmp_path / "run"),
+                  state_dir=str(tmp_path / "state"))
+    out = lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert out is not None
+    after = facts(out)
+    pins = {next(iter(after.vcpupin[v])) for v in range(after.vcpus)}
+    assert after.emulator_own is not None and after.emulatorpin is not None
+    assert len(after.emulator_own) == 1 and not after.emulator_own & pins
+    assert after.emulator_own < after.emulatorpin <= pins | after.emulator_own
+    # the start set reaches both cells' nodes (quad-nosmt: 8 CPUs per node)
+    assert {c // 8 for c in after.emulatorpin} == {c // 8 for c in pins}
