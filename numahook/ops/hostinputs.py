@@ -56,17 +56,21 @@ def managed_running(cfg: Config, exclude_uuid: str | None) -> dict[str, frozense
 def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
            cpuset_override: frozenset[int] | None = None,
            state: StateDir | None = None,
-           devices: Iterable[str] = ()) -> tuple[Inputs, CpuSource]:
-    """``devices``: the BDFs of the domain's passthrough devices, read from sysfs too."""
+           devices: Iterable[str] = (), count_held: bool = True) -> tuple[Inputs, CpuSource]:
+    """``devices``: the BDFs of the domain's passthrough devices, read from sysfs too.
+
+    ``count_held`` False asks what the domain would get on an empty host (``--no-state``):
+    neither running managed domains nor claims take CPUs away, whatever ``state`` holds.
+    """
     topo = sysfs.read_topology(cfg.sysfs_root)
     if cpuset_override is not None:
         cpus, path = cpuset_override, "--cpuset"
     else:
         cs = cgroups.partition_cpuset(cfg.cgroup_root, partition)
         cpus, path = cs.cpus, cs.path
-    domains = managed_running(cfg, exclude_uuid)
+    domains = managed_running(cfg, exclude_uuid) if count_held else {}
     claimed: frozenset[int] = frozenset()
-    if state is not None:
+    if state is not None and count_held:
         claimed = state.held_cpus(exclude_uuid)
     available = cpus - claimed
     for held in domains.values():
