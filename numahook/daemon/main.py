@@ -69,6 +69,9 @@ class Daemon:
         self.resyncs = 0
         self._ready_sent = False
         self._ready_timer: int | None = None
+        #: the domain counts last published: READY and STATUS repeat them until newer
+        #: ones are known, rather than showing 0 (None: not counted yet)
+        self._counts: publish.DomainCounts | None = None
 
     # -- publishing ---------------------------------------------------------------------
     def probe_and_publish(self) -> None:
@@ -123,8 +126,11 @@ class Daemon:
             ("node-feature-discovery", lambda: publish.write_nfd(
                 cap, cfg.nfd_dir, ttl=3 * cfg.probe_interval)),
             ("metrics", lambda: metrics.write_metrics(cap, cfg.textfile_dir, own))])
-        self.notifier.status(publish.status_line(
-            cap, {"managed": running + len(domains["inactive"]), "running": running}))
+        # the inactive definitions are known once libvirt has listed them, not before
+        listed = self.reconciler.listed
+        self._counts = publish.DomainCounts(
+            running + len(domains["inactive"]) if listed else None, running)
+        self.notifier.status(self._status_text())
 
     # -- libvirt ------------------------------------------------------------------------
     def on_connected(self) -> None:
@@ -202,7 +208,7 @@ class Daemon:
     def _status_text(self) -> str:
         if self.capability is None:
             return "starting"
-        return publish.status_line(self.capability, {"managed": 0, "running": 0})
+        return publish.status_line(self.capability, self._counts)
 
     # -- CPU hotplug ------------------------------------------------------------------
     def _watch_uevents(self) -> None:

@@ -333,6 +333,11 @@ class Reconciler:
             self._inactive.pop(uuid.lower(), None)
         self._rendered_from.pop(uuid.lower(), None)
 
+    @property
+    def listed(self) -> bool:
+        """Whether libvirt has listed the definitions once: before, none is known."""
+        return self._inactive is not None
+
     def inactive(self) -> list[InactiveManaged]:
         """Inactive managed definitions as last listed (empty before the first listing)."""
         return sorted((self._inactive or {}).values(), key=lambda d: d.name)

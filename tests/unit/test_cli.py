@@ -7,33 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from numahook import NAMESPACE, cli
+from numahook import cli
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.fixtures.hosts import host_roots
+from tests.fixtures.status import MANAGED_STATUS
 from tests.support.cli import cli_args, domain, run_cli, write
-
-#: another managed domain, running with vCPUs pinned to CPUs 0 and 1
-OTHER_RUNNING = f"""<domstatus state='running' reason='booted' pid='4242'>
-  <vcpus><vcpu id='0' pid='4243'/><vcpu id='1' pid='4244'/></vcpus>
-  <domain type='kvm' id='7'>
-    <name>other</name>
-    <uuid>5e1b1a5e-0000-4000-8000-0000000000bb</uuid>
-    <metadata>
-      <numahook:domain xmlns:numahook='{NAMESPACE}'>
-        <numahook:cpu dedicatedCpuPlacement='true'/>
-      </numahook:domain>
-    </metadata>
-    <memory unit='KiB'>65536</memory>
-    <vcpu placement='static'>2</vcpu>
-    <cputune>
-      <vcpupin vcpu='0' cpuset='0'/>
-      <vcpupin vcpu='1' cpuset='1'/>
-    </cputune>
-    <os><type arch='x86_64' machine='q35'>hvm</type></os>
-  </domain>
-</domstatus>
-"""
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +24,7 @@ def _busy_host(roots: dict[str, Path], tmp_path: Path) -> list[str]:
     """The CLI's arguments for a host where a running domain holds CPUs 0-1 and a claim
     (a start in progress) holds CPU 2: of its 4 CPUs, only 3 is free."""
     args = cli_args(roots, tmp_path)
-    (tmp_path / "libvirt-run" / "other.xml").write_text(OTHER_RUNNING)
+    (tmp_path / "libvirt-run" / "other.xml").write_text(MANAGED_STATUS)
     state = StateDir(args[args.index("--state-dir") + 1])
     state.ensure()
     state.save(Claim(uuid="5e1b1a5e-0000-4000-8000-0000000000cc", name="starting",

@@ -383,6 +383,14 @@ def test_status_line(rt_cap: model.NodeCapability, plain_cap: model.NodeCapabili
     assert "\n" not in line
 
 
+def test_status_line_before_libvirt_listed_the_definitions(rt_cap: model.NodeCapability) -> None:
+    """Only the running domains are known from files: say that the rest are being counted,
+    not that there are none."""
+    assert publish.status_line(rt_cap, publish.DomainCounts(None, 2)) == (
+        "realtime capable (sched_rt_runtime_us=-1); 2 running, still counting the managed "
+        "domains")
+
+
 def test_docs_list_every_metric_numahook_writes() -> None:
     """Every metric family built anywhere in numahook/ (the node's and numahookd's own) is
     named in docs/status-schema.md, read from the source with ast."""
