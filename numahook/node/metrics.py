@@ -188,17 +188,20 @@ def metrics_text(cap: NodeCapability, extra_metrics: Iterable[Metric] = ()) -> s
 
 
 def write_metrics(cap: NodeCapability, textfile_dir: str | os.PathLike[str],
-                  extra_metrics: Iterable[Metric] = ()) -> Path | None:
+                  extra_metrics: Iterable[Metric] = (),
+                  hint: Mapping[int, str] | None = None) -> Path | None:
     """Write ``<textfile_dir>/numahook.prom`` atomically (0644, node_exporter runs unprivileged).
 
     None when the directory is absent (node_exporter's textfile collector is not set up).
-    ``extra_metrics`` are the daemon's own (managed domains, reconcile duration, ...).
+    ``extra_metrics`` are the daemon's own (managed domains, reconcile duration, ...);
+    ``hint``: as fsutil.atomic_write's.
     """
     directory = consumer_dir(textfile_dir, "node_exporter's textfile collector")
     if directory is None:
         return None
     path = directory / METRICS_FILE
-    fsutil.atomic_write(path, metrics_text(cap, extra_metrics), 0o644, durable=False)
+    fsutil.atomic_write(path, metrics_text(cap, extra_metrics), 0o644, durable=False,
+                        hint=hint)
     return path
 
 

@@ -183,18 +183,19 @@ def nfd_text(cap: NodeCapability, ttl: float | None = None, now: datetime | None
 
 
 def write_nfd(cap: NodeCapability, nfd_dir: str | os.PathLike[str], ttl: float | None = None,
-              now: datetime | None = None) -> Path | None:
+              now: datetime | None = None, hint: Mapping[int, str] | None = None
+              ) -> Path | None:
     """Write ``<nfd_dir>/numahook`` atomically (0644); None when NFD's directory is absent.
 
     Pass ``ttl`` (seconds, e.g. three probe intervals) so NFD drops the labels by itself
     if numahookd dies without :func:`remove_nfd`; nfd-worker checks expiry at each
-    re-discovery (every minute by default).
+    re-discovery (every minute by default). ``hint``: as fsutil.atomic_write's.
     """
     directory = consumer_dir(nfd_dir, "node-feature-discovery")
     if directory is None:
         return None
     path = directory / NFD_FILE
-    fsutil.atomic_write(path, nfd_text(cap, ttl, now), 0o644, durable=False)
+    fsutil.atomic_write(path, nfd_text(cap, ttl, now), 0o644, durable=False, hint=hint)
     return path
 
 
