@@ -17,6 +17,7 @@ from numahook import NAMESPACE
 from numahook.config import Config
 from numahook.core import cpulist, metadata, render
 from numahook.core.domainxml import DomainFacts
+from numahook.core.units import counted, plural
 from numahook.errors import NumahookError
 from numahook.host import fsutil, libvirtstatus, procfs, rtsched
 from numahook.ops import hostinputs, kvmpit, lifecycle, redefine
@@ -170,11 +171,12 @@ class Reconciler:
                     pass  # QEMU exited
             if not wrong and not emulator_wrong:
                 continue
-            what = [f"vCPU(s) {cpulist.format(wrong)}"] if wrong else []
+            what = [f"{plural(len(wrong), 'vCPU')} {cpulist.format(wrong)}"] if wrong else []
             if emulator_wrong:
                 what.append("the emulator thread")
-            log.warning("%s: real-time %s not SCHED_FIFO %d; re-applying", dom.status.name,
-                        " and ".join(what), dom.priority)
+            log.warning("%s: real-time %s %s not SCHED_FIFO %d; re-applying", dom.status.name,
+                        " and ".join(what), plural(len(wrong) + emulator_wrong, "is", "are"),
+                        dom.priority)
             try:
                 lifecycle.tune(dom.xml, self.cfg, self.state)
                 self.stats.reapplied += len(wrong)
@@ -315,8 +317,8 @@ class Reconciler:
         fp = self.inputs_fingerprint({d.partition for d in (self._inactive or listed).values()})
         unseen = [m for m in managed if self._rendered_from.get(m[2]) != _digest(m[1])]
         if resync and unseen:
-            log.warning("resync: %d definition(s) changed without an event reaching "
-                        "numahookd (%s); rendering them", len(unseen),
+            log.warning("resync: %s changed without an event reaching numahookd (%s); "
+                        "rendering again", counted(len(unseen), "definition"),
                         ", ".join(sorted(dom.name() for dom, _, _ in unseen)))
         if not force and only is None and fp == self._fingerprint:
             if not resync:

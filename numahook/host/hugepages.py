@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 
 from numahook import faults
 from numahook import log as logmod
+from numahook.core.units import counted, human_kib, plural
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import fsutil
 from numahook.records import NamedTuple
@@ -42,6 +43,18 @@ class PoolCounts(NamedTuple):
     nr: int
     free: int
     surplus: int
+
+
+def pool_name(pool: PoolKey) -> str:
+    """A pool in a message: "the 2 MiB pool of node 0"."""
+    return f"the {human_kib(pool[1])} pool of node {pool[0]}"
+
+
+def describe(pools: Mapping[PoolKey, int]) -> str:
+    """Pages per pool in a message: "64 pages of 2 MiB on node 0", or "no pages"."""
+    parts = [f"{counted(n, 'page')} of {human_kib(size)} on node {node}"
+             for (node, size), n in sorted(pools.items()) if n]
+    return ", ".join(parts) or "no pages"
 
 
 def node_dir(sysfs_root: str, node: int) -> str:
@@ -216,7 +229,7 @@ def _shortage_message(
     clauses = [f"not enough {size} kB hugepages: " + ", ".join(parts)
                for size, parts in sorted(by_size.items())]
     nodes = sorted({node for node, _ in short})
-    where = ("node " if len(nodes) == 1 else "nodes ") + ", ".join(map(str, nodes))
+    where = plural(len(nodes), "node ", "nodes ") + ", ".join(map(str, nodes))
     return "; and ".join(clauses) + f"; free memory on {where} or lower the domain's memory"
 
 
@@ -237,7 +250,8 @@ def _release_into(ledger: _Ledger, sysfs_root: str) -> None:
     first: NumahookError | None = None
     for pool in sorted(ledger.added):
         if not fsutil.is_dir(pool_dir(sysfs_root, pool)):
-            log.warning("hugepage pool %s is gone; nothing to give back there", pool)
+            log.warning("hugepage pool %s is gone; nothing to give back there",
+                        pool_name(pool))
             continue
         try:
             ledger.change(sysfs_root, pool, -ledger.added[pool])
@@ -265,7 +279,7 @@ def settle(
         try:
             now = counts(sysfs_root, pool).nr
         except NumahookError as exc:
-            log.warning("cannot read hugepage pool %s to settle a crash: %s", pool, exc)
+            log.warning("cannot read %s to settle a crash: %s", pool_name(pool), exc)
             continue
         done = _clamp(now - intent.before, intent.delta)
         if intent.delta >= 0:

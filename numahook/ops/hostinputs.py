@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from numahook.config import Config
 from numahook.core import cpulist, metadata
 from numahook.core.plan import Inputs
+from numahook.core.units import plural
 from numahook.errors import NumahookError
 from numahook.host import cgroups, fsutil, libvirtstatus, procfs, rtsched, sysfs
 from numahook.records import record
@@ -37,7 +38,8 @@ class CpuSource:
         text = (f"partition {self.partition} ({self.partition_path}) has CPUs "
                 f"{cpulist.format(self.partition_cpus) or 'none'}")
         if held:
-            text += f", of which {cpulist.format(held)} are held by other dedicated domains"
+            text += (f", of which {cpulist.format(held)} {plural(len(held), 'is', 'are')} held "
+                     "by other dedicated domains")
         return text
 
 

@@ -344,7 +344,7 @@ def test_metric_validation(rt_cap: model.NodeCapability) -> None:
         Metric.gauge("numahook_x", "x", samples=[({"a": "1"}, 1), ({"a": "1"}, 2)])
     with pytest.raises(InputError, match="type 'summary' is unknown"):
         Metric("numahook_x", "x", "summary")
-    with pytest.raises(InputError, match="numahook_preempt_rt are defined twice"):
+    with pytest.raises(InputError, match="metric numahook_preempt_rt is defined twice"):
         metrics.metrics_text(rt_cap, [Metric.gauge("numahook_preempt_rt", "again", 0)])
     # a family without samples is valid text and is kept
     empty = metrics.render_metrics([Metric.gauge("numahook_y", "no value yet")])
