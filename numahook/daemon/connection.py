@@ -21,6 +21,8 @@ import libvirt
 
 from numahook.daemon.loop import Loop
 
+log = logging.getLogger(__name__)
+
 #: libvirt's virConnectCloseReason, in words: the journal is read by people
 CLOSE_REASONS = {
     libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "an I/O error on the connection",
@@ -34,7 +36,6 @@ def close_reason(reason: int) -> str:
     """Why libvirt closed the connection; a code this libvirt does not know is shown as is."""
     return CLOSE_REASONS.get(reason, f"libvirt's close reason {reason}")
 
-log = logging.getLogger(__name__)
 
 EventHandler = Callable[[Any, int, int], None]
 
