@@ -77,9 +77,9 @@ def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[Inputs, CpuSo
     cfg = _config(args)
     override = cpulist.parse(args.cpuset, "--cpuset") if args.cpuset is not None else None
     from numahook.state.statedir import StateDir
-    state = StateDir(cfg.state_dir) if not args.no_state else None
-    return hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None, override, state,
-                             devices=doc.facts.bdfs)
+    return hostinputs.gather(cfg, doc.facts.partition, doc.facts.uuid or None, override,
+                             StateDir(cfg.state_dir), devices=doc.facts.bdfs,
+                             count_held=not args.no_state)
 
 
 def cmd_render(args: argparse.Namespace) -> int:
@@ -272,11 +272,19 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="libvirt's status directory (default /run/libvirt/qemu)")
     g.add_argument("--state-dir", metavar="DIR",
                    help="numahook's claims and node.json (default /run/numahook)")
+
+
+def _what_if(p: argparse.ArgumentParser) -> None:
+    """Only render and check ask what a domain would get: apply and status act on, or
+    show, the host as it is, so they do not take these."""
+    _common(p)
+    g = p.add_argument_group("what if")
     g.add_argument("--cpuset", metavar="LIST",
                    help="use this CPU list (e.g. 2-7,12) instead of the partition's cpuset, "
                    "to ask what a domain would get")
     g.add_argument("--no-state", action="store_true",
-                   help="ignore the CPUs that running domains hold (as on an empty host)")
+                   help="as on an empty host: count no CPU as held, neither by running "
+                   "managed domains nor by numahook's claims")
 
 
 def _uri(p: argparse.ArgumentParser) -> None:
@@ -304,7 +312,7 @@ def parser() -> argparse.ArgumentParser:
         "Print FILE's domain XML with the pinning, guest NUMA cells, hugepage binding and\n"
         "real-time settings numahook gives it on this host. Nothing is changed; the\n"
         "definition libvirt holds is changed by `numahook apply` or numahookd."))
-    _common(p)
+    _what_if(p)
     p.add_argument("--diff", action="store_true",
                    help="print a unified diff against FILE instead; exit 1 if they differ")
     p.add_argument("file", metavar="FILE", help="domain XML file, or - for stdin")
@@ -319,7 +327,7 @@ def parser() -> argparse.ArgumentParser:
         "without guestMappingPassthrough gets its dedicated CPUs on one host node and all\n"
         "its memory bound strict to that node. Exits 1 if any precondition fails, naming\n"
         "each fix."))
-    _common(p)
+    _what_if(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (docs/schemas/check.schema.json)")
     p.add_argument("file", metavar="FILE", help="domain XML file, or - for stdin")

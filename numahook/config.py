@@ -186,9 +186,12 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "rendered within this bound.",
     ("daemon", "libvirt_uri"): "The libvirt connection numahookd and numahook apply/status use.",
     ("daemon", "nfd_dir"): "node-feature-discovery's local feature directory; the label file "
-    "is written only if it exists.",
+    "is written only if it exists. numahookd's unit can write it only if it existed when "
+    "numahookd started: after creating it, run systemctl restart numahookd (a reload is "
+    "not enough); another directory must be added to the unit's ReadWritePaths= first.",
     ("daemon", "textfile_dir"): "node_exporter's textfile collector directory; numahook.prom "
-    "is written only if it exists.",
+    "is written only if it exists. As for nfd_dir, a directory created after numahookd "
+    "started needs systemctl restart numahookd.",
 }
 _MAX_CONFIG = 1 << 20
 

@@ -7,7 +7,7 @@ from typing import Any
 from numahook.core import cpulist
 from numahook.core.placement import DeviceReport
 from numahook.core.plan import Evaluation, Plan
-from numahook.core.units import human_kib
+from numahook.core.units import counted, human_kib, plural
 
 
 def device_dict(r: DeviceReport) -> dict[str, Any]:
@@ -100,12 +100,13 @@ def evaluation_text(name: str, ev: Evaluation) -> str:
             lines.append(f"  memory: bound strict to host node {plan.memory_node}, "
                          f"{plan.memory_pages} pages of {human_kib(plan.page_kib or 0)}")
         if plan.realtime_vcpus:
-            lines.append(f"  realtime: vCPUs {cpulist.format(plan.realtime_vcpus)} SCHED_FIFO "
+            lines.append(f"  realtime: {plural(len(plan.realtime_vcpus), 'vCPU')} "
+                         f"{cpulist.format(plan.realtime_vcpus)} SCHED_FIFO "
                          f"priority {plan.priority}"
                          + (" via <vcpusched>" if plan.vcpusched else " applied after start"))
         for bus in plan.buses:
             lines.append(f"  pcie-expander-bus {bus.index} (busNr {bus.bus_nr}): guest cell "
                          f"{bus.cell}, host node {bus.host_node}, root complex "
-                         f"{bus.root_complex}, {len(bus.ports)} root port(s)")
+                         f"{bus.root_complex}, {counted(len(bus.ports), 'root port')}")
     lines += [f"  {device_text(r)}" for r in ev.devices]
     return "\n".join(lines)

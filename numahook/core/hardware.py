@@ -14,7 +14,7 @@ from numahook.core.domainxml import DomainFacts
 from numahook.core.plan import Cell, Check, Evaluation, Inputs, Plan
 from numahook.core.request import Request
 from numahook.core.topology import Topology
-from numahook.core.units import clip, human_kib
+from numahook.core.units import clip, counted, human_kib, plural
 from numahook.errors import InputError, Refusal
 
 
@@ -87,8 +87,9 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         ck.fail("cpu-topology", f"<cpu><topology> gives {product} vCPUs "
                 f"(sockets x dies x cores x threads) but <vcpu> is {facts.vcpus}; make them agree")
     else:
-        ck.ok("cpu-topology", f"{facts.vcpus} vCPUs as {topology[0]} sockets, {topology[1]} dies, "
-              f"{topology[2]} cores, {topology[3]} threads")
+        ck.ok("cpu-topology", f"{counted(facts.vcpus, 'vCPU')} as "
+              f"{counted(topology[0], 'socket')}, {counted(topology[1], 'die')}, "
+              f"{counted(topology[2], 'core')}, {counted(topology[3], 'thread')}")
     if req.thread_policy is not None:
         why = smt.problem(req.threads, topology[3], topo)
         if why:
@@ -104,7 +105,8 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
             ck.fail("realtime-mask", str(exc))
         else:
             if rt_vcpus:
-                ck.ok("realtime-mask", f"real-time vCPUs {cpulist.format(rt_vcpus)}")
+                ck.ok("realtime-mask", f"real-time {plural(len(rt_vcpus), 'vCPU')} "
+                      f"{cpulist.format(rt_vcpus)}")
             else:
                 mask = clip(req.realtime_mask or "")
                 ck.fail("realtime-mask", f"realtime mask {mask} selects no vCPU; "
@@ -149,8 +151,10 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     vcpu_nodes = topo.nodes_of(alloc.vcpus)
     if loc.devices:
         ck.ok(locality.CHECK, locality.summary(loc, vcpu_nodes, fallback is not None))
-    ck.ok("dedicated-cpus", f"vCPUs on CPUs {cpulist.format(alloc.vcpus)}"
-          + (f", emulator on CPU {cpulist.format(alloc.extra)}" if alloc.extra else "")
+    ck.ok("dedicated-cpus", f"{plural(len(alloc.vcpus), 'vCPU')} on "
+          f"{plural(len(alloc.vcpus), 'CPU')} {cpulist.format(alloc.vcpus)}"
+          + (f", emulator on {plural(len(alloc.extra), 'CPU')} {cpulist.format(alloc.extra)}"
+             if alloc.extra else "")
           + (f", their siblings {cpulist.format(alloc.held)} held" if alloc.held else "")
           + (" (existing pinning kept)" if alloc.kept else ""))
 
@@ -168,9 +172,10 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         ck.fail(placement.CHECK, refused)
         return Evaluation(ck.items, None, advice.realtime(facts, req, None), devices)
     if buses:
-        ck.ok(placement.CHECK, f"{sum(len(b.ports) for b in buses)} device(s) behind "
-              f"{len(buses)} pcie-expander-bus(es), on guest cell(s) "
-              f"{cpulist.format(b.cell for b in buses)}")
+        cells_used = {b.cell for b in buses}
+        ck.ok(placement.CHECK, f"{counted(sum(len(b.ports) for b in buses), 'device')} behind "
+              f"{counted(len(buses), 'pcie-expander-bus', 'pcie-expander-buses')}, on guest "
+              f"{plural(len(cells_used), 'cell')} {cpulist.format(cells_used)}")
 
     plan = records.replace(_plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib),
                            buses=buses)
@@ -300,7 +305,8 @@ def _cells(ck: _Checks, facts: DomainFacts, topo: Topology, pins: tuple[int, ...
         n_pages = base + (1 if i < rem else 0)
         vcpus = tuple(v for v, c in enumerate(pins) if topo.node_of(c) == node)
         cells.append(Cell(i, node, vcpus, n_pages * page_kib, n_pages))
-    ck.ok("memory-page-per-cell", f"{k} guest cells, {base}{'+1' if rem else ''} pages each")
+    ck.ok("memory-page-per-cell", f"{counted(k, 'guest cell')}, {base}{'+1' if rem else ''} "
+          f"{plural(base + bool(rem), 'page')}{' each' if k > 1 else ''}")
     return tuple(cells)
 
 
@@ -340,8 +346,8 @@ def differences(facts: DomainFacts, plan: Plan) -> list[str]:
         want_cells = [(set(c.vcpus), c.memory_kib) for c in plan.cells]
         if have_cells != want_cells:
             nodes = ", ".join(str(c.host_node) for c in plan.cells)
-            out.append(f"the guest has {len(have_cells)} NUMA cells, but its CPUs now span "
-                       f"{len(want_cells)} host nodes ({nodes})"
+            out.append(f"the guest has {counted(len(have_cells), 'NUMA cell')}, but its CPUs "
+                       f"now span {counted(len(want_cells), 'host node')} ({nodes})"
                        if len(have_cells) != len(want_cells) else
                        "the guest NUMA cells' CPUs or memory differ")
         want_mem = {c.id: frozenset({c.host_node}) for c in plan.cells}

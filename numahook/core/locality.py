@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from numahook.core import cpulist
 from numahook.core.pci import HostPci
+from numahook.core.units import plural
 from numahook.records import record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
@@ -84,14 +85,13 @@ def _list(devs: list[HostPci]) -> str:
 
 def _devices(devs: list[HostPci]) -> str:
     """The devices as the subject of a sentence, verb included."""
-    return _list(devs) + (" are" if len(devs) > 1 else " is")
+    return _list(devs) + " " + plural(len(devs), "is", "are")
 
 
 def where(loc: Locality) -> str:
     """The restriction, for the allocator's message: ``on node 1 (its devices' node)``."""
-    nodes = sorted(loc.nodes)
-    plural = "s" if len(nodes) > 1 else ""
-    return f"on node{plural} {cpulist.format(nodes)} (its devices' node{plural})"
+    node = plural(len(loc.nodes), "node")
+    return f"on {node} {cpulist.format(loc.nodes)} (its devices' {node})"
 
 
 def required_failure(loc: Locality, reason: str) -> str:
@@ -111,13 +111,13 @@ def summary(loc: Locality, vcpu_nodes: list[int], fell_back: bool) -> str:
     if not loc.multi_node:
         return "this host has one NUMA node, so every CPU is local to every device"
     local = [d for d in loc.devices if d.node in vcpu_nodes]
-    nodes = cpulist.format(vcpu_nodes)
+    nodes = f"{plural(len(vcpu_nodes), 'node')} {cpulist.format(vcpu_nodes)}"
     if fell_back:
-        return (f"{loc.policy}: the vCPUs did not fit on the devices' nodes and run on node "
+        return (f"{loc.policy}: the vCPUs did not fit on the devices' nodes and run on "
                 f"{nodes} (see the advisory)")
     if not local:
-        return f"{loc.policy}: no device reports a node, so the vCPUs run on node {nodes}"
-    return f"{loc.policy}: the vCPUs run on node {nodes}, with {_list(local)}"
+        return f"{loc.policy}: no device reports a node, so the vCPUs run on {nodes}"
+    return f"{loc.policy}: the vCPUs run on {nodes}, with {_list(local)}"
 
 
 def advice(loc: Locality, vcpu_nodes: list[int], fallback: str | None) -> list[str]:
@@ -125,19 +125,19 @@ def advice(loc: Locality, vcpu_nodes: list[int], fallback: str | None) -> list[s
     if not loc.multi_node or loc.policy == "none":
         return []
     out = []
-    nodes = cpulist.format(vcpu_nodes)
+    nodes = f"{plural(len(vcpu_nodes), 'node')} {cpulist.format(vcpu_nodes)}"
     if fallback is not None:
         far = [d for d in loc.devices if d.node is not None and d.node not in vcpu_nodes]
         if far:
             out.append(f"{_devices(far)} not local to every vCPU: the vCPUs do not fit on "
-                       f"node {cpulist.format(sorted(loc.nodes))} ({_lower(fallback)}), so "
-                       f"they run on node {nodes}; free CPUs there, or set "
+                       f"{plural(len(loc.nodes), 'node')} {cpulist.format(loc.nodes)} "
+                       f"({_lower(fallback)}), so they run on {nodes}; free CPUs there, or set "
                        "pciNumaAffinity='required' to refuse such a start")
     else:
         for dev in loc.devices:
             if dev.node is not None and dev.node not in vcpu_nodes:
                 out.append(f"{_devices([dev])} on a node without any of the domain's vCPUs "
-                           f"(they run on node {nodes}), so every access to it crosses nodes; "
+                           f"(they run on {nodes}), so every access to it crosses nodes; "
                            "pass through a device on that node instead")
     for dev in loc.devices:
         if not dev.present:

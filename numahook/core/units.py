@@ -1,4 +1,5 @@
-"""libvirt's memory units, converted to KiB (libvirt's canonical unit)."""
+"""libvirt's memory units, converted to KiB (libvirt's canonical unit), and counts as a
+human reads them in messages: one place, so that no message says "1 sockets"."""
 
 from __future__ import annotations
 
@@ -52,3 +53,14 @@ def human_kib(kib: int) -> str:
         if kib >= scale and kib % scale == 0:
             return f"{kib // scale} {unit}"
     return f"{kib} KiB"
+
+
+def plural(count: int, singular: str, many: str | None = None) -> str:
+    """``singular`` when ``count`` is 1, else ``many`` (``singular`` + "s" by default):
+    ``plural(n, "vCPU")``, ``plural(n, "is", "are")``."""
+    return singular if count == 1 else many or singular + "s"
+
+
+def counted(count: int, singular: str, many: str | None = None) -> str:
+    """``count`` and its noun in the right number: "1 socket", "2 sockets", "0 sockets"."""
+    return f"{count} {plural(count, singular, many)}"

@@ -23,6 +23,20 @@ from numahook.daemon.loop import Loop
 
 log = logging.getLogger(__name__)
 
+#: libvirt's virConnectCloseReason, in words: the journal is read by people
+CLOSE_REASONS = {
+    libvirt.VIR_CONNECT_CLOSE_REASON_ERROR: "an I/O error on the connection",
+    libvirt.VIR_CONNECT_CLOSE_REASON_EOF: "libvirtd closed it (stopped or restarted)",
+    libvirt.VIR_CONNECT_CLOSE_REASON_KEEPALIVE: "libvirtd stopped answering keepalives",
+    libvirt.VIR_CONNECT_CLOSE_REASON_CLIENT: "numahookd closed it",
+}
+
+
+def close_reason(reason: int) -> str:
+    """Why libvirt closed the connection; a code this libvirt does not know is shown as is."""
+    return CLOSE_REASONS.get(reason, f"libvirt's close reason {reason}")
+
+
 EventHandler = Callable[[Any, int, int], None]
 
 #: libvirt's lifecycle event names, for logs
@@ -147,7 +161,7 @@ class Connection:
         self._retry = self.loop.every(delay, retry, "libvirt reconnect")
 
     def _closed(self, _conn: Any, reason: int, _opaque: Any) -> None:
-        log.warning("lost the connection to libvirt (reason %d); reconnecting", reason)
+        log.warning("lost the connection to libvirt: %s; reconnecting", close_reason(reason))
         self.conn = None
         self.on_lost()
         self._schedule(_BACKOFF[0])

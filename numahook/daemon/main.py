@@ -27,7 +27,13 @@ from numahook.daemon import logs
 from numahook.daemon.connection import EVENTS, Connection
 from numahook.daemon.loop import Loop
 from numahook.daemon.notify import Notifier
-from numahook.daemon.publisher import Publisher
+from numahook.daemon.publisher import (
+    UNIT_PATHS,
+    Publisher,
+    daemon_metrics,
+    existing,
+    read_only_hint,
+)
 from numahook.daemon.reconcile import Reconciler
 from numahook.daemon.usage import ENVIRONMENT, EXIT_DEPENDENCY, EXIT_STATUS
 from numahook.daemon.vcpuwatch import VcpuWatch
@@ -64,11 +70,16 @@ class Daemon:
         self._uevents: Any = None
         self.vcpus = VcpuWatch(cfg, self.state)
         self.publisher = Publisher()
+        #: the unit's consumer directories there at start: only those are writable to us
+        self.unit_dirs = existing(UNIT_PATHS)
         #: the watchdog ping is withheld (a thread hangs): said once until it recovers
         self._withheld = False
         self.resyncs = 0
         self._ready_sent = False
         self._ready_timer: int | None = None
+        #: the domain counts last published: READY and STATUS repeat them until newer
+        #: ones are known, rather than showing 0 (None: not counted yet)
+        self._counts: publish.DomainCounts | None = None
 
     # -- publishing ---------------------------------------------------------------------
     def probe_and_publish(self) -> None:
@@ -92,25 +103,7 @@ class Daemon:
                                for d in self.reconciler.inactive()]
         stats = self.reconciler.stats
         running = len(domains["running"])
-        own = [
-            metrics.Metric.gauge("numahook_managed_domains_running",
-                                 "Managed domains running.", running),
-            metrics.Metric.gauge("numahook_reconcile_seconds",
-                                 "Duration of the last reconcile pass.", stats.last_pass_seconds),
-            metrics.Metric.counter("numahook_realtime_reapplied_total",
-                                   "vCPUs whose SCHED_FIFO the daemon had to re-apply.",
-                                   stats.reapplied),
-            metrics.Metric.counter("numahook_realtime_demoted_total",
-                                   "Real-time vCPU threads demoted to avoid a stall.",
-                                   stats.demoted),
-            metrics.Metric.counter("numahook_redefined_total",
-                                   "Definitions re-rendered and redefined.", stats.redefined),
-            metrics.Metric.counter("numahook_orphans_released_total",
-                                   "Orphaned claims released.", stats.released),
-            metrics.Metric.counter("numahook_sd_notify_dropped_total",
-                                   "sd_notify messages dropped because the receiver's queue "
-                                   "was full.", counters["sd_notify_dropped"]),
-        ]
+        own = daemon_metrics(running, stats, counters["sd_notify_dropped"])
         daemon_section = {"orphan_claims": domains["orphan_claims"],
                           "reconcile_passes": stats.passes,
                           "last_pass_seconds": stats.last_pass_seconds,
@@ -121,10 +114,16 @@ class Daemon:
                                      "daemon": daemon_section})),
             # labels expire if numahookd dies without removing them
             ("node-feature-discovery", lambda: publish.write_nfd(
-                cap, cfg.nfd_dir, ttl=3 * cfg.probe_interval)),
-            ("metrics", lambda: metrics.write_metrics(cap, cfg.textfile_dir, own))])
-        self.notifier.status(publish.status_line(
-            cap, {"managed": running + len(domains["inactive"]), "running": running}))
+                cap, cfg.nfd_dir, ttl=3 * cfg.probe_interval,
+                hint=read_only_hint(cfg.nfd_dir, self.unit_dirs))),
+            ("metrics", lambda: metrics.write_metrics(
+                cap, cfg.textfile_dir, own,
+                hint=read_only_hint(cfg.textfile_dir, self.unit_dirs)))])
+        # the inactive definitions are known once libvirt has listed them, not before
+        listed = self.reconciler.listed
+        self._counts = publish.DomainCounts(
+            running + len(domains["inactive"]) if listed else None, running)
+        self.notifier.status(self._status_text())
 
     # -- libvirt ------------------------------------------------------------------------
     def on_connected(self) -> None:
@@ -202,7 +201,7 @@ class Daemon:
     def _status_text(self) -> str:
         if self.capability is None:
             return "starting"
-        return publish.status_line(self.capability, {"managed": 0, "running": 0})
+        return publish.status_line(self.capability, self._counts)
 
     # -- CPU hotplug ------------------------------------------------------------------
     def _watch_uevents(self) -> None:

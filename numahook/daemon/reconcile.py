@@ -16,6 +16,7 @@ from numahook import NAMESPACE
 from numahook.config import Config
 from numahook.core import cpulist, metadata, render
 from numahook.core.domainxml import DomainFacts
+from numahook.core.units import counted, plural
 from numahook.errors import NumahookError
 from numahook.host import fsutil, libvirtstatus, procfs, rtsched
 from numahook.ops import emulator, hostinputs, kvmpit, lifecycle, redefine
@@ -99,12 +100,9 @@ class Reconciler:
         return out
 
     def _read_running(self) -> list[RunningManaged]:
-        """Every managed running domain, worked out again only for a rewritten status file.
-
-        The realtime watch and each pass need this; re-parsing every status XML each time
-        was most of the daemon's idle CPU. libvirtstatus returns the same object for an
-        unchanged file, which keys what was derived from it.
-        """
+        """Every managed running domain, worked out again only for a rewritten status file:
+        re-parsing every status XML for the realtime watch and each pass was most of the
+        daemon's idle CPU. libvirtstatus returns the same object for an unchanged file."""
         seen: dict[int, tuple[libvirtstatus.RunningDomain, RunningManaged | None]] = {}
         for st in libvirtstatus.running_domains(self.cfg.libvirt_run):
             cached = self._status_seen.get(id(st))
@@ -125,26 +123,23 @@ class Reconciler:
         req = doc.request
         if req is None:
             return None
-        rt: frozenset[int] = frozenset()
-        if req.realtime:
-            try:
-                rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus)
-            except NumahookError:
-                rt = frozenset()
+        try:
+            rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus) if req.realtime \
+                else frozenset()
+        except NumahookError:
+            rt = frozenset()
         return RunningManaged(st, xmlsafe.tostring(st.domain), rt, req.realtime_priority,
                               bool(rt and req.isolate_emulator),
                               doc.facts if req.dedicated and kvmpit.target(doc.facts) else None,
                               doc.facts if req.dedicated and emulator.target(doc.facts) else None)
 
     def threads_backstop(self) -> None:
-        """The kvm-pit thread back on vCPU 0's CPU wherever it moved (ops/kvmpit.py), and
-        the emulator on its own CPUs wherever it is wider (ops/emulator.py): the latter
-        only once the claim says the start is over, since QEMU may preallocate until then."""
+        """The kvm-pit thread back on vCPU 0's CPU (ops/kvmpit.py), an emulator that is wider
+        than its own CPUs narrowed (ops/emulator.py), for domains whose start is over."""
         for dom in self.running_managed():
             if dom.pit is not None:
                 kvmpit.pin(dom.pit, dom.status.pid, self.cfg.proc_root, backstop=True)
-            claim = self.state.load(dom.status.uuid) if dom.emulator else None
-            if dom.emulator and claim and claim.phase == "running":
+            if dom.emulator is not None:
                 emulator.narrow(dom.emulator, dom.status.pid, self.cfg.proc_root, backstop=True)
 
     # -- realtime backstop ----------------------------------------------------------
@@ -177,11 +172,12 @@ class Reconciler:
                     pass  # QEMU exited
             if not wrong and not emulator_wrong:
                 continue
-            what = [f"vCPU(s) {cpulist.format(wrong)}"] if wrong else []
+            what = [f"{plural(len(wrong), 'vCPU')} {cpulist.format(wrong)}"] if wrong else []
             if emulator_wrong:
                 what.append("the emulator thread")
-            log.warning("%s: real-time %s not SCHED_FIFO %d; re-applying", dom.status.name,
-                        " and ".join(what), dom.priority)
+            log.warning("%s: real-time %s %s not SCHED_FIFO %d; re-applying", dom.status.name,
+                        " and ".join(what), plural(len(wrong) + emulator_wrong, "is", "are"),
+                        dom.priority)
             try:
                 lifecycle.tune(dom.xml, self.cfg, self.state)
                 self.stats.reapplied += len(wrong)
@@ -322,8 +318,8 @@ class Reconciler:
         fp = self.inputs_fingerprint({d.partition for d in (self._inactive or listed).values()})
         unseen = [m for m in managed if self._rendered_from.get(m[2]) != _digest(m[1])]
         if resync and unseen:
-            log.warning("resync: %d definition(s) changed without an event reaching "
-                        "numahookd (%s); rendering them", len(unseen),
+            log.warning("resync: %s changed without an event reaching numahookd (%s); "
+                        "rendering again", counted(len(unseen), "definition"),
                         ", ".join(sorted(dom.name() for dom, _, _ in unseen)))
         if not force and only is None and fp == self._fingerprint:
             if not resync:
@@ -339,6 +335,10 @@ class Reconciler:
         if self._inactive is not None:
             self._inactive.pop(uuid.lower(), None)
         self._rendered_from.pop(uuid.lower(), None)
+
+    @property
+    def listed(self) -> bool:  # libvirt has listed the definitions once (before, none known)
+        return self._inactive is not None
 
     def inactive(self) -> list[InactiveManaged]:
         """Inactive managed definitions as last listed (empty before the first listing)."""

@@ -353,7 +353,8 @@ class VcpuWatch:
                 tids[int(vcpu_dir.name[4:])] = tid
         if not tids:
             return
-        log.debug("vcpu watch: threads %s in the vCPU cgroups of %s", tids, domain_dir)
+        log.debug("vcpu watch: %s in the vCPU cgroups of %s", ", ".join(
+            f"vCPU {v} thread {t}" for v, t in sorted(tids.items())), domain_dir)
         pid = procfs.thread_group(next(iter(tids.values())), self.cfg.proc_root)
         uuid = procfs.qemu_uuid(pid, self.cfg.proc_root) if pid else None
         finished = True

@@ -191,14 +191,27 @@ def _create_temp(directory: str, name: str) -> tuple[int, str]:
     raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)
 
 
+#: What to do when writing one of our files fails, by errno; ``{}`` is the directory.
+#: "Free space" is only advice for a full disk: on a read-only mount it sends the
+#: operator looking for the wrong thing.
+_WRITE_HINTS = {
+    errno.ENOSPC: "free space in {}",
+    errno.EDQUOT: "free space in {} (the quota is exhausted)",
+    errno.EACCES: "fix the permissions of {}",
+    errno.EPERM: "fix the permissions of {}",
+    errno.EROFS: "{} is on a read-only file system; remount it read-write",
+}
+
+
 def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600,
-                 durable: bool = True) -> None:
+                 durable: bool = True, hint: Mapping[int, str] | None = None) -> None:
     """Replace ``path`` so readers see the old or the new content, never a torn file.
 
     A temporary file in the same directory is written and renamed over the target; with
     ``durable`` it is fsynced first and the directory after, so the rename survives a
     power loss. Missing parents are created 0700. On failure nothing but the old file
-    remains.
+    remains. ``hint`` replaces the advice for the errnos it maps: the caller may know
+    better why a write fails there (numahookd's sandbox).
     """
     target = clean(path)
     raw = data.encode("utf-8") if isinstance(data, str) else data
@@ -222,10 +235,9 @@ def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600,
         if durable:
             _fsync_dir(where)
     except OSError as exc:
-        raise StateError(
-            f"writing {target} failed: {exc.strerror or exc}; "
-            f"free space in {where} or fix its permissions"
-        ) from None
+        advice = (hint or {}).get(exc.errno or 0) or _WRITE_HINTS.get(
+            exc.errno or 0, "free space in {} or fix its permissions").format(where)
+        raise StateError(f"writing {target} failed: {exc.strerror or exc}; {advice}") from None
     finally:
         if tmp_name is not None:
             try:

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from numahook import faults
 from numahook import log as logmod
-from numahook.core.units import human_kib
+from numahook.core.units import counted, human_kib
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import fsutil
 from numahook.records import NamedTuple
@@ -43,6 +43,18 @@ class PoolCounts(NamedTuple):
     nr: int
     free: int
     surplus: int
+
+
+def pool_name(pool: PoolKey) -> str:
+    """A pool in a message: "the 2 MiB pool of node 0"."""
+    return f"the {human_kib(pool[1])} pool of node {pool[0]}"
+
+
+def describe(pools: Mapping[PoolKey, int]) -> str:
+    """Pages per pool in a message: "64 pages of 2 MiB on node 0", or "no pages"."""
+    parts = [f"{counted(n, 'page')} of {human_kib(size)} on node {node}"
+             for (node, size), n in sorted(pools.items()) if n]
+    return ", ".join(parts) or "no pages"
 
 
 def node_dir(sysfs_root: str, node: int) -> str:
@@ -290,7 +302,8 @@ def _release_into(ledger: _Ledger, sysfs_root: str) -> None:
     first: NumahookError | None = None
     for pool in sorted(ledger.added):
         if not fsutil.is_dir(pool_dir(sysfs_root, pool)):
-            log.warning("hugepage pool %s is gone; nothing to give back there", pool)
+            log.warning("hugepage pool %s is gone; nothing to give back there",
+                        pool_name(pool))
             continue
         try:
             ledger.change(sysfs_root, pool, -ledger.added[pool])
@@ -318,7 +331,7 @@ def settle(
         try:
             now = counts(sysfs_root, pool).nr
         except NumahookError as exc:
-            log.warning("cannot read hugepage pool %s to settle a crash: %s", pool, exc)
+            log.warning("cannot read %s to settle a crash: %s", pool_name(pool), exc)
             continue
         done = _clamp(now - intent.before, intent.delta)
         if intent.delta >= 0:

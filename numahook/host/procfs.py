@@ -10,6 +10,7 @@ import errno
 import os
 import re
 
+from numahook.core import cpulist
 from numahook.core.units import is_decimal
 from numahook.errors import HostError, InputError
 from numahook.host import fsutil
@@ -104,8 +105,8 @@ def set_affinity(tid: int, cpus: frozenset[int]) -> None:
         hint = ("run numahook as root" if exc.errno == errno.EPERM else
                 "the thread has exited" if exc.errno == errno.ESRCH else
                 "the kernel keeps this thread bound (PF_NO_SETAFFINITY), or a CPU is offline")
-        raise HostError(f"setting the CPU affinity of thread {tid} to {sorted(cpus)} failed: "
-                        f"{exc.strerror}; {hint}") from None
+        raise HostError(f"setting the CPU affinity of thread {tid} to CPUs "
+                        f"{cpulist.format(cpus)} failed: {exc.strerror}; {hint}") from None
 
 
 def thread_group(tid: int, proc_root: str = "/proc") -> int | None:

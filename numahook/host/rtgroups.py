@@ -19,6 +19,7 @@ from numahook import faults
 from numahook import log as logmod
 from numahook.core import rtbudget
 from numahook.core.rtbudget import MIN_BUDGET_US, BudgetPlan, BudgetRecord, Journal, to_ratio
+from numahook.core.units import counted
 from numahook.errors import HostError, InputError, NumahookError
 from numahook.host import fsutil, procfs
 
@@ -147,8 +148,9 @@ def plan_budget(
     if budget < MIN_BUDGET_US:
         raise HostError(
             f"only {lo} us of real-time budget per second is free for "
-            f"{len(leaves)} real-time vCPU(s), less than the {MIN_BUDGET_US} us minimum; "
-            "lower cpu.rt_runtime_us of other cgroups or raise kernel.sched_rt_runtime_us"
+            f"{counted(len(leaves), 'real-time vCPU')}, less than the {MIN_BUDGET_US} us "
+            "minimum; lower cpu.rt_runtime_us of other cgroups or raise "
+            "kernel.sched_rt_runtime_us"
         )
     new = rtbudget.solve(tree, budget, root_ratio)
     if new is None:  # cannot happen: budget <= lo and feasibility is monotone

@@ -17,6 +17,7 @@ from numahook import log as logmod
 from numahook.config import Config
 from numahook.core.plan import Check
 from numahook.core.rtbudget import BudgetRecord, Journal
+from numahook.core.units import counted, plural
 from numahook.errors import HostError, InputError, NumahookError, Refusal
 from numahook.host import procfs
 from numahook.host.rtgroups import (
@@ -120,8 +121,9 @@ def apply(
     missing = sorted(set(rt_vcpus) - set(vcpu_tids))
     if missing:
         raise InputError(
-            f"real-time vCPU(s) {', '.join(map(str, missing))} have no thread in the running "
-            "domain; check the realtime mask against the vCPU count"
+            f"real-time {plural(len(missing), 'vCPU')} {', '.join(map(str, missing))} "
+            f"{plural(len(missing), 'has', 'have')} no thread in the running domain; check the "
+            "realtime mask against the vCPU count"
         )
     if not 1 <= priority <= 99:
         raise InputError(f"real-time priority {priority} is outside 1-99; pick one in that range")
@@ -165,10 +167,13 @@ def apply(
         except NumahookError as exc:
             log.error("returning real-time budget failed: %s", exc)
         raise
+    threads = len(rt_vcpus) + (emulator_tid is not None)
     log.info(
-        "vCPUs %s%s are SCHED_FIFO priority %d (%s)",
+        "%s %s%s %s SCHED_FIFO priority %d (%s)",
+        plural(len(rt_vcpus), "vCPU"),
         ",".join(map(str, sorted(rt_vcpus))) or "none",
         " and the emulator thread" if emulator_tid is not None else "",
+        plural(threads, "is", "are"),
         priority,
         result.message,
     )
@@ -187,9 +192,10 @@ def demote(tids: Iterable[int]) -> list[int]:
             out.append(tid)
     if out:
         log.warning(
-            "demoted %d real-time vCPU thread(s) to SCHED_OTHER (%s) so they cannot stall",
-            len(out),
+            "demoted %s to SCHED_OTHER (%s) so %s cannot stall",
+            counted(len(out), "real-time vCPU thread"),
             ",".join(map(str, out)),
+            plural(len(out), "it", "they"),
         )
     return out
 

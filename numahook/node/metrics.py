@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import NamedTuple, Union
 
 from numahook import __version__
+from numahook.core.units import plural
 from numahook.errors import InputError
 from numahook.host import fsutil
 from numahook.node.model import NodeCapability
@@ -67,7 +68,8 @@ class Metric:
                                      "letters, digits and _, not starting with __")
             ident = tuple(sorted((k, str(v)) for k, v in labels.items()))
             if ident in seen:
-                raise InputError(f"{self.name} has two samples with labels {dict(ident)}; give "
+                shown = ",".join(f'{k}="{v}"' for k, v in ident)
+                raise InputError(f"{self.name} has two samples with labels {{{shown}}}; give "
                                  "each sample its own label values")
             seen.add(ident)
             fixed.append(Sample(dict(ident), float(value)))
@@ -111,7 +113,8 @@ def render_metrics(metrics: Sequence[Metric]) -> str:
     names = [m.name for m in metrics]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
-        raise InputError(f"metric(s) {', '.join(dupes)} are defined twice; give each one name")
+        raise InputError(f"{plural(len(dupes), 'metric')} {', '.join(dupes)} "
+                         f"{plural(len(dupes), 'is', 'are')} defined twice; give each one name")
     out: list[str] = []
     for m in metrics:
         out.append(f"# HELP {m.name} {_escape_help(m.help)}")
@@ -188,17 +191,20 @@ def metrics_text(cap: NodeCapability, extra_metrics: Iterable[Metric] = ()) -> s
 
 
 def write_metrics(cap: NodeCapability, textfile_dir: str | os.PathLike[str],
-                  extra_metrics: Iterable[Metric] = ()) -> Path | None:
+                  extra_metrics: Iterable[Metric] = (),
+                  hint: Mapping[int, str] | None = None) -> Path | None:
     """Write ``<textfile_dir>/numahook.prom`` atomically (0644, node_exporter runs unprivileged).
 
     None when the directory is absent (node_exporter's textfile collector is not set up).
-    ``extra_metrics`` are the daemon's own (managed domains, reconcile duration, ...).
+    ``extra_metrics`` are the daemon's own (managed domains, reconcile duration, ...);
+    ``hint``: as fsutil.atomic_write's.
     """
     directory = consumer_dir(textfile_dir, "node_exporter's textfile collector")
     if directory is None:
         return None
     path = directory / METRICS_FILE
-    fsutil.atomic_write(path, metrics_text(cap, extra_metrics), 0o644, durable=False)
+    fsutil.atomic_write(path, metrics_text(cap, extra_metrics), 0o644, durable=False,
+                        hint=hint)
     return path
 
 

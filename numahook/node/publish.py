@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from numahook import SCHEMA_VERSION, __version__
+from numahook.core.units import counted
 from numahook.errors import InputError, StateError
 from numahook.host import fsutil
 from numahook.node.model import NodeCapability, size_name
@@ -182,18 +183,19 @@ def nfd_text(cap: NodeCapability, ttl: float | None = None, now: datetime | None
 
 
 def write_nfd(cap: NodeCapability, nfd_dir: str | os.PathLike[str], ttl: float | None = None,
-              now: datetime | None = None) -> Path | None:
+              now: datetime | None = None, hint: Mapping[int, str] | None = None
+              ) -> Path | None:
     """Write ``<nfd_dir>/numahook`` atomically (0644); None when NFD's directory is absent.
 
     Pass ``ttl`` (seconds, e.g. three probe intervals) so NFD drops the labels by itself
     if numahookd dies without :func:`remove_nfd`; nfd-worker checks expiry at each
-    re-discovery (every minute by default).
+    re-discovery (every minute by default). ``hint``: as fsutil.atomic_write's.
     """
     directory = consumer_dir(nfd_dir, "node-feature-discovery")
     if directory is None:
         return None
     path = directory / NFD_FILE
-    fsutil.atomic_write(path, nfd_text(cap, ttl, now), 0o644, durable=False)
+    fsutil.atomic_write(path, nfd_text(cap, ttl, now), 0o644, durable=False, hint=hint)
     return path
 
 
@@ -219,12 +221,15 @@ def remove_published(path: Path, why: str) -> bool:
 
 
 class DomainCounts(NamedTuple):
-    managed: int
+    """``managed`` is None until libvirt has listed the inactive definitions: the running
+    ones are known from files, the others only from libvirt."""
+
+    managed: int | None
     running: int
 
 
 def status_line(cap: NodeCapability,
-                domains_summary: DomainCounts | Mapping[str, int] | None = None) -> str:
+                domains_summary: DomainCounts | Mapping[str, int | None] | None = None) -> str:
     """The one-line sd_notify ``STATUS=`` text that ``systemctl status numahookd`` shows."""
     facts = f"sched_rt_runtime_us={cap.sched_rt_runtime_us}"
     if not (cap.realtime_capable and cap.start_policy.ok):
@@ -233,9 +238,11 @@ def status_line(cap: NodeCapability,
     if domains_summary is not None:
         counts = (domains_summary._asdict() if isinstance(domains_summary, DomainCounts)
                   else dict(domains_summary))
-        managed, running = counts.get("managed", 0), counts.get("running", 0)
-        noun = "domain" if managed == 1 else "domains"
-        parts.append(f"{managed} managed {noun}, {running} running")
+        managed, running = counts.get("managed"), counts.get("running") or 0
+        if managed is None:
+            parts.append(f"{running} running, still counting the managed domains")
+        else:
+            parts.append(f"{counted(managed, 'managed domain')}, {running} running")
     if cap.libvirt_reachable is False:
         parts.append("libvirt unreachable")
     return "; ".join(parts).replace("\n", " ")

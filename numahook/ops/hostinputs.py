@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from numahook.config import Config
 from numahook.core import cpulist, metadata
 from numahook.core.plan import Check, Inputs, Plan
-from numahook.core.units import human_kib
+from numahook.core.units import human_kib, plural
 from numahook.errors import NumahookError, Refusal
 from numahook.host import cgroups, fsutil, hugepages, libvirtstatus, procfs, rtsched, sysfs
 from numahook.records import record
@@ -40,7 +40,8 @@ class CpuSource:
         text = (f"partition {self.partition} ({self.partition_path}) has CPUs "
                 f"{cpulist.format(self.partition_cpus) or 'none'}")
         if held:
-            text += f", of which {cpulist.format(held)} are held by other dedicated domains"
+            text += (f", of which {cpulist.format(held)} {plural(len(held), 'is', 'are')} held "
+                     "by other dedicated domains")
         return text
 
 
@@ -59,17 +60,21 @@ def managed_running(cfg: Config, exclude_uuid: str | None) -> dict[str, frozense
 def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
            cpuset_override: frozenset[int] | None = None,
            state: StateDir | None = None,
-           devices: Iterable[str] = ()) -> tuple[Inputs, CpuSource]:
-    """``devices``: the BDFs of the domain's passthrough devices, read from sysfs too."""
+           devices: Iterable[str] = (), count_held: bool = True) -> tuple[Inputs, CpuSource]:
+    """``devices``: the BDFs of the domain's passthrough devices, read from sysfs too.
+
+    ``count_held`` False asks what the domain would get on an empty host (``--no-state``):
+    neither running managed domains nor claims take CPUs away, whatever ``state`` holds.
+    """
     topo = sysfs.read_topology(cfg.sysfs_root)
     if cpuset_override is not None:
         cpus, path = cpuset_override, "--cpuset"
     else:
         cs = cgroups.partition_cpuset(cfg.cgroup_root, partition)
         cpus, path = cs.cpus, cs.path
-    domains = managed_running(cfg, exclude_uuid)
+    domains = managed_running(cfg, exclude_uuid) if count_held else {}
     claimed: frozenset[int] = frozenset()
-    if state is not None:
+    if state is not None and count_held:
         claimed = state.held_cpus(exclude_uuid)
     available = cpus - claimed
     for held in domains.values():

@@ -12,8 +12,10 @@ from typing import Any
 from numahook import NAMESPACE
 from numahook.config import Config
 from numahook.core import cpulist, explain, metadata, placement, render
+from numahook.core.units import counted
 from numahook.errors import NumahookError
-from numahook.host import fsutil, libvirtstatus, procfs, sysfs
+from numahook.host import fsutil, hugepages, libvirtstatus, procfs, sysfs
+from numahook.host.hugepages import PoolKey
 from numahook.ops import kvmpit
 from numahook.state.statedir import StateDir
 
@@ -115,8 +117,8 @@ def collect(cfg: Config, conn: Any = None) -> dict[str, Any]:
         for c in state.list_claims():
             claims[c.uuid] = {
                 "phase": c.phase, "cpus": cpulist.format(c.cpus),
-                "hugepages_added": {f"node{n}:{s}kB": p for (n, s), p in c.hugepages.items()},
-                "hugepages_need": {f"node{n}:{s}kB": p for (n, s), p in c.need.items()},
+                "hugepages_added": {_label(pool): p for pool, p in c.hugepages.items()},
+                "hugepages_need": {_label(pool): p for pool, p in c.need.items()},
                 "rt_budget_files": len(c.rt_budget), "name": c.name}
     running = _running(cfg, claims)
     inactive = []
@@ -136,6 +138,20 @@ def collect(cfg: Config, conn: Any = None) -> dict[str, Any]:
             "orphan_claims": [dict(uuid=u, **c) for u, c in claims.items()]}
 
 
+def _label(pool: PoolKey) -> str:
+    """A pool as the JSON names it (docs/schemas/status.schema.json): ``node0:2048kB``."""
+    return f"node{pool[0]}:{pool[1]}kB"
+
+
+def _pages(labelled: dict[str, int]) -> str:
+    """The JSON's pages per pool in words, as hugepages.describe says them."""
+    pools = {}
+    for label, n in labelled.items():
+        node, _, size = label.partition(":")
+        pools[(int(node[4:]), int(size[:-2]))] = n
+    return hugepages.describe(pools)
+
+
 def _report(d: dict[str, Any]) -> placement.DeviceReport:
     return placement.DeviceReport(d["kind"], d["bdf"], d["host_node"], d["root_complex"],
                                   d["present"], d["placement"], d["cell"], d["bus"],
@@ -145,7 +161,8 @@ def _report(d: dict[str, Any]) -> placement.DeviceReport:
 def text(doc: dict[str, Any]) -> str:
     lines = []
     for d in doc["running"]:
-        lines.append(f"{d['name']}  {d['state']}  cpus {d['cpus']}  emulator {d['emulator']}"
+        lines.append(f"{d['name']}  {d['state']}  cpus {d['cpus']}  emulator "
+                     f"{d['emulator'] or 'not pinned'}"
                      + (f" (runs on {d['emulator_now']} now)"
                         if d["emulator_now"] not in (None, d["emulator"]) else ""))
         for c in d["cells"]:
@@ -166,9 +183,9 @@ def text(doc: dict[str, Any]) -> str:
                          "  kvm-pit: no thread (the PIT is off or emulated in QEMU)")
         claim = d["claim"]
         if claim:
-            lines.append(f"  holds: hugepages added {claim['hugepages_added'] or 'none'}, "
-                         f"needs {claim['hugepages_need'] or 'none'}, "
-                         f"{claim['rt_budget_files']} RT budget file(s)")
+            lines.append(f"  holds: hugepages added {_pages(claim['hugepages_added'])}, "
+                         f"needs {_pages(claim['hugepages_need'])}, "
+                         f"{counted(claim['rt_budget_files'], 'RT budget file')}")
     for d in doc["inactive"]:
         lines.append(f"{d['name']}  shut off")
     for c in doc["orphan_claims"]:

@@ -67,9 +67,9 @@ class RealtimeIntent:
         vcpus = tuple(_int(v) for v in data["vcpus"])
         priority = _int(data["priority"])
         if not vcpus or any(not 0 <= v < 16384 for v in vcpus) or not 1 <= priority <= 99:
-            raise ValueError(f"realtime {data!r}")
+            raise ValueError("its realtime vCPUs or priority are out of range")
         if type(data["emulator"]) is not bool:
-            raise TypeError(f"{data['emulator']!r} is not a boolean")
+            raise TypeError("its realtime emulator flag is not true or false")
         return cls(vcpus, priority, data["emulator"])
 
 
@@ -135,7 +135,7 @@ class Claim:
         """Rebuild a claim, raising InputError for anything not written by to_json."""
         try:
             if data.get("version") != VERSION:
-                raise ValueError(f"version {data.get('version')!r}")
+                raise ValueError(f"version {_shown(data.get('version'))} is not {VERSION}")
             pid = data["qemu_pid"]
             verified = data.get("verified_pid")  # absent in records of numahook 0.1.0
             rt = data.get("realtime")  # absent in records of numahook 0.1.0
@@ -161,21 +161,34 @@ class Claim:
                 verified_pid=None if verified is None else _int(verified),
             )
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
-            raise InputError(f"the claim record is malformed ({exc!r})") from None
+            why = (f"it lacks {exc.args[0]}" if isinstance(exc, KeyError) else
+                   "a part of it is not a JSON object" if isinstance(exc, AttributeError) else
+                   str(exc))
+            raise InputError(f"the claim record is malformed ({why})") from None
+
+
+def _shown(v: Any) -> str:
+    """A value of the record as the file spells it (JSON), not as Python would."""
+    import json  # only for a malformed record: the hook's start-up pays nothing
+
+    text = json.dumps(v)
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _int(v: Any) -> int:
     if type(v) is not int:
-        raise TypeError(f"{v!r} is not an integer")
+        raise TypeError(f"{_shown(v)} is not an integer")
     return v
 
 
 def _str(v: Any) -> str:
     if not isinstance(v, str):
-        raise TypeError(f"{v!r} is not a string")
+        raise TypeError(f"{_shown(v)} is not a string")
     return v
 
 
 def _pool(key: str) -> PoolKey:
-    node, size = key.split(":")
+    node, _, size = key.partition(":")
+    if not (node.isdigit() and size.isdigit()):
+        raise ValueError(f"{_shown(key)} is not a hugepage pool (NODE:SIZE_KIB)")
     return int(node), int(size)

@@ -60,15 +60,15 @@ def hand_over(journal: ClaimJournal, sysfs_root: str = "/sys") -> None:
     for uuid, pools in transfers.items():
         taker = journal.state.load(uuid)
         if taker is None:
-            log.error("handing %s pages to a claim that vanished; they stay in the pool",
-                      pools)
+            log.error("handing %s to a claim that vanished; they stay in the pool",
+                      hugepages.describe(pools))
             continue
         merged = dict(taker.hugepages)
         for pool, n in pools.items():
             merged[pool] = merged.get(pool, 0) + n
         ClaimJournal(journal.state, taker).update(hugepages=merged)
-        log.info("handed %s hugepages from %s to %s, which counts on them", pools, claim.name,
-                 taker.name)
+        log.info("handed %s from %s to %s, which counts on them", hugepages.describe(pools),
+                 claim.name, taker.name)
 
 
 def recover(state: StateDir, sysfs_root: str = "/sys") -> None:
@@ -90,7 +90,7 @@ def recover(state: StateDir, sysfs_root: str = "/sys") -> None:
         elif claim.hugepages_pending:
             settled = hugepages.settle(claim.hugepages, claim.hugepages_pending, sysfs_root)
             log.warning("%s: a hugepage write was interrupted (a crash); it holds %s now",
-                        claim.name, settled or "no pages")
+                        claim.name, hugepages.describe(settled))
             ClaimJournal(state, claim).update(hugepages=settled, hugepages_pending={})
 
 

@@ -88,6 +88,22 @@ def test_sd_notify_ready_watchdog_status_reload_stop(numahookd: Daemon) -> None:
     assert numahookd.proc is not None and numahookd.proc.wait(timeout=20) == 0
 
 
+def test_reload_keeps_the_domain_counts_in_status(numahookd: Daemon, domains: Any) -> None:
+    """Every STATUS= of a reload carries the counts: the READY=1 that ends it said
+    "0 managed domains, 0 running" until the next reconcile pass."""
+    xml = render_here(domains.probe_xml("status", vcpus=1, memory_mib=128, hugepage_kib=2048,
+                                        cmdline=HOLD, extra=metadata()))
+    domains.start(domains.define(xml))
+    n = numahookd.notify
+    n.wait_for(", 1 running", timeout=30)  # numahookd has counted it
+    mark = len(n.messages)
+    numahookd.signal(signal.SIGHUP)
+    ready = n.wait_for("READY=1", after=n.wait_for("RELOADING=1", after=mark))
+    statuses = [m for m in n.messages[mark:ready + 1] if "STATUS=" in m]
+    assert statuses, n.messages[mark:]
+    assert all(", 1 running" in m for m in statuses), statuses
+
+
 def test_bad_config_on_reload_keeps_the_old_one(numahookd: Daemon) -> None:
     numahookd.conf.write_text("[features]\nNUMA = perhaps\n")
     mark = len(numahookd.notify.messages)
@@ -246,6 +262,9 @@ def test_daemon_survives_a_libvirtd_restart(numahookd: Daemon, domains: Any) -> 
     domains.conn = env.connect()
     wait_until(lambda: numahookd.logtext().count("connected to qemu:///system") >= 2,
                timeout=40, what="numahookd to reconnect")
+    # libvirt's close reason in words (it said "(reason 1)")
+    assert ("lost the connection to libvirt: libvirtd closed it (stopped or restarted); "
+            "reconnecting") in numahookd.logtext()
     dom = domains.define(domains.probe_xml("afterrestart", vcpus=1, memory_mib=128,
                                            hugepage_kib=2048, extra=metadata()))
     flags = libvirt.VIR_DOMAIN_XML_INACTIVE

@@ -90,3 +90,36 @@ def test_journal_has_the_daemons_lines_with_priorities(host: Host) -> None:
            e.get("SYSLOG_IDENTIFIER") == "numahookd"]
     assert own, "journalctl -u numahookd shows no line of the daemon itself"
     assert all(e.get("PRIORITY") in {"0", "1", "2", "3", "4", "5", "6", "7"} for e in own)
+
+
+TEXTFILE_DIR = "/var/lib/prometheus/node-exporter"
+
+
+def test_a_textfile_dir_made_after_the_start_needs_a_restart_and_says_so(host: Host) -> None:
+    """Issue 25: the sandbox binds ReadWritePaths= only at start, so after `mkdir` and a
+    reload the write fails with EROFS; the journal must name the restart (it said "free
+    space … or fix its permissions"), and the restart must make the file appear."""
+    host.sh(f"systemctl stop numahookd; rm -rf {TEXTFILE_DIR}; systemctl start numahookd")
+    host.wait(lambda: host.unit()["ActiveState"] == "active", "numahookd active", 60)
+    try:
+        cursor = host.sh("journalctl -n 0 --show-cursor -q | "
+                         "sed -n 's/^-- cursor: //p'").stdout.strip()
+        host.sh(f"mkdir -p {TEXTFILE_DIR} && systemctl reload numahookd")
+
+        def failure() -> str:
+            return next((line for line in host.sh(
+                f"journalctl -q -o cat -u numahookd --after-cursor='{cursor}'").stdout
+                .splitlines() if "publishing the metrics file failed" in line), "")
+
+        host.wait(failure, "the metrics write to fail after the reload", 60)
+        line = failure()
+        assert "Read-only file system" in line, line
+        assert (f"{TEXTFILE_DIR} was created after numahookd started; run `systemctl restart "
+                "numahookd` so its sandbox can write there") in line, line
+        assert "free space" not in line, line
+        host.sh(f"test ! -e {TEXTFILE_DIR}/numahook.prom")
+        host.sh("systemctl restart numahookd")
+        host.wait(lambda: host.sh(f"test -s {TEXTFILE_DIR}/numahook.prom", check=False)
+                  .returncode == 0, "numahook.prom after the restart", 60)
+    finally:
+        host.sh(f"systemctl stop numahookd; rm -rf {TEXTFILE_DIR}; systemctl start numahookd")

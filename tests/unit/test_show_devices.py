@@ -77,7 +77,7 @@ def test_check_text_explains_each_device(capsys: pytest.CaptureFixture[str], arg
     assert "  device 0000:3b:00.0 (hostdev): host node 0, root complex pci0000:3a -> kept at " \
            "0000:00:10.0 (its guest <address> is kept as written)" in lines
     assert "  pcie-expander-bus 1 (busNr 253): guest cell 0, host node 0, root complex " \
-           "pci0000:17, 2 root port(s)" in lines
+           "pci0000:17, 2 root ports" in lines
     assert any(line.startswith("  pinning: ") and "; siblings " in line and " held" in line
                for line in lines)
     assert any(line.startswith("  ok   thread-policy: threadPolicy='isolate'") for line in lines)

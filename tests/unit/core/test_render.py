@@ -393,7 +393,7 @@ def test_differences_name_cells_spanning_more_nodes(topos: dict[str, Topology]) 
     ev = hardware.evaluate(doc.facts, doc.request, inputs(topo, "6-9"))
     assert ev.plan is not None
     diffs = hardware.differences(doc.facts, ev.plan)
-    assert "the guest has 1 NUMA cells, but its CPUs now span 2 host nodes (0, 1)" in diffs
+    assert "the guest has 1 NUMA cell, but its CPUs now span 2 host nodes (0, 1)" in diffs
     assert "the strict memory binding of the cells to host nodes differs" in diffs
 
 

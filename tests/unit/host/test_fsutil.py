@@ -5,12 +5,14 @@ from __future__ import annotations
 import errno
 import os
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 
 import pytest
 
 from numahook.errors import HostError, InputError, StateError
 from numahook.host import fsutil
+from tests.support.mounts import read_only_tmpfs
 
 ROOT = os.geteuid() == 0
 NR_2M = Path("/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages")
@@ -112,6 +114,27 @@ def test_atomic_write_on_full_filesystem_keeps_old_file(tmp_path: Path) -> None:
         assert os.listdir(mnt) == ["claim.json"], "the temporary file must be removed"
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.fixture
+def read_only_dir(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a read-only mount: writes there fail with EROFS."""
+    with read_only_tmpfs(tmp_path) as mnt:
+        yield mnt
+
+
+def test_atomic_write_on_a_read_only_mount_says_so(read_only_dir: Path) -> None:
+    """It used to advise "free space … or fix its permissions" for every error."""
+    with pytest.raises(StateError) as info:
+        fsutil.atomic_write(read_only_dir / "numahook.prom", "x")
+    assert str(info.value) == (f"writing {read_only_dir}/numahook.prom failed: Read-only file "
+                               f"system; {read_only_dir} is on a read-only file system; "
+                               "remount it read-write")
+
+
+def test_atomic_write_takes_the_callers_advice(read_only_dir: Path) -> None:
+    with pytest.raises(StateError, match=r"Read-only file system; restart it$"):
+        fsutil.atomic_write(read_only_dir / "f", "x", hint={errno.EROFS: "restart it"})
 
 
 def test_write_knob_replaces_value(tmp_path: Path) -> None:

@@ -200,3 +200,12 @@ def test_real_node0_reserve_and_release(real_pool: int) -> None:
     assert journal[-1] == {(0, 2048): 4}
     hugepages.release(added)
     assert int((REAL_POOL / "nr_hugepages").read_text()) == real_pool
+
+
+def test_pools_are_described_in_words_not_as_python() -> None:
+    """Logs and `numahook status` showed {(0, 2048): 64} and {'node0:2048kB': 64}."""
+    assert hugepages.describe({(1, 1048576): 2, (0, 2048): 64, (0, 4): 0}) == (
+        "64 pages of 2 MiB on node 0, 2 pages of 1 GiB on node 1")
+    assert hugepages.describe({(0, 2048): 1}) == "1 page of 2 MiB on node 0"
+    assert hugepages.describe({}) == "no pages"
+    assert hugepages.pool_name((1, 2048)) == "the 2 MiB pool of node 1"

@@ -7,6 +7,7 @@ group ``numahook-test-<pid>`` that the fixture removes again whatever happens.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import subprocess
@@ -282,7 +283,7 @@ def test_unintended_record_is_not_returned(tree: Tree) -> None:
 
 
 def test_apply_validates_mask_and_priority() -> None:
-    with pytest.raises(InputError, match=r"vCPU\(s\) 2 have no thread"):
+    with pytest.raises(InputError, match=r"real-time vCPU 2 has no thread"):
         rtsched.apply({0: 1, 1: 2}, {0, 2}, 1)
     with pytest.raises(InputError, match="outside 1-99"):
         rtsched.apply({0: 1}, {0}, 100)
@@ -365,11 +366,15 @@ def test_real_throttled_host_without_delegation_is_refused(rt_group: SimpleNames
     assert procfs.sched_of(rt_group.tids[0]) == ("other", 0)
 
 
-def test_real_delegate_then_fifo_then_give_back(rt_group: SimpleNamespace) -> None:
+def test_real_delegate_then_fifo_then_give_back(rt_group: SimpleNamespace,
+                                                caplog: pytest.LogCaptureFixture) -> None:
     tids = rt_group.tids
     journal: list[list[BudgetRecord]] = []
+    caplog.set_level(logging.INFO)
     result = rtsched.apply(tids, {0}, 1, allow_delegation=True, cap_us=20000,
                            journal=journal.append)
+    # one vCPU, in the singular (it said "vCPUs 0 are SCHED_FIFO")
+    assert "vCPU 0 is SCHED_FIFO priority 1 (budget delegated" in caplog.text
     assert result.path == "budget"
     assert result.message == "budget delegated: 20000 us per vCPU per 1 s period"
     assert procfs.sched_of(tids[0]) == ("fifo", 1)
@@ -388,6 +393,8 @@ def test_real_delegate_then_fifo_then_give_back(rt_group: SimpleNamespace) -> No
     assert journal[-1] == list(result.records)
     assert _runtimes(rt_group) == [20000, 20000, 20000, 0]
     assert rtsched.demote(tids.values()) == [tids[0]]
+    assert (f"demoted 1 real-time vCPU thread to SCHED_OTHER ({tids[0]}) so it cannot stall"
+            in caplog.text)
     rtsched.undelegate(journal[-1], journal.append)
     assert journal[-1] == []
     assert _runtimes(rt_group) == [0, 0, 0, 0]

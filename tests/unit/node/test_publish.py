@@ -344,7 +344,7 @@ def test_metric_validation(rt_cap: model.NodeCapability) -> None:
         Metric.gauge("numahook_x", "x", samples=[({"a": "1"}, 1), ({"a": "1"}, 2)])
     with pytest.raises(InputError, match="type 'summary' is unknown"):
         Metric("numahook_x", "x", "summary")
-    with pytest.raises(InputError, match="numahook_preempt_rt are defined twice"):
+    with pytest.raises(InputError, match="metric numahook_preempt_rt is defined twice"):
         metrics.metrics_text(rt_cap, [Metric.gauge("numahook_preempt_rt", "again", 0)])
     # a family without samples is valid text and is kept
     empty = metrics.render_metrics([Metric.gauge("numahook_y", "no value yet")])
@@ -381,6 +381,14 @@ def test_status_line(rt_cap: model.NodeCapability, plain_cap: model.NodeCapabili
     line = publish.status_line(down, {"managed": 0, "running": 0})
     assert line.endswith("; 0 managed domains, 0 running; libvirt unreachable")
     assert "\n" not in line
+
+
+def test_status_line_before_libvirt_listed_the_definitions(rt_cap: model.NodeCapability) -> None:
+    """Only the running domains are known from files: say that the rest are being counted,
+    not that there are none."""
+    assert publish.status_line(rt_cap, publish.DomainCounts(None, 2)) == (
+        "realtime capable (sched_rt_runtime_us=-1); 2 running, still counting the managed "
+        "domains")
 
 
 def test_docs_list_every_metric_numahook_writes() -> None:

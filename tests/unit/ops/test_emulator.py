@@ -113,10 +113,10 @@ DOMAIN_XML = (
     "<domain type='qemu'><name>span</name><uuid>5e1b1a5e-0000-4000-8000-000000000011</uuid>"
     "<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/domain/1'>"
     "<numahook:cpu dedicatedCpuPlacement='true'/>"
-    "<numahook:rendered digest='d' host='h' emulator='{own}'/></numahook:domain></metadata>"
-    "<memory>131072</memory><vcpu>2</vcpu><cputune><vcpupin vcpu='0' cpuset='{own}'/>"
-    "<vcpupin vcpu='1' cpuset='{borrowed}'/><emulatorpin cpuset='{own},{borrowed}'/>"
-    "</cputune><os><type>hvm</type></os></domain>").format(own=OWN, borrowed=BORROWED)
+    f"<numahook:rendered digest='d' host='h' emulator='{OWN}'/></numahook:domain></metadata>"
+    f"<memory>131072</memory><vcpu>2</vcpu><cputune><vcpupin vcpu='0' cpuset='{OWN}'/>"
+    f"<vcpupin vcpu='1' cpuset='{BORROWED}'/><emulatorpin cpuset='{OWN},{BORROWED}'/>"
+    "</cputune><os><type>hvm</type></os></domain>")
 
 
 def facts(own: int | None = OWN) -> domainxml.DomainFacts:

@@ -1,0 +1,150 @@
+"""numahook's command line on fixture hosts: what its options promise, and text a human reads."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from pathlib import Path
+
+import pytest
+
+from numahook import cli
+from numahook.state.claims import Claim
+from numahook.state.statedir import StateDir
+from tests.fixtures import devices as devfix
+from tests.fixtures.hosts import host_roots
+from tests.fixtures.status import MANAGED_STATUS
+from tests.support.cli import ADVISED, RT, cli_args, domain, run_cli, write
+
+
+@pytest.fixture(scope="module")
+def single_v1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return host_roots(tmp_path_factory.mktemp("single-v1"), "single", 1)
+
+
+def _busy_host(roots: dict[str, Path], tmp_path: Path) -> list[str]:
+    """The CLI's arguments for a host where a running domain holds CPUs 0-1 and a claim
+    (a start in progress) holds CPU 2: of its 4 CPUs, only 3 is free."""
+    args = cli_args(roots, tmp_path)
+    (tmp_path / "libvirt-run" / "other.xml").write_text(MANAGED_STATUS)
+    state = StateDir(args[args.index("--state-dir") + 1])
+    state.ensure()
+    state.save(Claim(uuid="5e1b1a5e-0000-4000-8000-0000000000cc", name="starting",
+                     cpus=frozenset({2})))
+    return args
+
+
+def test_check_counts_what_running_domains_and_claims_hold(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path) -> None:
+    args = _busy_host(single_v1, tmp_path)
+    rc, out, _ = run_cli(capsys, "check", "--json", *args, write(tmp_path, domain(vcpus=2)))
+    assert rc == 1
+    assert json.loads(out)["available_cpus"] == "3"
+
+
+def test_no_state_checks_as_on_an_empty_host(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path) -> None:
+    """--help promises "as on an empty host": neither the running domain nor the claim
+    may take CPUs away (it used to count the running domain's)."""
+    args = _busy_host(single_v1, tmp_path)
+    src = write(tmp_path, domain(vcpus=4))
+    rc, out, err = run_cli(capsys, "check", "--json", "--no-state", *args, src)
+    assert (rc, err) == (0, "")
+    doc = json.loads(out)
+    assert doc["available_cpus"] == "0-3"
+    assert "held" not in doc["host"]
+    rc, out, err = run_cli(capsys, "check", "--no-state", *args, src)
+    assert (rc, err) == (0, "")
+    assert "held by other dedicated domains" not in out
+
+
+@pytest.mark.parametrize("command", [["apply", "vm"], ["status"]])
+@pytest.mark.parametrize("option", [["--no-state"], ["--cpuset", "0-1"]])
+def test_apply_and_status_do_not_take_what_if_options(
+        capsys: pytest.CaptureFixture[str], command: list[str], option: list[str]) -> None:
+    """They act on or show the host as it is; they used to accept these and ignore them."""
+    with pytest.raises(SystemExit) as exc:
+        cli.parser().parse_args([command[0], *option, *command[1:]])
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- human text
+
+#: what Python's repr() of a dict, list, set, tuple or object looks like in text
+REPR = re.compile(r"\{'|\['|\{\(|\{\d+: |\[\d+(, \d+)+\]|\[\d+\]|\(\d+, \d+\)|frozenset\(|"
+                  r"\bset\(|\bdict\(|PosixPath\(|object at 0x|Namespace\(|\w+Error\(")
+#: fixture hosts with one node, two sockets, SMT, NPS4, CPU-less nodes, devices
+HUMAN_HOSTS = ("single", "intel-2s-ht-rt", "intel-2s-io", "epyc-nps4", "asym-cpuless")
+#: a running managed domain's claim (MANAGED_STATUS), and one left by a domain that is gone
+RUNNING_CLAIM = Claim(uuid="5e1b1a5e-0000-4000-8000-0000000000bb", name="other",
+                      cpus=frozenset({0, 1}), hugepages={(0, 2048): 64},
+                      need={(0, 2048): 64, (1, 2048): 1}, phase="running")
+ORPHAN_CLAIM = Claim(uuid="c7a5fdbd-cdaf-9455-926a-d65c16db1809", name="gone",
+                     cpus=frozenset({2}), hugepages={(0, 2048): 1}, need={(0, 2048): 1})
+
+
+def _human_runs(roots: dict[str, Path], tmp_path: Path) -> list[tuple[str, ...]]:
+    """Every command whose output is for a human, on this host."""
+    args = cli_args(roots, tmp_path)
+    (tmp_path / "libvirt-run" / "other.xml").write_text(MANAGED_STATUS)
+    state = StateDir(args[args.index("--state-dir") + 1])
+    state.ensure()
+    state.save(RUNNING_CLAIM)
+    state.save(ORPHAN_CLAIM)
+    devices = "".join(devfix.hostdev(b) for b in ("0000:18:00.0", "0000:86:00.0",
+                                                   "0000:5e:00.0"))
+    domains = {"realtime": domain(realtime=RT), "advised": ADVISED,
+               "no-numa": domain(numa=False), "refused": domain(backing=""),
+               "one-vcpu": domain(vcpus=1, realtime=RT.replace("0-3,^1", "0")),
+               "devices": devfix.domain(devices, vcpus=4)}
+    runs: list[tuple[str, ...]] = [("check", *args, "--no-state", write(tmp_path, xml, f"{n}.xml"))
+                                   for n, xml in domains.items()]
+    runs.append(("check", *args, write(tmp_path, domain(vcpus=4), "busy.xml")))
+    node = args[:8]  # --config and the roots: node reads no state
+    runs += [("node", "--no-libvirt", *node), ("node", "--check", "--no-libvirt", *node),
+             ("status", "--uri", "test:///nowhere", *args)]
+    return runs
+
+
+@pytest.mark.parametrize("host", HUMAN_HOSTS)
+def test_no_python_repr_reaches_a_human(capsys: pytest.CaptureFixture[str],
+                                        caplog: pytest.LogCaptureFixture,
+                                        tmp_path_factory: pytest.TempPathFactory,
+                                        tmp_path: Path, host: str) -> None:
+    """check, node, node --check and status text, their stderr and every log line they
+    emit: `holds: hugepages added {'node0:2048kB': 64}` was one."""
+    roots = host_roots(tmp_path_factory.mktemp(host), host, 1)
+    caplog.set_level(logging.DEBUG)
+    texts = []
+    for argv in _human_runs(roots, tmp_path):
+        rc, out, err = run_cli(capsys, *argv)
+        assert rc in (0, 1, 3), (argv, err)
+        texts.append((argv[0], out + err))
+    texts += [("log", r.getMessage()) for r in caplog.records]
+    found = [(what, m.group(0), text[max(0, m.start() - 60):m.end() + 60])
+             for what, text in texts for m in REPR.finditer(text)]
+    assert not found
+
+
+def test_status_says_the_pages_a_domain_holds_in_words(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path) -> None:
+    args = cli_args(single_v1, tmp_path)
+    (tmp_path / "libvirt-run" / "other.xml").write_text(MANAGED_STATUS)
+    state = StateDir(args[args.index("--state-dir") + 1])
+    state.ensure()
+    state.save(RUNNING_CLAIM)
+    rc, out, _ = run_cli(capsys, "status", "--uri", "test:///nowhere", *args)
+    assert rc == 0
+    assert ("  holds: hugepages added 64 pages of 2 MiB on node 0, needs 64 pages of 2 MiB on "
+            "node 0, 1 page of 2 MiB on node 1, 0 RT budget files") in out.splitlines()
+
+
+def test_check_counts_in_the_singular_where_there_is_one(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path) -> None:
+    """It said "1 sockets, 1 dies, 4 cores, 1 threads"."""
+    rc, out, _ = run_cli(capsys, "check", *cli_args(single_v1, tmp_path),
+                         write(tmp_path, domain(vcpus=1)))
+    assert rc == 0
+    assert "1 vCPU as 1 socket, 1 die, 1 core, 1 thread" in out
