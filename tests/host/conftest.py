@@ -207,6 +207,6 @@ def start_and_check_emulator(host: Host, name: str, xml: str,
     for cell in check["cells"]:
         assert f"node {cell['id']} cpus: {' '.join(map(str, cell['vcpus']))}" in numa, numa
     status = host.json("numahook status --json")
-    mine = next(d for d in status["domains"] if d["name"] == name)
+    mine = next(d for d in status["running"] if d["name"] == name)
     assert report.parse_cpulist(mine["emulator_now"]) == set(pins["emulator"])
     return check
