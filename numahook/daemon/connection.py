@@ -182,6 +182,7 @@ class Connection:
         handler = self.on_metadata
         if handler is not None and mtype == libvirt.VIR_DOMAIN_METADATA_ELEMENT and \
                 nsuri == NAMESPACE:
+            log.debug("event metadata-change on %s in our namespace", dom.name())
             self.loop.guard("metadata change", lambda: handler(dom))
 
     def close(self) -> None:

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 
 from numahook import NAMESPACE, cli
+from numahook.config import Config
+from numahook.state.statedir import StateDir
 from tests.e2e.daemonharness import Daemon
 from tests.e2e.helpers import HOLD, hook_config, metadata, render_here, wait_until
 
@@ -98,6 +100,20 @@ def test_virsh_edit_opts_a_domain_in(numahookd: Daemon, domains: Any, conn: Any,
                    env={**os.environ, "EDITOR": str(editor), "VISUAL": str(editor)})
     wait_until(lambda: "vcpupin" in persistent(conn, name), timeout=5,
                what="numahookd to render the edited definition")
+
+
+def test_the_hook_can_tell_whether_numahookd_runs(lab: Any, tmp_path: Path) -> None:
+    """From its pid file alone: what the stale-definition refusal says (ops/lifecycle.py)."""
+    state = StateDir(Config().state_dir)
+    with hook_config(""):
+        d = Daemon(tmp_path)
+        d.start()
+        try:
+            assert state.daemon_running()
+        finally:
+            d.stop()
+            d.notify.close()
+    assert not state.daemon_running() and not Path(state.daemon_file).exists()
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
