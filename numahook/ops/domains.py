@@ -12,6 +12,8 @@ from numahook.errors import HostError, InputError
 
 
 def connect(uri: str, readonly: bool = False) -> Any:
+    """libvirt-python is imported here, not at load: the CLI's node and file commands, and
+    the hook, run without it."""
     try:
         import libvirt
     except ImportError:
@@ -38,13 +40,15 @@ def lookup(conn: Any, name: str) -> Any:
     """The name first, then the UUID, as virsh does: a name may look like a UUID."""
     import libvirt
 
-    for find in (conn.lookupByName, conn.lookupByUUIDString):
-        try:
-            return find(name)
-        except libvirt.libvirtError:
-            continue
-    raise InputError(f"libvirt has no domain named {name!r} or with that UUID; check "
-                     "`virsh list --all`")
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError:
+        pass
+    try:
+        return conn.lookupByUUIDString(name)
+    except libvirt.libvirtError:
+        raise InputError(f"libvirt has no domain named {name!r} or with that UUID; check "
+                         "`virsh list --all`") from None
 
 
 def definition(uri: str, name: str) -> str:
