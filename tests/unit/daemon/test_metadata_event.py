@@ -96,3 +96,40 @@ def test_other_namespaces_and_the_description_are_not_ours(
     assert daemon.loop.run_until(lambda: bool(seen), 10), "no metadata change arrived"
     assert seen == ["vm"]
 
+
+
+def test_one_definition_rendered_does_not_hide_an_input_change_from_the_others(
+        tmp_path: Path) -> None:
+    """A DEFINED or metadata event renders that one definition. It used to record the
+    host's inputs as seen, so the next pass skipped the others: after the partition's
+    cpuset changed, only the domain that happened to send an event followed it."""
+    from numahook.daemon.reconcile import Reconciler
+    from numahook.state.statedir import StateDir
+
+    roots = host_roots(tmp_path / "host", "single")
+    two = [domain(vcpus=1).replace("<name>vm</name>", f"<name>{n}</name>")
+           .replace("0000000000aa", f"0000000000{n}").replace(
+               "<domain type='kvm'>", f"<domain type='kvm' {TEST_NS}>", 1)
+           .replace("</domain>", "<test:runstate>5</test:runstate></domain>")
+           for n in ("a1", "b2")]
+    (tmp_path / "node.xml").write_text("<node>" + "".join(two) + "</node>")
+    cfg = Config(sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
+                 proc_root=str(roots["proc"]), libvirt_run=str(tmp_path),
+                 state_dir=str(tmp_path / "state"))
+    rec = Reconciler(cfg, StateDir(cfg.state_dir))
+    conn = libvirt.open(f"test://{tmp_path / 'node.xml'}")
+    try:
+        def pinned(name: str) -> bool:
+            xml = conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
+            return "cpuset='2'" in xml or 'cpuset="2"' in xml
+
+        rec.rerender_inactive(conn, force=True)
+        assert rec.stats.redefined == 2 and not pinned("a1") and not pinned("b2")
+        for name in ("cpuset.cpus", "cpuset.effective_cpus"):
+            (roots["cgroup"] / "cpuset" / "machine" / name).write_text("2-3\n")
+        rec.rerender_inactive(conn, only=conn.lookupByName("a1"))  # its event came first
+        assert pinned("a1")
+        rec.rerender_inactive(conn, cached=True)  # the reconcile pass
+        assert pinned("b2")
+    finally:
+        conn.close()
