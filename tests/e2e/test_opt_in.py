@@ -22,8 +22,8 @@ import pytest
 from numahook import NAMESPACE, cli
 from numahook.config import Config
 from numahook.state.statedir import StateDir
-from tests.e2e.daemonharness import Daemon
-from tests.e2e.helpers import HOLD, hook_config, metadata, render_here, wait_until
+from tests.e2e.daemonharness import Daemon, running
+from tests.e2e.helpers import HOLD, metadata, render_here, wait_until
 
 #: what the README gives to `virsh metadata … --key numahook --set`: libvirt puts the
 #: whole element in the namespace given with --uri
@@ -34,15 +34,8 @@ RENDER_BOUND = 1.0
 
 @pytest.fixture
 def numahookd(lab: Any, tmp_path: Path) -> Iterator[Daemon]:
-    with hook_config(""):
-        d = Daemon(tmp_path)
-        d.start()
-        try:
-            yield d
-        finally:
-            d.stop()
-            d.notify.close()
-            print(d.logtext()[-3000:], file=sys.stderr)
+    with running(tmp_path) as d:
+        yield d
 
 
 def persistent(conn: Any, name: str) -> str:
@@ -105,14 +98,8 @@ def test_virsh_edit_opts_a_domain_in(numahookd: Daemon, domains: Any, conn: Any,
 def test_the_hook_can_tell_whether_numahookd_runs(lab: Any, tmp_path: Path) -> None:
     """From its pid file alone: what the stale-definition refusal says (ops/lifecycle.py)."""
     state = StateDir(Config().state_dir)
-    with hook_config(""):
-        d = Daemon(tmp_path)
-        d.start()
-        try:
-            assert state.daemon_running()
-        finally:
-            d.stop()
-            d.notify.close()
+    with running(tmp_path):
+        assert state.daemon_running()
     assert not state.daemon_running() and not Path(state.daemon_file).exists()
 
 

@@ -85,14 +85,21 @@ ORPHAN_CLAIM = Claim(uuid="c7a5fdbd-cdaf-9455-926a-d65c16db1809", name="gone",
                      cpus=frozenset({2}), hugepages={(0, 2048): 1}, need={(0, 2048): 1})
 
 
-def _human_runs(roots: dict[str, Path], tmp_path: Path) -> list[tuple[str, ...]]:
-    """Every command whose output is for a human, on this host."""
+def _other_runs_and_gone_left_a_claim(roots: dict[str, Path], tmp_path: Path) -> list[str]:
+    """The CLI's arguments for a host where `other` runs (MANAGED_STATUS, RUNNING_CLAIM)
+    and `gone` left ORPHAN_CLAIM."""
     args = cli_args(roots, tmp_path)
     (tmp_path / "libvirt-run" / "other.xml").write_text(MANAGED_STATUS)
     state = StateDir(args[args.index("--state-dir") + 1])
     state.ensure()
     state.save(RUNNING_CLAIM)
     state.save(ORPHAN_CLAIM)
+    return args
+
+
+def _human_runs(roots: dict[str, Path], tmp_path: Path) -> list[tuple[str, ...]]:
+    """Every command whose output is for a human, on this host."""
+    args = _other_runs_and_gone_left_a_claim(roots, tmp_path)
     devices = "".join(devfix.hostdev(b) for b in ("0000:18:00.0", "0000:86:00.0",
                                                    "0000:5e:00.0"))
     domains = {"realtime": domain(realtime=RT), "advised": ADVISED,
@@ -213,13 +220,7 @@ def test_an_unknown_name_is_one_line_with_the_fix(
 
 def _status(capsys: pytest.CaptureFixture[str], roots: dict[str, Path], tmp_path: Path,
             uri: str, *argv: str) -> tuple[int, str, str]:
-    """status on a host where `other` runs (MANAGED_STATUS) and `gone` left a claim."""
-    args = cli_args(roots, tmp_path)
-    (tmp_path / "libvirt-run" / "other.xml").write_text(MANAGED_STATUS)
-    state = StateDir(args[args.index("--state-dir") + 1])
-    state.ensure()
-    state.save(RUNNING_CLAIM)
-    state.save(ORPHAN_CLAIM)
+    args = _other_runs_and_gone_left_a_claim(roots, tmp_path)
     return run_cli(capsys, "status", "--uri", uri, *args, *argv)
 
 
