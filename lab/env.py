@@ -50,6 +50,7 @@ PACKAGES = [
     "python3-daemon",
     "libxml2-utils",
     "libnuma1",
+    "virtinst",  # virt-install: the README's way to opt a new domain in (tests/e2e)
 ]
 
 HOOK_SOURCE = REPO / "libvirt-hooks" / "numahook"

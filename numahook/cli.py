@@ -11,9 +11,9 @@ import argparse
 import difflib
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
 
 from numahook import SCHEMA_VERSION, __version__
 from numahook import config as configmod
@@ -27,12 +27,9 @@ from numahook.errors import (
     Refusal,
     StateError,
 )
-from numahook.ops import hostinputs
+from numahook.ops import domains, hostinputs
 from numahook.ops.hostinputs import CpuSource
 from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
-
-if TYPE_CHECKING:
-    from numahook.node.model import NodeCapability
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
 #: ``render --diff``: the definition differs from its rendering (diff(1)'s 1)
@@ -54,6 +51,22 @@ def _read_source(path: str) -> bytes:
     if len(data) > _MAX_STDIN:
         raise InputError(f"{path} is larger than {_MAX_STDIN} bytes")
     return data
+
+
+def _source(args: argparse.Namespace) -> bytes:
+    """FILE, - or a defined domain's name or UUID. A path that exists is a file, so a file
+    wins over a domain of the same name; a name with a / is a path (never a domain's)."""
+    what = args.file
+    if what == "-" or "/" in what or os.path.exists(what):
+        return _read_source(what)
+    try:
+        return domains.definition(args.uri or _config(args).libvirt_uri, what).encode()
+    except InputError:
+        raise InputError(f"{what} is neither a file nor a domain libvirt has defined (by name "
+                         "or UUID); check the path, or `virsh list --all`") from None
+    except HostError as exc:
+        raise HostError(f"{what} is not a file, and looking it up as a domain failed: "
+                        f"{exc}") from None
 
 
 def _print_json(doc: dict[str, object]) -> None:
@@ -83,7 +96,7 @@ def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[Inputs, CpuSo
 
 
 def cmd_render(args: argparse.Namespace) -> int:
-    source = _read_source(args.file)
+    source = _source(args)
     doc = render.parse(source)
     inp, _ = _inputs(args, doc)
     result = render.render_parsed(doc, inp)
@@ -100,7 +113,7 @@ def cmd_render(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    doc = render.parse(_read_source(args.file))
+    doc = render.parse(_source(args))
     inp, view = _inputs(args, doc)
     ev = render.evaluate(doc, inp)
     pages = hostinputs.page_supply(ev.plan, inp.config.sysfs_root) if ev.plan is not None else None
@@ -117,19 +130,6 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK if ev.failed is None else EXIT_REFUSED
 
 
-def verdict(cap: NodeCapability) -> str:
-    """The one-line verdict: KubeVirt's test, and with it what a real-time start gets here.
-
-    ``realtime_capable`` (the sysctl is -1) is the verdict everywhere: the report's first
-    line, the JSON, the NFD label and the metric; ``--check`` exits by it.
-    """
-    policy = cap.start_policy
-    starts = f"real-time starts {'allowed' if policy.ok else 'refused'} ({policy.mode})"
-    if cap.realtime_capable:
-        return f"real-time capable; {starts}"
-    return f"not real-time capable: {cap.reasons[0]}; {starts}"
-
-
 def cmd_node(args: argparse.Namespace) -> int:
     """A report exits 0; ``--check`` exits 1 on a node that is not real-time capable."""
     from numahook.node import probe, report
@@ -140,26 +140,12 @@ def cmd_node(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(cap.to_json())
     elif args.check:
-        print(verdict(cap))
+        print(report.verdict(cap))
     else:
         print(report.text_report(cap))
     if args.check and not cap.realtime_capable:
         return EXIT_NOT_CAPABLE
     return EXIT_OK
-
-
-def _libvirt(uri: str, readonly: bool = False) -> Any:
-    try:
-        import libvirt
-    except ImportError:
-        raise HostError("python3-libvirt is not installed; install it to talk to "
-                        "libvirt") from None
-    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
-    try:
-        return libvirt.openReadOnly(uri) if readonly else libvirt.open(uri)
-    except libvirt.libvirtError as exc:
-        raise HostError(f"cannot connect to libvirt at {uri} ({exc.get_error_message()}); "
-                        "is libvirtd (or virtqemud) running?") from None
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -169,13 +155,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
     from numahook.state.statedir import StateDir
 
     cfg = _config(args)
-    conn = _libvirt(args.uri or cfg.libvirt_uri)
+    conn = domains.connect(args.uri or cfg.libvirt_uri)
     try:
-        try:
-            dom = conn.lookupByName(args.name)
-        except libvirt.libvirtError:
-            raise InputError(f"libvirt has no domain named {args.name!r}; check `virsh list "
-                             "--all`") from None
+        dom = domains.lookup(conn, args.name)
         try:
             outcome = redefine.apply(conn, dom, cfg, StateDir(cfg.state_dir))
         except libvirt.libvirtError as exc:
@@ -183,10 +165,7 @@ def cmd_apply(args: argparse.Namespace) -> int:
                             f"{exc.get_error_message()}; check that libvirtd is running and "
                             "try again") from None
     finally:
-        try:
-            conn.close()
-        except libvirt.libvirtError:
-            pass
+        domains.close(conn)
     if outcome is None:
         raise InputError(f"{args.name} has no <numahook:domain> metadata; add it to opt in")
     if outcome.refused:
@@ -202,14 +181,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     cfg = _config(args)
     conn = None
     try:
-        conn = _libvirt(args.uri or cfg.libvirt_uri, readonly=True)
+        conn = domains.connect(args.uri or cfg.libvirt_uri, readonly=True)
     except HostError as exc:
         print(f"numahook: {exc}; showing running domains only", file=sys.stderr)
     try:
         doc = status.collect(cfg, conn)
+        if args.domain is not None:
+            doc = status.only(doc, args.domain, conn)
     finally:
         if conn is not None:
-            conn.close()
+            domains.close(conn)
     if args.json:
         _print_json(doc)
     else:
@@ -299,6 +280,12 @@ def _command(sub: argparse._SubParsersAction, name: str, summary: str,
                           formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+#: what render and check read: the same words in both --help texts and numahook(8)
+SOURCE_HELP = ("domain XML file, - for stdin, or the name or UUID of a domain libvirt has "
+               "defined (its persistent definition); a file wins over a domain of the same "
+               "name")
+
+
 def parser() -> argparse.ArgumentParser:
     """The whole command line; scripts/gen-man writes the man page and completion from it."""
     ap = argparse.ArgumentParser(prog="numahook", description=__doc__, epilog=EPILOG,
@@ -309,16 +296,18 @@ def parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND",
                             title="commands", help="see numahook COMMAND --help")
     p = _command(sub, "render", "print the domain XML as numahook renders it for this host", (
-        "Print FILE's domain XML with the pinning, guest NUMA cells, hugepage binding and\n"
+        "Print the domain XML with the pinning, guest NUMA cells, hugepage binding and\n"
         "real-time settings numahook gives it on this host. Nothing is changed; the\n"
         "definition libvirt holds is changed by `numahook apply` or numahookd."))
     _what_if(p)
+    _uri(p)
     p.add_argument("--diff", action="store_true",
-                   help="print a unified diff against FILE instead; exit 1 if they differ")
-    p.add_argument("file", metavar="FILE", help="domain XML file, or - for stdin")
+                   help="print a unified diff against the input instead; exit 1 if they "
+                   "differ")
+    p.add_argument("file", metavar="FILE|NAME", help=SOURCE_HELP)
     p.set_defaults(func=cmd_render)
     p = _command(sub, "check", "list every precondition of a domain as passed or failed", (
-        "Check every precondition of FILE's domain on this host (feature gates, dedicated\n"
+        "Check every precondition of the domain on this host (feature gates, dedicated\n"
         "CPUs, hugepages, topology, the real-time mask, the node, device locality) and show\n"
         "the pinning and cells it would get, and each passthrough device's host node, root\n"
         "complex and place in the guest. It shows the hugepages a start would reserve on\n"
@@ -328,9 +317,10 @@ def parser() -> argparse.ArgumentParser:
         "its memory bound strict to that node. Exits 1 if any precondition fails, naming\n"
         "each fix."))
     _what_if(p)
+    _uri(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (docs/schemas/check.schema.json)")
-    p.add_argument("file", metavar="FILE", help="domain XML file, or - for stdin")
+    p.add_argument("file", metavar="FILE|NAME", help=SOURCE_HELP)
     p.set_defaults(func=cmd_check)
     p = _command(sub, "node", "say whether this node is real-time capable, and why", (
         "Report whether this node is real-time capable (KubeVirt's test:\n"
@@ -353,17 +343,20 @@ def parser() -> argparse.ArgumentParser:
         "this by itself when it runs."))
     _common(p)
     _uri(p)
-    p.add_argument("name", metavar="NAME", help="the libvirt domain's name")
+    p.add_argument("name", metavar="NAME", help="the libvirt domain's name or UUID")
     p.set_defaults(func=cmd_apply)
     p = _command(sub, "status", "show what the managed domains hold and how their vCPUs run", (
         "List the managed domains: pinning, guest cells, each vCPU's scheduling as read\n"
         "back from its thread, each passthrough device's host node, root complex and place\n"
         "in the guest, the kvm-pit thread's CPUs, the hugepages numahook reserved, and\n"
-        "claims left by domains that no longer run. Works from files while libvirt is down."))
+        "claims left by domains that no longer run. Works from files while libvirt is down.\n"
+        "With NAME, only that domain, in the same form."))
     _common(p)
     _uri(p)
     p.add_argument("--json", action="store_true",
                    help="print one JSON object (docs/schemas/status.schema.json)")
+    p.add_argument("domain", metavar="NAME", nargs="?",
+                   help="show only this domain: its name or UUID")
     p.set_defaults(func=cmd_status)
     return ap
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import libvirt
 
+from numahook import NAMESPACE
 from numahook.daemon.loop import Loop
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,8 @@ CONNECT_WARN = 30.0
 class Connection:
     def __init__(self, uri: str, loop: Loop, on_event: EventHandler,
                  on_connected: Callable[[], None], on_lost: Callable[[], None],
-                 on_failed: Callable[[], None] | None = None) -> None:
+                 on_failed: Callable[[], None] | None = None,
+                 on_metadata: Callable[[Any], None] | None = None) -> None:
         self.uri = uri
         self.loop = loop
         self.on_event = on_event
@@ -69,6 +71,8 @@ class Connection:
         self.on_lost = on_lost
         #: an attempt failed (the next is scheduled)
         self.on_failed = on_failed
+        #: our namespace's metadata of a domain changed (``virsh metadata --set``)
+        self.on_metadata = on_metadata
         self.conn: Any = None
         self._attempt = 0
         self._retry: int | None = None
@@ -137,6 +141,9 @@ class Connection:
             result.registerCloseCallback(self._closed, None)
             result.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE,
                                           self._lifecycle, None)
+            # virDomainSetMetadata (virsh metadata --set) sends this one, never DEFINED
+            result.domainEventRegisterAny(None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE,
+                                          self._metadata, None)
         except libvirt.libvirtError as exc:
             delay = _BACKOFF[min(self._attempt, len(_BACKOFF) - 1)]
             self._attempt += 1
@@ -168,6 +175,15 @@ class Connection:
 
     def _lifecycle(self, _conn: Any, dom: Any, event: int, detail: int, _opaque: Any) -> None:
         self.on_event(dom, event, detail)
+
+    def _metadata(self, _conn: Any, dom: Any, mtype: int, nsuri: str | None,
+                  _opaque: Any) -> None:
+        """Only our namespace: a <description> or another tool's element is not our input."""
+        handler = self.on_metadata
+        if handler is not None and mtype == libvirt.VIR_DOMAIN_METADATA_ELEMENT and \
+                nsuri == NAMESPACE:
+            log.debug("event metadata-change on %s in our namespace", dom.name())
+            self.loop.guard("metadata change", lambda: handler(dom))
 
     def close(self) -> None:
         if self._retry is not None:

@@ -23,7 +23,7 @@ from typing import Any
 
 from numahook import NAMESPACE, __version__, faults
 from numahook import config as configmod
-from numahook.daemon import logs
+from numahook.daemon import logs, usage
 from numahook.daemon.connection import EVENTS, Connection
 from numahook.daemon.loop import Loop
 from numahook.daemon.notify import Notifier
@@ -35,7 +35,7 @@ from numahook.daemon.publisher import (
     read_only_hint,
 )
 from numahook.daemon.reconcile import Reconciler
-from numahook.daemon.usage import ENVIRONMENT, EXIT_DEPENDENCY, EXIT_STATUS
+from numahook.daemon.usage import EXIT_DEPENDENCY
 from numahook.daemon.vcpuwatch import VcpuWatch
 from numahook.errors import ConfigError, NumahookError
 from numahook.host import uevents
@@ -64,7 +64,8 @@ class Daemon:
         self.state = StateDir(cfg.state_dir)
         self.reconciler = Reconciler(cfg, self.state)
         self.conn = Connection(cfg.libvirt_uri, self.loop, self.on_event, self.on_connected,
-                               self.on_lost, on_failed=self.ready)
+                               self.on_lost, on_failed=self.ready,
+                               on_metadata=self.on_metadata)
         self.capability: Any = None
         self._timers: dict[str, int] = {}
         self._uevents: Any = None
@@ -158,13 +159,7 @@ class Daemon:
             if faults.hit("daemon.drop-defined"):
                 log.warning("fault daemon.drop-defined: dropped the DEFINED event of %s", name)
                 return
-            if not dom.isActive():
-                try:
-                    managed = NAMESPACE in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
-                except libvirt.libvirtError:
-                    return
-                if managed:
-                    self.reconciler.rerender_inactive(self.conn.conn, only=dom)
+            self.on_metadata(dom)
         elif event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
             self.reconciler.forget(dom.UUIDString())
             self.reconciler.realtime_backstop(only=name)
@@ -175,6 +170,19 @@ class Daemon:
             # CPUs came free: inactive definitions may render differently now
             self.reconciler.rerender_inactive(self.conn.conn)
             self.publish()
+
+    def on_metadata(self, dom: Any) -> None:
+        """A definition changed: DEFINED, or `virsh metadata --config --set` on our
+        namespace, which sends no DEFINED. Rendered at once when inactive: our own
+        defineXML sends DEFINED again, and redefine.rerender finds it up to date."""
+        import libvirt
+
+        try:
+            if dom.isActive() or NAMESPACE not in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE):
+                return
+        except libvirt.libvirtError:
+            return  # undefined meanwhile
+        self.reconciler.rerender_inactive(self.conn.conn, only=dom)
 
     # -- signals --------------------------------------------------------------------
     def reload(self) -> None:
@@ -290,6 +298,7 @@ class Daemon:
     # -- running --------------------------------------------------------------------
     def run(self) -> int:
         self.state.ensure()
+        self.loop.guard("pid file", self.state.mark_daemon)  # for the hook's refusals
         self.loop.on_signal(signal.SIGHUP, self.reload)
         self.loop.on_signal(signal.SIGTERM, self.shutdown)
         self.loop.on_signal(signal.SIGINT, self.shutdown)
@@ -320,6 +329,7 @@ class Daemon:
                     remove(where)
                 except (NumahookError, OSError) as exc:
                     log.warning("removing the %s file failed: %s", what, exc)
+            self.state.unmark_daemon()
             self.conn.close()
             if self._uevents is not None:
                 self._uevents.close()
@@ -342,31 +352,7 @@ def _run(cfg: configmod.Config, args: argparse.Namespace, log_file: str | None) 
 
 def parser() -> argparse.ArgumentParser:
     """The command line; scripts/gen-man writes numahookd(8) and its completion from it."""
-    from numahook.cli import epilog
-
-    ap = argparse.ArgumentParser(prog="numahookd", description=__doc__,
-                                 epilog=epilog(EXIT_STATUS, ENVIRONMENT),
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--version", action="version", version=f"numahookd {__version__}")
-    ap.add_argument("--config", metavar="FILE",
-                    help=f"read this configuration file (default {configmod.DEFAULT_PATH}, "
-                    "or $NUMAHOOK_CONFIG)")
-    ap.add_argument("--state-dir", metavar="DIR",
-                    help="keep claims and node.json here instead of [paths] state_dir "
-                    "(default /run/numahook)")
-    ap.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
-    g = ap.add_argument_group("running without systemd")
-    g.add_argument("--foreground", action="store_true",
-                   help="stay in the foreground (the default; what systemd wants)")
-    g.add_argument("--daemonize", action="store_true",
-                   help="detach from the terminal, for hosts without systemd; needs "
-                   "python-daemon (python3-daemon)")
-    g.add_argument("--pidfile", metavar="FILE", default="/run/numahookd.pid",
-                   help="with --daemonize: write the pid here (default /run/numahookd.pid)")
-    g.add_argument("--log-file", metavar="FILE", default=None,
-                   help="log here instead of stderr (default with --daemonize: "
-                   "/var/log/numahookd.log)")
-    return ap
+    return usage.parser(__doc__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -6,7 +6,6 @@ threads, a hook killed half-way, a cpuset changed under an inactive definition).
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -316,7 +315,7 @@ class Reconciler:
         elif self._inactive is not None:
             self._inactive.update(listed)
         fp = self.inputs_fingerprint({d.partition for d in (self._inactive or listed).values()})
-        unseen = [m for m in managed if self._rendered_from.get(m[2]) != _digest(m[1])]
+        unseen = [m for m in managed if self._rendered_from.get(m[2]) != redefine.digest(m[1])]
         if resync and unseen:
             log.warning("resync: %s changed without an event reaching numahookd (%s); "
                         "rendering again", counted(len(unseen), "definition"),
@@ -325,10 +324,11 @@ class Reconciler:
             if not resync:
                 return
             managed = unseen  # the inputs are unchanged: the rest are rendered already
-        self._fingerprint = fp
+        if only is None:  # one definition rendered says nothing of the others' inputs
+            self._fingerprint = fp
         for dom, xml, uuid in managed:
             self._rerender_one(conn, dom, xml)
-            self._rendered_from[uuid] = _digest(xml)
+            self._rendered_from[uuid] = redefine.digest(xml)
 
     def forget(self, uuid: str) -> None:
         """A definition went away or started: the next listing has the truth."""
@@ -362,7 +362,7 @@ class Reconciler:
         self.stats.refused.pop(out.name, None)
         if not out.changed or out.xml is None:
             return
-        digest = hashlib.sha256(out.xml.encode()).hexdigest()
+        digest = redefine.digest(out.xml)
         last = self._defined_digest.get(out.name)
         if last and last[0] == digest and time.monotonic() - last[1] < 60:
             log.error("%s: refusing to redefine the same XML twice within a minute (libvirt "
@@ -394,7 +394,3 @@ class Reconciler:
                             part.__name__, exc.get_error_message())
         self.stats.passes += 1
         self.stats.last_pass_seconds = time.monotonic() - start
-
-
-def _digest(xml: str) -> str:
-    return hashlib.sha256(xml.encode()).hexdigest()

@@ -57,6 +57,17 @@ def comm_of(tid: int, proc_root: str = "/proc") -> str | None:
         return None
 
 
+def start_time(pid: int, proc_root: str = "/proc") -> int | None:
+    """When process ``pid`` started (clock ticks after boot, the 22nd field of its stat);
+    None when it is gone. With the pid it names one process: a reused pid starts later."""
+    try:
+        text = fsutil.read_text(fsutil.under(proc_root, str(int(pid)), "stat"), 4096)
+    except InputError:
+        return None
+    fields = text.rpartition(")")[2].split()  # the command name may hold spaces and ')'
+    return int(fields[19]) if len(fields) > 19 and is_decimal(fields[19]) else None
+
+
 def vcpu_threads_from_proc(pid: int, proc_root: str = "/proc") -> dict[int, int]:
     """Map vCPU id to thread id by QEMU's thread names (fallback for the status XML)."""
     out: dict[int, int] = {}

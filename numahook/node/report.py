@@ -129,3 +129,16 @@ def text_report(cap: NodeCapability) -> str:
         lines.append("warnings:")
         lines += [f"  - {w}" for w in cap.warnings]
     return "\n".join(lines)
+
+
+def verdict(cap: NodeCapability) -> str:
+    """The one-line verdict: KubeVirt's test, and with it what a real-time start gets here.
+
+    ``realtime_capable`` (the sysctl is -1) is the verdict everywhere: the report's first
+    line, the JSON, the NFD label and the metric; ``--check`` exits by it.
+    """
+    policy = cap.start_policy
+    starts = f"real-time starts {'allowed' if policy.ok else 'refused'} ({policy.mode})"
+    if cap.realtime_capable:
+        return f"real-time capable; {starts}"
+    return f"not real-time capable: {cap.reasons[0]}; {starts}"

@@ -45,6 +45,17 @@ def _pending_pages(state: StateDir, exclude_uuid: str) -> dict[tuple[int, int], 
     return out
 
 
+def rerender_fix(name: str, cfg: Config, state: StateDir) -> str:
+    """The one command that renders ``name``: numahookd renders a definition within a
+    second of a change, so a stale one means it is not running, or has not seen the
+    change (the host's inputs are checked every reconcile_interval)."""
+    if state.daemon_running(cfg.proc_root):
+        return (f"numahookd is running but has not rendered it yet; run `numahook apply "
+                f"{name}`, then start again")
+    return (f"numahookd is not running, so nothing renders definitions; run `systemctl start "
+            f"numahookd` (it renders {name} at once), then start again")
+
+
 @record(frozen=True)
 class Admission:
     claim: Claim
@@ -79,11 +90,9 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
         assert plan is not None
         stale = hardware.differences(doc.facts, plan)
         if stale:
-            raise Refusal(
-                f"{name}'s definition does not match this host: {stale[0]}; "
-                f"{view.describe()}; run "
-                f"`numahook apply {name}` or let numahookd re-render it, then start again",
-                "stale-definition")
+            raise Refusal(f"{name}'s definition does not match this host: {stale[0]}; "
+                          f"{view.describe()}; {rerender_fix(name, cfg, state)}",
+                          "stale-definition")
         if plan.realtime_vcpus:
             gate = rtsched.realtime_gate(cfg)
             if not gate.ok:

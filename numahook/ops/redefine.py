@@ -6,6 +6,7 @@ definition we wrote is never rewritten again for nothing: no redefine loops.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,12 @@ class Outcome:
     xml: str | None = None
     #: the domain cannot be rendered here (the start would be refused with this)
     refused: str | None = None
+
+
+def digest(xml: str) -> str:
+    """What numahookd keeps of a definition it rendered from or wrote: the same XML is the
+    same digest, so an unchanged definition is not rendered or written again."""
+    return hashlib.sha256(xml.encode()).hexdigest()
 
 
 def rerender(xml: str, cfg: Config, state: StateDir | None) -> Outcome | None:

@@ -13,7 +13,7 @@ from numahook import NAMESPACE
 from numahook.config import Config
 from numahook.core import cpulist, explain, metadata, placement, render
 from numahook.core.units import counted
-from numahook.errors import NumahookError
+from numahook.errors import InputError, NumahookError
 from numahook.host import fsutil, hugepages, libvirtstatus, procfs, sysfs
 from numahook.host.hugepages import PoolKey
 from numahook.ops import kvmpit
@@ -192,3 +192,28 @@ def text(doc: dict[str, Any]) -> str:
         lines.append(f"orphan claim {c['name']} ({c['uuid']}) phase {c['phase']}: numahookd "
                      "releases it")
     return "\n".join(lines) or "no managed domains"
+
+
+def only(doc: dict[str, Any], key: str, conn: Any = None) -> dict[str, Any]:
+    """``status NAME``: the same document with only that domain's entries, by name or UUID,
+    so that scripts read one schema whether they ask for one domain or all."""
+    def match(d: dict[str, Any]) -> bool:
+        return key == d["name"] or key.lower() == str(d["uuid"]).lower()
+
+    out = {k: [d for d in v if match(d)] for k, v in doc.items()}
+    if any(out.values()):
+        return out
+    if conn is None:
+        raise InputError(f"no managed domain named {key!r} or with that UUID runs or holds a "
+                         "claim, and without libvirt the others cannot be listed; start "
+                         "libvirtd, or check `virsh list --all`")
+    import libvirt
+
+    from numahook.ops import domains
+
+    dom = domains.lookup(conn, key)  # an InputError naming the fix if libvirt has none
+    if dom.isActive() and NAMESPACE in dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE):
+        raise InputError(f"{dom.name()} opted in after it started, so numahook manages it "
+                         "from its next start; restart it (shut it down and start it)")
+    raise InputError(f"{dom.name()} is not managed by numahook: its definition has no "
+                     "<numahook:domain> metadata; add it to opt in (numahook(8), OPTING IN)")

@@ -11,6 +11,8 @@ Layout (``/run/numahook`` by default, 0700, files 0600)::
 
     lock               flock(2) target; held for every read-modify-write
     claims/<uuid>.json one record per domain, replaced atomically
+    numahookd.pid      "PID START BOOT" of the running numahookd, so that the hook, which
+                       may ask neither libvirt nor systemd, can say whether it runs
 """
 
 from __future__ import annotations
@@ -27,10 +29,11 @@ from contextlib import contextmanager
 from numahook import log as logmod
 from numahook import records
 from numahook.core.rtbudget import BudgetRecord
+from numahook.core.units import is_decimal
 from numahook.errors import InputError, StateError
-from numahook.host import fsutil
+from numahook.host import fsutil, procfs
 from numahook.host.hugepages import Pending, PoolKey
-from numahook.state.claims import UUID_PATTERN, Claim, check_uuid
+from numahook.state.claims import UUID_PATTERN, Claim, boot_id, check_uuid
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -49,6 +52,7 @@ class StateDir:
     def __init__(self, path: str = DEFAULT_DIR) -> None:
         self.path = fsutil.clean(path)
         self.claims_dir = os.path.join(self.path, "claims")
+        self.daemon_file = os.path.join(self.path, "numahookd.pid")
 
     def ensure(self) -> None:
         """Create the directories 0700, and refuse one that others could write to."""
@@ -75,6 +79,34 @@ class StateDir:
                 f"creating the state directory {self.path} failed: {exc.strerror}; "
                 "check that its parent exists and is writable by root"
             ) from None
+
+    def mark_daemon(self) -> None:
+        """numahookd runs as this process: a stale definition's refusal then says that
+        numahookd will render it, or that it must be started."""
+        pid = os.getpid()
+        fsutil.atomic_write(self.daemon_file, f"{pid} {procfs.start_time(pid)} {boot_id()}\n",
+                            0o600, durable=False)
+
+    def unmark_daemon(self) -> None:
+        """At exit; a newer numahookd's file is left alone."""
+        if self._daemon() == (str(os.getpid()), str(procfs.start_time(os.getpid())), boot_id()):
+            try:
+                os.unlink(self.daemon_file)
+            except OSError as exc:
+                log.warning("cannot remove %s: %s", self.daemon_file, exc.strerror)
+
+    def _daemon(self) -> tuple[str, ...]:
+        try:
+            return tuple(fsutil.read_text(self.daemon_file, 256).split())
+        except InputError:
+            return ()
+
+    def daemon_running(self, proc_root: str = "/proc") -> bool:
+        """The numahookd that wrote the pid file still runs: same pid, start and boot (a
+        killed numahookd leaves the file, and its pid may be reused)."""
+        mark = self._daemon()
+        return (len(mark) == 3 and is_decimal(mark[0]) and mark[2] == boot_id()
+                and str(procfs.start_time(int(mark[0]), proc_root)) == mark[1])
 
     @contextmanager
     def lock(self, timeout: float = 30.0) -> Iterator[None]:

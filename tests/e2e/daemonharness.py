@@ -3,15 +3,17 @@ watchdog, a test config (1 s reconcile, 2 s probe) and a log file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tests.e2e.helpers import wait_until
+from tests.e2e.helpers import hook_config, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -141,3 +143,17 @@ class Daemon:
 
     def logtext(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+@contextlib.contextmanager
+def running(tmp: Path, hook_conf: str = "") -> Iterator[Daemon]:
+    """A started numahookd, the hook under ``hook_conf``; its log's tail on stderr after."""
+    with hook_config(hook_conf):
+        d = Daemon(tmp)
+        d.start()
+        try:
+            yield d
+        finally:
+            d.stop()
+            d.notify.close()
+            print(d.logtext()[-3000:], file=sys.stderr)

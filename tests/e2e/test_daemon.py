@@ -23,7 +23,7 @@ from lab.report import parse as parse_report
 from numahook.host import procfs, rtsched
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
-from tests.e2e.daemonharness import Daemon
+from tests.e2e.daemonharness import Daemon, running
 from tests.e2e.helpers import (
     CLAIMS,
     HOLD,
@@ -43,15 +43,8 @@ NODE_JSON = Path("/run/numahook/node.json")
 
 @pytest.fixture
 def numahookd(lab: Any, tmp_path: Path) -> Iterator[Daemon]:
-    with hook_config("[realtime]\nthrottled = delegate\n"):
-        d = Daemon(tmp_path)
-        d.start()
-        try:
-            yield d
-        finally:
-            d.stop()
-            d.notify.close()
-            print(d.logtext()[-3000:], file=sys.stderr)
+    with running(tmp_path, "[realtime]\nthrottled = delegate\n") as d:
+        yield d
 
 
 def node_json() -> dict[str, Any]:

@@ -28,7 +28,7 @@ from numahook.daemon.reconcile import Reconciler
 from numahook.errors import HostError, NumahookError, Refusal, StateError
 from numahook.host import fsutil, hugepages, rtsched
 from numahook.node import probe, report
-from numahook.ops import lifecycle, redefine
+from numahook.ops import domains, lifecycle, redefine
 from numahook.state import claims
 from numahook.state.statedir import StateDir
 
@@ -525,7 +525,7 @@ def test_cli_apply_reports_a_dropped_connection_in_one_line(
     _libvirt()
     fault(f"libvirt-drop-cli-{where}")
     conn = FakeConn(FakeDom(_unrendered(host), where), where)
-    monkeypatch.setattr(cli, "_libvirt", lambda uri, readonly=False: conn)
+    monkeypatch.setattr(domains, "connect", lambda uri, readonly=False: conn)
     args = argparse.Namespace(config=str(host.config), uri=None, name=NAME, sysfs_root=None,
                               cgroup_root=None, proc_root=None, state_dir=None,
                               libvirt_run=None)

@@ -85,14 +85,21 @@ ORPHAN_CLAIM = Claim(uuid="c7a5fdbd-cdaf-9455-926a-d65c16db1809", name="gone",
                      cpus=frozenset({2}), hugepages={(0, 2048): 1}, need={(0, 2048): 1})
 
 
-def _human_runs(roots: dict[str, Path], tmp_path: Path) -> list[tuple[str, ...]]:
-    """Every command whose output is for a human, on this host."""
+def _other_runs_and_gone_left_a_claim(roots: dict[str, Path], tmp_path: Path) -> list[str]:
+    """The CLI's arguments for a host where `other` runs (MANAGED_STATUS, RUNNING_CLAIM)
+    and `gone` left ORPHAN_CLAIM."""
     args = cli_args(roots, tmp_path)
     (tmp_path / "libvirt-run" / "other.xml").write_text(MANAGED_STATUS)
     state = StateDir(args[args.index("--state-dir") + 1])
     state.ensure()
     state.save(RUNNING_CLAIM)
     state.save(ORPHAN_CLAIM)
+    return args
+
+
+def _human_runs(roots: dict[str, Path], tmp_path: Path) -> list[tuple[str, ...]]:
+    """Every command whose output is for a human, on this host."""
+    args = _other_runs_and_gone_left_a_claim(roots, tmp_path)
     devices = "".join(devfix.hostdev(b) for b in ("0000:18:00.0", "0000:86:00.0",
                                                    "0000:5e:00.0"))
     domains = {"realtime": domain(realtime=RT), "advised": ADVISED,
@@ -148,3 +155,106 @@ def test_check_counts_in_the_singular_where_there_is_one(
                          write(tmp_path, domain(vcpus=1)))
     assert rc == 0
     assert "1 vCPU as 1 socket, 1 die, 1 core, 1 thread" in out
+
+
+# --------------------------------------------------------------------------- domain names
+
+TEST_NS = "xmlns:test='http://libvirt.org/schemas/domain/test/1.0'"
+#: domain()'s UUID
+VM_UUID = "5e1b1a5e-0000-4000-8000-0000000000aa"
+
+
+def libvirt_test_uri(tmp_path: Path, *xmls: str) -> str:
+    """A URI of libvirt's in-process test driver holding these domains, shut off."""
+    pytest.importorskip("libvirt")  # not in the Python 3.9 venv of scripts/test
+    node = tmp_path / "node.xml"
+    node.write_text("<node>" + "".join(
+        x.replace("<domain type='kvm'>", f"<domain type='kvm' {TEST_NS}>", 1)
+         .replace("</domain>", "<test:runstate>5</test:runstate></domain>") for x in xmls)
+        + "</node>")
+    return f"test://{node}"
+
+
+@pytest.mark.parametrize("key", ["vm", VM_UUID, VM_UUID.upper()])
+@pytest.mark.parametrize("command", [["check"], ["check", "--json"], ["render"]])
+def test_check_and_render_take_a_defined_domains_name_or_uuid(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, command: list[str], key: str) -> None:
+    """As apply does; `numahook check rt3` used to say "cannot read rt3"."""
+    uri = libvirt_test_uri(tmp_path, domain(vcpus=2))
+    monkeypatch.chdir(tmp_path)
+    by_name = run_cli(capsys, *command, "--uri", uri, *cli_args(single_v1, tmp_path), key)
+    from_file = run_cli(capsys, *command, *cli_args(single_v1, tmp_path),
+                        write(tmp_path, domain(vcpus=2), "vm.xml"))
+    assert by_name[0] == 0 and by_name[2] == ""
+    # the same answer as for the file: libvirt's formatting aside, the same domain
+    if command == ["render"]:
+        assert "<vcpupin vcpu='1'" in by_name[1] and "<vcpupin vcpu='1'" in from_file[1]
+    else:
+        assert by_name[1] == from_file[1]
+
+
+def test_a_file_wins_over_a_domain_of_the_same_name(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    uri = libvirt_test_uri(tmp_path, domain(vcpus=2))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "vm").write_text(domain(vcpus=2).replace("<name>vm</name>",
+                                                         "<name>from-the-file</name>"))
+    rc, out, _ = run_cli(capsys, "check", "--uri", uri, *cli_args(single_v1, tmp_path), "vm")
+    assert rc == 0 and out.startswith("from-the-file")
+
+
+@pytest.mark.parametrize("command", [["check"], ["render", "--diff"]])
+def test_an_unknown_name_is_one_line_with_the_fix(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch, command: list[str]) -> None:
+    uri = libvirt_test_uri(tmp_path, domain(vcpus=2))
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = run_cli(capsys, *command, "--uri", uri, *cli_args(single_v1, tmp_path),
+                           "rt3")
+    assert (rc, out) == (2, "")
+    assert err == ("numahook: rt3 is neither a file nor a domain libvirt has defined (by name "
+                   "or UUID); check the path, or `virsh list --all`\n")
+
+
+def _status(capsys: pytest.CaptureFixture[str], roots: dict[str, Path], tmp_path: Path,
+            uri: str, *argv: str) -> tuple[int, str, str]:
+    args = _other_runs_and_gone_left_a_claim(roots, tmp_path)
+    return run_cli(capsys, "status", "--uri", uri, *args, *argv)
+
+
+@pytest.mark.parametrize("key, section, name", [
+    ("vm", "inactive", "vm"), (VM_UUID.upper(), "inactive", "vm"),
+    ("other", "running", "other"), (RUNNING_CLAIM.uuid, "running", "other"),
+    ("gone", "orphan_claims", "gone")])
+def test_status_name_shows_that_domain_alone_in_the_same_schema(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path,
+        key: str, section: str, name: str) -> None:
+    from tests.support.schemas import validate
+
+    uri = libvirt_test_uri(tmp_path, domain(vcpus=2))
+    rc, out, err = _status(capsys, single_v1, tmp_path, uri, "--json", key)
+    assert (rc, err) == (0, "")
+    doc = json.loads(out)
+    validate("status", doc)
+    assert {k: [d["name"] for d in v] for k, v in doc.items() if k != "schema_version"} == \
+        {"running": [], "inactive": [], "orphan_claims": [], section: [name]}
+    rc, text, _ = _status(capsys, single_v1, tmp_path, uri, key)
+    assert rc == 0 and text.startswith(("orphan claim " if section == "orphan_claims" else "")
+                                       + name)
+
+
+@pytest.mark.parametrize("key, error", [
+    ("nosuch", "libvirt has no domain named 'nosuch' or with that UUID; check `virsh list "
+               "--all`"),
+    ("plain", "plain is not managed by numahook: its definition has no <numahook:domain> "
+              "metadata; add it to opt in (numahook(8), OPTING IN)")])
+def test_status_of_an_unknown_or_unmanaged_domain_is_one_line_with_the_fix(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path,
+        key: str, error: str) -> None:
+    plain = domain(vcpus=1).replace("<name>vm</name>", "<name>plain</name>")
+    start, end = plain.index("<metadata>"), plain.index("</metadata>") + len("</metadata>")
+    uri = libvirt_test_uri(tmp_path, plain[:start] + plain[end:])
+    rc, out, err = _status(capsys, single_v1, tmp_path, uri, key)
+    assert (rc, out, err) == (2, "", f"numahook: {error}\n")

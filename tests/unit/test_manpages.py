@@ -144,3 +144,17 @@ def test_daemonize_without_python_daemon_says_what_to_install(
     assert daemon_main.main(["--daemonize", "--config", "/dev/null"]) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "install python3-daemon" in err
+
+
+def test_readme_and_numahook_8_show_the_same_three_ways_to_opt_in() -> None:
+    """An operator reads one or the other (issue 31): the commands must be the same."""
+    gen = gen_man()
+    readme = (REPO / "README.md").read_text()
+    page = (MAN / "numahook.8").read_text().replace("\\-", "-").replace("\\e", "\\")
+    assert [when for when, _, _ in gen.OPTING_IN] == [
+        "a defined domain: virsh metadata", "a new domain: virt-install --xml",
+        "any domain: virsh edit"]
+    for _, command, _ in gen.OPTING_IN:
+        assert f"  {command}\n" in readme, f"the README lacks {command}"
+        assert f"\n{command}\n" in page, f"numahook(8) lacks {command}"
+    assert "https://numahook.io/xmlns/domain/1" in page and "OPTING IN" in page

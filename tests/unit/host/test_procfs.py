@@ -177,3 +177,13 @@ def test_thread_group_and_qemu_uuid_from_a_fixture_tree(tmp_path: Path) -> None:
 def test_thread_group_of_a_real_thread(qemu_like: subprocess.Popen[str]) -> None:
     tids = procfs.threads(qemu_like.pid)
     assert {procfs.thread_group(t) for t in tids} == {qemu_like.pid}
+
+
+def test_start_time_tells_a_reused_pid_apart(tmp_path: Path) -> None:
+    """A command name with spaces and ')' does not shift the fields; a gone pid is None."""
+    assert procfs.start_time(os.getpid()) == int(
+        Path("/proc/self/stat").read_text().rpartition(")")[2].split()[19])
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "stat").write_text("7 (a) b (c) S " + "1 " * 18 + "4711 0 0\n")
+    assert procfs.start_time(7, str(tmp_path)) == 4711
+    assert procfs.start_time(8, str(tmp_path)) is None

@@ -13,6 +13,7 @@ from numahook.core import render
 from numahook.errors import Refusal
 from numahook.ops import hostinputs, lifecycle
 from numahook.records import replace
+from numahook.state.claims import boot_id
 from numahook.state.statedir import StateDir
 from numahook.xml import safe
 from tests.fixtures.hosts import host_roots
@@ -77,17 +78,36 @@ def test_a_node_that_cannot_give_the_pages_refuses_and_keeps_nothing(
     assert state.load(UUID) is None
 
 
+def daemon_pid_file(cfg: Config, state: StateDir, start: int, now: int = 777) -> None:
+    """numahookd's pid file for pid 4242, which began at ``start``; the process with that
+    pid in the fixture's procfs began at ``now`` (it differs when the pid was reused)."""
+    proc = Path(cfg.proc_root, "4242")
+    proc.mkdir(parents=True, exist_ok=True)
+    (proc / "stat").write_text("4242 (numahookd) S " + " ".join(["0"] * 18) + f" {now} 0 0\n")
+    state.ensure()
+    Path(state.daemon_file).write_text(f"4242 {start} {boot_id()}\n")
+
+
+@pytest.mark.parametrize("daemon, fix", [
+    (None, "numahookd is not running, so nothing renders definitions; run `systemctl start "
+           "numahookd` (it renders hugepinned at once), then start again"),
+    (778, "numahookd is not running, so nothing renders definitions; run `systemctl start "
+          "numahookd` (it renders hugepinned at once), then start again"),
+    (777, "numahookd is running but has not rendered it yet; run `numahook apply hugepinned`, "
+          "then start again")], ids=["no-pid-file", "pid-reused", "running"])
 def test_a_definition_without_the_binding_is_refused_at_prepare(
-        host: tuple[Config, FakeKernel]) -> None:
+        host: tuple[Config, FakeKernel], daemon: int | None, fix: str) -> None:
+    """The fix names the one command: numahookd renders it, once it runs (issue 31)."""
     cfg, kernel = host
     root = safe.parse(rendered(cfg))
     tune = root.find("numatune")
     tune.getparent().remove(tune)
     state = StateDir(cfg.state_dir)
+    if daemon is not None:
+        daemon_pid_file(cfg, state, daemon)
     with pytest.raises(Refusal) as exc:
         lifecycle.admit(safe.tostring(root), cfg, state)
     assert exc.value.check == "stale-definition"
     assert "its memory is not bound strict to host node 1" in str(exc.value)
-    assert str(exc.value).endswith("run `numahook apply hugepinned` or let numahookd "
-                                   "re-render it, then start again")
+    assert str(exc.value).endswith(fix)
     assert kernel.read(POOL) == 512 and state.load(UUID) is None

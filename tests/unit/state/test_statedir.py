@@ -324,3 +324,19 @@ def test_temporaries_of_a_killed_writer_are_removed_under_the_lock(sd: StateDir)
         assert sd.remove_temporaries() == [stale.name]
     assert not stale.exists() and sd.load(U1) == full_claim()
     assert sd.remove_temporaries() == []
+
+
+def test_the_daemon_pid_file_says_whether_numahookd_runs(sd: StateDir) -> None:
+    """What the hook reads to word a stale definition's refusal (ops/lifecycle.py)."""
+    sd.ensure()
+    assert not sd.daemon_running()
+    sd.mark_daemon()
+    assert sd.daemon_running()
+    pid, start, boot = Path(sd.daemon_file).read_text().split()
+    Path(sd.daemon_file).write_text(f"{pid} {int(start) + 1} {boot}\n")  # the pid was reused
+    assert not sd.daemon_running()
+    sd.unmark_daemon()  # not this process's file any more: left alone
+    assert Path(sd.daemon_file).exists()
+    sd.mark_daemon()
+    sd.unmark_daemon()
+    assert not Path(sd.daemon_file).exists() and not sd.daemon_running()
