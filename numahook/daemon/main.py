@@ -29,7 +29,7 @@ from numahook.daemon.loop import Loop
 from numahook.daemon.notify import Notifier
 from numahook.daemon.publisher import Publisher
 from numahook.daemon.reconcile import Reconciler
-from numahook.daemon.usage import ENVIRONMENT, EXIT_DEPENDENCY, EXIT_STATUS
+from numahook.daemon.usage import ENVIRONMENT, EXIT_CONFIG, EXIT_DEPENDENCY, EXIT_STATUS
 from numahook.daemon.vcpuwatch import VcpuWatch
 from numahook.errors import ConfigError, NumahookError
 from numahook.host import uevents
@@ -375,8 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = configmod.load(args.config)
     except ConfigError as exc:
-        print(f"numahookd: {exc}", file=sys.stderr)
-        return 2
+        print(f"{'<3>' * logs.stderr_is_journal()}numahookd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.state_dir:
         cfg = replace(cfg, state_dir=args.state_dir)
     if args.daemonize:
