@@ -1,0 +1,112 @@
+"""A bad /etc/numahook/numahook.conf on a systemd host (issue 25, item 3).
+
+The file is the one the .deb installed, edited as an operator would (a typo in
+``[realtime] throttled``); the ``bad_config`` fixture puts it back and numahookd running
+again whatever the test did. The unit is the .deb's: ``ExecReload=`` checks the file with
+``numahook config check`` first, and ``RestartPreventExitStatus=78`` ends a start on a
+bad file without restarts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.host.conftest import GUEST_MIB, PREFIX, Host, domain_xml
+
+CONF = "/etc/numahook/numahook.conf"
+SAVED = "/root/numahook.conf.before-test"
+NAME = PREFIX + "badconf"
+
+
+class BadConfig:
+    """Writes the typo into the installed file; knows the line and the one-line error."""
+
+    def __init__(self, host: Host) -> None:
+        self.host = host
+        self.line = int(host.sh(f"grep -n '^throttled = ' {CONF} | cut -d: -f1").stdout)
+        self.error = (f"{CONF}:{self.line}: [realtime] throttled: 'delgate' is not valid; "
+                      "set it to refuse or delegate")
+
+    def write(self) -> None:
+        self.host.sh(f"sed -i 's/^throttled = .*/throttled = delgate/' {CONF}")
+
+
+@pytest.fixture
+def bad_config(clean: Host) -> Iterator[BadConfig]:
+    host = clean
+    host.sh(f"cp -p {CONF} {SAVED}")
+    yield BadConfig(host)
+    host.sh(f"mv {SAVED} {CONF} && systemctl reset-failed numahookd; systemctl start numahookd")
+    host.wait(lambda: host.unit()["ActiveState"] == "active", "numahookd active again", 60)
+
+
+def _cursor(host: Host) -> str:
+    return host.sh("journalctl -n 0 --show-cursor -q | sed -n 's/^-- cursor: //p'").stdout.strip()
+
+
+def _journal(host: Host, cursor: str, args: str = "") -> str:
+    return host.sh(f"journalctl -q -o cat --after-cursor='{cursor}' {args}").stdout
+
+
+def test_reload_with_a_bad_file_fails_and_the_daemon_keeps_its_config(
+        bad_config: BadConfig) -> None:
+    host = bad_config.host
+    host.sh("systemctl start numahookd")
+    before = host.unit()
+    cursor = _cursor(host)
+    bad_config.write()
+    reload = host.sh("systemctl reload numahookd", check=False)
+    assert reload.returncode != 0, reload.stdout + reload.stderr
+    assert f"numahook: {bad_config.error}" in _journal(host, cursor, "-u numahookd").splitlines()
+    # the check failed first, so numahookd was never signalled: same process, no restart,
+    # no "reloaded" and not even its own "keeping the configuration in force"
+    after = host.unit()
+    assert (after["ActiveState"], after["MainPID"], after["NRestarts"]) == (
+        "active", before["MainPID"], before["NRestarts"]), (before, after)
+    daemon = _journal(host, cursor, f"_PID={before['MainPID']}")
+    assert "reload" not in daemon, daemon
+    host.sh(f"cp -p {SAVED} {CONF}")
+    assert host.sh("systemctl reload numahookd", check=False).returncode == 0
+
+
+def test_a_start_on_a_bad_file_fails_once_with_the_error_at_err(bad_config: BadConfig) -> None:
+    host = bad_config.host
+    host.sh("systemctl stop numahookd && systemctl reset-failed numahookd")
+    bad_config.write()
+    cursor = _cursor(host)
+    start = host.sh("systemctl restart numahookd", check=False)
+    assert start.returncode != 0
+    show = host.sh("systemctl show -p ActiveState,SubState,Result,ExecMainStatus,NRestarts "
+                   "numahookd").stdout
+    unit = dict(line.split("=", 1) for line in show.splitlines() if "=" in line)
+    # failed, not activating (auto-restart): systemd scheduled no restart at all
+    assert unit == {"ActiveState": "failed", "SubState": "failed", "Result": "exit-code",
+                    "ExecMainStatus": "78", "NRestarts": "0"}, unit
+    errors = _journal(host, cursor, "-p err -u numahookd").splitlines()
+    assert f"numahookd: {bad_config.error}" in errors, errors
+
+
+def test_destroy_with_a_bad_file_and_no_daemon_gives_everything_back(
+        bad_config: BadConfig) -> None:
+    """The hook alone (numahookd stopped): release must not depend on the file."""
+    host = bad_config.host
+    host.sh("systemctl start numahookd")
+    pages = host.inside("hugepages")
+    host.define(domain_xml(NAME, 1, GUEST_MIB, realtime=None, hold=3600))
+    host.wait(lambda: "<numa>" in host.sh(f"virsh dumpxml --inactive {NAME}").stdout,
+              "numahookd to render the definition", 60)
+    host.sh("systemctl stop numahookd")
+    host.sh(f"virsh -q start {NAME}")
+    uuid = host.sh(f"virsh domuuid {NAME}").stdout.strip()
+    claims = "ls /run/numahook/claims"
+    assert any(uuid in name for name in host.sh(claims).stdout.split())
+    assert host.inside("hugepages") != pages, "the start reserved no hugepages"
+    bad_config.write()
+    cursor = _cursor(host)
+    host.sh(f"virsh -q destroy {NAME}")
+    assert not any(uuid in name for name in host.sh(claims).stdout.split())
+    assert host.inside("hugepages") == pages
+    hook = _journal(host, cursor, "-t numahook-hook")
+    assert f"op=stopped: {bad_config.error} (went on with the built-in default for it)" in hook
