@@ -13,6 +13,7 @@ from numahook import NAMESPACE, config
 from numahook.core import render
 from numahook.hook import main as hook
 from numahook.ops import hostinputs, lifecycle
+from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.fixtures.hosts import CpuSpec, HostSpec, NodeSpec, build_cgroup, build_proc, build_sysfs
 
@@ -54,7 +55,7 @@ class Host:
     def pages(self) -> int:
         return int((self.sysfs / POOL / "nr_hugepages").read_text())
 
-    def claim(self) -> object:
+    def claim(self) -> Claim | None:
         return StateDir(str(self.state)).load(UUID)
 
     def hook(self, op: str, subop: str) -> int:
@@ -104,7 +105,7 @@ def test_reconnect_adopts_whatever_the_file_says(host: Host) -> None:
     started_then_broken(host)
     assert host.hook("reconnect", "begin") == 0
     claim = host.claim()
-    assert claim is not None and getattr(claim, "phase") == "running"
+    assert claim is not None and claim.phase == "running"
 
 
 def test_prepare_refuses_with_the_errors_one_line(host: Host,
