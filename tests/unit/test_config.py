@@ -368,7 +368,8 @@ def test_regardless_keeps_the_good_settings_and_defaults_the_bad(no_env: pytest.
         config.load(path)
 
 
-@pytest.mark.parametrize("text", ["[features]\nNUMA = true\nNUMA = false\n", "x" * (2 << 20)])
+@pytest.mark.parametrize("text", ["[features]\nNUMA = true\nNUMA = false\n", "x" * (2 << 20)],
+                         ids=["duplicate-key", "oversized"])
 def test_regardless_gives_the_defaults_for_a_file_it_cannot_parse(
         no_env: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
     path = tmp_path / "broken.conf"
