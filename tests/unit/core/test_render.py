@@ -687,4 +687,4 @@ def test_every_documented_subcommand_is_registered() -> None:
     from numahook import cli
 
     sub = next(a for a in cli.parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"render", "check", "apply", "node", "status"}
+    assert set(sub.choices) == {"render", "check", "apply", "node", "status", "config"}
