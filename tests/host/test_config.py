@@ -47,10 +47,15 @@ def _cursor(host: Host) -> str:
 
 
 def _journal(host: Host, cursor: str, args: str = "") -> str:
-    """The lines since ``cursor``; --sync first: journald has stored every line written
-    before it (the ones of a command that already returned included)."""
-    return host.sh(f"journalctl --sync && journalctl -q -o cat --after-cursor='{cursor}' "
-                   f"{args}").stdout
+    return host.sh(f"journalctl -q -o cat --after-cursor='{cursor}' {args}").stdout
+
+
+def _logged(host: Host, cursor: str, args: str, line: str) -> None:
+    """Wait (bounded) for ``line`` among the journal's lines since ``cursor``: journald
+    reads a unit's stderr stream on its own schedule, and systemd 252's journalctl --sync
+    does not wait for what is still in that stream (the first run here missed a line)."""
+    host.wait(lambda: any(line in got for got in _journal(host, cursor, args).splitlines()),
+              f"{line!r} in journalctl {args}", 30)
 
 
 def test_reload_with_a_bad_file_fails_and_the_daemon_keeps_its_config(
@@ -62,7 +67,7 @@ def test_reload_with_a_bad_file_fails_and_the_daemon_keeps_its_config(
     bad_config.write()
     reload = host.sh("systemctl reload numahookd", check=False)
     assert reload.returncode != 0, reload.stdout + reload.stderr
-    assert f"numahook: {bad_config.error}" in _journal(host, cursor, "-u numahookd").splitlines()
+    _logged(host, cursor, "-u numahookd", f"numahook: {bad_config.error}")
     # the check failed first, so numahookd was never signalled: same process, no restart,
     # no "reloaded" and not even its own "keeping the configuration in force"
     after = host.unit()
@@ -87,8 +92,7 @@ def test_a_start_on_a_bad_file_fails_once_with_the_error_at_err(bad_config: BadC
     # failed, not activating (auto-restart): systemd scheduled no restart at all
     assert unit == {"ActiveState": "failed", "SubState": "failed", "Result": "exit-code",
                     "ExecMainStatus": "78", "NRestarts": "0"}, unit
-    errors = _journal(host, cursor, "-p err -u numahookd").splitlines()
-    assert f"numahookd: {bad_config.error}" in errors, errors
+    _logged(host, cursor, "-p err -u numahookd", f"numahookd: {bad_config.error}")
 
 
 def test_destroy_with_a_bad_file_and_no_daemon_gives_everything_back(
@@ -111,5 +115,5 @@ def test_destroy_with_a_bad_file_and_no_daemon_gives_everything_back(
     host.sh(f"virsh -q destroy {NAME}")
     assert host.sh(claim, check=False).returncode == 1, "the destroy left the claim"
     assert host.inside("hugepages") == pages
-    hook = _journal(host, cursor, "-t numahook-hook")
-    assert f"op=stopped: {bad_config.error} (went on with the built-in default for it)" in hook
+    _logged(host, cursor, "-p err -t numahook-hook",
+            f"op=stopped: {bad_config.error} (went on with the built-in default for it)")
