@@ -198,6 +198,14 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_config_check(args: argparse.Namespace) -> int:
+    """As ``sshd -t``: numahookd.service runs it before a reload, so a bad file fails the
+    reload with its line instead of being logged and ignored by the daemon (issue 25)."""
+    cfg = configmod.load(args.file)  # a ConfigError is main's: one line, exit 2
+    print(f"{cfg.path}: ok" + (" (no file: the defaults apply)" * (cfg.source == "(defaults)")))
+    return EXIT_OK
+
+
 #: (code, meaning): every --help shows them, and scripts/gen-man writes them to numahook(8)
 EXIT_STATUS = (
     ("0", "success"),
@@ -358,6 +366,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("domain", metavar="NAME", nargs="?",
                    help="show only this domain: its name or UUID")
     p.set_defaults(func=cmd_status)
+    p = _command(sub, "config", "check numahook.conf before the hook and numahookd read it", (
+        "numahook.conf(5): the hook reads it on every call, numahookd at start and reload."))
+    p = _command(p.add_subparsers(dest="action", required=True, metavar="ACTION",
+                                  title="actions", help="see numahook config ACTION --help"),
+                 "check", "read FILE as numahook does: ok, or its first error", (
+        "Read FILE as the hook and numahookd do: print \"FILE: ok\" and exit 0, or its first\n"
+        "error with the line and the fix and exit 2, as sshd -t does. numahookd.service runs\n"
+        "it before each reload: a bad file fails the reload and the old one stays in force."))
+    p.add_argument("file", metavar="FILE", nargs="?",
+                   help=f"the file to check (default $NUMAHOOK_CONFIG, else "
+                   f"{configmod.DEFAULT_PATH}, where a missing file means the defaults)")
+    p.set_defaults(func=cmd_config_check)
     return ap
 
 

@@ -86,7 +86,7 @@ def _parse_bool(text: str) -> bool:
         return True
     if low in ("0", "false", "no", "off"):
         return False
-    raise ValueError(f"{text!r} is not a boolean (use true or false)")
+    raise ValueError(f"{text!r} is not a boolean")
 
 
 _bool = _Converter(_parse_bool, "true or false (also yes/no, on/off, 1/0)")
@@ -96,7 +96,7 @@ def _choice(*options: str) -> _Converter:
     def conv(text: str) -> str:
         value = text.strip().lower()
         if value not in options:
-            raise ValueError(f"{text!r} is not one of {', '.join(options)}")
+            raise ValueError(f"{text!r} is not valid")
         return value
 
     return _Converter(conv, " or ".join(options))
@@ -120,7 +120,7 @@ def _number(lo: float, hi: float, kind: type = float) -> _Converter:
 def _parse_abspath(text: str) -> str:
     value = text.strip()
     if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
-        raise ValueError(f"{value!r} is not an absolute path without '..'")
+        raise ValueError(f"{value!r} is not absolute or has a '..' part")
     return value
 
 
@@ -223,7 +223,8 @@ def _configparser_items(text: str, source: str) -> list[ini.Item]:
     except configparser.Error as exc:
         line = getattr(exc, "lineno", 0)
         reason = str(exc).splitlines()[0]
-        raise ConfigError(f"{source}:{line}: {reason}") from None
+        raise ConfigError(f"{source}:{line}: {reason}; fix that line (numahook.conf(5) "
+                          "shows the syntax)") from None
     for key in cp.defaults():
         line = _line_of(text, cp.default_section.lower(), key)
         raise ConfigError(f"{source}:{line}: [{cp.default_section}] {key} is not read by "
@@ -233,10 +234,16 @@ def _configparser_items(text: str, source: str) -> list[ini.Item]:
             for key, raw in cp.items(section)]
 
 
-def parse(text: str, source: str = "<string>") -> Config:
-    """Parse config text; every error names the file, the line and the reason."""
+def parse(text: str, source: str = "<string>",
+          skipped: list[ConfigError] | None = None) -> Config:
+    """Parse config text; every error names the file, the line, the reason and the fix.
+
+    With ``skipped``, a bad setting is appended there and left at its default instead of
+    raised: for the calls that must give back what a claim holds whatever the file says,
+    and should still honour its good settings (a ``[paths] state_dir`` above all).
+    """
     if len(text) > _MAX_CONFIG:
-        raise ConfigError(f"{source}: the file is larger than {_MAX_CONFIG} bytes")
+        raise ConfigError(f"{source}: the file is larger than {_MAX_CONFIG} bytes; shorten it")
     items = ini.simple_items(text)
     if items is None:
         items = _configparser_items(text, source)
@@ -244,35 +251,68 @@ def parse(text: str, source: str = "<string>") -> Config:
     for section, key, raw, line in items:
         sec = section.strip().lower()
         entry = _SCHEMA.get((sec, key))
-        if entry is None:
-            known = ", ".join(sorted({f"[{s}] {k}" for s, k in _SCHEMA if s == sec}))
-            hint = f"known keys there: {known}" if known else "unknown section"
-            line = line or _line_of(text, sec, key)
-            raise ConfigError(f"{source}:{line}: unknown setting [{section}] {key} ({hint})")
-        name, conv = entry
         try:
-            values[name] = conv(raw)
-        except ValueError as exc:
-            line = line or _line_of(text, sec, key)
-            raise ConfigError(f"{source}:{line}: [{section}] {key}: {exc}") from None
+            if entry is None:
+                known = ", ".join(sorted({f"[{s}] {k}" for s, k in _SCHEMA if s == sec}))
+                hint = f"known keys there: {known}" if known else "unknown section"
+                line = line or _line_of(text, sec, key)
+                raise ConfigError(f"{source}:{line}: unknown setting [{section}] {key} "
+                                  f"({hint}); correct its name or remove it")
+            name, conv = entry
+            try:
+                values[name] = conv(raw)
+            except ValueError as exc:
+                line = line or _line_of(text, sec, key)
+                raise ConfigError(f"{source}:{line}: [{section}] {key}: {exc}; set it to "
+                                  f"{conv.values}") from None
+        except ConfigError as exc:
+            if skipped is None:
+                raise
+            skipped.append(exc)
     return Config(source=source, **values)
 
 
-def load(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load the config; a missing file at the default path means defaults (gates on)."""
+def _read(path: str | os.PathLike[str] | None) -> tuple[str, str | None]:
+    """(the path, its text); None: no file at the default path, which means defaults."""
     explicit = path is not None or "NUMAHOOK_CONFIG" in os.environ
     p = os.fspath(path or os.environ.get("NUMAHOOK_CONFIG", DEFAULT_PATH))
     try:
         with open(p, encoding="utf-8") as fh:
-            text = fh.read(_MAX_CONFIG + 1)
+            return p, fh.read(_MAX_CONFIG + 1)
     except FileNotFoundError:
         if explicit:
             raise ConfigError(
                 f"{p}: no such file; create it or point NUMAHOOK_CONFIG elsewhere") from None
-        return Config()
+        return p, None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{p}: cannot be read: {exc}") from None
-    return parse(text, p)
+        raise ConfigError(f"{p}: cannot be read: {exc}; fix its permissions or "
+                          "encoding (UTF-8)") from None
+
+
+def load(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load the config; a missing file at the default path means defaults (gates on)."""
+    p, text = _read(path)
+    return Config() if text is None else parse(text, p)
+
+
+def load_regardless(path: str | os.PathLike[str] | None = None
+                    ) -> tuple[Config, ConfigError | None]:
+    """The config for calls that must not fail on it, and the first error it has.
+
+    ``stopped``, ``release`` and ``reconnect`` give back or adopt what a claim records;
+    a typo in the file must not leave a domain's CPUs and hugepages held (issue 25). The
+    file's good settings are kept, its bad ones are at their defaults, and a file that
+    cannot be read or parsed at all gives the built-in defaults.
+    """
+    try:
+        p, text = _read(path)
+        if text is None:
+            return Config(), None
+        skipped: list[ConfigError] = []
+        cfg = parse(text, p, skipped)
+    except ConfigError as exc:
+        return Config(), exc
+    return cfg, (skipped[0] if skipped else None)
 
 
 def field_names() -> list[str]:

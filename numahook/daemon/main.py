@@ -35,7 +35,7 @@ from numahook.daemon.publisher import (
     read_only_hint,
 )
 from numahook.daemon.reconcile import Reconciler
-from numahook.daemon.usage import EXIT_DEPENDENCY
+from numahook.daemon.usage import EXIT_CONFIG, EXIT_DEPENDENCY
 from numahook.daemon.vcpuwatch import VcpuWatch
 from numahook.errors import ConfigError, NumahookError
 from numahook.host import uevents
@@ -360,8 +360,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         cfg = configmod.load(args.config)
     except ConfigError as exc:
-        print(f"numahookd: {exc}", file=sys.stderr)
-        return 2
+        print(f"{'<3>' * logs.stderr_is_journal()}numahookd: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     if args.state_dir:
         cfg = replace(cfg, state_dir=args.state_dir)
     if args.daemonize:

@@ -112,9 +112,10 @@ def test_bad_config_at_start_stops_with_a_clear_error(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-m", "numahook.daemon.main", "--config", str(conf)],
                           capture_output=True, text=True, timeout=60,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, check=False)
-    assert proc.returncode == 2
+    assert proc.returncode == 78  # EX_CONFIG: the unit's RestartPreventExitStatus=
     assert proc.stderr.strip().splitlines() == [
-        f"numahookd: {conf}:2: [realtime] throttled: 'sometimes' is not one of refuse, delegate"]
+        f"numahookd: {conf}:2: [realtime] throttled: 'sometimes' is not valid; set it to refuse "
+        "or delegate"]
 
 
 def test_status_follows_the_rt_sysctl(numahookd: Daemon) -> None:

@@ -442,7 +442,13 @@ def test_fuzz_config_file_bytes(data: bytes) -> None:
         fh.write(data)
         fh.flush()
         got = attempt("config-file", config.load, fh.name, limit=None)
+        # what stopped/release/reconnect read: never an exception, whatever the bytes
+        regardless, bad = config.load_regardless(fh.name)
     assert isinstance(got, (Config, ConfigError))
+    if isinstance(got, Config):
+        assert (regardless, bad) == (got, None)
+    else:  # the first error, and the file's good settings (or none) beside the defaults
+        assert isinstance(regardless, Config) and str(bad) == str(got)
 
 
 # --------------------------------------------------------------------------- domain XML

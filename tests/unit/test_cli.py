@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from numahook import cli
+from numahook import cli, config
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.fixtures import devices as devfix
 from tests.fixtures.hosts import host_roots
 from tests.fixtures.status import MANAGED_STATUS
-from tests.support.cli import ADVISED, RT, cli_args, domain, run_cli, write
+from tests.support.cli import ADVISED, CONF, RT, cli_args, domain, run_cli, write
 
 
 @pytest.fixture(scope="module")
@@ -258,3 +258,45 @@ def test_status_of_an_unknown_or_unmanaged_domain_is_one_line_with_the_fix(
     uri = libvirt_test_uri(tmp_path, plain[:start] + plain[end:])
     rc, out, err = _status(capsys, single_v1, tmp_path, uri, key)
     assert (rc, out, err) == (2, "", f"numahook: {error}\n")
+
+
+# -- numahook config check: the check numahookd.service runs before each reload (issue 25)
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NUMAHOOK_CONFIG", raising=False)
+
+
+def test_a_good_file_is_one_ok_line(no_env: None, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_cli(capsys, "config", "check", str(CONF)) == (0, f"{CONF}: ok\n", "")
+
+
+def test_a_bad_file_is_one_line_with_the_file_the_line_and_the_fix(no_env: None,
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    bad = tmp_path / "numahook.conf"
+    bad.write_text(CONF.read_text().replace("throttled = refuse", "throttled = delgate"))
+    line = CONF.read_text().splitlines().index("throttled = refuse") + 1
+    assert run_cli(capsys, "config", "check", str(bad)) == (
+        2, "", f"numahook: {bad}:{line}: [realtime] throttled: 'delgate' is not valid; set it "
+        "to refuse or delegate\n")
+
+
+def test_without_file_it_checks_what_the_hook_reads(
+        no_env: None, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        tmp_path: Path) -> None:
+    default = tmp_path / "numahook.conf"
+    monkeypatch.setattr(config, "DEFAULT_PATH", str(default))
+    assert run_cli(capsys, "config", "check") == (
+        0, f"{default}: ok (no file: the defaults apply)\n", "")
+    default.write_text("[features]\nNUMA = maybe\n")
+    rc, out, err = run_cli(capsys, "config", "check")
+    assert (rc, out) == (2, "") and err.startswith(f"numahook: {default}:2: [features] numa")
+    monkeypatch.setenv("NUMAHOOK_CONFIG", str(CONF))
+    assert run_cli(capsys, "config", "check") == (0, f"{CONF}: ok\n", "")
+
+
+def test_a_missing_named_file_is_an_error(no_env: None, capsys: pytest.CaptureFixture[str],
+                                          tmp_path: Path) -> None:
+    rc, _, err = run_cli(capsys, "config", "check", str(tmp_path / "none.conf"))
+    assert rc == 2 and "no such file; create it" in err
+

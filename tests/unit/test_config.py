@@ -159,6 +159,7 @@ def test_unknown_key_names_file_line_and_the_known_keys() -> None:
     msg = _error("[features]\nNUMA = true\nNUMAA = false\n")
     assert msg.startswith(f"{SRC}:3: ")
     assert "unknown setting [features] numaa" in msg
+    assert msg.endswith("; correct its name or remove it")
     assert "[features] numa" in msg and "[features] realtime" in msg
 
 
@@ -192,16 +193,16 @@ def test_duplicate_section_names_the_line() -> None:
 def test_bad_boolean(word: str) -> None:
     msg = _error(f"[features]\n\nRealtime = {word}\n")
     assert msg.startswith(f"{SRC}:3: [features] realtime: ")
-    assert f"{word!r} is not a boolean" in msg
-    assert "use true or false" in msg
+    assert msg.endswith(f"{word!r} is not a boolean; set it to true or false "
+                        "(also yes/no, on/off, 1/0)")
 
 
 def test_bad_choice_lists_the_options() -> None:
     msg = _error("[realtime]\nthrottled = sometimes\n")
     assert msg.startswith(f"{SRC}:2: [realtime] throttled: ")
-    assert "'sometimes' is not one of refuse, delegate" in msg
+    assert msg.endswith("'sometimes' is not valid; set it to refuse or delegate")
     msg = _error("[realtime]\non_failure = ignore\n")
-    assert "'ignore' is not one of fail, warn" in msg
+    assert msg.endswith("'ignore' is not valid; set it to fail or warn")
 
 
 @pytest.mark.parametrize(("text", "words"), [
@@ -224,7 +225,7 @@ def test_numbers_out_of_range_or_garbage(text: str, words: list[str]) -> None:
 def test_relative_or_escaping_path_is_refused(value: str) -> None:
     msg = _error(f"[paths]\nstate_dir = {value}\n")
     assert msg.startswith(f"{SRC}:2: [paths] state_dir: ")
-    assert "is not an absolute path without '..'" in msg
+    assert "is not absolute or has a '..' part; set it to an absolute path without .." in msg
 
 
 def test_line_number_points_at_the_key_in_its_section() -> None:
@@ -336,3 +337,49 @@ def test_non_utf8_config_is_one_line_error(no_env: pytest.MonkeyPatch, tmp_path:
         config.load(path)
     assert str(exc.value).startswith(f"{path}: cannot be read")
     assert "\n" not in str(exc.value)
+
+
+# --------------------------------------------------------------------------- regardless
+
+
+def test_numbers_name_their_range_as_the_fix() -> None:
+    msg = _error("[hook]\nlock_timeout = 0\n")
+    assert msg.endswith("0.0 is outside 0.1..120; set it to a number from 0.1 to 120")
+
+
+def test_a_syntax_error_names_the_line_and_where_the_syntax_is() -> None:
+    msg = _error("[features]\nNUMA = true\nNUMA = false\n")
+    assert msg.startswith(f"{SRC}:3: ") and msg.endswith(
+        "; fix that line (numahook.conf(5) shows the syntax)")
+
+
+def test_regardless_keeps_the_good_settings_and_defaults_the_bad(no_env: pytest.MonkeyPatch,
+                                                                 tmp_path: Path) -> None:
+    """What stopped/release/reconnect read: the claim's state dir must still be found."""
+    path = tmp_path / "bad.conf"
+    path.write_text("[paths]\nstate_dir = /srv/state\n[realtime]\nthrottled = delgate\n"
+                    "on_failure = warn\n")
+    cfg, bad = config.load_regardless(path)
+    assert (cfg.state_dir, cfg.rt_throttled, cfg.rt_on_failure) == ("/srv/state", "refuse",
+                                                                   "warn")
+    assert str(bad) == (f"{path}:4: [realtime] throttled: 'delgate' is not valid; set it to "
+                        "refuse or delegate")
+    with pytest.raises(ConfigError, match=re.escape(str(bad))):
+        config.load(path)
+
+
+@pytest.mark.parametrize("text", ["[features]\nNUMA = true\nNUMA = false\n", "x" * (2 << 20)],
+                         ids=["duplicate-key", "oversized"])
+def test_regardless_gives_the_defaults_for_a_file_it_cannot_parse(
+        no_env: pytest.MonkeyPatch, tmp_path: Path, text: str) -> None:
+    path = tmp_path / "broken.conf"
+    path.write_text(text)
+    cfg, bad = config.load_regardless(path)
+    assert cfg == Config() and str(bad).startswith(f"{path}")
+
+
+def test_regardless_of_a_good_or_missing_file_reports_nothing(no_env: pytest.MonkeyPatch,
+                                                              tmp_path: Path) -> None:
+    assert config.load_regardless(SHIPPED) == (config.load(SHIPPED), None)
+    no_env.setattr(config, "DEFAULT_PATH", str(tmp_path / "none.conf"))
+    assert config.load_regardless() == (Config(), None)

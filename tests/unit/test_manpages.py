@@ -72,6 +72,8 @@ def test_every_option_and_variable_is_in_its_man_page() -> None:
         assert needle in pages["numahook"], needle
     for needle in ("\\-\\-state\\-dir", "NOTIFY_SOCKET", "NUMAHOOK_CONFIG"):
         assert needle in pages["numahookd"], needle
+    assert "\\fBnumahook config check\\fR [\\fIoptions\\fR] [\\fIFILE\\fR]" in pages["numahook"]
+    assert ".SS numahook config check" in pages["numahook"]
 
 
 def test_numahook_conf_5_has_every_setting_with_its_default() -> None:
@@ -133,6 +135,10 @@ def test_bash_completion(tmp_path: Path) -> None:
         f"{tmp_path}/trees"]
     assert complete("numahook", f"numahook check {tmp_path}/tree.") == [f"{tmp_path}/tree.xml"]
     assert complete("numahook", "numahook render --cpuset 0") == []
+    # a command with actions of its own (issue 25's config check): the action, then a file
+    assert complete("numahook", "numahook config ") == ["check"]
+    assert complete("numahook", f"numahook config check {tmp_path}/tree.") == [
+        f"{tmp_path}/tree.xml"]
     assert "--daemonize" in complete("numahookd", "numahookd --")
     assert complete("numahookd", f"numahookd --state-dir {tmp_path}/tr") == [
         f"{tmp_path}/trees"]

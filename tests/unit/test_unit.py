@@ -9,14 +9,19 @@ hardening").
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-UNIT = Path(__file__).resolve().parents[2] / "systemd" / "numahookd.service"
+from numahook.daemon.usage import EXIT_CONFIG
+
+REPO = Path(__file__).resolve().parents[2]
+UNIT = REPO / "systemd" / "numahookd.service"
 MAX_EXPOSURE = 3.0
 
 
@@ -84,3 +89,35 @@ def test_an_old_systemd_analyze_is_a_skip_not_a_failure(tmp_path: Path,
     assert offline_review() == "this systemd-analyze has no --offline (systemd 250 added it)"
     old.unlink()
     assert offline_review() == "systemd-analyze is not installed (package systemd)"
+
+
+def _lines(key: str) -> list[str]:
+    return [ln.split("=", 1)[1] for ln in UNIT.read_text().splitlines()
+            if ln.startswith(f"{key}=")]
+
+
+def test_reload_checks_the_file_before_it_signals(tmp_path: Path) -> None:
+    """A bad file fails ``systemctl reload`` with its line, and numahookd is never signalled
+    (systemd stops at the first failing ExecReload=), so its configuration stays (issue 25)."""
+    check, signal = _lines("ExecReload")
+    assert signal == "/bin/kill -HUP $MAINPID"
+    argv = check.split()
+    assert argv[:1] == ["/usr/bin/numahook"]
+    bad = tmp_path / "numahook.conf"
+    bad.write_text("[realtime]\nthrottled = delgate\n")
+    # the unit's own command line, run from this checkout instead of /usr/bin
+    proc = subprocess.run([sys.executable, "-m", "numahook.cli", *argv[1:]],
+                          env={**os.environ, "NUMAHOOK_CONFIG": str(bad)}, cwd=REPO,
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.splitlines() == [f"numahook: {bad}:2: [realtime] throttled: 'delgate' "
+                                        "is not valid; set it to refuse or delegate"]
+
+
+def test_a_bad_file_at_start_is_not_restarted() -> None:
+    """numahookd's own config error status ends the unit; nothing else in it may fail on the
+    file first: systemd restarts a failed ExecStartPre= whatever RestartPreventExitStatus=
+    says, which applies to the main process only."""
+    assert _lines("Restart") == ["on-failure"]
+    assert str(EXIT_CONFIG) in " ".join(_lines("RestartPreventExitStatus")).split()
+    assert all(cmd.startswith("-") for cmd in _lines("ExecStartPre")), _lines("ExecStartPre")

@@ -667,8 +667,8 @@ def test_cli_bad_config_is_exit_2(capsys: pytest.CaptureFixture[str],
     args[args.index("--config") + 1] = str(conf)
     rc, _, err = run_cli(capsys, "check", *args, write(tmp_path, domain()))
     assert rc == 2
-    assert err == f"numahook: {conf}:2: [features] numa: 'perhaps' is not a boolean " \
-                  "(use true or false)\n"
+    assert err == f"numahook: {conf}:2: [features] numa: 'perhaps' is not a boolean; set " \
+                  "it to true or false (also yes/no, on/off, 1/0)\n"
 
 
 def test_results_are_identical_through_library_and_cli(capsys: pytest.CaptureFixture[str],
@@ -687,4 +687,4 @@ def test_every_documented_subcommand_is_registered() -> None:
     from numahook import cli
 
     sub = next(a for a in cli.parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"render", "check", "apply", "node", "status"}
+    assert set(sub.choices) == {"render", "check", "apply", "node", "status", "config"}
