@@ -19,14 +19,7 @@ from numahook import SCHEMA_VERSION, __version__
 from numahook import config as configmod
 from numahook.core import cpulist, explain, render
 from numahook.core.plan import Inputs
-from numahook.errors import (
-    ConfigError,
-    HostError,
-    InputError,
-    NumahookError,
-    Refusal,
-    StateError,
-)
+from numahook.errors import ConfigError, HostError, InputError, NumahookError, Refusal, StateError
 from numahook.ops import domains, hostinputs
 from numahook.ops.hostinputs import CpuSource
 from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
@@ -77,13 +70,11 @@ def _print_json(doc: dict[str, object]) -> None:
 
 def _config(args: argparse.Namespace) -> configmod.Config:
     cfg = configmod.load(args.config)
-    overrides = {k: getattr(args, k) for k in ("sysfs_root", "cgroup_root", "proc_root",
-                                                "state_dir", "libvirt_run")
-                 if getattr(args, k, None)}
-    if overrides:
-        from numahook.records import replace
-        cfg = replace(cfg, **overrides)
-    return cfg
+    from numahook.records import replace
+
+    return replace(cfg, **{k: getattr(args, k) for k in ("sysfs_root", "cgroup_root",
+                                                         "proc_root", "state_dir", "libvirt_run")
+                           if getattr(args, k, None)})
 
 
 def _inputs(args: argparse.Namespace, doc: render.Parsed) -> tuple[Inputs, CpuSource]:
@@ -199,8 +190,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    """As ``sshd -t``: numahookd.service runs it before a reload, so a bad file fails the
-    reload with its line instead of being logged and ignored by the daemon (issue 25)."""
+    """As ``sshd -t``: numahookd.service's ExecReload, so a bad file fails the reload."""
     cfg = configmod.load(args.file)  # a ConfigError is main's: one line, exit 2
     print(f"{cfg.path}: ok" + (" (no file: the defaults apply)" * (cfg.source == "(defaults)")))
     return EXIT_OK
