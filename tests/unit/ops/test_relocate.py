@@ -19,8 +19,9 @@ from tests.golden.cases import CASES, DATA
 WIDE = next(c for c in CASES if c.id == "intel-wide")
 
 
-def host_config(tmp: Path, host: str, version: int = 1) -> Config:
-    roots = host_roots(tmp, host, version)
+def host_config(tmp: Path, host: str, version: int = 1,
+                cpusets: dict[str, str] | None = None) -> Config:
+    roots = host_roots(tmp, host, version, cpusets)
     (tmp / "run").mkdir()
     return replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
                    proc_root=str(roots["proc"]), libvirt_run=str(tmp / "run"),
@@ -127,12 +128,8 @@ def test_a_hugepage_domain_without_passthrough_is_rebound_to_the_new_node(
     start are the ones QEMU maps (issue 25)."""
     source = (DATA / "intel-hugepages-dedicated-out.xml").read_text()
     assert facts(source).numatune_memory == ("strict", frozenset({1}))
-    roots = host_roots(tmp_path, "intel-2s-ht", 1,
-                       {"": "0-79", "machine": "0-9,40-49"})  # node 0 only here
-    (tmp_path / "run").mkdir()
-    cfg = replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
-                  proc_root=str(roots["proc"]), libvirt_run=str(tmp_path / "run"),
-                  state_dir=str(tmp_path / "state"))
+    cfg = host_config(tmp_path, "intel-2s-ht", 1,
+                      {"": "0-79", "machine": "0-9,40-49"})  # node 0 only here
     out = lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
     assert out is not None
     after = facts(out)
@@ -147,11 +144,7 @@ def test_the_emulators_own_cpus_follow_it_to_this_host(tmp_path: Path) -> None:
     after a migration that must name this host's CPUs, not the source's."""
     source = (DATA / "quad-rt-span-v2-out.xml").read_text()
     assert facts(source).emulator_own == {9}
-    roots = host_roots(tmp_path, "quad-nosmt", 2, {"": "0-31", "machine.slice": "14-17"})
-    (tmp_path / "run").mkdir()
-    cfg = replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
-                  proc_root=str(roots["proc"]), libvirt_run=str(tmp_path / "run"),
-                  state_dir=str(tmp_path / "state"))
+    cfg = host_config(tmp_path, "quad-nosmt", 2, {"": "0-31", "machine.slice": "14-17"})
     out = lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
     assert out is not None
     after = facts(out)
