@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 
 from numahook import faults
 from numahook import log as logmod
-from numahook.core.units import counted, human_kib
+from numahook.core.units import counted, human_kib, plural
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import fsutil
 from numahook.records import NamedTuple
@@ -154,7 +154,7 @@ def supply_shortfall(rows: list[Supply]) -> str | None:
 def _nodes(ids: Iterable[int]) -> str:
     """``node 1`` or ``nodes 0, 1``, for the fixes of the shortage messages."""
     nodes = sorted(set(ids))
-    return ("node " if len(nodes) == 1 else "nodes ") + ", ".join(map(str, nodes))
+    return plural(len(nodes), "node") + " " + ", ".join(map(str, nodes))
 
 
 class _Ledger:

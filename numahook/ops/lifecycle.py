@@ -351,9 +351,10 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
     from numahook.core import designer  # editing XML: the one lifecycle call that loads lxml
 
     designer.apply_host_side(doc.root, plan)
-    mark = metadata.rendered(metadata.find(doc.root))
+    ours = metadata.find(doc.root)
+    mark = metadata.rendered(ours)
     if mark is not None:  # the CPUs narrowed to at started, and held ones, are this host's
-        metadata.set_rendered(metadata.find(doc.root), records.replace(
+        metadata.set_rendered(ours, records.replace(
             mark, held=cpulist.format(plan.held),
             emulator=cpulist.format(plan.emulator) if plan.emulator_start else ""))
     audit("relocate", name, cpus=cpulist.format(plan.cpus))
