@@ -129,7 +129,7 @@ class Daemon:
     # -- libvirt ------------------------------------------------------------------------
     def on_connected(self) -> None:
         self.reconciler.rerender_inactive(self.conn.conn, force=True)
-        self.reconciler.realtime_backstop()
+        self.reconciler.backstop()
         self.probe_and_publish()
         self.ready()
 
@@ -162,7 +162,7 @@ class Daemon:
             self.on_metadata(dom)
         elif event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
             self.reconciler.forget(dom.UUIDString())
-            self.reconciler.realtime_backstop(only=name)
+            self.reconciler.backstop(only=name)
             self.publish()
         elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
                        libvirt.VIR_DOMAIN_EVENT_CRASHED):
@@ -237,7 +237,7 @@ class Daemon:
     def _watch_vcpus(self) -> None:
         def plugged() -> None:
             self.vcpus.drain()
-            self.reconciler.realtime_backstop()
+            self.reconciler.backstop()
 
         try:
             if self.vcpus.start():
@@ -289,8 +289,8 @@ class Daemon:
             "resync": self.loop.every(self.cfg.resync_interval, self.resync, "resync"),
             "probe": self.loop.every(self.cfg.probe_interval, self.probe_and_publish,
                                      "probe"),
-            "rtwatch": self.loop.every(RT_WATCH_INTERVAL, self.reconciler.rt_watch,
-                                       "realtime watch"),
+            "watch": self.loop.every(RT_WATCH_INTERVAL, self.reconciler.watch,
+                                     "tunables' watch"),
             "health": self.loop.every(self.notifier.watchdog_interval() or HEALTH_INTERVAL,
                                       self.health, "watchdog"),
         }
@@ -305,7 +305,7 @@ class Daemon:
         # crash recovery before anything else: what a killed hook or daemon left behind;
         # each step is guarded like a loop task, so one failing step cannot stop the rest
         for name, step in (("orphan recovery", self.reconciler.orphans),
-                           ("realtime backstop", self.reconciler.realtime_backstop),
+                           ("backstop", self.reconciler.backstop),
                            ("libvirt connect", self.conn.open),
                            ("probe", self.probe_and_publish),
                            ("uevents", self._watch_uevents),

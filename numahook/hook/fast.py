@@ -1,4 +1,4 @@
-"""The ``started`` hook's fast path: numahookd already applied real-time, so only verify it.
+"""The ``started`` hook's fast path: numahookd already applied the tunables, so only verify.
 
 On a throttled node numahookd applies what ``prepare`` recorded as soon as libvirt puts
 the vCPU threads in their cgroups, and notes in the claim for which QEMU it did
@@ -7,13 +7,11 @@ has nothing to apply, but the full path still costs re, json and the renderer's
 modules, several times the work itself (bench/started.py). This module checks the same
 things with what the interpreter has loaded already, plus fcntl and the C half of json:
 
-* the claim is this domain's, ``reserved``, with a real-time intent and ``verified_pid``
-  equal to the QEMU pid in libvirt's status file;
-* every masked vCPU thread of that file is SCHED_FIFO at the intent's priority, every
-  other vCPU thread is not real-time, the emulator thread is FIFO when the intent says so;
-* under KVM, the kvm-pit thread runs on vCPU 0's CPUs (numahook/ops/kvmpit.py);
-* where the emulator started wider than its own CPUs, it runs on those alone
-  (numahook/ops/emulator.py);
+* the claim is this domain's, ``reserved``, with ``verified_pid`` equal to the QEMU pid in
+  libvirt's status file;
+* every registered tunable confirms its own part with os calls alone
+  (``fast_verify``, numahook/tunables/base.py): the real-time policies, the kvm-pit
+  thread, the emulator narrowed; one that cannot declines, and the full path runs;
 
 and then, under the state lock, moves the claim to ``running`` as the full path does.
 Anything it does not understand or cannot confirm (an unusual config file, a missing or
@@ -33,6 +31,9 @@ import os
 import time
 
 from numahook.ini import simple_items
+from numahook.tunables import REGISTRY
+from numahook.tunables.base import Decline as _Decline
+from numahook.tunables.base import Probe
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -45,12 +46,6 @@ _KEYS = {("paths", "state_dir"), ("paths", "libvirt_run"), ("paths", "proc_root"
          ("hook", "lock_timeout")}
 _MAX_FILE = 1 << 20
 _HEX = frozenset("0123456789abcdef")
-_RT_POLICIES = (os.SCHED_FIFO, os.SCHED_RR, 6)  # 6: SCHED_DEADLINE
-_RESET_ON_FORK = 0x40000000
-
-
-class _Decline(Exception):
-    """Not verified here; the full path decides."""
 
 
 def _read(path: str) -> str:
@@ -101,29 +96,6 @@ def _uuid(xml: str) -> str:
     if [len(p) for p in parts] != [8, 4, 4, 4, 12] or not set(u.replace("-", "")) <= _HEX:
         raise _Decline("not a UUID")
     return u
-
-
-def _emulator_in_place(xml: str, pid: int) -> None:
-    """Where ``<numahook:rendered emulator>`` says the emulator was wider during the start
-    (numahook/ops/emulator.py), QEMU's main thread must already run on that set alone."""
-    at = xml.find(":rendered ")
-    end = xml.find(">", at)
-    if at < 0 or end < 0:
-        return
-    tag = xml[at:end]
-    key = tag.find(" emulator=")
-    if key < 0:
-        return
-    quote = tag[key + 10:key + 11]
-    value = tag[key + 11:tag.find(quote, key + 11)] if quote in ("'", '"') else ""
-    want: set[int] = set()
-    for part in value.split(","):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise _Decline("<numahook:rendered emulator>")
-        want.update(range(int(lo), int(hi or lo) + 1))
-    if os.sched_getaffinity(pid) != want:
-        raise _Decline("the emulator is not narrowed to its own CPUs yet")
 
 
 def _json_scanner() -> Any:
@@ -184,8 +156,8 @@ def _claim(path: str, uuid: str, name: str) -> tuple[str, dict[str, Any]]:
     if (st.st_mode & 0o170000) != 0o100000 or st.st_uid != os.geteuid() or st.st_mode & 0o022:
         raise _Decline("claim not ours")
     data = _load_json(text)
-    if (data.get("version") != 1 or data.get("uuid") != uuid or data.get("name") != name
-            or data.get("phase") != "reserved" or type(data.get("realtime")) is not dict
+    if (data.get("version") != 2 or data.get("uuid") != uuid or data.get("name") != name
+            or data.get("phase") != "reserved" or type(data.get("tunables")) is not dict
             or data.get("verified_pid") is None
             or data.get("verified_pid") != data.get("qemu_pid")):
         raise _Decline("claim not verified by numahookd")
@@ -233,36 +205,6 @@ def _attr(tag: str, name: str) -> int:
                 raise _Decline("pid 0")
             return number
     raise _Decline(f"no {name} attribute")
-
-
-def _sched(tid: int) -> tuple[int, int]:
-    try:
-        return (os.sched_getscheduler(tid) & ~_RESET_ON_FORK,
-                os.sched_getparam(tid).sched_priority)
-    except OSError:
-        raise _Decline(f"thread {tid} cannot be read") from None
-
-
-def _kvm_pit_in_place(qemu_pid: int, vcpu0_tid: int, proc_root: str) -> None:
-    """The kvm-pit thread of a KVM domain on vCPU 0's CPUs, or none at all (the full path
-    would only log that); as numahook/host/procfs.py finds it."""
-    want = f"kvm-pit/{qemu_pid}\n"
-    try:
-        names = os.listdir(proc_root)
-    except OSError:
-        raise _Decline("no procfs") from None
-    for entry in names:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"{proc_root}/{entry}/comm", encoding="utf-8") as fh:
-                if fh.read(64) != want:
-                    continue
-            if os.sched_getaffinity(int(entry)) != os.sched_getaffinity(vcpu0_tid):
-                raise _Decline("the kvm-pit thread is not on vCPU 0's CPUs")
-        except (OSError, ValueError):
-            continue
-        return
 
 
 def _write_running(state_dir: str, path: str, text: str, data: dict[str, Any],
@@ -321,36 +263,14 @@ def verify(name: str, xml: str, environ: Any = os.environ) -> str:
     uuid = _uuid(xml)
     path = os.path.join(cfg["state_dir"], "claims", f"{uuid}.json")
     text, data = _claim(path, uuid, name)
-    rt = data["realtime"]
-    masked = {_int(v) for v in rt.get("vcpus", ())}
-    priority = _int(rt.get("priority"))
-    emulator = rt.get("emulator")
-    if not masked or not 1 <= priority <= 99 or type(emulator) is not bool:
-        raise _Decline("realtime intent")
     pid, tids = _status(os.path.join(cfg["libvirt_run"], f"{name}.xml"))
-    if pid != data["verified_pid"] or not masked <= set(tids):
-        raise _Decline("another QEMU, or a masked vCPU without a thread")
-    if sorted(tids) != list(range(len(tids))):
-        # the intent holds the masked vCPUs below the boot count (ops/lifecycle.py, admit):
-        # the same as the mask's vCPUs with a thread only when vCPUs 0..n-1 are the online ones
-        raise _Decline("online vCPUs are not 0..n-1")
-    for vcpu, tid in tids.items():
-        policy, prio = _sched(tid)
-        if vcpu in masked:
-            if (policy, prio) != (os.SCHED_FIFO, priority):
-                raise _Decline(f"vCPU {vcpu} is not FIFO {priority}")
-        elif policy in _RT_POLICIES:
-            raise _Decline(f"vCPU {vcpu} is real-time but not masked")
-    if emulator and _sched(pid) != (os.SCHED_FIFO, priority):
-        raise _Decline("the emulator thread is not FIFO")
-    _emulator_in_place(xml, pid)
-    if xml.lstrip().startswith(("<domain type='kvm'", '<domain type="kvm"')) and 0 in tids:
-        _kvm_pit_in_place(pid, tids[0], cfg["proc_root"])
+    if pid != data["verified_pid"]:
+        raise _Decline("another QEMU")
+    probe = Probe(name, xml, pid, tids, data, cfg["proc_root"])
+    parts = [part for tunable in REGISTRY if (part := tunable.fast_verify(probe))]
     _write_running(cfg["state_dir"], path, text, data, timeout)
-    vcpus = ",".join(str(v) for v in sorted(masked))
-    return (f"domain={name} action=realtime vcpus={vcpus} priority={priority} "
-            f"emulator={emulator} path=verified detail=applied by numahookd before started "
-            f"(qemu pid {pid}), verified")
+    return (f"domain={name} {' '.join(parts) or 'action=started'} path=verified "
+            f"detail=applied by numahookd before started (qemu pid {pid}), verified")
 
 
 def started(name: str, xml: str, environ: Any = os.environ) -> bool:

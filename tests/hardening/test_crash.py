@@ -59,9 +59,9 @@ NAME = "crash"
 PREPARE_POINTS = ["admit.claimed", "hugepages.pending", "hugepages.written", "admit.reserved",
                   "admit.phase-reserved"]
 RELEASE_POINTS = ["release.before-rollback", "hugepages.pending", "hugepages.written",
-                  "rollback.hugepages-released", "release.after-rollback"]
+                  "rollback.hugepages-undone", "release.after-rollback"]
 #: killed while a second prepare rolls back the claim a first one left
-REPREPARE_POINTS = ["hugepages.pending", "hugepages.written", "rollback.hugepages-released"]
+REPREPARE_POINTS = ["hugepages.pending", "hugepages.written", "rollback.hugepages-undone"]
 
 
 @dataclass
@@ -99,7 +99,7 @@ def _journal_is_honest(host: Host, pool: Pool) -> None:
         assert gained == 0
         return
     c = claims[0]
-    settled = hugepages.settle(c.hugepages, c.hugepages_pending, str(host.sysfs))
+    settled = hugepages.settle(claims.added(c), claims.pending(c), str(host.sysfs))
     assert settled.get(POOL, 0) == gained, (c, pool.nr(), pool.baseline)
 
 
@@ -198,7 +198,7 @@ def test_every_fault_point_is_exercised() -> None:
 
 RT_STARTED_POINTS = ["tune.journalled", "rtsched.intent", "rtsched.intent@3", "rtsched.written",
                      "rtsched.written@2", "rtsched.written@4", "tune.applied"]
-RT_RELEASE_POINTS = ["release.before-rollback", "rollback.hugepages-released",
+RT_RELEASE_POINTS = ["release.before-rollback", "rollback.hugepages-undone",
                      "release.after-rollback"]
 RT_CONFIG = {"realtime": {"throttled": "delegate", "max_budget_us": 20000}}
 

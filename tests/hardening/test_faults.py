@@ -29,8 +29,9 @@ from numahook.errors import HostError, NumahookError, Refusal, StateError
 from numahook.host import fsutil, hugepages, rtsched
 from numahook.node import probe, report
 from numahook.ops import domains, lifecycle, redefine
-from numahook.state import claims
+from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
+from tests.support import claims
 
 from .conftest import (
     FIGURES,
@@ -186,7 +187,7 @@ def test_unreadable_pool_at_release_keeps_an_honest_claim(host: Host) -> None:
         proc = host.hook(xml, NAME, "release", "end")
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         claim = host.statedir().load(UUID)
-        assert claim is not None and dict(claim.hugepages) == {POOL: held}
+        assert claim is not None and claims.added(claim) == {POOL: held}
         assert "giving back" in host.log.read_text()
     finally:
         knob.rmdir()
@@ -277,7 +278,7 @@ def test_full_state_filesystem_at_release_keeps_the_claim_until_space_returns(
         assert proc.returncode == 0 and proc.stderr == ""
         claim = h.statedir().load(UUID)
         assert claim is not None, "the claim went away although its pages are still held"
-        assert h.nr() - baseline == claim.hugepages.get(POOL, 0) == 2
+        assert h.nr() - baseline == claims.added(claim).get(POOL, 0) == 2
         ballast.unlink()  # the operator frees space; the daemon's next pass cleans up
         Reconciler(h.cfg(), h.statedir()).orphans(now=time.time() + 10_000)
         clean(h, baseline)
@@ -291,7 +292,7 @@ class JournalFault:
         self.on = True
         real = StateDir.save
 
-        def save(sd: StateDir, claim: claims.Claim) -> None:
+        def save(sd: StateDir, claim: Claim) -> None:
             self.calls += 1
             if self.on and (self.calls == at or (persistent and self.calls > at)):
                 self.fired += 1

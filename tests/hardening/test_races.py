@@ -150,16 +150,16 @@ class Monitor(threading.Thread):
                 if cpu in seen:
                     self.log.fail(f"CPU {cpu} held by {seen[cpu]} and {c.name}")
                 seen[cpu] = c.name
-            if c.hugepages_pending:
+            if claims.pending(c):
                 self.log.fail(f"{c.name} has a pending hugepage write under the lock")
-        added = sum(c.hugepages.get(POOL, 0) for c in claims)
+        added = sum(claims.added(c).get(POOL, 0) for c in claims)
         if nr != self.pool.baseline + added:
             # pages "given back" while another domain's QEMU used them stay as surplus
             surplus = self.pool.surplus()
             self.log.fail(f"nr_hugepages {nr} != baseline {self.pool.baseline} + {added} "
-                          f"added by {[(c.name, dict(c.hugepages)) for c in claims]} "
+                          f"added by {[(c.name, claims.added(c)) for c in claims]} "
                           f"(surplus {surplus})")
-        promised = sum(c.need.get(POOL, 0) for c in claims
+        promised = sum(claims.needed(c).get(POOL, 0) for c in claims
                        if c.phase in ("claimed", "reserved") and c.uuid not in mapping)
         if free < promised:
             self.log.fail(f"{free} pages free but {promised} promised to admitted domains")

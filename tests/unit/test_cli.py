@@ -15,6 +15,7 @@ from numahook.state.statedir import StateDir
 from tests.fixtures import devices as devfix
 from tests.fixtures.hosts import host_roots
 from tests.fixtures.status import MANAGED_STATUS
+from tests.support import claims
 from tests.support.cli import ADVISED, CONF, RT, cli_args, domain, run_cli, write
 
 
@@ -78,11 +79,11 @@ REPR = re.compile(r"\{'|\['|\{\(|\{\d+: |\[\d+(, \d+)+\]|\[\d+\]|\(\d+, \d+\)|fr
 #: fixture hosts with one node, two sockets, SMT, NPS4, CPU-less nodes, devices
 HUMAN_HOSTS = ("single", "intel-2s-ht-rt", "intel-2s-io", "epyc-nps4", "asym-cpuless")
 #: a running managed domain's claim (MANAGED_STATUS), and one left by a domain that is gone
-RUNNING_CLAIM = Claim(uuid="5e1b1a5e-0000-4000-8000-0000000000bb", name="other",
-                      cpus=frozenset({0, 1}), hugepages={(0, 2048): 64},
+RUNNING_CLAIM = claims.make(uuid="5e1b1a5e-0000-4000-8000-0000000000bb", name="other",
+                      cpus=frozenset({0, 1}), hugepages_added={(0, 2048): 64},
                       need={(0, 2048): 64, (1, 2048): 1}, phase="running")
-ORPHAN_CLAIM = Claim(uuid="c7a5fdbd-cdaf-9455-926a-d65c16db1809", name="gone",
-                     cpus=frozenset({2}), hugepages={(0, 2048): 1}, need={(0, 2048): 1})
+ORPHAN_CLAIM = claims.make(uuid="c7a5fdbd-cdaf-9455-926a-d65c16db1809", name="gone",
+                     cpus=frozenset({2}), hugepages_added={(0, 2048): 1}, need={(0, 2048): 1})
 
 
 def _other_runs_and_gone_left_a_claim(roots: dict[str, Path], tmp_path: Path) -> list[str]:
@@ -145,7 +146,7 @@ def test_status_says_the_pages_a_domain_holds_in_words(
     rc, out, _ = run_cli(capsys, "status", "--uri", "test:///nowhere", *args)
     assert rc == 0
     assert ("  holds: hugepages added 64 pages of 2 MiB on node 0, needs 64 pages of 2 MiB on "
-            "node 0, 1 page of 2 MiB on node 1, 0 RT budget files") in out.splitlines()
+            "node 0, 1 page of 2 MiB on node 1") in out.splitlines()
 
 
 def test_check_counts_in_the_singular_where_there_is_one(

@@ -22,13 +22,16 @@ ALLOWED = {
     "xml": set(),
     "core": {"xml"},
     "host": {"xml", "core"},
-    "state": {"xml", "core", "host"},
-    "node": {"xml", "core", "host"},
-    "ops": {"xml", "core", "host", "state"},
-    "hook": {"xml", "core", "host", "state", "ops"},
+    # the registry of what a domain changes on the host; its entries are journalled in
+    # claims, so state sits above it
+    "tunables": {"xml", "core", "host"},
+    "state": {"xml", "core", "host", "tunables"},
+    "node": {"xml", "core", "host", "tunables"},
+    "ops": {"xml", "core", "host", "tunables", "state"},
+    "hook": {"xml", "core", "host", "tunables", "state", "ops"},
     # the daemon borrows cli.epilog for its --help only (one text for both shells)
-    "daemon": {"xml", "core", "host", "state", "node", "ops", "cli"},
-    "cli": {"xml", "core", "host", "state", "node", "ops"},
+    "daemon": {"xml", "core", "host", "tunables", "state", "node", "ops", "cli"},
+    "cli": {"xml", "core", "host", "tunables", "state", "node", "ops"},
 }
 #: at most this many modules at the package root (the rest live in their layer)
 MAX_ROOT_MODULES = 8

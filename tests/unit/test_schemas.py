@@ -17,9 +17,9 @@ import numahook
 from numahook import cli
 from numahook.node import model as node
 from numahook.node import publish
-from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.fixtures.hosts import HOSTS, host_roots
+from tests.support import claims
 from tests.support.cli import ADVISED, RT, cli_args, domain, run_cli, write
 from tests.support.nodes import DAEMON, DOMAIN, NOW, capability
 from tests.support.schemas import SCHEMAS, documents, errors, validate
@@ -82,8 +82,8 @@ def test_status_json_with_an_orphan_claim(capsys: pytest.CaptureFixture[str],
     args = cli_args(single_v1, tmp_path)
     state = StateDir(args[args.index("--state-dir") + 1])
     state.ensure()
-    state.save(Claim(uuid="c7a5fdbd-cdaf-9455-926a-d65c16db1809", name="gone",
-                     cpus=frozenset({1, 2}), hugepages={(0, 2048): 4}, need={(0, 2048): 4}))
+    state.save(claims.make(uuid="c7a5fdbd-cdaf-9455-926a-d65c16db1809", name="gone",
+                     cpus=frozenset({1, 2}), hugepages_added={(0, 2048): 4}, need={(0, 2048): 4}))
     rc, out, err = run_cli(capsys, "status", "--json", "--uri", "test:///nowhere", *args)
     assert rc == 0, err
     doc = json.loads(out)

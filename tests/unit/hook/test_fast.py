@@ -19,10 +19,12 @@ import pytest
 
 from numahook.hook import fast, main
 from numahook.records import replace
-from numahook.state.claims import Claim, RealtimeIntent
 from numahook.state.statedir import StateDir
+from numahook.tunables import realtime
+from numahook.tunables.realtime import Intent
 from numahook.xml import safe
 from tests.fixtures.status import REAL_STATUS
+from tests.support import claims
 
 REPO = Path(__file__).resolve().parents[3]
 UUID = "37458bd7-b570-4007-8934-5a9194048470"
@@ -64,8 +66,8 @@ def host(tmp_path: Path, threads: list[int]) -> dict[str, object]:
                     f"state_dir = {tmp_path / 'state'}\nlibvirt_run = {tmp_path / 'run'}\n")
     state = StateDir(str(tmp_path / "state"))
     state.ensure()
-    claim = Claim(uuid=UUID, name=NAME, cpus=frozenset({0}), phase="reserved",
-                  realtime=RealtimeIntent((0,), 1), qemu_pid=qemu, verified_pid=qemu)
+    claim = claims.make(uuid=UUID, name=NAME, cpus=frozenset({0}), phase="reserved",
+                  intent=Intent((0,), 1), qemu_pid=qemu, verified_pid=qemu)
     state.save(claim)
     return {"env": {"NUMAHOOK_CONFIG": str(conf)}, "state": state, "claim": claim,
             "qemu": qemu, "v0": v0, "v1": v1, "conf": conf}
@@ -90,7 +92,8 @@ def test_anything_unconfirmed_declines_and_changes_nothing(host: dict, spoil: st
     if spoil == "unmasked vCPU FIFO":
         fifo(host["v1"])
     if spoil == "emulator not FIFO":
-        state.save(replace(claim, realtime=RealtimeIntent((0,), 1, emulator=True)))
+        state.save(replace(claim, tunables={"realtime": realtime.Entry(Intent((0,), 1,
+                   emulator=True))}))
     if spoil == "not verified":
         state.save(replace(claim, verified_pid=None))
     if spoil == "another QEMU":
@@ -133,9 +136,14 @@ def test_hook_main_reads_no_more_than_safe_allows() -> None:
 
 
 #: everything the fast path may load beyond a bare interpreter (-I): our three modules,
-#: __future__, the C half of json, fcntl for the lock (syslog is replaced by a file here)
+#: __future__, the C half of json, fcntl for the lock (syslog is replaced by a file here),
+#: and the registry of tunables, whose modules import host adapters only where used
+#: (numahook/tunables/base.py)
 FAST_PATH_MODULES = {"__future__", "_json", "fcntl", "numahook", "numahook.hook",
-                     "numahook.hook.fast", "numahook.hook.main", "numahook.ini", "numahook.log"}
+                     "numahook.hook.fast", "numahook.hook.main", "numahook.ini", "numahook.log",
+                     "numahook.records", "numahook.tunables", "numahook.tunables.base",
+                     "numahook.tunables.emulator", "numahook.tunables.hugepages",
+                     "numahook.tunables.kvmpit", "numahook.tunables.realtime"}
 
 _RUN = """
 import io, sys
@@ -187,7 +195,7 @@ def _with_rendered_emulator(xml: str, cpus: str, quote: str = '"') -> str:
 
 @pytest.mark.parametrize("quote", ['"', "'"])
 def test_an_emulator_not_yet_narrowed_declines(host: dict, quote: str) -> None:
-    """numahook/ops/emulator.py: while QEMU's main thread still runs on the start set, the
+    """numahook/tunables/emulator.py: while QEMU's main thread still runs on the start set, the
     full path must run and narrow it; once on its own CPUs alone, the fast path verifies."""
     fifo(host["v0"])
     cpu = min(os.sched_getaffinity(0))
