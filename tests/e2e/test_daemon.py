@@ -324,7 +324,7 @@ def test_realtime_vcpus_are_fifo_before_the_started_hook_runs(numahookd: Daemon,
         assert policy(tids[0]) == (os.SCHED_FIFO, 1) and policy(tids[1])[0] == os.SCHED_OTHER
         assert not rtsched.unbudgeted_rt_threads([tids[0]])
         claim = StateDir().load(dom.UUIDString())
-        assert claim is not None and claim.phase == "running" and claim.rt_budget
+        assert claim is not None and claim.phase == "running" and claims.budget(claim)
         rounds.append(seen["vcpu0"].startswith("SCHED_FIFO"))
         if rounds[-1]:  # numahookd applied it: it says so for the hook's fast path
             assert claim.verified_pid == guest.vcpu_threads(dom.name())[0]

@@ -337,7 +337,8 @@ def test_journal_write_failing_at_every_position(host: Host, monkeypatch: pytest
         if claim is None:
             assert gained == 0
         else:
-            settled = hugepages.settle(claim.hugepages, claim.hugepages_pending, str(host.sysfs))
+            settled = hugepages.settle(claims.added(claim), claims.pending(claim),
+                                       str(host.sysfs))
             assert settled.get(POOL, 0) == gained, (at, claim, gained)
         Reconciler(cfg, sd).orphans(now=time.time() + 10_000)
         clean(host, baseline)
@@ -387,7 +388,7 @@ def test_immutable_rt_runtime_file_refuses_with_eperm(tmp_path: Path) -> None:
         assert rt == [0, 0, 0, 0], rt
         assert [os.sched_getscheduler(p.pid) for p in sleeps] == [os.SCHED_OTHER] * 2
         claim = h.statedir().load(UUID)
-        assert claim is not None and claim.rt_budget == ()
+        assert claim is not None and claims.budget(claim) == ()
         (h.run / f"{NAME}.xml").unlink()
         assert h.hook(xml, NAME, "release", "end").returncode == 0  # libvirt stops the VM
         assert h.claim_files() == []
@@ -427,7 +428,7 @@ def test_cgroup_write_einval_from_the_kernel(tmp_path: Path, rt_group: RtGroup,
     assert "Invalid argument" in msg and "retry" in msg and "\n" not in msg, msg
     assert rt_group.runtimes() == [0, 0, 0, 0]
     claim = h.statedir().load(UUID)
-    assert claim is not None and claim.rt_budget == ()
+    assert claim is not None and claims.budget(claim) == ()
     (h.run / f"{NAME}.xml").unlink()
     assert h.hook(xml, NAME, "release", "end").returncode == 0
     clean(h, baseline)
