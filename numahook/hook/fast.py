@@ -153,7 +153,9 @@ def _claim(path: str, uuid: str, name: str) -> tuple[str, dict[str, Any]]:
         text = _read(path)
     except (OSError, ValueError):
         raise _Decline("no claim") from None
-    if (st.st_mode & 0o170000) != 0o100000 or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    from numahook.host import lean
+
+    if not lean.ours(st):
         raise _Decline("claim not ours")
     data = _load_json(text)
     if (data.get("version") != 2 or data.get("uuid") != uuid or data.get("name") != name
@@ -213,36 +215,17 @@ def _write_running(state_dir: str, path: str, text: str, data: dict[str, Any],
     fsync), under its lock, if the record did not change meanwhile."""
     import fcntl
 
+    from numahook.host import lean
+
     fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        pause = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise _Decline("the state lock is busy") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.1)
+        if not lean.flock_within(fd, timeout):
+            raise _Decline("the state lock is busy")
         try:
             if _read(path) != text:
                 raise _Decline("the claim changed meanwhile")
             data["phase"] = "running"
-            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}."
-                               f"{os.getpid()}-{os.urandom(4).hex()}.tmp")
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o600)
-            try:
-                try:
-                    os.write(out, _dump_json(data).encode("ascii"))
-                finally:
-                    os.close(out)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            lean.replace(path, _dump_json(data).encode("ascii"))
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:

@@ -18,12 +18,10 @@ Layout (``/run/numahook`` by default, 0700, files 0600)::
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
 import stat
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -31,7 +29,7 @@ from numahook import log as logmod
 from numahook import records
 from numahook.core.units import is_decimal
 from numahook.errors import InputError, StateError
-from numahook.host import fsutil, procfs
+from numahook.host import fsutil, lean, procfs
 from numahook.state.claims import UUID_PATTERN, Claim, boot_id, check_uuid
 from numahook.tunables.base import Journal, Store
 
@@ -148,26 +146,18 @@ class StateDir(Store):
                 f"opening {lockfile} failed: {exc.strerror}; check the state directory"
             ) from None
         try:
-            deadline = time.monotonic() + timeout
-            pause = 0.005
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
-                        raise StateError(
-                            f"locking {lockfile} failed: {exc.strerror}; check the state "
-                            "directory's file system"
-                        ) from None
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StateError(
-                        f"another numahook call held the state lock for more than {timeout:g} s;"
-                        " check for a hung numahook process"
-                    )
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, 0.1)
+            try:
+                got = lean.flock_within(fd, timeout)
+            except OSError as exc:
+                raise StateError(
+                    f"locking {lockfile} failed: {exc.strerror}; check the state directory's "
+                    "file system"
+                ) from None
+            if not got:
+                raise StateError(
+                    f"another numahook call held the state lock for more than {timeout:g} s;"
+                    " check for a hung numahook process"
+                )
             try:
                 yield
             finally:
@@ -192,9 +182,9 @@ class StateDir(Store):
             st = os.lstat(path)
         except OSError as exc:
             raise InputError(f"claim record {path} cannot be read: {exc.strerror}") from None
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            raise InputError(f"claim record {path} is not owned by uid {os.geteuid()} or is "
-                             "writable by others; numahook did not write it")
+        if not lean.ours(st):
+            raise InputError(f"claim record {path} is not a file owned by uid {os.geteuid()} "
+                             "or is writable by others; numahook did not write it")
         try:
             data = json.loads(fsutil.read_text(path, _MAX_CLAIM))
         except ValueError as exc:

@@ -173,23 +173,15 @@ class KvmPit(Tunable):
         if not probe.xml.lstrip().startswith(("<domain type='kvm'", '<domain type="kvm"')) \
                 or 0 not in probe.tids:
             return ""
-        want = f"kvm-pit/{probe.pid}\n"
+        from numahook.host import lean
+
         try:
-            names = os.listdir(probe.proc_root)
+            tid = lean.find_comm(probe.proc_root, f"kvm-pit/{probe.pid}")
+            if tid is not None and os.sched_getaffinity(tid) != os.sched_getaffinity(
+                    probe.tids[0]):
+                raise Decline("the kvm-pit thread is not on vCPU 0's CPUs")
         except OSError:
-            raise Decline("no procfs") from None
-        for entry in names:
-            if not entry.isdigit():
-                continue
-            try:
-                with open(f"{probe.proc_root}/{entry}/comm", encoding="utf-8") as fh:
-                    if fh.read(64) != want:
-                        continue
-                if os.sched_getaffinity(int(entry)) != os.sched_getaffinity(probe.tids[0]):
-                    raise Decline("the kvm-pit thread is not on vCPU 0's CPUs")
-            except (OSError, ValueError):
-                continue
-            return ""
+            raise Decline("procfs cannot be read") from None
         return ""
 
     def decode(self, data: Any) -> None:

@@ -147,18 +147,23 @@ class Realtime(Tunable):
             intent.emulator, result.path, result.message)
         return True
 
-    def _wrong(self, view: View) -> tuple[list[int], bool]:
+    def _wrong(self, view: View) -> tuple[list[int], list[int], bool]:
+        """(masked vCPUs not at their policy, unmasked vCPUs real-time, the emulator off)."""
         from numahook.errors import NumahookError
         from numahook.host import procfs
+        from numahook.host.rtgroups import REALTIME_POLICIES
 
         want = ("fifo", view.request.realtime_priority)
-        wrong = []
-        for v in sorted(view.rt_running):
+        wrong, extra = [], []
+        for v, tid in sorted(view.tids.items()):
             try:
-                if procfs.sched_of(view.tids[v]) != want:
-                    wrong.append(v)
+                now = procfs.sched_of(tid)
             except NumahookError:
                 continue  # the thread exited
+            if v in view.rt_vcpus and now != want:
+                wrong.append(v)
+            elif v not in view.rt_vcpus and now[0] in REALTIME_POLICIES:
+                extra.append(v)
         emulator = self._emulator(view)
         emulator_wrong = False
         if emulator is not None:
@@ -166,20 +171,27 @@ class Realtime(Tunable):
                 emulator_wrong = procfs.sched_of(emulator) != want
             except NumahookError:
                 pass  # QEMU exited
-        return wrong, emulator_wrong
+        return wrong, extra, emulator_wrong
 
     def verify(self, cfg: Config, view: View) -> str | None:
+        """Exactly the masked vCPUs SCHED_FIFO at the priority, as rtsched.apply leaves
+        them, and the emulator thread too when it is real-time."""
         from numahook.core import cpulist
         from numahook.core.units import plural
 
-        wrong, emulator_wrong = self._wrong(view)
-        if not wrong and not emulator_wrong:
-            return None
+        wrong, extra, emulator_wrong = self._wrong(view)
         what = [f"{plural(len(wrong), 'vCPU')} {cpulist.format(wrong)}"] if wrong else []
         if emulator_wrong:
             what.append("the emulator thread")
-        return (f"real-time {' and '.join(what)} {plural(len(wrong) + emulator_wrong, 'is', 'are')}"
-                f" not SCHED_FIFO {view.request.realtime_priority}")
+        out = []
+        if what:
+            out.append(f"real-time {' and '.join(what)} "
+                       f"{plural(len(wrong) + emulator_wrong, 'is', 'are')} not SCHED_FIFO "
+                       f"{view.request.realtime_priority}")
+        if extra:
+            out.append(f"{plural(len(extra), 'vCPU')} {cpulist.format(extra)} outside the "
+                       f"mask {plural(len(extra), 'is', 'are')} real-time")
+        return "; ".join(out) or None
 
     def backstop(self, cfg: Config, view: View) -> str | None:
         """A masked vCPU not at its policy (reset by hand, hot-plugged): apply again."""

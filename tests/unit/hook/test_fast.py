@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from numahook import NAMESPACE
 from numahook.hook import fast, main
 from numahook.records import replace
 from numahook.state.statedir import StateDir
@@ -143,7 +144,8 @@ FAST_PATH_MODULES = {"__future__", "_json", "fcntl", "numahook", "numahook.hook"
                      "numahook.hook.fast", "numahook.hook.main", "numahook.ini", "numahook.log",
                      "numahook.records", "numahook.tunables", "numahook.tunables.base",
                      "numahook.tunables.emulator", "numahook.tunables.hugepages",
-                     "numahook.tunables.kvmpit", "numahook.tunables.realtime"}
+                     "numahook.tunables.kvmpit", "numahook.tunables.realtime", "numahook.host",
+                     "numahook.host.lean"}
 
 _RUN = """
 import io, sys
@@ -211,3 +213,43 @@ def test_an_emulator_not_yet_narrowed_declines(host: dict, quote: str) -> None:
 def test_an_unreadable_rendered_emulator_declines(host: dict) -> None:
     fifo(host["v0"])
     assert not fast.started(NAME, _with_rendered_emulator(XML, "3-x"), host["env"])
+
+
+@pytest.mark.parametrize("state_of_threads", [
+    "as applied", "masked vCPU not FIFO", "wrong priority", "unmasked vCPU FIFO",
+    "emulator not FIFO", "emulator FIFO as asked",
+])
+def test_the_fast_path_and_the_full_path_judge_alike(host: dict, state_of_threads: str) -> None:
+    """Parity: where the threads are as the claim's intent says, both paths accept; where
+    one is off, the fast path declines and the full path's tunables say what is wrong
+    (numahook/tunables/base.py, ``fast_verify`` against ``verify``)."""
+    from numahook.config import Config
+    from numahook.core import render
+    from numahook.host import libvirtstatus
+    from numahook.tunables import REGISTRY
+    from numahook.tunables.view import of
+
+    state, claim = host["state"], host["claim"]
+    emulator = state_of_threads.startswith("emulator")
+    if state_of_threads != "masked vCPU not FIFO":
+        fifo(host["v0"], 2 if state_of_threads == "wrong priority" else 1)
+    if state_of_threads == "unmasked vCPU FIFO":
+        fifo(host["v1"])
+    if emulator:
+        state.save(replace(claim, tunables={"realtime": realtime.Entry(Intent((0,), 1,
+                   emulator=True))}))
+    if state_of_threads == "emulator FIFO as asked":
+        fifo(host["qemu"])
+    # the same domain as the full path reads it: the mask and the emulator from its XML
+    extra = " isolateEmulatorThread='true'" if emulator else ""
+    live = XML.replace("</uuid>", f"</uuid><metadata><numahook:domain xmlns:numahook="
+                       f"'{NAMESPACE}'><numahook:cpu dedicatedCpuPlacement='true'{extra}>"
+                       "<numahook:realtime mask='0'/></numahook:cpu></numahook:domain>"
+                       "</metadata>", 1)
+    doc = render.parse(live, readonly=True)
+    assert doc.request is not None and doc.request.realtime
+    status = libvirtstatus.status_of(NAME, str(host["conf"].parent / "run"))
+    seen = of(doc, status, "/proc")
+    full = [p for t in REGISTRY if t.wanted(seen) and (p := t.verify(Config(), seen))]
+    assert fast.started(NAME, live, host["env"]) == (not full), full
+    assert (state_of_threads in ("as applied", "emulator FIFO as asked")) == (not full)
