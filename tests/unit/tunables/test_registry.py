@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from numahook import records, tunables
-from numahook.core import metadata
+from numahook.core import schema
 from numahook.core.plan import Plan
 from numahook.tunables.base import PARTS, Tunable
 
@@ -47,10 +47,27 @@ def test_names_are_unique_and_match_the_claims_keys() -> None:
     assert all(tunables.by_name(n).name == n for n in names)
 
 
+def _metadata_names() -> set[str]:
+    """What core/schema.py declares inside <numahook:cpu>, as tunables name it: an
+    attribute of cpu by its name, an element or its attribute by its path from cpu."""
+    cpu = next(c for c in schema.DOMAIN.children if c.name == "cpu")
+    out = {a.name for a in cpu.attrs}
+
+    def down(el: schema.Element, path: str) -> None:
+        out.add(path)
+        out.update(f"{path}.{a.name}" for a in el.attrs)
+        for c in el.children:
+            down(c, f"{path}.{c.name}")
+
+    for c in cpu.children:
+        down(c, c.name)
+    return out
+
+
 @pytest.mark.parametrize("tunable", tunables.REGISTRY, ids=lambda t: t.name)
 def test_declared_attributes_and_plan_fields_exist(tunable: Tunable) -> None:
-    known = set(metadata._CPU_ATTRS) | {f"realtime.{a}" for a in metadata._RT_ATTRS} | {
-        "realtime"}
+    known = _metadata_names()
+    assert {"realtime", "realtime.mask", "isolateEmulatorThread"} <= known
     assert set(tunable.attributes) <= known
     assert set(tunable.plan_fields) <= set(records.field_names(Plan))
 
