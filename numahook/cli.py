@@ -15,7 +15,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from numahook import SCHEMA_VERSION, __version__
+from numahook import EXAMPLES_DIR, SCHEMA_DIR, SCHEMA_VERSION, __version__
 from numahook import config as configmod
 from numahook.core import cpulist, explain, render
 from numahook.core.plan import Inputs
@@ -158,7 +158,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     finally:
         domains.close(conn)
     if outcome is None:
-        raise InputError(f"{args.name} has no <numahook:domain> metadata; add it to opt in")
+        raise InputError(f"{args.name} has no <numahook:domain> metadata; add it to opt in "
+                         f"(numahook(8), OPTING IN; examples in {EXAMPLES_DIR})")
     if outcome.refused:
         raise Refusal(outcome.refused)
     print(f"{outcome.name}: redefined ({outcome.reason})" if outcome.changed
@@ -317,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
     _what_if(p)
     _uri(p)
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object (docs/schemas/check.schema.json)")
+                   help=f"print one JSON object ({SCHEMA_DIR}/check.schema.json)")
     p.add_argument("file", metavar="FILE|NAME", help=SOURCE_HELP)
     p.set_defaults(func=cmd_check)
     p = _command(sub, "node", "say whether this node is real-time capable, and why", (
@@ -328,7 +329,7 @@ def parser() -> argparse.ArgumentParser:
     _roots(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true",
-                     help="print one JSON object (docs/schemas/node.schema.json)")
+                     help=f"print one JSON object ({SCHEMA_DIR}/node.schema.json)")
     out.add_argument("--check", action="store_true",
                      help="for scripts: print the one-line verdict and exit 1 if the node is "
                      "not real-time capable (as virt-host-validate does)")
@@ -352,7 +353,7 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     _uri(p)
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object (docs/schemas/status.schema.json)")
+                   help=f"print one JSON object ({SCHEMA_DIR}/status.schema.json)")
     p.add_argument("domain", metavar="NAME", nargs="?",
                    help="show only this domain: its name or UUID")
     p.set_defaults(func=cmd_status)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -130,6 +131,27 @@ def test_the_package_owns_hook_unit_config_and_tmpfiles(installed: None) -> None
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True,
                              env=CLEAN_ENV, cwd="/")
         assert numahook.__version__ in out.stdout
+
+
+def test_the_schemas_and_examples_are_where_help_names_them(installed: None) -> None:
+    """An operator has the package, not the source tree (issue 31): every schema a --help
+    names is there, the schema directory is docs/schemas/, the examples are examples/."""
+    from numahook import EXAMPLES_DIR, SCHEMA_DIR
+
+    named = set()
+    for command in ("check", "node", "status"):
+        out = subprocess.run(["/usr/bin/numahook", command, "--help"], capture_output=True,
+                             text=True, check=True, env={**CLEAN_ENV, "COLUMNS": "200"}).stdout
+        named.update(re.findall(rf"{SCHEMA_DIR}/[a-z-]+\.schema\.json", out))
+    assert len(named) == 3 and all(Path(p).is_file() for p in named), named
+    for installed_dir, source in ((SCHEMA_DIR, REPO / "docs" / "schemas"),
+                                  (EXAMPLES_DIR, REPO / "examples")):
+        files = {p.name: p.read_bytes() for p in Path(installed_dir).iterdir()}
+        assert files == {p.name: p.read_bytes() for p in source.iterdir()}, installed_dir
+    example = Path(EXAMPLES_DIR) / "numavm.xml"
+    proc = subprocess.run(["/usr/bin/numahook", "check", str(example)], capture_output=True,
+                          text=True, check=False, env=CLEAN_ENV, cwd="/")
+    assert proc.returncode in (0, 1) and proc.stdout.startswith("numavm"), proc.stderr
 
 
 class Numahookd:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from numahook.config import Config
 from numahook.node import model, probe
-from tests.fixtures.hosts import host_roots
+from tests.fixtures.hosts import HostSpec, host_roots
 
 #: /proc/mounts with a hugetlbfs for each of the fixture hosts' page sizes
 MOUNTS = ("sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\n"
@@ -22,9 +22,10 @@ MOUNTS = ("sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\n"
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)
 
 
-def make_host(tmp_path: Path, name: str, version: int = 1, runtime: int | None = None,
-              mounts: str | None = None) -> Config:
-    """A fixture host as a Config; ``runtime`` rewrites kernel.sched_rt_runtime_us.
+def make_host(tmp_path: Path, name: str | HostSpec, version: int = 1,
+              runtime: int | None = None, mounts: str | None = None) -> Config:
+    """A fixture host (a catalogue name or a spec) as a Config; ``runtime`` rewrites
+    kernel.sched_rt_runtime_us.
 
     The fixture's v1 cpu controller has cpu.rt_runtime_us but no cpu.shares, which is how
     rtsched tells v1 from v2, so it is added here as every real v1 cpu hierarchy has it.

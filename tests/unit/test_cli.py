@@ -301,3 +301,17 @@ def test_a_missing_named_file_is_an_error(no_env: None, capsys: pytest.CaptureFi
     rc, _, err = run_cli(capsys, "config", "check", str(tmp_path / "none.conf"))
     assert rc == 2 and "no such file; create it" in err
 
+
+
+def test_apply_to_a_domain_that_did_not_opt_in_says_where_to_read_how(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    """`numahook apply plain` said "add it to opt in" and no more (issue 31): the man page's
+    section and the examples the package installs show how."""
+    plain = domain(vcpus=1).replace("<name>vm</name>", "<name>plain</name>")
+    start, end = plain.index("<metadata>"), plain.index("</metadata>") + len("</metadata>")
+    uri = libvirt_test_uri(tmp_path, plain[:start] + plain[end:])
+    rc, out, err = run_cli(capsys, "apply", "--uri", uri, "--state-dir", str(tmp_path / "run"),
+                           "plain")
+    assert (rc, out) == (2, "")
+    assert err == ("numahook: plain has no <numahook:domain> metadata; add it to opt in "
+                   "(numahook(8), OPTING IN; examples in /usr/share/doc/numahook/examples)\n")

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from lxml import etree
 
 import numahook
-from numahook import NAMESPACE, cli
+from numahook import NAMESPACE, SCHEMA_DIR, cli
 from numahook.core import metadata, request, schema
 from numahook.errors import InputError
 from numahook.node import model as node
@@ -161,8 +161,9 @@ def test_every_json_option_names_its_schema_and_is_validated_above() -> None:
     for command, parser in sub.choices.items():
         for action in parser._actions:
             if "--json" in action.option_strings:
-                m = re.search(r"docs/schemas/([a-z-]+)\.schema\.json", action.help or "")
-                assert m, f"numahook {command} --json: its help names no docs/schemas file"
+                # the installed path: an operator has the package, not the source tree
+                m = re.search(rf"{SCHEMA_DIR}/([a-z-]+)\.schema\.json", action.help or "")
+                assert m, f"numahook {command} --json: its help names no {SCHEMA_DIR} file"
                 assert (SCHEMAS / f"{m.group(1)}.schema.json").is_file(), m.group(0)
                 named[command] = m.group(1)
     # the outputs the tests above validate, each against its own schema

@@ -591,7 +591,7 @@ def test_cli_not_opted_in(capsys: pytest.CaptureFixture[str], single_v1: dict[st
     assert rc == 1
     assert out == ""
     assert err == ("numahook: plain has no <numahook:domain> metadata, so numahook leaves it "
-                   "alone; add the metadata element to opt in\n")
+                   "alone; add the metadata element to opt in (numahook(8), OPTING IN)\n")
 
 
 def test_cli_cpuset_override(capsys: pytest.CaptureFixture[str], epyc_v2: dict[str, Path],

@@ -112,9 +112,10 @@ def test_hugepages_reasons(tmp_path: Path) -> None:
     assert not any("hugepages" in r for r in probe.probe(cfg).reasons)
     pool = Path(cfg.sysfs_root) / "devices/system/node/node0/hugepages/hugepages-2048kB"
     (pool / "free_hugepages").write_text("0\n")
-    assert any("no hugepages are free" in r for r in probe.probe(cfg).reasons)
+    assert any("no 2 MiB hugepages are free, and none need to be" in r
+               for r in probe.probe(cfg).reasons)
     (Path(cfg.proc_root) / "mounts").write_text("")
-    assert any("2048 KiB hugepages are reserved but no hugetlbfs is mounted" in r
+    assert any("no hugetlbfs is mounted" in r and "2 MiB pages reserved here go unused" in r
                and "pagesize=2M" in r for r in probe.probe(cfg).reasons)
 
 
