@@ -23,7 +23,7 @@ from typing import Any
 
 from numahook import NAMESPACE, __version__, faults
 from numahook import config as configmod
-from numahook.daemon import logs, usage
+from numahook.daemon import domainmetrics, logs, usage
 from numahook.daemon.connection import EVENTS, Connection
 from numahook.daemon.loop import Loop
 from numahook.daemon.notify import Notifier
@@ -105,6 +105,8 @@ class Daemon:
         stats = self.reconciler.stats
         running = len(domains["running"])
         own = daemon_metrics(running, stats, counters["sd_notify_dropped"])
+        # a snapshot for the publisher's thread, which reads the few files those need
+        listed, refused = self.reconciler.listed, frozenset(stats.refused)
         daemon_section = {"orphan_claims": domains["orphan_claims"],
                           "reconcile_passes": stats.passes,
                           "last_pass_seconds": stats.last_pass_seconds,
@@ -118,10 +120,10 @@ class Daemon:
                 cap, cfg.nfd_dir, ttl=3 * cfg.probe_interval,
                 hint=read_only_hint(cfg.nfd_dir, self.unit_dirs))),
             ("metrics", lambda: metrics.write_metrics(
-                cap, cfg.textfile_dir, own,
+                cap, cfg.textfile_dir,
+                own + domainmetrics.domain_metrics(cfg, cap, domains, listed, refused),
                 hint=read_only_hint(cfg.textfile_dir, self.unit_dirs)))])
         # the inactive definitions are known once libvirt has listed them, not before
-        listed = self.reconciler.listed
         self._counts = publish.DomainCounts(
             running + len(domains["inactive"]) if listed else None, running)
         self.notifier.status(self._status_text())

@@ -113,7 +113,8 @@ def test_the_package_owns_hook_unit_config_and_tmpfiles(installed: None) -> None
                  "/usr/share/bash-completion/completions/numahookd",
                  "/usr/share/man/man8/numahook.8.gz", "/usr/share/man/man8/numahookd.8.gz",
                  "/usr/share/man/man5/numahook.conf.5.gz",
-                 "/usr/share/man/man5/numahook-metadata.5.gz"):
+                 "/usr/share/man/man5/numahook-metadata.5.gz",
+                 "/usr/share/numahook/grafana/numahook.json"):
         assert path in owned, f"{path} is not in the package"
     # python-daemon only for --daemonize: suggested, not required
     fields = subprocess.run(["dpkg-query", "-W", "-f", "${Depends}\n${Suggests}", "numahook"],
