@@ -18,7 +18,7 @@ from numahook.core import metadata, render
 from numahook.core.units import counted
 from numahook.errors import NumahookError
 from numahook.host import fsutil, libvirtstatus
-from numahook.ops import hostinputs, lifecycle, redefine
+from numahook.ops import hostinputs, lifecycle, redefine, refusals
 from numahook.state.recovery import rollback
 from numahook.state.statedir import ClaimJournal, StateDir
 from numahook.tunables import REGISTRY, view
@@ -273,6 +273,7 @@ class Reconciler:
         if out.refused:
             if self.stats.refused.get(out.name) != out.refused:
                 log.warning("%s cannot be rendered on this host now: %s", out.name, out.refused)
+                refusals.count(self.cfg.state_dir, refusals.RENDER, out.check)
             self.stats.refused[out.name] = out.refused
             return
         self.stats.refused.pop(out.name, None)

@@ -91,9 +91,6 @@ def test_a_definition_the_host_cannot_hold_is_counted(numahookd: Daemon,
         f'numahook_domain_running{{domain="{second.name()}"}}': 0}
 
 
-@pytest.mark.xfail(strict=True, reason="needs the lead's calls in hook/main.py and "
-                   "daemon/reconcile.py (see tests/unit/ops/test_refusals.py and "
-                   "tests/unit/daemon/test_domainmetrics_daemon.py); then drop this mark")
 def test_refusals_are_counted_by_stage_and_check(numahookd: Daemon, domains: Any) -> None:
     key = 'numahook_refusals_total{{check="dedicated-cpus",stage="{}"}}'
     before = {s: exposition(numahookd).get(key.format(s), 0) for s in ("prepare", "render")}

@@ -17,10 +17,10 @@ from numahook.host import procfs
 from numahook.node import metrics, probe
 from numahook.ops import refusals, status
 from numahook.records import replace
-from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.fixtures.hosts import host_roots
 from tests.golden.cases import DATA
+from tests.support import claims
 from tests.support.nodes import MOUNTS
 from tests.support.promtool import lint
 
@@ -166,7 +166,7 @@ def test_from_status_collect_on_a_running_real_time_domain(
         f"{xml}</domstatus>")
     state = StateDir(cfg.state_dir)
     state.ensure()
-    state.save(Claim(uuid="5e1b1a5e-0000-4000-8000-000000000002", name="fedora-realtime",
+    state.save(claims.make(uuid="5e1b1a5e-0000-4000-8000-000000000002", name="fedora-realtime",
                      cpus=frozenset({2, 3, 4, 42, 43}), need={(0, 1048576): 4},
                      phase="running"))
     policies = {4243: ("fifo", 1), 4244: ("other", 0), 4245: ("fifo", 1), 4246: ("other", 0)}

@@ -65,9 +65,6 @@ def test_numahookd_exports_a_definition_and_drops_it_when_undefined(daemon: Any)
     assert 'domain="vm"' not in prom.read_text()
 
 
-@pytest.mark.xfail(strict=True, reason="needs the lead's line in daemon/reconcile.py's "
-                   "_rerender_one, where a new refusal is logged: `refusals.count("
-                   "self.cfg.state_dir, refusals.RENDER, out.check)`; then drop this mark")
 def test_numahookd_counts_a_render_refusal_once_per_reason(daemon: Any) -> None:
     daemon.conn.conn.defineXML(domain(vcpus=8))
     daemon.on_connected()

@@ -142,9 +142,6 @@ def test_the_refusal_path_imports_nothing_the_hook_has_not_loaded(tmp_path: Path
     assert out == ["numahook.ops.refusals"]
 
 
-@pytest.mark.xfail(strict=True, reason="needs the lead's two lines in hook/main.py's "
-                   "`except NumahookError` branch: `from numahook.ops import refusals` and "
-                   "`refusals.count_error(cfg.state_dir, op, exc)`; then drop this mark")
 def test_a_refused_prepare_is_counted_by_the_hook(tmp_path: Path,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     from numahook.hook import main as hook
