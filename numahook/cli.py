@@ -22,6 +22,7 @@ from numahook.core.plan import Inputs
 from numahook.errors import ConfigError, HostError, InputError, NumahookError, Refusal, StateError
 from numahook.ops import domains, hostinputs
 from numahook.ops.hostinputs import CpuSource
+from numahook.tunables import REGISTRY
 from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
@@ -107,9 +108,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     doc = render.parse(_source(args))
     inp, view = _inputs(args, doc)
     ev = render.evaluate(doc, inp)
-    pages = hostinputs.page_supply(ev.plan, inp.config.sysfs_root) if ev.plan is not None else None
-    if pages is not None:
-        ev.checks.append(pages)
+    if ev.plan is not None:  # the pool's supply, and prepare's own host checks (realtime-node)
+        ev.checks.extend(c for c in [hostinputs.page_supply(ev.plan, inp.config.sysfs_root)] + [
+            t.precondition(inp.config, doc, ev.plan) for t in REGISTRY if t.wanted(doc)] if c)
     if args.json:
         out = explain.evaluation_dict(doc.facts.name, ev)
         out["available_cpus"] = cpulist.format(inp.available)
@@ -134,9 +135,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         print(report.verdict(cap))
     else:
         print(report.text_report(cap))
-    if args.check and not cap.realtime_capable:
-        return EXIT_NOT_CAPABLE
-    return EXIT_OK
+    return EXIT_NOT_CAPABLE if args.check and not cap.realtime_capable else EXIT_OK
 
 
 def cmd_apply(args: argparse.Namespace) -> int:

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from numahook import cli, config
+from numahook.records import replace
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.fixtures import devices as devfix
@@ -315,3 +316,31 @@ def test_apply_to_a_domain_that_did_not_opt_in_says_where_to_read_how(
     assert (rc, out) == (2, "")
     assert err == ("numahook: plain has no <numahook:domain> metadata; add it to opt in "
                    "(numahook(8), OPTING IN; examples in /usr/share/doc/numahook/examples)\n")
+
+
+@pytest.mark.parametrize("throttled", ["refuse", "delegate"])
+def test_check_runs_the_host_checks_prepare_runs(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path, throttled: str) -> None:
+    """check iterates the tunables' preconditions as prepare does (numahook/tunables/): on
+    a throttled node with RT group scheduling and ``throttled = refuse``, prepare refuses a
+    real-time domain with realtime-node, and check used to say it fits."""
+    from numahook.core.plan import Check
+    from numahook.host import rtsched
+
+    roots = host_roots(tmp_path / "host", "single", 1)
+    cpu = roots["cgroup"] / "cpu,cpuacct"
+    (cpu / "cpu.shares").write_text("1024\n")  # a v1 cpu controller, with RT group budgets
+    assert (cpu / "cpu.rt_runtime_us").is_file()
+    args = cli_args(roots, tmp_path)
+    conf = tmp_path / "numahook.conf"
+    conf.write_text(CONF.read_text().replace("throttled = refuse", f"throttled = {throttled}"))
+    args[args.index("--config") + 1] = str(conf)
+    cfg = config.load(str(conf))
+    gate: Check = rtsched.realtime_gate(replace(cfg, cgroup_root=str(roots["cgroup"]),
+                                                proc_root=str(roots["proc"])))
+    assert gate.ok is (throttled == "delegate")  # the fixture host needs a group budget
+    rc, out, _ = run_cli(capsys, "check", "--json", *args, write(tmp_path, domain(realtime=RT)))
+    checks = {c["name"]: c for c in json.loads(out)["preconditions"]}
+    assert checks["realtime-node"]["ok"] is gate.ok
+    assert checks["realtime-node"]["reason"] == gate.reason
+    assert rc == (0 if gate.ok else 1)
