@@ -16,6 +16,7 @@ from numahook.core.rtbudget import BudgetPlan, BudgetRecord
 from numahook.errors import HostError, InputError
 from numahook.host import fsutil, rtgroups
 from numahook.host.rtgroups import RUNTIME
+from numahook.node import probe
 
 DOM = "/machine/qemu-1-rt.libvirt-qemu"
 
@@ -274,3 +275,46 @@ def test_unintended_record_is_not_returned(tree: Tree) -> None:
     rec = BudgetRecord(str(tree.cpu / "machine" / RUNTIME), 5000, 20000, applied=False)
     rtgroups.undelegate([rec])
     assert tree.rt("/machine") == 5000
+
+
+# ---------------------------------------------------------------- -1: unlimited
+
+
+def test_an_unlimited_group_holds_its_whole_period_for_planner_and_probe(tree: Tree) -> None:
+    """One rule for -1, read in one place. With throttling off (-1) a group may be -1 too.
+    The node probe always read such a group as holding its whole period; the planner read
+    it as -1, below 0, so it "raised" /machine from -1 to the domain's budget, and giving
+    that back left /machine at 0 rather than unlimited."""
+    (tree.proc / "sys/kernel/sched_rt_runtime_us").write_text("-1\n")
+    tree.cpu.joinpath(RUNTIME).write_text("-1\n")
+    tree.group("/machine", -1)
+    machine = tree.cpu / "machine"
+    assert rtgroups.setting(machine) == (-1, 1_000_000)
+    assert rtgroups.bandwidth(machine) == (1_000_000, 1_000_000)
+
+    budget = probe.read_rt_budget(str(tree.cgroup), -1, 1_000_000)
+    assert budget is not None
+    assert (budget.machine_runtime_us, budget.machine_free_us) == (-1, 1_000_000)
+
+    p = plan(tree, [f"{DOM}/vcpu0"], cap=100000)
+    assert [Path(r.path).parent.name for r in p.records] == ["qemu-1-rt.libvirt-qemu", "vcpu0"]
+    journal: list[list[BudgetRecord]] = []
+    rtgroups.undelegate(rtgroups.delegate(p), journal.append)
+    assert journal[-1] == []
+    assert (tree.rt("/machine"), tree.rt(DOM), tree.rt(f"{DOM}/vcpu0")) == (-1, 0, 0)
+
+
+def test_a_group_made_unlimited_meanwhile_gives_our_share_back(
+        tree: Tree, caplog: pytest.LogCaptureFixture) -> None:
+    """Throttling turned off and /machine set to -1 while the domain ran: at release
+    /machine holds its whole period like any group, and our share comes off it. Read as
+    -1 it could not be lowered, so the record stayed in the claim and the give-back
+    warned that children still held budget that no child held."""
+    records = rtgroups.delegate(plan(tree, [f"{DOM}/vcpu0"], cap=100000))
+    (tree.proc / "sys/kernel/sched_rt_runtime_us").write_text("-1\n")
+    tree.group("/machine", -1)
+    journal: list[list[BudgetRecord]] = []
+    rtgroups.undelegate(records, journal.append)
+    assert journal[-1] == []
+    assert "children still hold it" not in caplog.text
+    assert (tree.rt("/machine"), tree.rt(DOM)) == (900000, 0)
