@@ -28,6 +28,7 @@ from numahook.node import cmdline, probe
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.fixtures.hosts import CpuSpec, HostSpec, NodeSpec, build_sysfs, host_roots
+from tests.support import claims
 
 from .conftest import FIGURES, FUZZ, uuid_of
 from .fuzzing import (
@@ -264,8 +265,8 @@ json_values = st.recursive(json_leaf, lambda kids: st.one_of(
 
 @st.composite
 def claim_records(draw: st.DrawFn) -> str:
-    doc = Claim(uuid=uuid_of(3), name="d", cpus=frozenset({1, 2}),
-                hugepages={(0, 2048): 2}, need={(0, 2048): 2}).to_json()
+    doc = claims.make(uuid=uuid_of(3), name="d", cpus=frozenset({1, 2}),
+                      hugepages_added={(0, 2048): 2}, need={(0, 2048): 2}).to_json()
     for key in draw(st.lists(st.sampled_from(sorted(doc)), max_size=3)):
         if draw(st.booleans()):
             doc[key] = draw(json_values)
