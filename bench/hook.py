@@ -148,7 +148,9 @@ def started_verified(tmp: Path, env: dict[str, str], runs: int) -> tuple[list[fl
         state = StateDir(str(tmp / "state"))
         claim = Claim(uuid=uuid, name="verified", cpus=frozenset({0}), phase="reserved",
                       tunables={"realtime": Entry(Intent((0,), 1))}, qemu_pid=qemu,
-                      verified_pid=qemu)
+                      verified_pid=qemu,
+                      # what tunables/realtime.py declares at prepare for that intent
+                      fast={"realtime": {"fifo": {"vcpus": [0], "priority": 1}}})
         out, bare = [], []
         for _ in range(runs):
             state.ensure()
