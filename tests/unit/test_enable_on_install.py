@@ -50,17 +50,32 @@ def _stubs(tmp_path: Path) -> Path:
     return bin_dir
 
 
+#: what the maintainer scripts remove on purge or remove: these tests run as root, and the
+#: real files are a running numahook's state (claims: removing them leaks every running
+#: domain's hugepages and CPUs), so each is pointed into the test's own tree
+REMOVED = ("/run/numahook", "/run/numahookd.pid", "/var/log/numahookd.log",
+           "/etc/kubernetes/node-feature-discovery/features.d/numahook",
+           "/var/lib/prometheus/node-exporter/numahook.prom")
+
+
 def _run(tmp_path: Path, script_text: str, argv: list[str], systemd: bool = True,
          **stub_env: str) -> tuple[str, list[str]]:
     """Run a maintainer script with the init system's tools stubbed; /run/systemd/system
-    (systemd runs) is pointed at a directory that exists or not."""
+    (systemd runs) is pointed at a directory that exists or not, and what it removes
+    (REMOVED) at copies under ``tmp_path/root``."""
     flag = tmp_path / "run-systemd-system"
     if systemd:
         flag.mkdir(exist_ok=True)
     else:
         shutil.rmtree(flag, ignore_errors=True)
     script = tmp_path / "script"
-    script.write_text(script_text.replace("/run/systemd/system", str(flag)))
+    text = script_text.replace("/run/systemd/system", str(flag))
+    for path in REMOVED:
+        text = text.replace(path, f"{tmp_path}/root{path}")
+    assert not [ln for ln in text.splitlines() if ln.strip().startswith("rm ")
+                and " /" in ln.replace(f" {tmp_path}/root/", " ")], \
+        "a maintainer script removes a host path these tests do not redirect; add it to REMOVED"
+    script.write_text(text)
     log = tmp_path / "calls.log"
     log.write_text("")
     env = {"PATH": f"{_stubs(tmp_path)}:/usr/bin:/bin", "STUB_LOG": str(log), **stub_env}
@@ -163,8 +178,13 @@ def test_remove_stops_it_and_purge_removes_its_links(tmp_path: Path,
     assert f"deb-systemd-invoke stop {UNIT}" in calls
     _, calls = _run(tmp_path, debian_scripts["prerm"], ["upgrade", "0.1.1"])
     assert f"deb-systemd-invoke stop {UNIT}" not in calls  # restarted after, not stopped
+    for path in REMOVED:  # a purge finds the state numahook left
+        made = tmp_path / "root" / path.lstrip("/")
+        made.parent.mkdir(parents=True, exist_ok=True)
+        made.write_text("x")
     _, calls = _run(tmp_path, debian_scripts["postrm"], ["purge"])
     assert f"deb-systemd-helper purge {UNIT}" in calls
+    assert not [p for p in REMOVED if (tmp_path / "root" / p.lstrip("/")).exists()]
 
 
 # --------------------------------------------------------------------------- RPM
