@@ -1,4 +1,4 @@
-"""The rows of every step but latency: render, hook, started and daemon.
+"""The rows of every step but latency: render, hook, started, start and daemon.
 
 Each figure here is judged by one ratio to a baseline measured in the same run, against
 a target kept beside it below (bench/README.md, "The figures", says where each target
@@ -28,6 +28,9 @@ FAST_PATH_OVER_PYTHON = 1.5
 RSS_OVER_BASELINE = 1.3
 #: a steady reconcile pass with 50 domains / listing them with their XML (50 ms against 8)
 PASS_OVER_LISTING = 6.0
+#: ``virsh start`` of a managed domain / the same definition unmanaged, paired (issue 26):
+#: what a user waits for, not one hook call
+START_OVER_UNMANAGED = 1.1
 
 
 def render_rows(r: dict[str, Any], py: float | None) -> list[Row]:
@@ -152,3 +155,42 @@ def daemon_rows(dm: dict[str, Any], _py: float | None) -> list[Row]:
                     fmt(ip["forced_rerender_ms"], "ms"), "", "", ""))
     return out
 
+
+#: the hook calls of a start, and the libvirt (and QEMU) work before, between and after them
+#: (bench/start.py's trace segments)
+HOOK_CALLS = ("prepare", "start", "started")
+LIBVIRT_WORK = ("to_prepare", "prepare_to_start", "start_to_started", "after_started")
+
+
+def start_rows(st: dict[str, Any], _py: float | None) -> list[Row]:
+    """Per variant: the paired ratio, and where the traced starts' extra time went."""
+    out: list[Row] = []
+    for v in st["variants"].values():
+        m, u = v["managed"], v["unmanaged"]
+        lo, hi = v["ratio_spread"]
+        fifo = v.get("fifo_at_return")
+        out.append((f"`virsh start` to running, managed with numahookd: {v['label']}: median "
+                    f"(min – max), {v['pairs']} pairs",
+                    f"{fmt(m['median_ms'], 'ms', 0)} ({m['min_ms']:.0f} – {m['max_ms']:.0f})"
+                    + (f"; vCPU FIFO when virsh returned in {fifo[0]}/{fifo[1]}" if fifo else ""),
+                    f"the same definition unmanaged, paired: {fmt(u['median_ms'], 'ms', 0)} "
+                    f"({u['min_ms']:.0f} – {u['max_ms']:.0f})",
+                    f"{x(v['ratio'])} (pairs {lo:.2f}x – {hi:.2f}x)",
+                    target(v["ratio"], START_OVER_UNMANAGED)))
+        tr = v.get("trace") or {}
+        seg = tr.get("segments")
+        if not seg:
+            continue
+        cm, cu = tr["cpu_ms"]["managed"], tr["cpu_ms"]["unmanaged"]
+        hooks = ", ".join(f"`{k}` {seg[k]['extra_ms']:+.0f} ms" for k in HOOK_CALLS)
+        work = sum(seg[k]["extra_ms"] for k in LIBVIRT_WORK)
+        out.append((f"where the managed start's extra {fmt(tr['extra_ms'], 'ms', 0)} went "
+                    f"({tr['pairs']} traced pairs, medians of the pairs' differences)",
+                    f"numahook's hook calls {hooks}; libvirt and QEMU around them "
+                    f"{work:+.0f} ms",
+                    "per start, managed / unmanaged: hook processes' CPU "
+                    f"{cm['hooks_cpu']:.0f} / {cu['hooks_cpu']:.0f} ms, numahookd's "
+                    f"{cm['numahookd_cpu']:.0f} / {cu['numahookd_cpu']:.0f} ms; libvirtd waited "
+                    f"{cm['libvirtd_wait']:.0f} / {cu['libvirtd_wait']:.0f} ms for a CPU",
+                    "", ""))
+    return out

@@ -182,3 +182,50 @@ def test_the_loaded_host_floor_is_reported_beside_the_goals_without_changing_the
     assert "| noise floor under load: the same cyclictest on the host under " in md
     assert "The host's own FIFO thread under the same load (no guest): max 4,500 µs" in md
 
+
+def start_variant(managed: float, unmanaged: float, trace: bool = True) -> dict[str, Any]:
+    """bench/start.py's result for one variant: three pairs, the middle one at the medians."""
+    cpu = {"hooks_cpu": 110.0, "numahookd_cpu": 11.0, "numahookd_wait": 0.5,
+           "libvirtd_cpu": 50.0, "libvirtd_wait": 3.0}
+    out: dict[str, Any] = {
+        "label": "1 dedicated vCPU, passthrough, 64 × 2 MiB", "pairs": 3,
+        "managed": {"median_ms": managed, "min_ms": managed - 50, "max_ms": managed + 90},
+        "unmanaged": {"median_ms": unmanaged, "min_ms": unmanaged - 40,
+                      "max_ms": unmanaged + 60},
+        "ratio": round(managed / unmanaged, 3), "ratio_spread": [1.05, 1.6],
+        "extra_ms": managed - unmanaged, "cpu_ms": {"managed": cpu, "unmanaged": cpu}}
+    if trace:
+        seg = dict.fromkeys(("to_prepare", "prepare_to_start", "after_started"), 1.0)
+        seg.update(prepare=30.0, start=25.0, started=35.0, start_to_started=-7.0)
+        out["trace"] = {"pairs": 2, "extra_ms": 85.0,
+                        "cpu_ms": {"managed": cpu, "unmanaged": {**cpu, "hooks_cpu": 10.0}},
+                        "segments": {k: {"extra_ms": v} for k, v in seg.items()}}
+    return out
+
+
+def test_a_managed_start_is_judged_against_the_same_domain_unmanaged() -> None:
+    doc = document([a_run(0), c_run(0)], QUIET)
+    doc["start"] = {"variants": {"dedicated": start_variant(600.0, 500.0),
+                                 "realtime": start_variant(520.0, 500.0, trace=False)}}
+    got = [r for r in report.rows(doc) if "virsh start" in r[0] or "extra" in r[0]]
+    assert [(r[3], r[4]) for r in got] == [
+        ("1.20x (pairs 1.05x – 1.60x)", "≤ 1.1x: FAIL"), ("", ""),
+        ("1.04x (pairs 1.05x – 1.60x)", "≤ 1.1x: pass")]
+    ratio, where = got[0], got[1]
+    assert ratio[1] == "600 ms (550 – 690)"
+    assert ratio[2] == "the same definition unmanaged, paired: 500 ms (460 – 560)"
+    assert where[0].startswith("where the managed start's extra 85 ms went (2 traced pairs")
+    assert where[1] == ("numahook's hook calls `prepare` +30 ms, `start` +25 ms, `started` "
+                        "+35 ms; libvirt and QEMU around them -4 ms")
+    assert "hook processes' CPU 110 / 10 ms" in where[2]
+    md = report.markdown(doc)  # after the started rows, before latency
+    order = [md.index(s) for s in ("`started` hook wall time", "virsh start", "guest latency A")]
+    assert order == sorted(order)
+
+
+def test_a_start_result_without_its_figures_says_so_and_keeps_the_rest() -> None:
+    doc = document([a_run(0), c_run(0)], QUIET)
+    doc["start"] = {"variants": {"dedicated": {"label": "x"}}}
+    rows = report.rows(doc)
+    assert ("start", "unreadable result (KeyError: 'managed')", "", "", "") in rows
+    assert any(r[0].startswith("hook, managed `prepare`") for r in rows)
