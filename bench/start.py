@@ -241,6 +241,21 @@ def virsh_start(conn: Any, name: str, daemon: int, fifo: bool) -> dict[str, Any]
             dom.destroy()
 
 
+STATE_DIR = Path("/run/numahook")
+
+
+class StateLost(LabError):
+    """numahook's state directory was replaced while a managed domain ran, so its claim
+    went with it and ``release`` had nothing to give back; the pair says nothing."""
+
+
+def _inode(path: Path) -> int | None:
+    try:
+        return path.stat().st_ino
+    except OSError:
+        return None
+
+
 def one(conn: Any, side: str, name: str, daemon: int, fifo: bool, base_pages: int,
         settle: float) -> dict[str, Any]:
     """One timed start of ``side`` with its hugepages as that side's host would have them."""
@@ -249,8 +264,14 @@ def one(conn: Any, side: str, name: str, daemon: int, fifo: bool, base_pages: in
         with extra_hugepages(PAGES):
             run = virsh_start(conn, name, daemon, fifo)
     else:
+        state = _inode(STATE_DIR)
         run = virsh_start(conn, name, daemon, fifo)
         left, run["pages_back_ms"] = wait_pages(base_pages)  # what prepare added
+        if left != base_pages and _inode(STATE_DIR) != state:
+            NR_2M.write_text(str(max(base_pages, left - PAGES)))
+            raise StateLost(f"{STATE_DIR} was removed while {name} ran (a package purge?), "
+                            "its claim with it, so numahook gave back no pages; gave them "
+                            "back and measuring this pair again")
         if left != base_pages:
             raise LabError(f"{name}: node 0 has {left} 2 MiB pages 30 s after the stop, not "
                            f"{base_pages}: numahook did not give them back")
@@ -401,15 +422,26 @@ def measure(conn: Any, variant: str, reps: int, trace_reps: int, settle: float,
         time.sleep(2.0)  # numahookd handles the DEFINED event (and renders nothing new)
         same_definition(conn, names["managed"], names["unmanaged"])
         runs: list[dict[str, Any]] = []
+        lost: list[str] = []  # pairs measured again: numahook's state vanished under them
 
-        def rep(i: int, traced: list[dict[str, Any]] | None = None) -> None:
+        def rep(i: int, traced: list[dict[str, Any]] | None = None, tries: int = 3) -> None:
             order = ["managed", "unmanaged"]
             rng.shuffle(order)
+            pair = []
             for k, side in enumerate(order):
-                r = one(conn, side, names[side], daemon, fifo and side == "managed", base,
-                        settle)
+                try:
+                    r = one(conn, side, names[side], daemon, fifo and side == "managed",
+                            base, settle)
+                except StateLost as exc:
+                    if tries <= 1:
+                        raise
+                    print(f"start: {variant}: {exc}", file=sys.stderr, flush=True)
+                    lost.append(f"{'trace ' if traced is not None else ''}{i}")
+                    rep(i, traced, tries - 1)
+                    return
                 r.update(rep=i, order=k, name=names[side])
-                (traced if traced is not None else runs).append(r)
+                pair.append(r)
+            (traced if traced is not None else runs).extend(pair)
             print(f"start: {variant} {'trace ' if traced is not None else ''}rep {i + 1}: "
                   + ", ".join(f"{r['side']} {r['wall_ms']:.0f} ms"
                               for r in (traced if traced is not None else runs)[-2:]),
@@ -420,7 +452,8 @@ def measure(conn: Any, variant: str, reps: int, trace_reps: int, settle: float,
             rep(i)
         out: dict[str, Any] = {"label": label, "metadata": metadata, "vcpus": VCPUS,
                                "memory_mib": MEMORY_MIB, "hugepages_2m": PAGES,
-                               "same_definition": True, **paired(runs), "runs": runs}
+                               "same_definition": True, **paired(runs), "runs": runs,
+                               "state_lost": lost}
         if trace_reps:
             traced: list[dict[str, Any]] = []
             with ts_hooks() as log:

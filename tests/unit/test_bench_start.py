@@ -92,3 +92,29 @@ def test_a_start_reads_only_its_own_hook_calls(tmp_path: Any) -> None:
                    "d release begin 2600\n")
     got = start.read_stamps(log, {"name": "d", "t0_ns": 1_990_000, "t1_ns": 2_500_000})
     assert got == {("prepare", "begin"): 2000, ("prepare", "end"): 2030}
+
+
+def test_a_state_dir_replaced_under_a_managed_start_gives_the_pages_back_and_says_so(
+        tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A package purge (rm -rf /run/numahook) takes the claim along: release then gives
+    nothing back, which is no figure of numahook's; the pair is measured again."""
+    pool = tmp_path / "hugepages-2048kB"
+    pool.mkdir()
+    (pool / "nr_hugepages").write_text("0")
+    (pool / "free_hugepages").write_text("0")
+    state = tmp_path / "numahook"
+    state.mkdir()
+
+    def started_and_purged(*_: Any) -> dict[str, Any]:
+        (pool / "nr_hugepages").write_text(str(start.PAGES))  # prepare's reservation
+        state.rename(tmp_path / "gone")
+        state.mkdir()  # numahookd or the next hook makes it again
+        return {"wall_ms": 1.0}
+
+    monkeypatch.setattr(start, "NR_2M", pool / "nr_hugepages")
+    monkeypatch.setattr(start, "STATE_DIR", state)
+    monkeypatch.setattr(start, "virsh_start", started_and_purged)
+    monkeypatch.setattr(start, "wait_pages", lambda want: (int(start.NR_2M.read_text()), 1.0))
+    with pytest.raises(start.StateLost, match="was removed while d ran"):
+        start.one(None, "managed", "d", 1, False, 0, 0.0)
+    assert (pool / "nr_hugepages").read_text() == "0"
