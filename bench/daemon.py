@@ -267,7 +267,7 @@ def profile_idle_minute(conf: Path, top: int = 30) -> None:
     prof = cProfile.Profile()
     prof.enable()
     for i in range(120):
-        d.reconciler.rt_watch()
+        d.reconciler.watch()
         if i % 10 == 0:
             d._reconcile()
     d.probe_and_publish()

@@ -132,8 +132,9 @@ def started_verified(tmp: Path, env: dict[str, str], runs: int) -> tuple[list[fl
     paired with a bare ``python3 -I -c pass`` right before it: on a shared machine the
     load moves within seconds, and the ratio is this figure's goal."""
     from numahook.records import replace
-    from numahook.state.claims import Claim, RealtimeIntent
+    from numahook.state.claims import Claim
     from numahook.state.statedir import StateDir
+    from numahook.tunables.realtime import Entry, Intent
 
     procs = [subprocess.Popen(["sleep", "600"]) for _ in range(3)]
     try:
@@ -146,7 +147,8 @@ def started_verified(tmp: Path, env: dict[str, str], runs: int) -> tuple[list[fl
         uuid = xml.split("<uuid>")[1].split("</uuid>")[0]
         state = StateDir(str(tmp / "state"))
         claim = Claim(uuid=uuid, name="verified", cpus=frozenset({0}), phase="reserved",
-                      realtime=RealtimeIntent((0,), 1), qemu_pid=qemu, verified_pid=qemu)
+                      tunables={"realtime": Entry(Intent((0,), 1))}, qemu_pid=qemu,
+                      verified_pid=qemu)
         out, bare = [], []
         for _ in range(runs):
             state.ensure()

@@ -15,13 +15,14 @@ import os
 import sys
 from collections.abc import Sequence
 
-from numahook import SCHEMA_VERSION, __version__
+from numahook import EXAMPLES_DIR, SCHEMA_DIR, SCHEMA_VERSION, __version__
 from numahook import config as configmod
 from numahook.core import cpulist, explain, render
 from numahook.core.plan import Inputs
 from numahook.errors import ConfigError, HostError, InputError, NumahookError, Refusal, StateError
 from numahook.ops import domains, hostinputs
 from numahook.ops.hostinputs import CpuSource
+from numahook.tunables import REGISTRY
 from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
@@ -107,9 +108,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     doc = render.parse(_source(args))
     inp, view = _inputs(args, doc)
     ev = render.evaluate(doc, inp)
-    pages = hostinputs.page_supply(ev.plan, inp.config.sysfs_root) if ev.plan is not None else None
-    if pages is not None:
-        ev.checks.append(pages)
+    if ev.plan is not None:  # the pool's supply, and prepare's own host checks (realtime-node)
+        ev.checks.extend(c for c in [hostinputs.page_supply(ev.plan, inp.config.sysfs_root)] + [
+            t.precondition(inp.config, doc, ev.plan) for t in REGISTRY if t.wanted(doc)] if c)
     if args.json:
         out = explain.evaluation_dict(doc.facts.name, ev)
         out["available_cpus"] = cpulist.format(inp.available)
@@ -134,9 +135,7 @@ def cmd_node(args: argparse.Namespace) -> int:
         print(report.verdict(cap))
     else:
         print(report.text_report(cap))
-    if args.check and not cap.realtime_capable:
-        return EXIT_NOT_CAPABLE
-    return EXIT_OK
+    return EXIT_NOT_CAPABLE if args.check and not cap.realtime_capable else EXIT_OK
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
@@ -158,7 +157,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
     finally:
         domains.close(conn)
     if outcome is None:
-        raise InputError(f"{args.name} has no <numahook:domain> metadata; add it to opt in")
+        raise InputError(f"{args.name} has no <numahook:domain> metadata; add it to opt in "
+                         f"(numahook(8), OPTING IN; examples in {EXAMPLES_DIR})")
     if outcome.refused:
         raise Refusal(outcome.refused)
     print(f"{outcome.name}: redefined ({outcome.reason})" if outcome.changed
@@ -317,7 +317,7 @@ def parser() -> argparse.ArgumentParser:
     _what_if(p)
     _uri(p)
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object (docs/schemas/check.schema.json)")
+                   help=f"print one JSON object ({SCHEMA_DIR}/check.schema.json)")
     p.add_argument("file", metavar="FILE|NAME", help=SOURCE_HELP)
     p.set_defaults(func=cmd_check)
     p = _command(sub, "node", "say whether this node is real-time capable, and why", (
@@ -328,7 +328,7 @@ def parser() -> argparse.ArgumentParser:
     _roots(p)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true",
-                     help="print one JSON object (docs/schemas/node.schema.json)")
+                     help=f"print one JSON object ({SCHEMA_DIR}/node.schema.json)")
     out.add_argument("--check", action="store_true",
                      help="for scripts: print the one-line verdict and exit 1 if the node is "
                      "not real-time capable (as virt-host-validate does)")
@@ -352,7 +352,7 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     _uri(p)
     p.add_argument("--json", action="store_true",
-                   help="print one JSON object (docs/schemas/status.schema.json)")
+                   help=f"print one JSON object ({SCHEMA_DIR}/status.schema.json)")
     p.add_argument("domain", metavar="NAME", nargs="?",
                    help="show only this domain: its name or UUID")
     p.set_defaults(func=cmd_status)

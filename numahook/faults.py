@@ -27,14 +27,15 @@ POINTS = (
     "admit.reserved",  # lifecycle.admit: hugepages reserved, phase still "claimed"
     "admit.phase-reserved",  # lifecycle.admit: phase "reserved" journalled
     "tune.journalled",  # lifecycle.tune: phase "running" journalled, nothing applied
-    "tune.applied",  # lifecycle.tune: rtsched.apply returned (budget delegated, FIFO set)
+    "tune.applied",  # lifecycle.tune: every tunable applied (budget delegated, FIFO set)
     "release.before-rollback",  # lifecycle.release: under the lock, nothing given back
     "release.after-rollback",  # lifecycle.release: everything given back, claim dropped
     "hugepages.pending",  # hugepages._Ledger.change: intent journalled, knob not written
     "hugepages.written",  # hugepages._Ledger.change: knob written, outcome not journalled
     "rtsched.intent",  # rtgroups.delegate: intent journalled, cpu.rt_runtime_us not written
     "rtsched.written",  # rtgroups.delegate: written, not yet journalled as applied
-    "rollback.hugepages-released",  # recovery.rollback: pages given back, budget not yet
+    "rollback.realtime-undone",  # recovery.rollback: budget given back, pages not yet
+    "rollback.hugepages-undone",  # recovery.rollback: pages given back, claim not dropped
 )
 
 #: Faults that change behaviour instead of killing (:func:`hit`), for the daemon's tests.

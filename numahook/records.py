@@ -22,14 +22,13 @@ annotations stay strings, where typing makes them ForwardRefs).
 
 from __future__ import annotations
 
-import collections
 import operator
 import reprlib
 import sys
-from collections.abc import Callable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import TypeVar
 
     _T = TypeVar("_T")
@@ -273,6 +272,10 @@ class _NamedTupleMeta(type):
                 raise TypeError(f"Non-default namedtuple field {field_name} cannot follow "
                                 f"default field{'s' if len(with_default) > 1 else ''} "
                                 f"{', '.join(with_default)}")
+        # collections here, not at the top: the started hook's fast path imports the
+        # tunables' records but no NamedTuple (numahook/tunables/base.py)
+        import collections
+
         # mypy checks namedtuple() calls as class definitions (literal fields and defaults);
         # this one builds a namedtuple class at run time, as typing.NamedTuple does
         tpl = collections.namedtuple(name, list(annotations),  # type: ignore[misc]

@@ -1,45 +1,43 @@
 """Our ``<numahook:domain>`` metadata element: parse it, and record what was rendered.
 
-The element carries only what libvirt XML cannot say, with KubeVirt's field names.
-Unknown attributes or elements in our namespace are errors: a misspelt
+The element carries only what libvirt XML cannot say, with KubeVirt's field names. Its
+elements and attributes are declared in :mod:`numahook.core.schema`; this module walks that
+table. Unknown attributes or elements in our namespace are errors: a misspelt
 ``isolateEmulatorThraed`` must not silently start a VM without isolation.
 """
 
 from __future__ import annotations
 
 from numahook import NAMESPACE
+from numahook.core import schema
 from numahook.errors import InputError
-from numahook.records import record
+from numahook.records import field, record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
     from typing import Any
 
 NS = f"{{{NAMESPACE}}}"
-_MAX_ATTR = 4096
-
-_CPU_ATTRS = {"dedicatedCpuPlacement", "isolateEmulatorThread", "ioThreadsPolicy",
-              "pciNumaAffinity", "threadPolicy"}
-_RT_ATTRS = {"mask", "priority"}
 
 
 @record(frozen=True)
 class RawRequest:
-    """Attribute text as written, before validation (policy: :mod:`numahook.core.request`)."""
+    """Our element as written, before validation (policy: :mod:`numahook.core.request`).
 
-    dedicated: str | None = None
-    isolate_emulator: str | None = None
-    io_threads_policy: str | None = None
-    passthrough: bool = False
-    realtime: bool = False
-    realtime_mask: str | None = None
-    realtime_priority: str | None = None
-    pci_numa_affinity: str | None = None
-    thread_policy: str | None = None
+    Keyed by the Request field each attribute fills (core/schema.py names it), so a new
+    attribute needs no new field here.
+    """
+
+    #: Request field -> the attribute's text as written, for the attributes present
+    text: dict[str, str] = field(default_factory=dict)
+    #: the Request fields of the flag elements present (guestMappingPassthrough, realtime)
+    present: frozenset[str] = frozenset()
 
 
 @record(frozen=True)
 class Rendered:
+    """``<numahook:rendered>``: its fields are schema.RENDERED's attributes, one to one."""
+
     digest: str
     host: str
     #: CPUs the domain holds besides its pins (threadPolicy isolate's idle siblings), so
@@ -75,18 +73,18 @@ def find(domain: Any) -> Any | None:
     return found[0] if found else None
 
 
-def _attrs(el: Any, allowed: set[str], where: str) -> dict[str, str]:
+def _attrs(el: Any, spec: schema.Element) -> dict[str, str]:
+    """Field -> text; an attribute ``spec`` does not declare is an error, never ignored."""
     out: dict[str, str] = {}
     for key, value in el.attrib.items():
-        name = _split(key)[1]
-        if name not in allowed:
-            raise InputError(
-                f"<numahook:{where}> has unknown attribute {name!r}; "
-                f"allowed: {', '.join(sorted(allowed))}"
-            )
-        if len(value) > _MAX_ATTR:
-            raise InputError(f"<numahook:{where}> attribute {name} is too long")
-        out[name] = value
+        name = _split(key)[1]  # numahook:mask and mask are the same attribute
+        attr = spec.attr(name)
+        if attr is None:
+            raise InputError(spec.unknown_attribute(name))
+        if len(value) > schema.MAX_ATTR:
+            raise InputError(f"<numahook:{spec.name}> attribute {name} is too long (more than "
+                             f"{schema.MAX_ATTR} characters)")
+        out[attr.field] = value
     return out
 
 
@@ -101,66 +99,42 @@ def _local(el: Any) -> str | None:
     return local
 
 
-def parse(el: Any) -> RawRequest:
-    """Read our element into a :class:`RawRequest`; structure errors raise InputError."""
-    _attrs(el, set(), "domain")
-    cpu = None
+def _read(el: Any, spec: schema.Element, text: dict[str, str], present: set[str]) -> None:
+    """One element as ``spec`` declares it: its attributes, then which children it holds
+    (each once; all of them where ``spec.exactly``), then each child in turn."""
+    text.update(_attrs(el, spec))
+    if spec.flag is not None:
+        present.add(spec.flag)
+    kids: list[tuple[Any, schema.Element]] = []
     for child in el:
-        name = _local(child)
-        if name is None or name == "rendered":
-            continue
-        if name != "cpu" or cpu is not None:
-            raise InputError(f"<numahook:domain> may hold one <numahook:cpu>, not <{name}>")
-        cpu = child
-    if cpu is None:
-        return RawRequest()
-    attrs = _attrs(cpu, _CPU_ATTRS, "cpu")
-    passthrough = realtime = False
-    mask = priority = None
-    for child in cpu:
         name = _local(child)
         if name is None:
             continue
-        if name == "numa" and not passthrough:
-            _attrs(child, set(), "numa")
-            kids = [k for k in child if _local(k) is not None]
-            if [_local(k) for k in kids] != ["guestMappingPassthrough"]:
-                raise InputError(
-                    "<numahook:numa> must hold exactly <numahook:guestMappingPassthrough/>"
-                )
-            _attrs(kids[0], set(), "guestMappingPassthrough")
-            passthrough = True
-        elif name == "realtime" and not realtime:
-            rt = _attrs(child, _RT_ATTRS, "realtime")
-            if any(_local(k) for k in child):
-                raise InputError("<numahook:realtime> takes attributes only, no child elements")
-            realtime = True
-            mask = rt.get("mask")
-            priority = rt.get("priority")
-        else:
-            raise InputError(
-                f"<numahook:cpu> holds an unexpected or repeated <{name}>; "
-                "allowed: one <numa>, one <realtime>"
-            )
-    return RawRequest(
-        dedicated=attrs.get("dedicatedCpuPlacement"),
-        isolate_emulator=attrs.get("isolateEmulatorThread"),
-        io_threads_policy=attrs.get("ioThreadsPolicy"),
-        passthrough=passthrough,
-        realtime=realtime,
-        realtime_mask=mask,
-        realtime_priority=priority,
-        pci_numa_affinity=attrs.get("pciNumaAffinity"),
-        thread_policy=attrs.get("threadPolicy"),
-    )
+        sub = spec.child(name)
+        if sub is not None and sub.written:
+            continue  # ours to write, not a request (set_rendered)
+        if sub is None or any(s is sub for _, s in kids):
+            raise InputError(spec.unexpected(name))
+        kids.append((child, sub))
+    if spec.exactly and len(kids) != len(spec.children):
+        raise InputError(spec.unexpected(None))
+    for child, sub in kids:
+        _read(child, sub, text, present)
+
+
+def parse(el: Any) -> RawRequest:
+    """Read our element into a :class:`RawRequest`; structure errors raise InputError."""
+    text: dict[str, str] = {}
+    present: set[str] = set()
+    _read(el, schema.DOMAIN, text, present)
+    return RawRequest(text=text, present=frozenset(present))
 
 
 def rendered(el: Any) -> Rendered | None:
     found = el.find(f"{NS}rendered")
     if found is None:
         return None
-    return Rendered(digest=found.get("digest", ""), host=found.get("host", ""),
-                    held=found.get("held", ""), emulator=found.get("emulator", ""))
+    return Rendered(**{a.field: found.get(a.name, "") for a in schema.RENDERED.attrs})
 
 
 def _rendered_cpus(domain: Any, attr: str) -> frozenset[int] | None:
@@ -196,10 +170,9 @@ def set_rendered(el: Any, mark: Rendered) -> None:
     found = el.find(f"{NS}rendered")
     if found is None:
         found = insert(el, etree.Element(f"{NS}rendered"), ("cpu", f"{NS}cpu", f"{NS}rendered"))
-    found.set("digest", mark.digest)
-    found.set("host", mark.host)
-    for attr, value in (("held", mark.held), ("emulator", mark.emulator)):
-        if value:
-            found.set(attr, value)
-        elif attr in found.attrib:
-            del found.attrib[attr]
+    for attr in schema.RENDERED.attrs:
+        value = getattr(mark, attr.field)
+        if value or attr.required:
+            found.set(attr.name, value)
+        elif attr.name in found.attrib:
+            del found.attrib[attr.name]

@@ -12,7 +12,7 @@ affinity to the emulator's nodes instead (EL 9.2 backported that to its 9.0); De
 So the rendered ``<emulatorpin>`` is the start set: the emulator's own CPUs plus, for each
 memory node it lacks, one CPU the domain already holds there. Nothing it does not hold is
 lent, so no other domain is touched. The ``started`` hook and numahookd's backstop then
-narrow the emulator to its own CPUs (ops/emulator.py), and ``<numahook:rendered
+narrow the emulator to its own CPUs (tunables/emulator.py), and ``<numahook:rendered
 emulator>`` records that set. The same start set works on every libvirt version: where
 libvirt prunes, it lets each node's memory be preallocated from that node.
 """

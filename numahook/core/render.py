@@ -52,7 +52,8 @@ def read(root: Any, quote: str = '"') -> Parsed:
 def evaluate(doc: Parsed, inp: Inputs) -> Evaluation:
     if doc.request is None:
         raise NumahookError(f"{doc.facts.name} has no <numahook:domain> metadata, so numahook "
-                            "leaves it alone; add the metadata element to opt in")
+                            "leaves it alone; add the metadata element to opt in (numahook(8), "
+                            "OPTING IN)")
     return hardware.evaluate(doc.facts, doc.request, inp)
 
 

@@ -1,17 +1,20 @@
-"""The validated per-domain request: KubeVirt's VMI cpu fields, typed and checked."""
+"""The validated per-domain request: KubeVirt's VMI cpu fields, typed and checked.
+
+Each field is filled by the attribute or element core/schema.py declares for it, and
+converted by that declaration; tests/unit/core/test_schema.py holds the fields and their
+defaults to the table's.
+"""
 
 from __future__ import annotations
 
-from numahook.core.metadata import RawRequest
-from numahook.core.units import clip, is_decimal
-from numahook.errors import InputError
+from numahook.core import schema
 from numahook.records import record
 
-IO_THREADS_POLICIES = ("shared", "auto")
-#: Nova's hw:pci_numa_affinity_policy values numahook has (``legacy`` and ``socket`` it has not)
-PCI_NUMA_AFFINITIES = ("required", "preferred", "none")
-#: Nova's hw:cpu_thread_policy
-THREAD_POLICIES = ("prefer", "isolate", "require")
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from typing import Any
+
+    from numahook.core.metadata import RawRequest
 
 
 @record(frozen=True)
@@ -44,45 +47,16 @@ class Request:
         return self.thread_policy or "prefer"
 
 
-def _bool(value: str | None, name: str) -> bool:
-    if value is None:
-        return False
-    low = value.strip().lower()
-    if low == "true":
-        return True
-    if low == "false":
-        return False
-    raise InputError(f"numahook:cpu {name}={clip(value)} must be \"true\" or \"false\"")
-
-
-def _choice(value: str | None, name: str, allowed: tuple[str, ...]) -> str | None:
-    if value is None:
-        return None
-    text = value.strip()
-    if text not in allowed:
-        raise InputError(f"numahook:cpu {name}={clip(text)} must be one of {', '.join(allowed)}")
-    return text
-
-
 def from_raw(raw: RawRequest) -> Request:
     """Validate attribute values; combinations are checked later as preconditions."""
-    policy = _choice(raw.io_threads_policy, "ioThreadsPolicy", IO_THREADS_POLICIES)
-    priority = 1
-    if raw.realtime_priority is not None:
-        text = raw.realtime_priority.strip()
-        if len(text) > 2 or not is_decimal(text) or not 1 <= int(text) <= 99:
-            raise InputError(
-                f"numahook:realtime priority={clip(text)} must be a whole number from 1 to 99"
-            )
-        priority = int(text)
-    return Request(
-        dedicated=_bool(raw.dedicated, "dedicatedCpuPlacement"),
-        isolate_emulator=_bool(raw.isolate_emulator, "isolateEmulatorThread"),
-        io_threads_policy=policy,
-        passthrough=raw.passthrough,
-        realtime=raw.realtime,
-        realtime_mask=raw.realtime_mask,
-        realtime_priority=priority,
-        pci_numa_affinity=_choice(raw.pci_numa_affinity, "pciNumaAffinity", PCI_NUMA_AFFINITIES),
-        thread_policy=_choice(raw.thread_policy, "threadPolicy", THREAD_POLICIES),
-    )
+    values: dict[str, Any] = {}
+    for element in schema.ELEMENTS:
+        if element.flag is not None:
+            values[element.flag] = element.flag in raw.present
+        for attr in element.attrs:
+            text = raw.text.get(attr.field)
+            if text is None:
+                values[attr.field] = attr.default
+            else:
+                values[attr.field] = attr.convert(text, element.name)
+    return Request(**values)

@@ -23,7 +23,7 @@ from typing import Any
 
 from numahook import NAMESPACE, __version__, faults
 from numahook import config as configmod
-from numahook.daemon import logs, usage
+from numahook.daemon import domainmetrics, logs, usage
 from numahook.daemon.connection import EVENTS, Connection
 from numahook.daemon.loop import Loop
 from numahook.daemon.notify import Notifier
@@ -105,6 +105,8 @@ class Daemon:
         stats = self.reconciler.stats
         running = len(domains["running"])
         own = daemon_metrics(running, stats, counters["sd_notify_dropped"])
+        # a snapshot for the publisher's thread, which reads the few files those need
+        listed, refused = self.reconciler.listed, frozenset(stats.refused)
         daemon_section = {"orphan_claims": domains["orphan_claims"],
                           "reconcile_passes": stats.passes,
                           "last_pass_seconds": stats.last_pass_seconds,
@@ -118,10 +120,10 @@ class Daemon:
                 cap, cfg.nfd_dir, ttl=3 * cfg.probe_interval,
                 hint=read_only_hint(cfg.nfd_dir, self.unit_dirs))),
             ("metrics", lambda: metrics.write_metrics(
-                cap, cfg.textfile_dir, own,
+                cap, cfg.textfile_dir,
+                own + domainmetrics.domain_metrics(cfg, cap, domains, listed, refused),
                 hint=read_only_hint(cfg.textfile_dir, self.unit_dirs)))])
         # the inactive definitions are known once libvirt has listed them, not before
-        listed = self.reconciler.listed
         self._counts = publish.DomainCounts(
             running + len(domains["inactive"]) if listed else None, running)
         self.notifier.status(self._status_text())
@@ -129,7 +131,7 @@ class Daemon:
     # -- libvirt ------------------------------------------------------------------------
     def on_connected(self) -> None:
         self.reconciler.rerender_inactive(self.conn.conn, force=True)
-        self.reconciler.realtime_backstop()
+        self.reconciler.backstop()
         self.probe_and_publish()
         self.ready()
 
@@ -162,7 +164,7 @@ class Daemon:
             self.on_metadata(dom)
         elif event in (libvirt.VIR_DOMAIN_EVENT_STARTED, libvirt.VIR_DOMAIN_EVENT_RESUMED):
             self.reconciler.forget(dom.UUIDString())
-            self.reconciler.realtime_backstop(only=name)
+            self.reconciler.backstop(only=name)
             self.publish()
         elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED,
                        libvirt.VIR_DOMAIN_EVENT_CRASHED):
@@ -237,7 +239,7 @@ class Daemon:
     def _watch_vcpus(self) -> None:
         def plugged() -> None:
             self.vcpus.drain()
-            self.reconciler.realtime_backstop()
+            self.reconciler.backstop()
 
         try:
             if self.vcpus.start():
@@ -289,8 +291,8 @@ class Daemon:
             "resync": self.loop.every(self.cfg.resync_interval, self.resync, "resync"),
             "probe": self.loop.every(self.cfg.probe_interval, self.probe_and_publish,
                                      "probe"),
-            "rtwatch": self.loop.every(RT_WATCH_INTERVAL, self.reconciler.rt_watch,
-                                       "realtime watch"),
+            "watch": self.loop.every(RT_WATCH_INTERVAL, self.reconciler.watch,
+                                     "tunables' watch"),
             "health": self.loop.every(self.notifier.watchdog_interval() or HEALTH_INTERVAL,
                                       self.health, "watchdog"),
         }
@@ -305,7 +307,7 @@ class Daemon:
         # crash recovery before anything else: what a killed hook or daemon left behind;
         # each step is guarded like a loop task, so one failing step cannot stop the rest
         for name, step in (("orphan recovery", self.reconciler.orphans),
-                           ("realtime backstop", self.reconciler.realtime_backstop),
+                           ("backstop", self.reconciler.backstop),
                            ("libvirt connect", self.conn.open),
                            ("probe", self.probe_and_publish),
                            ("uevents", self._watch_uevents),

@@ -1,8 +1,9 @@
-"""Reconcile passes: the realtime backstop, crash recovery and keeping definitions rendered.
+"""Reconcile passes: the tunables' backstops, crash recovery and keeping definitions rendered.
 
 The hook does the work at each lifecycle step; these passes catch what happens between steps
 (a thread reset by hand, a vCPU hot-plugged later, a sysctl flipped under running FIFO
-threads, a hook killed half-way, a cpuset changed under an inactive definition)."""
+threads, a hook killed half-way, a cpuset changed under an inactive definition). Every
+tunable comes from the registry (numahook/tunables/); this module names none of them."""
 
 from __future__ import annotations
 
@@ -13,14 +14,15 @@ from typing import Any
 
 from numahook import NAMESPACE
 from numahook.config import Config
-from numahook.core import cpulist, metadata, render
-from numahook.core.domainxml import DomainFacts
-from numahook.core.units import counted, plural
+from numahook.core import metadata, render
+from numahook.core.units import counted
 from numahook.errors import NumahookError
-from numahook.host import fsutil, libvirtstatus, procfs, rtsched
-from numahook.ops import emulator, hostinputs, kvmpit, lifecycle, redefine
+from numahook.host import fsutil, libvirtstatus
+from numahook.ops import hostinputs, lifecycle, redefine, refusals
 from numahook.state.recovery import rollback
 from numahook.state.statedir import ClaimJournal, StateDir
+from numahook.tunables import REGISTRY, view
+from numahook.tunables.view import View
 from numahook.xml import safe as xmlsafe
 
 log = logging.getLogger(__name__)
@@ -41,20 +43,6 @@ class Stats:
 
 
 @dataclass(frozen=True)
-class RunningManaged:
-    status: libvirtstatus.RunningDomain
-    xml: str
-    rt_vcpus: frozenset[int]
-    priority: int
-    #: the isolated emulator thread is real-time too
-    emulator_rt: bool = False
-    #: dedicated: the facts its kvm-pit thread (ops/kvmpit.py), and an emulator started wider
-    #: (ops/emulator.py), are placed from
-    pit: DomainFacts | None = None
-    emulator: DomainFacts | None = None
-
-
-@dataclass(frozen=True)
 class InactiveManaged:
     name: str
     uuid: str
@@ -69,19 +57,19 @@ class Reconciler:
         self.stats = Stats()
         self._fingerprint = ""
         self._defined_digest: dict[str, tuple[str, float]] = {}
-        #: id(status) -> (that status, what it says if managed), for unchanged status files
+        #: id(status) -> (that status, its parsed live definition if managed), for
+        #: unchanged status files
         self._status_seen: dict[int, tuple[libvirtstatus.RunningDomain,
-                                           RunningManaged | None]] = {}
+                                           tuple[render.Parsed, str] | None]] = {}
         #: uuid -> inactive managed definition, refreshed from libvirt on events only
         self._inactive: dict[str, InactiveManaged] | None = None
         #: uuid -> digest of the inactive XML last rendered from (or found rendered)
         self._rendered_from: dict[str, str] = {}
-        #: kernel.sched_rt_runtime_us when the watch last found no stalled thread (the cgroup
-        #: controllers that decide whether a group budget is needed do not change at runtime)
-        self._rt_clean: int | None = None
+        #: each tunable's memo between watch ticks (Tunable.watch)
+        self._memo: dict[str, dict[str, Any]] = {t.name: {} for t in REGISTRY}
 
     # -- what runs ----------------------------------------------------------------------
-    def running_managed(self) -> list[RunningManaged]:
+    def running_managed(self) -> list[View]:
         """Managed domains that are fully up: the ``started`` hook has run for them.
 
         A domain still starting must be left alone: libvirt moves each vCPU thread into
@@ -92,26 +80,29 @@ class Reconciler:
         if fsutil.exists(self.state.path):
             phases = {c.uuid: c.phase for c in self.state.list_claims()}
         out = []
-        for dom in self._read_running():
-            if dom.status.state == "running" and phases.get(dom.status.uuid,
-                                                            "running") == "running":
-                out.append(dom)
+        for st, parsed in self._read_running():
+            if st.state == "running" and phases.get(st.uuid, "running") == "running":
+                out.append(view.of(parsed[0], st, self.cfg.proc_root, parsed[1]))
         return out
 
-    def _read_running(self) -> list[RunningManaged]:
-        """Every managed running domain, worked out again only for a rewritten status file:
-        re-parsing every status XML for the realtime watch and each pass was most of the
-        daemon's idle CPU. libvirtstatus returns the same object for an unchanged file."""
-        seen: dict[int, tuple[libvirtstatus.RunningDomain, RunningManaged | None]] = {}
+    def _read_running(self) -> list[tuple[libvirtstatus.RunningDomain,
+                                          tuple[render.Parsed, str]]]:
+        """Every managed running domain, parsed again only for a rewritten status file:
+        re-parsing every status XML for the watch and each pass was most of the daemon's
+        idle CPU. libvirtstatus returns the same object for an unchanged file. The view
+        itself is built fresh each time: a hot-plugged vCPU's thread is in /proc before
+        libvirt saves it in the status file (tunables/view.py)."""
+        seen: dict[int, tuple[libvirtstatus.RunningDomain,
+                              tuple[render.Parsed, str] | None]] = {}
         for st in libvirtstatus.running_domains(self.cfg.libvirt_run):
             cached = self._status_seen.get(id(st))
             seen[id(st)] = cached if cached is not None and cached[0] is st else (
                 st, self._managed(st))
         self._status_seen = seen
-        return [d for _, d in seen.values() if d is not None]
+        return [(st, parsed) for st, parsed in seen.values() if parsed is not None]
 
     @staticmethod
-    def _managed(st: libvirtstatus.RunningDomain) -> RunningManaged | None:
+    def _managed(st: libvirtstatus.RunningDomain) -> tuple[render.Parsed, str] | None:
         if not metadata.opted_in(st.domain):
             return None
         try:
@@ -119,121 +110,46 @@ class Reconciler:
         except NumahookError as exc:
             log.warning("cannot read the live definition of %s: %s", st.name, exc)
             return None
-        req = doc.request
-        if req is None:
+        if doc.request is None:
             return None
-        try:
-            rt = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus) if req.realtime \
-                else frozenset()
-        except NumahookError:
-            rt = frozenset()
-        return RunningManaged(st, xmlsafe.tostring(st.domain), rt, req.realtime_priority,
-                              bool(rt and req.isolate_emulator),
-                              doc.facts if req.dedicated and kvmpit.target(doc.facts) else None,
-                              doc.facts if req.dedicated and emulator.target(doc.facts) else None)
+        return doc, xmlsafe.tostring(st.domain)
 
-    def threads_backstop(self) -> None:
-        """The kvm-pit thread back on vCPU 0's CPU (ops/kvmpit.py), an emulator that is wider
-        than its own CPUs narrowed (ops/emulator.py), for domains whose start is over."""
-        for dom in self.running_managed():
-            if dom.pit is not None:
-                kvmpit.pin(dom.pit, dom.status.pid, self.cfg.proc_root, backstop=True)
-            if dom.emulator is not None:
-                emulator.narrow(dom.emulator, dom.status.pid, self.cfg.proc_root, backstop=True)
-
-    # -- realtime backstop ----------------------------------------------------------
-    def realtime_backstop(self, only: str | None = None) -> None:
-        """Re-apply FIFO where a masked vCPU is not at its policy (reset, hot-plugged)."""
-        for dom in self.running_managed():
-            if not dom.rt_vcpus or (only and dom.status.name != only):
+    # -- the tunables' backstops ------------------------------------------------------
+    def backstop(self, only: str | None = None) -> None:
+        """Each tunable's backstop on every managed domain whose start is over (``only``:
+        that domain): what it cannot fix quietly is applied again through lifecycle, under
+        the lock and journalled."""
+        for seen in self.running_managed():
+            if only and seen.name != only:
                 continue
-            tids = dict(dom.status.vcpu_tids)
-            if dom.status.pid and not dom.rt_vcpus <= set(tids):
-                # not in the status XML (yet): libvirt saves it after a hot-plugged vCPU's
-                # thread moved to its cgroup, when the vCPU watch wakes this pass
-                tids = {**procfs.vcpu_threads_from_proc(dom.status.pid, self.cfg.proc_root),
-                        **tids}
-            wrong = []
-            for v in sorted(dom.rt_vcpus):
-                tid = tids.get(v)
-                if tid is None:
-                    continue  # not plugged
-                try:
-                    if procfs.sched_of(tid) != ("fifo", dom.priority):
-                        wrong.append(v)
-                except NumahookError:
-                    continue  # the thread exited
-            emulator_wrong = False
-            if dom.emulator_rt and dom.status.pid:
-                try:
-                    emulator_wrong = procfs.sched_of(dom.status.pid) != ("fifo", dom.priority)
-                except NumahookError:
-                    pass  # QEMU exited
-            if not wrong and not emulator_wrong:
-                continue
-            what = [f"{plural(len(wrong), 'vCPU')} {cpulist.format(wrong)}"] if wrong else []
-            if emulator_wrong:
-                what.append("the emulator thread")
-            log.warning("%s: real-time %s %s not SCHED_FIFO %d; re-applying", dom.status.name,
-                        " and ".join(what), plural(len(wrong) + emulator_wrong, "is", "are"),
-                        dom.priority)
-            try:
-                lifecycle.tune(dom.xml, self.cfg, self.state)
-                self.stats.reapplied += len(wrong)
-            except NumahookError as exc:
-                log.error("%s: re-applying real-time failed: %s", dom.status.name, exc)
-
-    # -- the sysctl flip --------------------------------------------------------------
-    def rt_watch(self, force: bool = False) -> None:
-        """FIFO threads in zero-budget groups once throttling is on get no CPU at all.
-
-        That happens when kernel.sched_rt_runtime_us goes from -1 back to >= 0 under
-        running real-time vCPUs. Delegate a budget at once, or demote them, loudly.
-        The kernel refuses to zero the budget of a group that holds RT threads, so a
-        stall can only begin at such a flip: between flips one sysctl read per tick is
-        enough, and the full check runs again on a change (or ``force``, each pass).
-        """
-        runtime = rtsched.rt_runtime_us(self.cfg.proc_root)
-        if not force and runtime == self._rt_clean:
-            return
-        self._rt_clean = None
-        if rtsched.needs_group_budget(self.cfg.cgroup_root, self.cfg.proc_root) and \
-                not self._rt_stall_check(runtime):
-            return  # something is still stalled: check again at the next tick
-        self._rt_clean = runtime
-
-    def _rt_stall_check(self, runtime: int) -> bool:
-        """Fix every stalled real-time thread; True when none is left stalled."""
-        clean = True
-        for dom in self.running_managed():
-            tids = [t for v, t in dom.status.vcpu_tids.items() if v in dom.rt_vcpus]
-            if dom.emulator_rt and dom.status.pid:
-                tids.append(dom.status.pid)
-            stalled = rtsched.unbudgeted_rt_threads(tids, self.cfg.cgroup_root,
-                                                    self.cfg.proc_root)
-            if not stalled:
-                continue
-            if self.cfg.rt_throttled == "delegate":
-                try:
-                    lifecycle.tune(dom.xml, self.cfg, self.state)
-                    log.warning("kernel.sched_rt_runtime_us is now %d with real-time vCPUs of "
-                                "%s in zero-budget cgroups; delegated RT budget to them",
-                                runtime, dom.status.name)
+            for tunable in REGISTRY:
+                if not tunable.wanted(seen):
                     continue
+                problem = tunable.backstop(self.cfg, seen)
+                if problem is None:
+                    continue
+                log.warning("%s: %s; re-applying", seen.name, problem)
+                try:
+                    lifecycle.tune(seen.xml, self.cfg, self.state, only=tunable.name)
+                    self.stats.reapplied += 1
                 except NumahookError as exc:
-                    log.error("%s: delegating RT budget failed (%s); demoting instead",
-                              dom.status.name, exc)
-            demoted = rtsched.demote(stalled)
-            self.stats.demoted += len(demoted)
-            if rtsched.unbudgeted_rt_threads(stalled, self.cfg.cgroup_root,
-                                             self.cfg.proc_root):
-                clean = False
-            log.critical(
-                "kernel.sched_rt_runtime_us is now %d: the real-time vCPU threads %s of %s "
-                "had no RT budget and would stall, so they were demoted to SCHED_OTHER; set "
-                "it back to -1 or set throttled = delegate under [realtime] in %s",
-                runtime, ",".join(map(str, demoted)), dom.status.name, self.cfg.path)
-        return clean
+                    log.error("%s: re-applying %s failed: %s", seen.name, tunable.name, exc)
+
+    def watch(self, force: bool = False) -> None:
+        """Each tunable's cheap watch (every RT_WATCH_INTERVAL): the host changing under
+        running domains between passes, such as a sysctl flip that would stall FIFO
+        threads; ``force`` (each pass) checks in full."""
+        for tunable in REGISTRY:
+            self.stats.demoted += tunable.watch(
+                self.cfg, self.running_managed, self._retune, force, self._memo[tunable.name])
+
+    def _retune(self, seen: View, tunable: str) -> bool:
+        try:
+            lifecycle.tune(seen.xml, self.cfg, self.state, only=tunable)
+            return True
+        except NumahookError as exc:
+            log.error("%s: re-applying %s failed: %s", seen.name, tunable, exc)
+            return False
 
     # -- crash recovery ----------------------------------------------------------------
     def orphans(self, now: float | None = None) -> None:
@@ -252,7 +168,7 @@ class Reconciler:
                         continue
                     if claim.phase != "running" and now - claim.created < START_GRACE:
                         continue  # a start may be between prepare and QEMU's launch
-                    ok = rollback(ClaimJournal(self.state, claim), self.cfg.sysfs_root)
+                    ok = rollback(ClaimJournal(self.state, claim), self.cfg)
                     self.stats.released += 1
                     log.warning("released the orphaned claim of %s (phase %s): %s", claim.name,
                                 claim.phase, "done" if ok else "partly, will retry")
@@ -357,6 +273,7 @@ class Reconciler:
         if out.refused:
             if self.stats.refused.get(out.name) != out.refused:
                 log.warning("%s cannot be rendered on this host now: %s", out.name, out.refused)
+                refusals.count(self.cfg.state_dir, refusals.RENDER, out.check)
             self.stats.refused[out.name] = out.refused
             return
         self.stats.refused.pop(out.name, None)
@@ -382,8 +299,7 @@ class Reconciler:
         import libvirt
 
         start = time.monotonic()
-        for part, args in ((self.orphans, ()), (self.realtime_backstop, ()),
-                           (self.threads_backstop, ()), (self.rt_watch, (True,)),
+        for part, args in ((self.orphans, ()), (self.backstop, ()), (self.watch, (True,)),
                            (self.rerender_inactive, (conn, False, None, True))):
             try:
                 part(*args)

@@ -33,7 +33,7 @@ A vCPU hot-plugged into a running domain gets a ``vcpuN`` directory too. Its wat
 kept on the domain's directory after the start, and once libvirt has moved the new
 thread in, the thread tells the main loop (a byte on :attr:`VcpuWatch.plugged_fd`), whose
 reconcile pass re-applies the domain's real-time tuning and re-splits its budget evenly
-(``Reconciler.realtime_backstop``). At start the watch scans the tree that is already
+(``Reconciler.backstop``). At start the watch scans the tree that is already
 there, so domains running before numahookd are covered as well.
 
 The main loop's watchdog timer covers the thread too (:meth:`VcpuWatch.health`): it wakes

@@ -1,4 +1,4 @@
-"""The ``started`` hook's fast path: numahookd already applied real-time, so only verify it.
+"""The ``started`` hook's fast path: numahookd already applied the tunables, so only verify.
 
 On a throttled node numahookd applies what ``prepare`` recorded as soon as libvirt puts
 the vCPU threads in their cgroups, and notes in the claim for which QEMU it did
@@ -7,13 +7,13 @@ has nothing to apply, but the full path still costs re, json and the renderer's
 modules, several times the work itself (bench/started.py). This module checks the same
 things with what the interpreter has loaded already, plus fcntl and the C half of json:
 
-* the claim is this domain's, ``reserved``, with a real-time intent and ``verified_pid``
-  equal to the QEMU pid in libvirt's status file;
-* every masked vCPU thread of that file is SCHED_FIFO at the intent's priority, every
-  other vCPU thread is not real-time, the emulator thread is FIFO when the intent says so;
-* under KVM, the kvm-pit thread runs on vCPU 0's CPUs (numahook/ops/kvmpit.py);
-* where the emulator started wider than its own CPUs, it runs on those alone
-  (numahook/ops/emulator.py);
+* the claim is this domain's, ``reserved``, with ``verified_pid`` equal to the QEMU pid in
+  libvirt's status file;
+* every check the domain's tunables declared at ``prepare`` holds (their ``fast_checks``,
+  numahook/tunables/base.py, stored in the claim): the real-time policies, the kvm-pit
+  thread, the emulator narrowed. A tunable that declared none it can be confirmed by
+  makes this path decline, and the full path runs. The checks are data, so this path
+  imports no tunable: the registry's modules would cost it more than its own work;
 
 and then, under the state lock, moves the claim to ``running`` as the full path does.
 Anything it does not understand or cannot confirm (an unusual config file, a missing or
@@ -103,29 +103,6 @@ def _uuid(xml: str) -> str:
     return u
 
 
-def _emulator_in_place(xml: str, pid: int) -> None:
-    """Where ``<numahook:rendered emulator>`` says the emulator was wider during the start
-    (numahook/ops/emulator.py), QEMU's main thread must already run on that set alone."""
-    at = xml.find(":rendered ")
-    end = xml.find(">", at)
-    if at < 0 or end < 0:
-        return
-    tag = xml[at:end]
-    key = tag.find(" emulator=")
-    if key < 0:
-        return
-    quote = tag[key + 10:key + 11]
-    value = tag[key + 11:tag.find(quote, key + 11)] if quote in ("'", '"') else ""
-    want: set[int] = set()
-    for part in value.split(","):
-        lo, _, hi = part.partition("-")
-        if not lo.isdigit() or (hi and not hi.isdigit()):
-            raise _Decline("<numahook:rendered emulator>")
-        want.update(range(int(lo), int(hi or lo) + 1))
-    if os.sched_getaffinity(pid) != want:
-        raise _Decline("the emulator is not narrowed to its own CPUs yet")
-
-
 def _json_scanner() -> Any:
     """json's C scanner without json (json imports re, enum and more)."""
     import _json
@@ -168,12 +145,6 @@ def _dump_json(data: dict[str, Any]) -> str:
     return "".join(encode(data, 0)) + "\n"
 
 
-def _int(v: object) -> int:
-    if type(v) is not int:
-        raise _Decline(f"{v!r} is not an integer")
-    return v
-
-
 def _claim(path: str, uuid: str, name: str) -> tuple[str, dict[str, Any]]:
     """The claim's text and content, if it is one this path may act on."""
     try:
@@ -181,11 +152,13 @@ def _claim(path: str, uuid: str, name: str) -> tuple[str, dict[str, Any]]:
         text = _read(path)
     except (OSError, ValueError):
         raise _Decline("no claim") from None
-    if (st.st_mode & 0o170000) != 0o100000 or st.st_uid != os.geteuid() or st.st_mode & 0o022:
+    from numahook.host import lean
+
+    if not lean.ours(st):
         raise _Decline("claim not ours")
     data = _load_json(text)
-    if (data.get("version") != 1 or data.get("uuid") != uuid or data.get("name") != name
-            or data.get("phase") != "reserved" or type(data.get("realtime")) is not dict
+    if (data.get("version") != 2 or data.get("uuid") != uuid or data.get("name") != name
+            or data.get("phase") != "reserved" or type(data.get("fast")) is not dict
             or data.get("verified_pid") is None
             or data.get("verified_pid") != data.get("qemu_pid")):
         raise _Decline("claim not verified by numahookd")
@@ -235,72 +208,23 @@ def _attr(tag: str, name: str) -> int:
     raise _Decline(f"no {name} attribute")
 
 
-def _sched(tid: int) -> tuple[int, int]:
-    try:
-        return (os.sched_getscheduler(tid) & ~_RESET_ON_FORK,
-                os.sched_getparam(tid).sched_priority)
-    except OSError:
-        raise _Decline(f"thread {tid} cannot be read") from None
-
-
-def _kvm_pit_in_place(qemu_pid: int, vcpu0_tid: int, proc_root: str) -> None:
-    """The kvm-pit thread of a KVM domain on vCPU 0's CPUs, or none at all (the full path
-    would only log that); as numahook/host/procfs.py finds it."""
-    want = f"kvm-pit/{qemu_pid}\n"
-    try:
-        names = os.listdir(proc_root)
-    except OSError:
-        raise _Decline("no procfs") from None
-    for entry in names:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"{proc_root}/{entry}/comm", encoding="utf-8") as fh:
-                if fh.read(64) != want:
-                    continue
-            if os.sched_getaffinity(int(entry)) != os.sched_getaffinity(vcpu0_tid):
-                raise _Decline("the kvm-pit thread is not on vCPU 0's CPUs")
-        except (OSError, ValueError):
-            continue
-        return
-
-
 def _write_running(state_dir: str, path: str, text: str, data: dict[str, Any],
                    timeout: float) -> None:
     """phase ``running``, as numahook.state.statedir writes a claim (atomic rename, no
     fsync), under its lock, if the record did not change meanwhile."""
     import fcntl
 
+    from numahook.host import lean
+
     fd = os.open(os.path.join(state_dir, "lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     try:
-        deadline = time.monotonic() + timeout
-        pause = 0.005
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise _Decline("the state lock is busy") from None
-                time.sleep(pause)
-                pause = min(pause * 2, 0.1)
+        if not lean.flock_within(fd, timeout):
+            raise _Decline("the state lock is busy")
         try:
             if _read(path) != text:
                 raise _Decline("the claim changed meanwhile")
             data["phase"] = "running"
-            tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}."
-                               f"{os.getpid()}-{os.urandom(4).hex()}.tmp")
-            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                          | os.O_CLOEXEC, 0o600)
-            try:
-                try:
-                    os.write(out, _dump_json(data).encode("ascii"))
-                finally:
-                    os.close(out)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
+            lean.replace(path, _dump_json(data).encode("ascii"))
         finally:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
@@ -321,18 +245,49 @@ def verify(name: str, xml: str, environ: Any = os.environ) -> str:
     uuid = _uuid(xml)
     path = os.path.join(cfg["state_dir"], "claims", f"{uuid}.json")
     text, data = _claim(path, uuid, name)
-    rt = data["realtime"]
-    masked = {_int(v) for v in rt.get("vcpus", ())}
-    priority = _int(rt.get("priority"))
-    emulator = rt.get("emulator")
-    if not masked or not 1 <= priority <= 99 or type(emulator) is not bool:
-        raise _Decline("realtime intent")
     pid, tids = _status(os.path.join(cfg["libvirt_run"], f"{name}.xml"))
-    if pid != data["verified_pid"] or not masked <= set(tids):
-        raise _Decline("another QEMU, or a masked vCPU without a thread")
+    if pid != data["verified_pid"]:
+        raise _Decline("another QEMU")
+    if not any(data["fast"].values()):
+        raise _Decline("nothing was applied early to verify")
+    said = []
+    for tunable, checks in sorted(data["fast"].items()):
+        if type(checks) is not dict:
+            raise _Decline(f"{tunable} declared no check this path can make")
+        for kind, value in sorted(checks.items()):
+            said.append(_CHECKS.get(kind, _unknown)(value, pid, tids, cfg["proc_root"]))
+    _write_running(cfg["state_dir"], path, text, data, timeout)
+    return (f"domain={name} {' '.join(s for s in said if s) or 'action=started'} "
+            f"path=verified detail=applied by numahookd before started (qemu pid {pid}), "
+            "verified")
+
+
+# -- the checks a tunable may declare (numahook/tunables/base.py, fast_checks) ------------
+
+def _int(v: object) -> int:
+    if type(v) is not int:
+        raise _Decline(f"{v!r} is not an integer")
+    return v
+
+
+def _sched(tid: int) -> tuple[int, int]:
+    try:
+        return (os.sched_getscheduler(tid) & ~_RESET_ON_FORK,
+                os.sched_getparam(tid).sched_priority)
+    except OSError:
+        raise _Decline(f"thread {tid} cannot be read") from None
+
+
+def _fifo(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    """``{"vcpus": [...], "priority": P}``: exactly these vCPU threads SCHED_FIFO at P."""
+    masked = {_int(v) for v in value["vcpus"]}
+    priority = _int(value["priority"])
+    if not masked or not 1 <= priority <= 99 or not masked <= set(tids):
+        raise _Decline("real-time vCPUs")
     if sorted(tids) != list(range(len(tids))):
-        # the intent holds the masked vCPUs below the boot count (ops/lifecycle.py, admit):
-        # the same as the mask's vCPUs with a thread only when vCPUs 0..n-1 are the online ones
+        # the claim holds the masked vCPUs below the boot count (tunables/realtime.py,
+        # intent): the same as the mask's vCPUs with a thread only when vCPUs 0..n-1 are
+        # the online ones
         raise _Decline("online vCPUs are not 0..n-1")
     for vcpu, tid in tids.items():
         policy, prio = _sched(tid)
@@ -341,16 +296,46 @@ def verify(name: str, xml: str, environ: Any = os.environ) -> str:
                 raise _Decline(f"vCPU {vcpu} is not FIFO {priority}")
         elif policy in _RT_POLICIES:
             raise _Decline(f"vCPU {vcpu} is real-time but not masked")
-    if emulator and _sched(pid) != (os.SCHED_FIFO, priority):
-        raise _Decline("the emulator thread is not FIFO")
-    _emulator_in_place(xml, pid)
-    if xml.lstrip().startswith(("<domain type='kvm'", '<domain type="kvm"')) and 0 in tids:
-        _kvm_pit_in_place(pid, tids[0], cfg["proc_root"])
-    _write_running(cfg["state_dir"], path, text, data, timeout)
     vcpus = ",".join(str(v) for v in sorted(masked))
-    return (f"domain={name} action=realtime vcpus={vcpus} priority={priority} "
-            f"emulator={emulator} path=verified detail=applied by numahookd before started "
-            f"(qemu pid {pid}), verified")
+    return f"action=realtime vcpus={vcpus} priority={priority}"
+
+
+def _emulator_fifo(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    """P: QEMU's main (emulator) thread SCHED_FIFO at P."""
+    if _sched(pid) != (os.SCHED_FIFO, _int(value)):
+        raise _Decline("the emulator thread is not FIFO")
+    return "emulator=True"
+
+
+def _affinity(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    """[CPUs]: QEMU's main thread runs on exactly these (the emulator narrowed)."""
+    if os.sched_getaffinity(pid) != {_int(c) for c in value}:
+        raise _Decline("the emulator is not on its own CPUs yet")
+    return ""
+
+
+def _kvm_pit(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    """true: the kvm-pit thread on vCPU 0's CPUs, or none at all (the full path would only
+    log that); found as numahook/host/procfs.py finds it."""
+    from numahook.host import lean
+
+    if value is not True or 0 not in tids:
+        raise _Decline("kvm-pit check")
+    tid = lean.find_comm(proc_root, f"kvm-pit/{pid}")
+    if tid is not None and os.sched_getaffinity(tid) != os.sched_getaffinity(tids[0]):
+        raise _Decline("the kvm-pit thread is not on vCPU 0's CPUs")
+    return ""
+
+
+def _unknown(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    raise _Decline("a check this version does not know")
+
+
+_CHECKS = {"fifo": _fifo, "emulator_fifo": _emulator_fifo, "affinity": _affinity,
+           "kvm_pit": _kvm_pit}
+#: the kinds of check a tunable may declare; tests/unit/tunables/test_registry.py holds the
+#: tunables to them
+CHECK_KINDS = frozenset(_CHECKS)
 
 
 def started(name: str, xml: str, environ: Any = os.environ) -> bool:

@@ -98,6 +98,9 @@ def run(argv: Sequence[str], xml: str) -> int:
             log.error("domain=%s op=%s failed (ignored, the VM is not touched): %s", name, op,
                       exc)
             return 0
+        from numahook.ops import refusals  # the refusal path only: prepare does not pay
+
+        refusals.count_error(cfg.state_dir, op, exc)
         return _refuse(op, name, str(exc))
 
 

@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from numahook import log as logmod
 from numahook.core.units import clip
 from numahook.errors import HostError, InputError, StateError
+from numahook.host import lean
 
 log = logmod.get(__name__)
 
@@ -29,10 +30,6 @@ if TYPE_CHECKING:
     from typing import Union
 
     PathLike = Union[str, "os.PathLike[str]"]
-
-#: Names tried for a temporary file before giving up (mkstemp's bound is 10000; a clash
-#: needs the same pid and 32 random bits, so a few are plenty).
-_TEMP_ATTEMPTS = 100
 
 #: What to do when the kernel refuses a knob write, by errno (callers may pass their own).
 _KNOB_HINTS = {
@@ -174,23 +171,6 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
-def _create_temp(directory: str, name: str) -> tuple[int, str]:
-    """Create ``.NAME.PID-RANDOM.tmp`` beside the target, exclusively and 0600.
-
-    tempfile.mkstemp does the same but importing tempfile (random, shutil, bz2, lzma...)
-    costs the hook more than its whole prepare work.
-    """
-    for _ in range(_TEMP_ATTEMPTS):
-        tmp_name = os.path.join(directory, f".{name}.{os.getpid()}-{os.urandom(4).hex()}.tmp")
-        try:
-            fd = os.open(tmp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o600)
-        except FileExistsError:
-            continue
-        return fd, tmp_name
-    raise FileExistsError(errno.EEXIST, "no free temporary file name", directory)
-
-
 #: What to do when writing one of our files fails, by errno; ``{}`` is the directory.
 #: "Free space" is only advice for a full disk: on a read-only mount it sends the
 #: operator looking for the wrong thing.
@@ -219,13 +199,10 @@ def atomic_write(path: PathLike, data: str | bytes, mode: int = 0o600,
     tmp_name: str | None = None
     try:
         make_private_dirs(where)
-        fd, tmp_name = _create_temp(where, os.path.basename(target))
+        fd, tmp_name = lean.create_temp(where, os.path.basename(target))
         try:
             os.fchmod(fd, mode)
-            view = memoryview(raw)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
+            lean.write_all(fd, raw)
             if durable:
                 os.fsync(fd)
         finally:

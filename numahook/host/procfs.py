@@ -13,7 +13,7 @@ import re
 from numahook.core import cpulist
 from numahook.core.units import is_decimal
 from numahook.errors import HostError, InputError
-from numahook.host import fsutil
+from numahook.host import fsutil, lean
 
 #: QEMU names its vCPU threads "CPU <index>/<accelerator>"; KVM and TCG are the ones we run.
 _VCPU_COMM = re.compile(r"^CPU ([0-9]{1,5})/(KVM|TCG)\Z")
@@ -87,16 +87,11 @@ def kvm_pit_thread(qemu_pid: int, proc_root: str = "/proc") -> int | None:
     thread, a child of kthreadd, not a thread of QEMU, so every process is looked at.
     None: there is none (TCG, or the PIT is off or emulated in QEMU).
     """
-    want = f"kvm-pit/{int(qemu_pid)}"
     try:
-        names = os.listdir(proc_root)
+        return lean.find_comm(proc_root, f"kvm-pit/{int(qemu_pid)}")
     except OSError as exc:
         raise HostError(f"listing {proc_root} failed: {exc.strerror}; is procfs mounted?") \
             from None
-    for name in names:
-        if is_decimal(name) and comm_of(int(name), proc_root) == want:
-            return int(name)
-    return None
 
 
 def affinity_of(tid: int) -> frozenset[int]:

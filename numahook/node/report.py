@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from numahook.config import DEFAULT_PATH
 from numahook.core import cpulist
-from numahook.node.model import CPU_PARAMS, CpuParam, NodeCapability, size_name
+from numahook.core.units import human_kib
+from numahook.node.model import CPU_PARAMS, CpuParam, NodeCapability, NodeInfo, size_name
+
+#: where the kernel keeps each node's pools (the advice's commands write there)
+NODE_POOL = "/sys/devices/system/node/node{node}/hugepages/hugepages-{size}kB/nr_hugepages"
 
 
 def reasons(cap: NodeCapability, config_path: str = DEFAULT_PATH) -> list[str]:
@@ -52,19 +56,81 @@ def reasons(cap: NodeCapability, config_path: str = DEFAULT_PATH) -> list[str]:
                        "timer tick or RCU callbacks still interrupt them; add "
                        + " ".join(f"{m}={cpus}" for m in missing)
                        + " to the kernel command line")
-    if not any(p.free for p in cap.hugepages):
-        out.append("no hugepages are free on any NUMA node; reserve some per node, such as `echo 4 "
-                   "> /sys/devices/system/node/node0/hugepages/hugepages-1048576kB/nr_hugepages`")
-    mounted = {m.pagesize_kib for m in cap.hugetlbfs}
-    for size in cap.page_sizes():
-        if any(p.nr for p in cap.hugepages if p.size_kib == size) and size not in mounted:
-            out.append(f"{size} KiB hugepages are reserved but no hugetlbfs is mounted with that "
-                       f"page size; mount one (pagesize={size_name(size)[:-1]}) before libvirtd "
-                       "starts, from /etc/fstab")
+    out += hugepage_reasons(cap)
     if cap.libvirt_reachable is False:
         out.append(f"libvirt at {cap.libvirt_uri} is not reachable; start libvirtd or virtqemud "
                    "(or fix libvirt_uri under [daemon])")
     return out
+
+
+def hugepage_reasons(cap: NodeCapability) -> list[str]:
+    """What to do about hugepages on this host, fitted to it: the page sizes a hugetlbfs is
+    mounted for (libvirt backs guests only with those), each node's memory, and the fact
+    that numahook reserves a domain's pages on its nodes when it starts.
+
+    An empty pool is therefore not a fault: it is said, with an example reservation that
+    fits a node, only for those who want memory set aside before it fragments. A fixed
+    example (4 pages of 1 GiB) told hosts with 1.5 GiB nodes and only a 2 MiB hugetlbfs
+    to reserve more than a node holds, in a size nothing could map.
+    """
+    sizes = cap.page_sizes()
+    if not sizes:
+        return ["no NUMA node offers hugepages (no hugepages-* pools under "
+                "/sys/devices/system/node/node*/hugepages), so numahook can reserve none and "
+                "domains on hugepages cannot start here; boot a kernel built with "
+                "CONFIG_HUGETLBFS and CONFIG_NUMA"]
+    mounted = sorted({m.pagesize_kib for m in cap.hugetlbfs} & set(sizes))
+    reserved = [s for s in sizes if any(p.nr for p in cap.hugepages if p.size_kib == s)]
+    if not mounted:
+        size = reserved[0] if reserved else sizes[0]
+        unused = (f" (the {' and '.join(human_kib(s) for s in reserved)} pages reserved "
+                  "here go unused)" if reserved else "")
+        return [f"no hugetlbfs is mounted, so libvirt can back no domain with hugepages"
+                f"{unused}; mount one with pagesize={size_name(size)[:-1]} before libvirtd "
+                f"starts, such as the /etc/fstab line `hugetlbfs /dev/hugepages hugetlbfs "
+                f"pagesize={size_name(size)[:-1]} 0 0`, and numahook reserves each domain's "
+                "pages at its start"]
+    out = [f"{human_kib(size)} hugepages are reserved but no hugetlbfs is mounted with that page "
+           f"size; mount one (pagesize={size_name(size)[:-1]}) before libvirtd starts, from "
+           "/etc/fstab" for size in reserved if size not in mounted]
+    nodes = [n for n in cap.nodes if n.memory_kib > 0]
+    fitting = [s for s in mounted if any(n.memory_kib >= s for n in nodes)]
+    for size in mounted:
+        if size not in fitting and nodes:
+            largest = max(n.memory_kib for n in nodes)
+            out.append(f"the hugetlbfs for {human_kib(size)} pages serves no domain here: a "
+                       f"page is larger than any NUMA node's memory (at most {largest // 1024} "
+                       f"MiB); mount one with pagesize={size_name(sizes[0])[:-1]} instead")
+    if fitting and not any(p.free for p in cap.hugepages if p.size_kib in mounted):
+        out.append(_reserve_example(fitting, nodes))
+    return out
+
+
+def _reserve_example(sizes: list[int], nodes: list[NodeInfo]) -> str:
+    """No free page in any mounted size: say why that is fine, and how to reserve anyway,
+    in the smallest mounted size, on the first node, half of its memory (one page at least)."""
+    size = sizes[0]
+    node = next(n for n in nodes if n.memory_kib >= size)
+    count = max(1, node.memory_kib // size // 2)
+    memory = {n.memory_kib // 1024 for n in nodes}
+    if len(nodes) == 1:
+        per_node = f"node{node.id} has {node.memory_kib // 1024} MiB"
+    elif len(memory) == 1:
+        per_node = f"nodes {cpulist.format(n.id for n in nodes)} have {memory.pop()} MiB each"
+    else:
+        per_node = "node" + ", node".join(f"{n.id} has {n.memory_kib // 1024} MiB" for n in nodes)
+    text = (f"no {' or '.join(human_kib(s) for s in sizes)} hugepages are free, and none need "
+            "to be: numahook reserves each domain's pages on its nodes when it starts, from "
+            f"their free memory ({per_node}); to set memory aside before it fragments, "
+            f"reserve some per node, such as `echo {count} > "
+            f"{NODE_POOL.format(node=node.id, size=size)}` ({human_kib(count * size)} of "
+            f"node{node.id}'s {node.memory_kib // 1024} MiB)")
+    if size >= 1024 * 1024:
+        # the kernel's own advice (admin-guide/mm/hugetlbpage): gigantic pages are reliably
+        # found only at boot, before memory fragments
+        text += (f", or at boot, where {human_kib(size)} pages are still contiguous, with "
+                 f"hugepagesz={size_name(size)[:-1]} hugepages=N on the kernel command line")
+    return text
 
 
 def _yes(flag: bool | None) -> str:

@@ -3,13 +3,11 @@
 Each operation reads files only (stdin XML, sysfs, cgroupfs, procfs, libvirt status XML,
 our state dir) so the hook can run it inside libvirtd's start path without calling back
 into libvirt. Each either completes or leaves a claim the next call or the daemon rolls
-back: nothing is half-applied.
+back: nothing is half-applied. What is applied comes from the registry of tunables
+(numahook/tunables/), which this module iterates without naming any.
 """
 
 from __future__ import annotations
-
-from collections.abc import Mapping
-from collections.abc import Set as AbstractSet
 
 from numahook import faults, records
 from numahook import log as logmod
@@ -17,12 +15,13 @@ from numahook.config import Config
 from numahook.core import allocate, cpulist, hardware, metadata, render
 from numahook.core.plan import Plan
 from numahook.errors import HostError, NumahookError, Refusal
-from numahook.host import fsutil, hugepages, libvirtstatus, procfs, rtsched
-from numahook.ops import emulator, hostinputs, kvmpit
+from numahook.host import fsutil
+from numahook.ops import hostinputs
 from numahook.records import record
-from numahook.state.claims import Claim, RealtimeIntent
-from numahook.state.recovery import recover, rollback
+from numahook.state.claims import Claim
+from numahook.state.recovery import recover, rollback, settle_host
 from numahook.state.statedir import ClaimJournal, StateDir
+from numahook.tunables import REGISTRY, view
 from numahook.xml import safe
 
 log = logmod.get(__name__)
@@ -32,17 +31,6 @@ def audit(action: str, name: str, **fields: object) -> None:
     """One structured line per action, for the journal and for grep."""
     extra = " ".join(f"{k}={v}" for k, v in fields.items() if v not in (None, ""))
     log.info("domain=%s action=%s %s", name, action, extra)
-
-
-def _pending_pages(state: StateDir, exclude_uuid: str) -> dict[tuple[int, int], int]:
-    """Pages other starting domains were promised but QEMU has not mapped yet."""
-    out: dict[tuple[int, int], int] = {}
-    for claim in state.list_claims():
-        if claim.uuid == exclude_uuid or claim.phase != "reserved":
-            continue
-        for pool, pages in claim.need.items():
-            out[pool] = out.get(pool, 0) + pages
-    return out
 
 
 def rerender_fix(name: str, cfg: Config, state: StateDir) -> str:
@@ -73,15 +61,15 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
     name, uuid = doc.facts.name, doc.facts.uuid
     state.ensure()
     with state.lock(cfg.lock_timeout):
-        recover(state, cfg.sysfs_root)  # before this start counts or changes a pool
+        recover(state, cfg)  # before this start counts or changes the host
         old = state.load(uuid)
         if old is not None:  # a start that failed before release ran: give it all back
             log.warning("%s has a claim left from an earlier start; releasing it first", name)
-            if not rollback(ClaimJournal(state, old), cfg.sysfs_root):
+            if not rollback(ClaimJournal(state, old), cfg):
                 raise HostError(f"{name} still holds resources from an earlier start that "
                                 "could not be given back; see the journal and run "
                                 "`numahook status`")
-        inputs, view = hostinputs.gather(cfg, doc.facts.partition, uuid, state=state,
+        inputs, host = hostinputs.gather(cfg, doc.facts.partition, uuid, state=state,
                                           devices=doc.facts.bdfs)
         ev = render.evaluate(doc, inputs)
         if ev.failed is not None:
@@ -91,165 +79,98 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
         stale = hardware.differences(doc.facts, plan)
         if stale:
             raise Refusal(f"{name}'s definition does not match this host: {stale[0]}; "
-                          f"{view.describe()}; {rerender_fix(name, cfg, state)}",
+                          f"{host.describe()}; {rerender_fix(name, cfg, state)}",
                           "stale-definition")
-        if plan.realtime_vcpus:
-            gate = rtsched.realtime_gate(cfg)
-            if not gate.ok:
+        used = [t for t in REGISTRY if t.wanted(doc)]
+        for tunable in used:
+            gate = tunable.precondition(cfg, doc, plan)
+            if gate is not None and not gate.ok:
                 raise Refusal(gate.reason, gate.name)
-        need = plan.page_need
-        early = tuple(v for v in plan.realtime_vcpus if v < doc.facts.current_vcpus)
-        intent = (RealtimeIntent(early, plan.priority, doc.request.isolate_emulator)
-                  if early else None)
-        claim = Claim(uuid=uuid, name=name, cpus=plan.cpus, phase="claimed", need=need,
-                      realtime=intent)
+        entries = {t.name: e for t in used if (e := t.intent(doc, plan)) is not None}
+        claim = Claim(uuid=uuid, name=name, cpus=plan.cpus, phase="claimed", tunables=entries,
+                      fast={t.name: t.fast_checks(doc, plan) for t in used})
         journal = ClaimJournal(state, claim)
-        journal.update()  # the claim exists before any page is touched
+        journal.update()  # the claim exists before anything is touched
         faults.point("admit.claimed")
         try:
-            if need:
-                asked = dict(need)
-                for pool, pages in _pending_pages(state, uuid).items():
-                    if pool in asked:
-                        asked[pool] += pages
-                hugepages.reserve(asked, cfg.sysfs_root, cfg.proc_root, journal.hugepages,
-                                  compact=cfg.hugepages_compact)
+            for tunable in used:
+                if tunable.step == "prepare":
+                    _audit(tunable.name, name, tunable.apply(cfg, journal, None))
         except NumahookError:
-            rollback(journal, cfg.sysfs_root)
+            rollback(journal, cfg)
             raise
         faults.point("admit.reserved")
         journal.update(phase="reserved")
+        settle_host(state, cfg)
         faults.point("admit.phase-reserved")
         audit("admit", name, cpus=cpulist.format(plan.cpus),
-              hugepages=",".join(f"node{n}:{p}x{s}kB" for (n, s), p in sorted(need.items())),
-              added=",".join(f"node{n}:{p}" for (n, s), p in
-                             sorted(journal.claim.hugepages.items())))
+              hugepages=",".join(f"node{n}:{p}x{s}kB" for (n, s), p in
+                                 sorted(plan.page_need.items())),
+              tunables=",".join(sorted(journal.claim.tunables)))
         return Admission(journal.claim, plan)
 
 
-@record(frozen=True)
-class Tuning:
-    rt_vcpus: tuple[int, ...]
-    result: rtsched.RtResult | None
-    message: str
+def _audit(action: str, name: str, fields: dict[str, object] | None) -> None:
+    if fields is not None:
+        audit(action, name, **fields)
 
 
-def vcpu_threads(name: str, cfg: Config,
-                 plugged: AbstractSet[int] = frozenset()) -> tuple[int | None, dict[int, int]]:
-    """vCPU thread ids: libvirt's status XML first, then /proc thread names.
-
-    ``plugged``: vCPUs expected to run (the real-time mask); one the status XML lacks is
-    looked up by name too, since libvirt saves the status of a hot-plugged vCPU only
-    after it has moved its thread into its cgroup, which is when numahookd's vCPU watch
-    (daemon/vcpuwatch.py) asks for it.
-    """
-    status = libvirtstatus.status_of(name, cfg.libvirt_run)
-    if status is None:
-        return None, {}
-    tids = dict(status.vcpu_tids)
-    if status.pid and (not tids or not set(plugged) <= set(tids)):
-        named = procfs.vcpu_threads_from_proc(status.pid, cfg.proc_root)
-        tids = {**named, **tids} if tids else named
-    return status.pid, tids
-
-
-def _apply_journalled(journal: ClaimJournal, tids: Mapping[int, int],
-                      rt_vcpus: frozenset[int], priority: int, emulator: int | None,
-                      cfg: Config, allow_delegation: bool) -> rtsched.RtResult:
-    """rtsched.apply with each budget write journalled in the claim, after what an
-    earlier application delegated (a re-apply adds to it). Under the state lock."""
-    earlier = list(journal.claim.rt_budget)
-
-    def note(records: list[rtsched.BudgetRecord]) -> None:
-        journal.rt_budget(earlier + records)
-
-    return rtsched.apply(
-        tids, rt_vcpus, priority, allow_delegation=allow_delegation,
-        cap_us=cfg.rt_max_budget_us, cgroup_root=cfg.cgroup_root, proc_root=cfg.proc_root,
-        journal=note, emulator_tid=emulator)
-
-
-def tune(xml: str, cfg: Config, state: StateDir) -> Tuning | None:
-    """``started`` (and the daemon's backstop): SCHED_FIFO on exactly the masked vCPUs,
-    the kvm-pit thread of a dedicated KVM domain on vCPU 0's CPU (ops/kvmpit.py), and the
-    emulator back on its own CPUs where it started wider (ops/emulator.py)."""
+def tune(xml: str, cfg: Config, state: StateDir, only: str | None = None) -> bool:
+    """``started``, ``reconnect`` and the daemon's backstop: apply every tunable of the
+    ``started`` step that the domain uses (``only``: that one, for the backstop), with the
+    claim in phase ``running``. False: not ours."""
     doc = render.parse(xml, readonly=True)
-    req = doc.request
-    if req is None or not req.managed:
-        return None
-    name = doc.facts.name
-    rt_all = cpulist.parse_mask(req.realtime_mask, doc.facts.vcpus) if req.realtime \
-        else frozenset()
-    pid, tids = vcpu_threads(name, cfg, rt_all)
-    if req.dedicated:
-        kvmpit.pin(doc.facts, pid, cfg.proc_root)
-        emulator.narrow(doc.facts, pid, cfg.proc_root)
-    if not req.realtime:
-        _mark_running(doc, cfg, state, pid)
-        return None
-    # vCPUs not plugged yet have no thread; the daemon tunes them when they appear
-    rt_vcpus = frozenset(v for v in rt_all if v in tids)
-    # QEMU's main thread is the emulator thread; real-time with it when it has its own CPU
-    emulator_tid = pid if req.isolate_emulator and rt_all and pid else None
+    if doc.request is None or not doc.request.managed:
+        return False
+    seen = view.of_name(doc, cfg.libvirt_run, cfg.proc_root)
+    used = [t for t in REGISTRY if t.step == "started" and t.wanted(doc)
+            and (only is None or t.name == only)]
     state.ensure()
     with state.lock(cfg.lock_timeout):
-        claim = state.load(doc.facts.uuid) or Claim(
-            uuid=doc.facts.uuid, name=name, cpus=_live_cpus(doc), phase="running")
+        claim = state.load(seen.facts.uuid) or Claim(
+            uuid=seen.facts.uuid, name=seen.name, cpus=_live_cpus(doc), phase="running")
         journal = ClaimJournal(state, claim)
-        journal.update(phase="running", qemu_pid=pid)
+        journal.update(phase="running", qemu_pid=seen.pid)
         faults.point("tune.journalled")
-        result = _apply_journalled(journal, tids, rt_vcpus, req.realtime_priority,
-                                   emulator_tid, cfg,
-                                   allow_delegation=cfg.rt_throttled == "delegate")
+        for tunable in used:
+            _audit(tunable.name, seen.name, tunable.apply(cfg, journal, seen))
+        settle_host(state, cfg)
         faults.point("tune.applied")
-    audit("realtime", name, vcpus=cpulist.format(rt_vcpus), priority=req.realtime_priority,
-          emulator=emulator_tid is not None, path=result.path, detail=result.message)
-    return Tuning(tuple(sorted(rt_vcpus)), result, result.message)
+    return True
 
 
 def tune_early(uuid: str, tids: dict[int, int], pid: int, cfg: Config,
                state: StateDir) -> bool:
-    """numahookd, between ``prepare`` and ``started``: FIFO as soon as libvirt has put the
-    real-time vCPU threads in their cgroups, rather than once the ``started`` hook's
-    Python is up.
+    """numahookd, between ``prepare`` and ``started``: each tunable's early part as soon as
+    libvirt has put the vCPU threads in their cgroups, rather than once the ``started``
+    hook's Python is up (real time where the group budget must be delegated).
 
-    Only where the group budget must be delegated (elsewhere ``<vcpusched>`` does it
-    before the vCPUs run). ``tids`` are the threads found in the ``vcpuN`` cgroups so far.
-    True once done or once there is nothing to do; False to be asked again when more
-    vCPU threads have moved. The ``started`` hook still applies and verifies, and finds
-    the work done.
+    ``tids`` are the threads found in the ``vcpuN`` cgroups so far. True once done or
+    once there is nothing to do; False to be asked again when more vCPU threads have
+    moved. The ``started`` hook still verifies, and finds the work done.
     """
-    if cfg.rt_throttled != "delegate" or not rtsched.needs_group_budget(cfg.cgroup_root,
-                                                                          cfg.proc_root):
-        return True
     claim = state.load(uuid)
-    if claim is None or claim.realtime is None or claim.phase == "running":
+    if claim is None or claim.phase == "running" or not any(
+            claim.entry(t.name) is not None for t in REGISTRY if t.has_early):
         return True
-    intent = claim.realtime
-    if not set(intent.vcpus) <= set(tids):
-        return False
     with state.lock(cfg.lock_timeout):
         claim = state.load(uuid)  # again, under the lock: the hook may have moved on
-        if claim is None or claim.realtime is None or claim.phase == "running":
+        if claim is None or claim.phase == "running":
             return True
         journal = ClaimJournal(state, claim)
-        journal.update(qemu_pid=pid)
-        result = _apply_journalled(journal, {v: tids[v] for v in intent.vcpus},
-                                   frozenset(intent.vcpus), intent.priority,
-                                   pid if intent.emulator else None, cfg,
-                                   allow_delegation=True)
-        _record_verified(journal, pid)
-    audit("realtime-early", claim.name, vcpus=cpulist.format(intent.vcpus),
-          priority=intent.priority, emulator=intent.emulator, path=result.path,
-          detail=result.message)
+        done = []
+        for tunable in REGISTRY:
+            if claim.entry(tunable.name) is None:
+                continue
+            result = tunable.early(cfg, journal, tids, pid)
+            if result is False:
+                return False
+            done.append(result)
+        if True in done:
+            # every early part applied and read back: the started hook's fast path
+            # (numahook/hook/fast.py) verifies again and applies nothing
+            journal.update(qemu_pid=pid, verified_pid=pid)
     return True
-
-
-def _record_verified(journal: ClaimJournal, pid: int) -> None:
-    """Say in the claim that the intent is applied and verified for QEMU ``pid``: rtsched.apply
-    returns only after reading back every policy it set. The ``started`` hook then takes
-    its fast path (numahook/hook/fast.py), which verifies again and applies nothing."""
-    journal.update(verified_pid=pid)
 
 
 def _live_cpus(doc: render.Parsed) -> frozenset[int]:
@@ -260,16 +181,8 @@ def _live_cpus(doc: render.Parsed) -> frozenset[int]:
     return frozenset(cpus)
 
 
-def _mark_running(doc: render.Parsed, cfg: Config, state: StateDir, pid: int | None) -> None:
-    state.ensure()
-    with state.lock(cfg.lock_timeout):
-        claim = state.load(doc.facts.uuid)
-        if claim is not None:
-            ClaimJournal(state, claim).update(phase="running", qemu_pid=pid)
-
-
 def release(uuid: str, name: str, cfg: Config, state: StateDir) -> bool:
-    """``stopped``/``release``: give back hugepages we added and RT budget, drop the claim."""
+    """``stopped``/``release``: undo what every tunable journalled, drop the claim."""
     if not fsutil.exists(state.path):
         return True
     with state.lock(cfg.lock_timeout):
@@ -277,10 +190,10 @@ def release(uuid: str, name: str, cfg: Config, state: StateDir) -> bool:
         if claim is None:
             return True
         faults.point("release.before-rollback")
-        ok = rollback(ClaimJournal(state, claim), cfg.sysfs_root)
+        ok = rollback(ClaimJournal(state, claim), cfg)
         faults.point("release.after-rollback")
     audit("release", name, ok=ok, cpus=cpulist.format(claim.cpus),
-          hugepages=",".join(f"node{n}:{p}" for (n, s), p in sorted(claim.hugepages.items())))
+          tunables=",".join(sorted(claim.tunables)))
     return ok
 
 
@@ -298,8 +211,7 @@ def adopt(xml: str, cfg: Config, state: StateDir) -> None:
             log.warning("%s was running without a claim; recorded its CPUs %s", claim.name,
                         cpulist.format(claim.cpus))
         ClaimJournal(state, claim).update(phase="running")
-    if doc.request.realtime:
-        tune(xml, cfg, state)
+    tune(xml, cfg, state)
     audit("adopt", doc.facts.name, cpus=cpulist.format(claim.cpus))
 
 
@@ -315,7 +227,7 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
         return None
     facts, req = doc.facts, doc.request
     name = facts.name
-    inputs, view = hostinputs.gather(cfg, facts.partition, facts.uuid, state=state,
+    inputs, host = hostinputs.gather(cfg, facts.partition, facts.uuid, state=state,
                                       devices=facts.bdfs)
     ev = hardware.evaluate(facts, req, inputs)
     if ev.failed is not None:
@@ -345,7 +257,7 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
                 raise Refusal(
                     f"this host cannot give {name} the same guest NUMA shape "
                     f"({len(cells)} cells of {'/'.join(str(len(c)) for c in cells)} vCPUs): "
-                    f"{exc} ({view.describe()}); migrate it to a host whose cpuset spans "
+                    f"{exc} ({host.describe()}); migrate it to a host whose cpuset spans "
                     "matching nodes", "guest-shape") from None
             plan = hardware.replan(facts, req, inputs, alloc, cells)
     from numahook.core import designer  # editing XML: the one lifecycle call that loads lxml

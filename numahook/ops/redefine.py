@@ -14,7 +14,7 @@ from typing import Any
 from numahook.config import Config
 from numahook.core import hardware, metadata, render
 from numahook.errors import NumahookError
-from numahook.ops import hostinputs
+from numahook.ops import hostinputs, refusals
 from numahook.state.statedir import StateDir
 
 log = logging.getLogger(__name__)
@@ -29,6 +29,8 @@ class Outcome:
     xml: str | None = None
     #: the domain cannot be rendered here (the start would be refused with this)
     refused: str | None = None
+    #: the check that refused it (ops/refusals.py counts numahookd's refusals by it)
+    check: str | None = None
 
 
 def digest(xml: str) -> str:
@@ -50,7 +52,8 @@ def rerender(xml: str, cfg: Config, state: StateDir | None) -> Outcome | None:
                                       devices=facts.bdfs)
         result = render.render_parsed(doc, inputs)
     except NumahookError as exc:
-        return Outcome(name, False, "cannot be rendered", refused=str(exc))
+        return Outcome(name, False, "cannot be rendered", refused=str(exc),
+                       check=refusals.check_of(exc))
     diffs = hardware.differences(facts, result.plan)
     digest = result.plan.digest()
     if diffs:

@@ -1,9 +1,14 @@
 """The claim record: what one managed domain holds on this host, and its JSON.
 
-A claim says what a domain holds: dedicated CPUs, hugepages we added and real-time budget
-we delegated. :mod:`numahook.state.statedir` stores one per domain; the intent goes into it
-*before* sysfs or cgroupfs is touched, the outcome after (write-ahead), and
-:mod:`numahook.state.recovery` rolls back from what a killed process left.
+A claim says what a domain holds: its dedicated CPUs, and for each tunable
+(numahook/tunables/) what it changed and the value to put back, the tunable's *entry*.
+:mod:`numahook.state.statedir` stores one claim per domain; an entry is written *before*
+sysfs or cgroupfs is touched, and again after (write-ahead), and
+:mod:`numahook.state.recovery` undoes every tunable from what a killed process left.
+
+Version 2 keeps the entries under ``tunables``; version 1 (numahook 0.2 and earlier) had
+fixed hugepage and real-time keys, which :func:`_entries_v1` still reads, so an upgrade
+under running domains gives back everything they held.
 """
 
 from __future__ import annotations
@@ -12,9 +17,8 @@ import re
 import time
 from collections.abc import Mapping
 
-from numahook.core.rtbudget import BudgetRecord
+from numahook import tunables
 from numahook.errors import InputError
-from numahook.host.hugepages import Pending, PoolKey
 from numahook.records import field, record
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
@@ -22,7 +26,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 PHASES = ("claimed", "reserved", "running")
-VERSION = 1
+VERSION = 2
 UUID_PATTERN = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 
@@ -48,58 +52,30 @@ def check_uuid(value: str) -> str:
 
 
 @record(frozen=True)
-class RealtimeIntent:
-    """What ``prepare`` decided about realtime, so numahookd can apply it before ``started``.
-
-    ``vcpus`` are the masked vCPUs online at boot; ``emulator`` says QEMU's main thread is
-    real-time too (isolated emulator thread).
-    """
-
-    vcpus: tuple[int, ...]
-    priority: int
-    emulator: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        return {"vcpus": list(self.vcpus), "priority": self.priority, "emulator": self.emulator}
-
-    @classmethod
-    def from_json(cls, data: Any) -> RealtimeIntent:
-        vcpus = tuple(_int(v) for v in data["vcpus"])
-        priority = _int(data["priority"])
-        if not vcpus or any(not 0 <= v < 16384 for v in vcpus) or not 1 <= priority <= 99:
-            raise ValueError("its realtime vCPUs or priority are out of range")
-        if type(data["emulator"]) is not bool:
-            raise TypeError("its realtime emulator flag is not true or false")
-        return cls(vcpus, priority, data["emulator"])
-
-
-@record(frozen=True)
 class Claim:
     """What one domain holds on this host."""
 
     uuid: str
     name: str
     cpus: frozenset[int] = frozenset()
-    #: (node, size_kib) -> pages we added to that pool
-    hugepages: Mapping[PoolKey, int] = field(default_factory=dict)
-    #: (node, size_kib) -> pages this domain needs; promised to it between prepare and
-    #: started, so concurrent prepares do not count the same free pages twice
-    need: Mapping[PoolKey, int] = field(default_factory=dict)
-    #: (node, size_kib) -> an nr_hugepages write journalled but not yet confirmed
-    hugepages_pending: Mapping[PoolKey, Pending] = field(default_factory=dict)
-    #: cpu.rt_runtime_us files we raised, parents first
-    rt_budget: tuple[BudgetRecord, ...] = ()
     phase: str = "claimed"
     created: float = field(default_factory=time.time)
     qemu_pid: int | None = None
-    #: realtime to apply once the vCPU threads sit in their cgroups (None: no realtime)
-    realtime: RealtimeIntent | None = None
     #: the boot the claim was made in: pools, budgets and cgroups do not outlive it
     boot: str = field(default_factory=boot_id)
-    #: the QEMU pid for which numahookd applied ``realtime`` and verified it, before the
-    #: ``started`` hook ran (ops/lifecycle.py, tune_early); that hook then only verifies
-    #: (numahook/hook/fast.py). None: the hook applies it.
+    #: the QEMU pid for which numahookd applied every tunable's early part and verified it,
+    #: before the ``started`` hook ran (ops/lifecycle.py, tune_early); that hook then only
+    #: verifies (numahook/hook/fast.py). None: the hook applies them.
     verified_pid: int | None = None
+    #: tunable name -> its entry (numahook/tunables/); absent: it changed nothing here
+    tunables: Mapping[str, Any] = field(default_factory=dict)
+    #: tunable name -> what the started hook's fast path must confirm (Tunable.fast_checks,
+    #: numahook/hook/fast.py), plain JSON; None where it cannot
+    fast: Mapping[str, Any] = field(default_factory=dict)
+
+    def entry(self, tunable: str) -> Any:
+        """The tunable's entry, or None when it holds nothing."""
+        return self.tunables.get(tunable)
 
     def from_earlier_boot(self) -> bool:
         """Made before the last reboot ("" is a record of numahook 0.1.0: this boot)."""
@@ -116,55 +92,76 @@ class Claim:
             "uuid": self.uuid,
             "name": self.name,
             "cpus": sorted(self.cpus),
-            "hugepages": {f"{n}:{s}": v for (n, s), v in sorted(self.hugepages.items())},
-            "need": {f"{n}:{s}": v for (n, s), v in sorted(self.need.items())},
-            "hugepages_pending": {
-                f"{n}:{s}": list(p) for (n, s), p in sorted(self.hugepages_pending.items())
-            },
-            "rt_budget": [list(r) for r in self.rt_budget],
             "phase": self.phase,
             "created": self.created,
             "qemu_pid": self.qemu_pid,
-            "realtime": None if self.realtime is None else self.realtime.to_json(),
             "boot": self.boot,
             "verified_pid": self.verified_pid,
+            "tunables": {name: e.to_json() for name, e in sorted(self.tunables.items())
+                         if e is not None},
+            "fast": dict(self.fast),
         }
 
     @classmethod
     def from_json(cls, data: Any) -> Claim:
-        """Rebuild a claim, raising InputError for anything not written by to_json."""
+        """Rebuild a claim, raising InputError for anything not written by to_json (of
+        this version or version 1)."""
         try:
-            if data.get("version") != VERSION:
-                raise ValueError(f"version {_shown(data.get('version'))} is not {VERSION}")
+            version = data.get("version")
+            if version not in (1, VERSION):
+                raise ValueError(f"version {_shown(version)} is not {VERSION} or 1")
             pid = data["qemu_pid"]
             verified = data.get("verified_pid")  # absent in records of numahook 0.1.0
-            rt = data.get("realtime")  # absent in records of numahook 0.1.0
+            entries = (_entries_v1(data) if version == 1
+                       else tunables.decode(data["tunables"]))
             return cls(
                 uuid=_str(data["uuid"]),
                 name=_str(data["name"]),
                 cpus=frozenset(_int(c) for c in data["cpus"]),
-                hugepages={_pool(k): _int(v) for k, v in data["hugepages"].items()},
-                need={_pool(k): _int(v) for k, v in data.get("need", {}).items()},
-                hugepages_pending={
-                    _pool(k): Pending(_int(b), _int(d))
-                    for k, (b, d) in data["hugepages_pending"].items()
-                },
-                rt_budget=tuple(
-                    BudgetRecord(_str(p), _int(a), _int(b), bool(ok))
-                    for p, a, b, ok in data["rt_budget"]
-                ),
                 phase=_str(data["phase"]),
                 created=float(data["created"]),
                 qemu_pid=None if pid is None else _int(pid),
-                realtime=None if rt is None else RealtimeIntent.from_json(rt),
                 boot=_str(data.get("boot", "")),
                 verified_pid=None if verified is None else _int(verified),
+                tunables=entries,
+                fast=_fast(data, version),
             )
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
             why = (f"it lacks {exc.args[0]}" if isinstance(exc, KeyError) else
                    "a part of it is not a JSON object" if isinstance(exc, AttributeError) else
                    str(exc))
             raise InputError(f"the claim record is malformed ({why})") from None
+
+
+def _fast(data: Any, version: int) -> dict[str, Any]:
+    """The fast path's checks; a version-1 claim has its real-time intent instead, which
+    says the same for the one tunable that could be verified early then."""
+    if version == 1:
+        rt = data.get("realtime")
+        if rt is None:
+            return {}
+        checks: dict[str, Any] = {"fifo": {"vcpus": rt["vcpus"], "priority": rt["priority"]}}
+        if rt["emulator"]:
+            checks["emulator_fifo"] = rt["priority"]
+        return {"realtime": checks}
+    fast = data["fast"]
+    if type(fast) is not dict or any(v is not None and type(v) is not dict
+                                     for v in fast.values()):
+        raise TypeError("its fast-path checks are not JSON objects")
+    return fast
+
+
+def _entries_v1(data: Any) -> dict[str, Any]:
+    """Version 1's fixed keys as the entries of the tunables that own them now."""
+    out = {}
+    pages = {"need": data.get("need", {}), "added": data["hugepages"],
+             "pending": data["hugepages_pending"]}
+    if any(pages.values()):
+        out["hugepages"] = tunables.by_name("hugepages").decode(pages)
+    rt = {"intent": data.get("realtime"), "budget": data["rt_budget"]}  # realtime: 0.2.0 on
+    if rt["intent"] is not None or rt["budget"]:
+        out["realtime"] = tunables.by_name("realtime").decode(rt)
+    return out
 
 
 def _shown(v: Any) -> str:
@@ -185,10 +182,3 @@ def _str(v: Any) -> str:
     if not isinstance(v, str):
         raise TypeError(f"{_shown(v)} is not a string")
     return v
-
-
-def _pool(key: str) -> PoolKey:
-    node, _, size = key.partition(":")
-    if not (node.isdigit() and size.isdigit()):
-        raise ValueError(f"{_shown(key)} is not a hugepage pool (NODE:SIZE_KIB)")
-    return int(node), int(size)

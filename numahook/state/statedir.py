@@ -1,7 +1,7 @@
 """Our state directory: the global lock, one claim file per managed domain, the journal.
 
-A claim says what a domain holds on this host: dedicated CPUs, hugepages we added and
-real-time budget we delegated. The rule that makes it crash safe is write-ahead: the
+A claim says what a domain holds on this host: dedicated CPUs, and what each tunable
+changed (numahook/tunables/). The rule that makes it crash safe is write-ahead: the
 intent goes into the claim *before* sysfs or cgroupfs is touched, the outcome after.
 A process killed between the two leaves a record from which the next call or the
 daemon rolls back (:func:`numahook.state.recovery.rollback`), rounding towards
@@ -11,29 +11,27 @@ Layout (``/run/numahook`` by default, 0700, files 0600)::
 
     lock               flock(2) target; held for every read-modify-write
     claims/<uuid>.json one record per domain, replaced atomically
+    host/<name>.orig   a host-wide tunable's value before numahook first changed it
     numahookd.pid      "PID START BOOT" of the running numahookd, so that the hook, which
                        may ask neither libvirt nor systemd, can say whether it runs
 """
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
 import os
 import stat
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from numahook import log as logmod
 from numahook import records
-from numahook.core.rtbudget import BudgetRecord
 from numahook.core.units import is_decimal
 from numahook.errors import InputError, StateError
-from numahook.host import fsutil, procfs
-from numahook.host.hugepages import Pending, PoolKey
+from numahook.host import fsutil, lean, procfs
 from numahook.state.claims import UUID_PATTERN, Claim, boot_id, check_uuid
+from numahook.tunables.base import Journal, Store
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -46,13 +44,37 @@ DEFAULT_DIR = "/run/numahook"
 _MAX_CLAIM = 1 << 20
 
 
-class StateDir:
+class StateDir(Store):
     """The state directory; every read-modify-write happens under :meth:`lock`."""
 
     def __init__(self, path: str = DEFAULT_DIR) -> None:
         self.path = fsutil.clean(path)
         self.claims_dir = os.path.join(self.path, "claims")
         self.daemon_file = os.path.join(self.path, "numahookd.pid")
+        self.host_dir = os.path.join(self.path, "host")
+
+    # -- host-wide tunables' saved values (numahook/tunables/hostwide.py) ---------------
+    def _host_file(self, tunable: str) -> str:
+        return fsutil.under(self.host_dir, f"{tunable}.orig")
+
+    def original(self, tunable: str) -> str | None:
+        path = self._host_file(tunable)
+        if not fsutil.exists(path):
+            return None
+        return fsutil.read_text(path, _MAX_CLAIM)
+
+    def save_original(self, tunable: str, value: str) -> None:
+        fsutil.make_private_dirs(self.host_dir)
+        fsutil.atomic_write(self._host_file(tunable), value, 0o600, durable=False)
+
+    def forget(self, tunable: str) -> None:
+        try:
+            os.unlink(self._host_file(tunable))
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StateError(f"removing {self._host_file(tunable)} failed: {exc.strerror}; "
+                             "check the state directory") from None
 
     def ensure(self) -> None:
         """Create the directories 0700, and refuse one that others could write to."""
@@ -124,26 +146,18 @@ class StateDir:
                 f"opening {lockfile} failed: {exc.strerror}; check the state directory"
             ) from None
         try:
-            deadline = time.monotonic() + timeout
-            pause = 0.005
-            while True:
-                try:
-                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError as exc:
-                    if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EINTR):
-                        raise StateError(
-                            f"locking {lockfile} failed: {exc.strerror}; check the state "
-                            "directory's file system"
-                        ) from None
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise StateError(
-                        f"another numahook call held the state lock for more than {timeout:g} s;"
-                        " check for a hung numahook process"
-                    )
-                time.sleep(min(pause, left))
-                pause = min(pause * 2, 0.1)
+            try:
+                got = lean.flock_within(fd, timeout)
+            except OSError as exc:
+                raise StateError(
+                    f"locking {lockfile} failed: {exc.strerror}; check the state directory's "
+                    "file system"
+                ) from None
+            if not got:
+                raise StateError(
+                    f"another numahook call held the state lock for more than {timeout:g} s;"
+                    " check for a hung numahook process"
+                )
             try:
                 yield
             finally:
@@ -168,9 +182,9 @@ class StateDir:
             st = os.lstat(path)
         except OSError as exc:
             raise InputError(f"claim record {path} cannot be read: {exc.strerror}") from None
-        if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-            raise InputError(f"claim record {path} is not owned by uid {os.geteuid()} or is "
-                             "writable by others; numahook did not write it")
+        if not lean.ours(st):
+            raise InputError(f"claim record {path} is not a file owned by uid {os.geteuid()} "
+                             "or is writable by others; numahook did not write it")
         try:
             data = json.loads(fsutil.read_text(path, _MAX_CLAIM))
         except ValueError as exc:
@@ -276,16 +290,21 @@ class StateDir:
         return frozenset(out)
 
 
-class ClaimJournal:
-    """The latest version of one claim, saved on every change: the write-ahead log.
-
-    Pass :meth:`hugepages` and :meth:`rt_budget` as the ``journal`` callbacks of
-    :func:`numahook.host.hugepages.reserve` and :func:`numahook.host.rtsched.apply`.
-    """
+class ClaimJournal(Journal):
+    """The latest version of one claim, saved on every change: the write-ahead log that
+    each tunable writes its entry to (numahook/tunables/base.py). Used under the lock."""
 
     def __init__(self, state: StateDir, claim: Claim) -> None:
         self.state = state
         self.claim = claim
+
+    @property
+    def uuid(self) -> str:
+        return self.claim.uuid
+
+    @property
+    def name(self) -> str:
+        return self.claim.name
 
     def update(self, **changes: Any) -> Claim:
         claim = records.replace(self.claim, **changes)
@@ -293,8 +312,18 @@ class ClaimJournal:
         self.claim = claim
         return claim
 
-    def hugepages(self, added: dict[PoolKey, int], pending: dict[PoolKey, Pending]) -> None:
-        self.update(hugepages=added, hugepages_pending=pending)
+    def entry(self, tunable: str) -> Any:
+        return self.claim.entry(tunable)
 
-    def rt_budget(self, budget: list[BudgetRecord]) -> None:
-        self.update(rt_budget=tuple(budget))
+    def put(self, tunable: str, entry: Any) -> None:
+        self.update(tunables={**self.claim.tunables, tunable: entry})
+
+    def others(self) -> list[Claim]:
+        return [c for c in self.state.list_claims() if c.uuid != self.claim.uuid]
+
+    def put_other(self, uuid: str, tunable: str, entry: Any) -> bool:
+        other = self.state.load(uuid)
+        if other is None:
+            return False
+        ClaimJournal(self.state, other).put(tunable, entry)
+        return True

@@ -18,10 +18,9 @@ from typing import Any
 
 import pytest
 
-from lab import env, guest
+from lab import daemons, env, guest
 from lab.report import parse as parse_report
 from numahook.host import procfs, rtsched
-from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
 from tests.e2e.daemonharness import Daemon, running
 from tests.e2e.helpers import (
@@ -35,6 +34,7 @@ from tests.e2e.helpers import (
     started_probe,
     wait_until,
 )
+from tests.support import claims
 
 REPO = Path(__file__).resolve().parents[2]
 SYSCTL = Path("/proc/sys/kernel/sched_rt_runtime_us")
@@ -235,8 +235,8 @@ def test_kill9_and_restart_reconciles_every_time(numahookd: Daemon, domains: Any
         orphan = f"00000000-0000-4000-8000-00000000000{round_}"
         node0.write_text(str(int(node0.read_text()) + 2))
         with state.lock(5):
-            state.save(Claim(uuid=orphan, name=f"crashed{round_}", cpus=frozenset(),
-                             hugepages={(0, 2048): 2}, phase="running"))
+            state.save(claims.make(uuid=orphan, name=f"crashed{round_}", cpus=frozenset(),
+                             hugepages_added={(0, 2048): 2}, phase="running"))
         os.sched_setscheduler(tids[0], os.SCHED_OTHER, os.sched_param(0))
         numahookd.start()
         wait_until(lambda o=orphan: not (CLAIMS / f"{o}.json").exists(), timeout=10,
@@ -252,8 +252,8 @@ def test_kill9_and_restart_reconciles_every_time(numahookd: Daemon, domains: Any
 def test_daemon_survives_a_libvirtd_restart(numahookd: Daemon, domains: Any) -> None:
     import libvirt
 
-    env.restart_daemon("libvirtd")
-    domains.conn = env.connect()
+    daemons.restart_daemon("libvirtd")
+    domains.conn = daemons.connect()
     wait_until(lambda: numahookd.logtext().count("connected to qemu:///system") >= 2,
                timeout=40, what="numahookd to reconnect")
     # libvirt's close reason in words (it said "(reason 1)")
@@ -324,7 +324,7 @@ def test_realtime_vcpus_are_fifo_before_the_started_hook_runs(numahookd: Daemon,
         assert policy(tids[0]) == (os.SCHED_FIFO, 1) and policy(tids[1])[0] == os.SCHED_OTHER
         assert not rtsched.unbudgeted_rt_threads([tids[0]])
         claim = StateDir().load(dom.UUIDString())
-        assert claim is not None and claim.phase == "running" and claim.rt_budget
+        assert claim is not None and claim.phase == "running" and claims.budget(claim)
         rounds.append(seen["vcpu0"].startswith("SCHED_FIFO"))
         if rounds[-1]:  # numahookd applied it: it says so for the hook's fast path
             assert claim.verified_pid == guest.vcpu_threads(dom.name())[0]

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lab import env, guest
+from lab import daemons, env, guest
 from lab.report import parse as parse_report
 from numahook.host import rtsched
 from tests.e2e.helpers import (
@@ -28,6 +28,7 @@ from tests.e2e.helpers import (
     render_here,
     wait_until,
 )
+from tests.support import claims
 
 __all__ = ["delegate_config"]  # a fixture, used by name
 
@@ -69,7 +70,8 @@ def test_realtime_mask_on_throttled_rt_group_sched_host(domains: Any,
     assert policies[0] == (os.SCHED_FIFO, 1)
     assert policies[1] == (os.SCHED_OTHER, 0)
     claim = json.loads(next(p for p in claim_files() if dom.name() in p.read_text()).read_text())
-    assert claim["rt_budget"], "the budget handed down must be recorded in the claim"
+    assert claim["tunables"]["realtime"]["budget"], \
+        "the budget handed down must be recorded in the claim"
     domains.stop(dom)
     wait_until(lambda: not [p for p in claim_files() if dom.name() in p.read_text()],
                what="the claim to be released")
@@ -102,8 +104,8 @@ def test_hugepages_reserved_at_start_and_returned_after_destroy(domains: Any) ->
     # exactly the deficit is added: pages already free are used first
     assert hugepages_2m() == before + max(0, 64 - free)
     claim = json.loads(next(p for p in claim_files() if dom.name() in p.read_text()).read_text())
-    assert claim["need"] == {"0:2048": 64}
-    added = claim["hugepages"].get("0:2048", 0)
+    assert claim["tunables"]["hugepages"]["need"] == {"0:2048": 64}
+    added = claim["tunables"]["hugepages"]["added"].get("0:2048", 0)
     assert hugepages_2m() == before + added
     domains.stop(dom)
     wait_until(lambda: hugepages_2m() == before, what="hugepages given back")
@@ -148,13 +150,13 @@ def test_failing_reconnect_hook_leaves_the_domain_running(domains: Any) -> None:
     name = dom.name()
     # inject a failure into every hook call: an invalid config file
     with hook_config("[features]\nNUMA = maybe\n"):
-        env.restart_daemon("libvirtd")
-        conn = env.connect()
+        daemons.restart_daemon("libvirtd")
+        conn = daemons.connect()
         try:
             assert conn.lookupByName(name).isActive()
         finally:
             conn.close()
-    domains.conn = env.connect()  # the old connection died with libvirtd
+    domains.conn = daemons.connect()  # the old connection died with libvirtd
     assert domains.conn.lookupByName(name).isActive()
 
 
@@ -171,7 +173,7 @@ def test_concurrent_starts_never_share_a_cpu(domains: Any) -> None:
     barrier = threading.Barrier(len(doms))
 
     def start(dom_name: str) -> None:
-        conn = env.connect()
+        conn = daemons.connect()
         try:
             barrier.wait(timeout=30)
             conn.lookupByName(dom_name).create()
@@ -337,7 +339,7 @@ def test_started_only_verifies_what_numahookd_verified(domains: Any, delegate_co
     assert pid is not None and sorted(tids) == [0, 1]
     state = StateDir()
     claim = state.load(dom.UUIDString())
-    assert claim is not None and claim.phase == "running" and claim.rt_budget
+    assert claim is not None and claim.phase == "running" and claims.budget(claim)
 
     def verified_by_numahookd() -> None:
         with state.lock():

@@ -23,8 +23,8 @@ def test_pages_reserved_on_its_node_memory_bound_there_and_given_back(domains: A
     dom = domains.define(xml)
     domains.start(dom)  # before the fix QEMU failed: nothing was reserved for it
     claim = json.loads(next(p for p in claim_files() if dom.name() in p.read_text()).read_text())
-    assert claim["need"] == {"0:2048": 64}
-    added = claim["hugepages"].get("0:2048", 0)
+    assert claim["tunables"]["hugepages"]["need"] == {"0:2048": 64}
+    added = claim["tunables"]["hugepages"]["added"].get("0:2048", 0)
     assert added == max(0, 64 - free)  # only the deficit: pages already free count
     assert hugepages_2m() == before + added
     live = domainxml.read(safe.parse(dom.XMLDesc(0)))

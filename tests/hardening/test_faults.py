@@ -29,8 +29,9 @@ from numahook.errors import HostError, NumahookError, Refusal, StateError
 from numahook.host import fsutil, hugepages, rtsched
 from numahook.node import probe, report
 from numahook.ops import domains, lifecycle, redefine
-from numahook.state import claims
+from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
+from tests.support import claims
 
 from .conftest import (
     FIGURES,
@@ -186,7 +187,7 @@ def test_unreadable_pool_at_release_keeps_an_honest_claim(host: Host) -> None:
         proc = host.hook(xml, NAME, "release", "end")
         assert proc.returncode == 0 and proc.stderr == "", proc.stderr
         claim = host.statedir().load(UUID)
-        assert claim is not None and dict(claim.hugepages) == {POOL: held}
+        assert claim is not None and claims.added(claim) == {POOL: held}
         assert "giving back" in host.log.read_text()
     finally:
         knob.rmdir()
@@ -203,7 +204,8 @@ def test_missing_hugetlbfs_mount_is_reported_and_leaves_nothing_behind(host: Hos
     (host.proc / "mounts").write_text("sysfs /sys sysfs rw 0 0\nproc /proc proc rw 0 0\n")
     cap = probe.probe(host.cfg(), libvirt_reachable=None)
     why = [r for r in report.reasons(cap, str(host.config)) if "hugetlbfs" in r]
-    assert len(why) == 1 and "mount one (pagesize=2M)" in why[0], report.reasons(cap)
+    assert len(why) == 1 and "hugetlbfs /dev/hugepages hugetlbfs pagesize=2M" in why[0], \
+        report.reasons(cap)
     xml = rendered(host)
     assert host.hook(xml, NAME, "prepare", "begin").returncode == 0
     # libvirt: "hugetlbfs filesystem is not mounted or disabled by administrator config"
@@ -277,7 +279,7 @@ def test_full_state_filesystem_at_release_keeps_the_claim_until_space_returns(
         assert proc.returncode == 0 and proc.stderr == ""
         claim = h.statedir().load(UUID)
         assert claim is not None, "the claim went away although its pages are still held"
-        assert h.nr() - baseline == claim.hugepages.get(POOL, 0) == 2
+        assert h.nr() - baseline == claims.added(claim).get(POOL, 0) == 2
         ballast.unlink()  # the operator frees space; the daemon's next pass cleans up
         Reconciler(h.cfg(), h.statedir()).orphans(now=time.time() + 10_000)
         clean(h, baseline)
@@ -291,7 +293,7 @@ class JournalFault:
         self.on = True
         real = StateDir.save
 
-        def save(sd: StateDir, claim: claims.Claim) -> None:
+        def save(sd: StateDir, claim: Claim) -> None:
             self.calls += 1
             if self.on and (self.calls == at or (persistent and self.calls > at)):
                 self.fired += 1
@@ -336,7 +338,8 @@ def test_journal_write_failing_at_every_position(host: Host, monkeypatch: pytest
         if claim is None:
             assert gained == 0
         else:
-            settled = hugepages.settle(claim.hugepages, claim.hugepages_pending, str(host.sysfs))
+            settled = hugepages.settle(claims.added(claim), claims.pending(claim),
+                                       str(host.sysfs))
             assert settled.get(POOL, 0) == gained, (at, claim, gained)
         Reconciler(cfg, sd).orphans(now=time.time() + 10_000)
         clean(host, baseline)
@@ -386,7 +389,7 @@ def test_immutable_rt_runtime_file_refuses_with_eperm(tmp_path: Path) -> None:
         assert rt == [0, 0, 0, 0], rt
         assert [os.sched_getscheduler(p.pid) for p in sleeps] == [os.SCHED_OTHER] * 2
         claim = h.statedir().load(UUID)
-        assert claim is not None and claim.rt_budget == ()
+        assert claim is not None and claims.budget(claim) == ()
         (h.run / f"{NAME}.xml").unlink()
         assert h.hook(xml, NAME, "release", "end").returncode == 0  # libvirt stops the VM
         assert h.claim_files() == []
@@ -426,7 +429,7 @@ def test_cgroup_write_einval_from_the_kernel(tmp_path: Path, rt_group: RtGroup,
     assert "Invalid argument" in msg and "retry" in msg and "\n" not in msg, msg
     assert rt_group.runtimes() == [0, 0, 0, 0]
     claim = h.statedir().load(UUID)
-    assert claim is not None and claim.rt_budget == ()
+    assert claim is not None and claims.budget(claim) == ()
     (h.run / f"{NAME}.xml").unlink()
     assert h.hook(xml, NAME, "release", "end").returncode == 0
     clean(h, baseline)

@@ -20,7 +20,7 @@ import pytest
 from numahook.daemon.reconcile import Reconciler
 from numahook.errors import StateError
 from numahook.node import probe, publish
-from numahook.state.claims import Claim
+from tests.support import claims
 
 from .conftest import FIGURES, HOOK, REPO, ROOT, Host, domain_xml, make_host, prerender, uuid_of
 
@@ -169,7 +169,8 @@ def test_a_claim_planted_by_another_user_is_not_trusted(host: Host) -> None:
     (host.state / "claims").mkdir(mode=0o777)
     os.chmod(host.state / "claims", 0o777)
     planted = host.state / "claims" / f"{uuid_of(401)}.json"
-    forged = Claim(uuid=uuid_of(401), name="planted", hugepages={(0, 2048): 8}, phase="running",
+    forged = claims.make(uuid=uuid_of(401), name="planted", hugepages_added={(0, 2048): 8},
+                         phase="running",
                    created=time.time() - 10_000)
     planted.write_text(json.dumps(forged.to_json()))
     os.chown(planted, NOBODY, NOBODY)

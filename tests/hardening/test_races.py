@@ -37,6 +37,7 @@ import pytest
 
 from numahook.core import cpulist
 from numahook.errors import NumahookError
+from tests.support import claims
 
 from .conftest import (
     FIGURES,
@@ -138,28 +139,28 @@ class Monitor(threading.Thread):
         sd = self.host.statedir()
         sd.ensure()
         with sd.lock(60):
-            claims = sd.list_claims()
+            held = sd.list_claims()
             nr, free = self.pool.nr(), self.pool.free()
             with self.log.lock:
                 mapping = set(self.log.mapping)
         self.snapshots += 1
-        self.max_claims = max(self.max_claims, len(claims))
+        self.max_claims = max(self.max_claims, len(held))
         seen: dict[int, str] = {}
-        for c in claims:
+        for c in held:
             for cpu in c.cpus:
                 if cpu in seen:
                     self.log.fail(f"CPU {cpu} held by {seen[cpu]} and {c.name}")
                 seen[cpu] = c.name
-            if c.hugepages_pending:
+            if claims.pending(c):
                 self.log.fail(f"{c.name} has a pending hugepage write under the lock")
-        added = sum(c.hugepages.get(POOL, 0) for c in claims)
+        added = sum(claims.added(c).get(POOL, 0) for c in held)
         if nr != self.pool.baseline + added:
             # pages "given back" while another domain's QEMU used them stay as surplus
             surplus = self.pool.surplus()
             self.log.fail(f"nr_hugepages {nr} != baseline {self.pool.baseline} + {added} "
-                          f"added by {[(c.name, dict(c.hugepages)) for c in claims]} "
+                          f"added by {[(c.name, claims.added(c)) for c in held]} "
                           f"(surplus {surplus})")
-        promised = sum(c.need.get(POOL, 0) for c in claims
+        promised = sum(claims.needed(c).get(POOL, 0) for c in held
                        if c.phase in ("claimed", "reserved") and c.uuid not in mapping)
         if free < promised:
             self.log.fail(f"{free} pages free but {promised} promised to admitted domains")

@@ -111,7 +111,8 @@ def host() -> Iterator[Host]:
         pytest.skip(f"a host lab VM of shape {status.get('shape')} runs; take it down first")
     h = Host()
     h.sh(f"install -d -m 755 {SERIAL_DIR}")
-    h.sh("systemctl enable --now numahookd")  # what an operator does after the install
+    # the .deb enabled and started it (test_enable.py); a test run before may not have left it so
+    h.sh("systemctl enable --now numahookd")
     # RT throttling stays at Debian's 950000: on cgroup v2 numahook starts real-time
     # domains through libvirt's <vcpusched>, and the 5 % left keeps this VM's own sshd,
     # kworkers and libvirtd alive beside busy-booting FIFO guests on its only 4 CPUs
@@ -126,6 +127,37 @@ def clean(host: Host) -> Iterator[Host]:
     """The host, with every inner domain this test defined removed afterwards."""
     yield host
     host.remove_domains()
+
+
+def built_deb() -> Path:
+    """The newest .deb in dist/, which ``scripts/lab host up`` built and installed."""
+    debs = sorted(REPO.joinpath("dist").glob("numahook_*_all.deb"),
+                  key=lambda p: p.stat().st_mtime)
+    if not debs:
+        pytest.skip("no .deb in dist/ (scripts/lab host up builds one)")
+    return debs[-1]
+
+
+def repack(deb: Path, tmp: Path, version: str) -> Path:
+    """``deb`` as another version: an upgrade (or downgrade) of the same contents."""
+    root = tmp / "root"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(root)], check=True, timeout=60)
+    control = root / "DEBIAN" / "control"
+    control.write_text("".join(f"Version: {version}\n" if ln.startswith("Version:") else ln
+                               for ln in control.read_text().splitlines(True)))
+    out = tmp / f"numahook_{version}_all.deb"
+    subprocess.run(["dpkg-deb", "-b", "-Zxz", str(root), str(out)], check=True, timeout=120,
+                   capture_output=True)
+    return out
+
+
+def install(host: Host, deb: Path) -> str:
+    """apt-get install ``deb`` in the VM, as an operator would; its output (the postinst's
+    lines among it)."""
+    host.sh(f"cat > /root/{deb.name}", input=deb.read_bytes())
+    return host.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
+                   f"-o Dpkg::Options::=--force-confold /root/{deb.name} 2>&1",
+                   timeout=300).stdout
 
 
 def metadata(realtime: str | None = "0", hugepages: bool = True) -> str:
@@ -149,7 +181,7 @@ def domain_xml(name: str, vcpus: int, memory_mib: int, *, realtime: str | None =
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The package's remove and purge go late: every other test needs it installed; the
     other shapes last, since each replaces the default VM (VFIO boots its iommu shape)."""
-    last = {"test_package": 1, "test_shapes": 2, "test_vfio": 2}
+    last = {"test_enable": 1, "test_package": 1, "test_shapes": 2, "test_vfio": 2}
     items.sort(key=lambda item: last.get(item.module.__name__.rsplit(".", 1)[-1], 0)
                if item.module else 0)
 

@@ -6,7 +6,7 @@ On Debian 12's libvirt 9.0 with QEMU 7.2 each hugepage-backed cell is preallocat
 with a partial mask (``Setting CPU affinity failed: Invalid argument``), while ``check``
 passed it. Each case here starts, QEMU holds the guest's two cells, and once running every
 emulator thread sits exactly where ``numahook check`` said (core/prealloc.py,
-ops/emulator.py); the IO threads too under ``ioThreadsPolicy``.
+tunables/emulator.py); the IO threads too under ``ioThreadsPolicy``.
 """
 
 from __future__ import annotations

@@ -8,44 +8,15 @@ purges the package, then installs it again for whatever follows.
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
-import pytest
-
-from tests.host.conftest import GUEST_MIB, PREFIX, Host, domain_xml
+from tests.host.conftest import GUEST_MIB, PREFIX, Host, built_deb, domain_xml, install, repack
 
 NAME = PREFIX + "pkg"
 CONF = "/etc/numahook/numahook.conf"
 HOOK_LINK = "/etc/libvirt/hooks/qemu.d/numahook"
 PUBLISHED = ("/run/numahook", "/etc/kubernetes/node-feature-discovery/features.d/numahook",
              "/var/lib/prometheus/node-exporter/numahook.prom")
-
-
-def _deb() -> Path:
-    debs = sorted(Path(__file__).resolve().parents[2].joinpath("dist").glob("numahook_*_all.deb"),
-                  key=lambda p: p.stat().st_mtime)
-    if not debs:
-        pytest.skip("no .deb in dist/ (scripts/lab host up builds one)")
-    return debs[-1]
-
-
-def _repack(deb: Path, tmp: Path, version: str) -> Path:
-    root = tmp / "root"
-    subprocess.run(["dpkg-deb", "-R", str(deb), str(root)], check=True, timeout=60)
-    control = root / "DEBIAN" / "control"
-    control.write_text("".join(f"Version: {version}\n" if ln.startswith("Version:") else ln
-                               for ln in control.read_text().splitlines(True)))
-    out = tmp / f"numahook_{version}_all.deb"
-    subprocess.run(["dpkg-deb", "-b", "-Zxz", str(root), str(out)], check=True, timeout=120,
-                   capture_output=True)
-    return out
-
-
-def _install(host: Host, deb: Path) -> None:
-    host.sh(f"cat > /root/{deb.name}", input=deb.read_bytes())
-    host.sh(f"DEBIAN_FRONTEND=noninteractive apt-get install -y -q --allow-downgrades "
-            f"-o Dpkg::Options::=--force-confold /root/{deb.name}", timeout=300)
 
 
 def test_installed_hook_is_live_after_the_postinst_reload(clean: Host) -> None:
@@ -62,7 +33,7 @@ def test_upgrade_keeps_an_edited_conffile(clean: Host, tmp_path: Path) -> None:
     host = clean
     version = host.sh("dpkg-query -W -f='${Version}' numahook").stdout.strip()
     host.sh(f"sed -i 's/^lock_timeout = .*/lock_timeout = 7/' {CONF}")
-    _install(host, _repack(_deb(), tmp_path, version + "+hostlab1"))
+    install(host, repack(built_deb(), tmp_path, version + "+hostlab1"))
     assert host.sh("dpkg-query -W -f='${Version}' numahook").stdout.strip() == version + "+hostlab1"
     assert "lock_timeout = 7" in host.sh(f"cat {CONF}").stdout
 
@@ -92,4 +63,4 @@ def test_remove_and_purge_leave_nothing_and_spare_the_running_vm(clean: Host) ->
         assert host.sh(f"virsh -q domstate {NAME}").stdout.strip() == "running"
     finally:
         host.remove_domains()
-        _install(host, _deb())
+        install(host, built_deb())

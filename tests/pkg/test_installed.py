@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -33,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # after site-packages: the lab helpers only
 
-from lab import DOMAIN_PREFIX, env, guest  # noqa: E402
+from lab import DOMAIN_PREFIX, daemons, env, guest  # noqa: E402
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages/"
 CONF = Path("/etc/numahook/numahook.conf")
@@ -111,7 +112,9 @@ def test_the_package_owns_hook_unit_config_and_tmpfiles(installed: None) -> None
                  "/usr/bin/numahookd", "/usr/share/bash-completion/completions/numahook",
                  "/usr/share/bash-completion/completions/numahookd",
                  "/usr/share/man/man8/numahook.8.gz", "/usr/share/man/man8/numahookd.8.gz",
-                 "/usr/share/man/man5/numahook.conf.5.gz"):
+                 "/usr/share/man/man5/numahook.conf.5.gz",
+                 "/usr/share/man/man5/numahook-metadata.5.gz",
+                 "/usr/share/numahook/grafana/numahook.json"):
         assert path in owned, f"{path} is not in the package"
     # python-daemon only for --daemonize: suggested, not required
     fields = subprocess.run(["dpkg-query", "-W", "-f", "${Depends}\n${Suggests}", "numahook"],
@@ -129,6 +132,27 @@ def test_the_package_owns_hook_unit_config_and_tmpfiles(installed: None) -> None
         out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True,
                              env=CLEAN_ENV, cwd="/")
         assert numahook.__version__ in out.stdout
+
+
+def test_the_schemas_and_examples_are_where_help_names_them(installed: None) -> None:
+    """An operator has the package, not the source tree (issue 31): every schema a --help
+    names is there, the schema directory is docs/schemas/, the examples are examples/."""
+    from numahook import EXAMPLES_DIR, SCHEMA_DIR
+
+    named = set()
+    for command in ("check", "node", "status"):
+        out = subprocess.run(["/usr/bin/numahook", command, "--help"], capture_output=True,
+                             text=True, check=True, env={**CLEAN_ENV, "COLUMNS": "200"}).stdout
+        named.update(re.findall(rf"{SCHEMA_DIR}/[a-z-]+\.schema\.json", out))
+    assert len(named) == 3 and all(Path(p).is_file() for p in named), named
+    for installed_dir, source in ((SCHEMA_DIR, REPO / "docs" / "schemas"),
+                                  (EXAMPLES_DIR, REPO / "examples")):
+        files = {p.name: p.read_bytes() for p in Path(installed_dir).iterdir()}
+        assert files == {p.name: p.read_bytes() for p in source.iterdir()}, installed_dir
+    example = Path(EXAMPLES_DIR) / "numavm.xml"
+    proc = subprocess.run(["/usr/bin/numahook", "check", str(example)], capture_output=True,
+                          text=True, check=False, env=CLEAN_ENV, cwd="/")
+    assert proc.returncode in (0, 1) and proc.stdout.startswith("numavm"), proc.stderr
 
 
 class Numahookd:
@@ -211,7 +235,7 @@ def test_managed_domain_end_to_end(numahookd: Numahookd, tmp_path: Path) -> None
                               text=True, env=CLEAN_ENV, cwd="/", check=False)
     assert rendered.returncode == 0, rendered.stderr
     assert "<vcpupin" in rendered.stdout and "<memnode" in rendered.stdout
-    conn = env.connect()
+    conn = daemons.connect()
     nr_before, free_before = hugepages()
     try:
         dom = guest.define(conn, rendered.stdout)

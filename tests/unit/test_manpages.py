@@ -1,8 +1,9 @@
 """Man pages, --help and bash completion: written from the parsers, so they cannot drift.
 
-scripts/gen-man writes numahook(8), numahookd(8), numahook.conf(5) and the bash completion
-of both commands from numahook/cli.py, numahook/daemon/main.py and numahook/config.py;
-the committed files must be exactly what it writes now.
+scripts/gen-man writes numahook(8), numahookd(8), numahook.conf(5), numahook-metadata(5)
+and the bash completion of both commands from numahook/cli.py, numahook/daemon/main.py,
+numahook/config.py and numahook/core/schema.py; the committed files must be exactly what
+it writes now.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from types import ModuleType
 
 import pytest
 
-from numahook import cli, config
+from numahook import NAMESPACE, cli, config
+from numahook.core import schema
 
 # numahookd's parser sits beside its libvirt imports (python3-libvirt; the Python 3.9 run of
 # scripts/test has no libvirt, the Debian one has)
@@ -40,8 +42,8 @@ def gen_man() -> ModuleType:
 def test_committed_pages_and_completion_are_what_gen_man_writes() -> None:
     gen = gen_man()
     assert set(gen.OUTPUTS) == {MAN / "numahook.8", MAN / "numahookd.8",
-                                MAN / "numahook.conf.5", COMPLETION / "numahook",
-                                COMPLETION / "numahookd"}
+                                MAN / "numahook.conf.5", MAN / "numahook-metadata.5",
+                                COMPLETION / "numahook", COMPLETION / "numahookd"}
     stale = [str(p.relative_to(REPO)) for p, make in gen.OUTPUTS.items()
              if not p.exists() or p.read_text() != make()]
     assert stale == [], f"run scripts/gen-man: {stale} are out of date"
@@ -91,11 +93,56 @@ def test_numahook_conf_5_has_every_setting_with_its_default() -> None:
 
 @pytest.mark.skipif(shutil.which("groff") is None, reason="groff is not installed "
                     "(scripts/test installs groff-base)")
-@pytest.mark.parametrize("page", ["numahook.8", "numahookd.8", "numahook.conf.5"])
+@pytest.mark.parametrize("page", ["numahook.8", "numahookd.8", "numahook.conf.5",
+                                  "numahook-metadata.5"])
 def test_groff_renders_the_page_without_a_warning(page: str) -> None:
     proc = subprocess.run(["groff", "-man", "-Tutf8", "-ww", "-z", str(MAN / page)],
                           capture_output=True, text=True, timeout=60, check=False)
     assert (proc.returncode, proc.stderr) == (0, "")
+
+
+def test_numahook_metadata_5_has_every_element_attribute_value_and_default() -> None:
+    """Issue 31: the metadata format where the operator looks, from the parser's table."""
+    page = (MAN / "numahook-metadata.5").read_text()
+    plain = page.replace("\\-", "-").replace("\\fB", "").replace("\\fI", "").replace(
+        "\\fR", "")
+    assert NAMESPACE in plain and "dedicatedCpuPlacement" in plain
+    for el in schema.DOMAIN.walk():
+        section = plain.split(f".SS <numahook:{el.name}>\n", 1)
+        assert len(section) == 2, f"<numahook:{el.name}> has no section"
+        body = section[1].split("\n.SS ", 1)[0].split("\n.SH ", 1)[0]
+        for attr in el.attrs:
+            entry = body.split(f".TP\n{attr.name}=", 1)
+            assert len(entry) == 2, f"{el.name} {attr.name} is not in numahook-metadata(5)"
+            text = entry[1].split("\n.TP\n" + next(
+                (a.name for a in el.attrs[el.attrs.index(attr) + 1:]), "\0"), 1)[0]
+            if isinstance(attr.kind, schema.Choice):
+                assert all(f".B {v}\n" in text for v in attr.kind.values), attr.name
+            if isinstance(attr.kind, schema.Int):
+                assert f'"{attr.kind.lo}-{attr.kind.hi}"' in text, attr.name
+            if attr.required:
+                assert "Always written." in text, attr.name
+            elif attr.absent:
+                assert f"Absent: {attr.absent.replace('`', '')}." in text, attr.name
+            else:
+                shown = str(attr.default).lower()
+                assert f"Default: {shown}." in text, attr.name
+    # numahook(8) sends its reader there
+    numahook_8 = (MAN / "numahook.8").read_text()
+    assert "numahook\\-metadata(5) lists every" in numahook_8
+    assert ".BR numahook\\-metadata (5)" in numahook_8
+
+
+def test_the_metadata_page_example_is_the_shipped_one_and_parses() -> None:
+    from numahook.core import render
+
+    page = (MAN / "numahook-metadata.5").read_text().replace("\\-", "-")
+    example = page.split(".SH EXAMPLE", 1)[1].split(".nf\n", 1)[1].split("\n.fi", 1)[0]
+    assert example.replace(" ", "") in (REPO / "examples" / "fedora-realtime.xml").read_text(
+        ).replace(" ", "")
+    doc = render.parse(f"<domain><name>x</name><metadata>{example}</metadata>"
+                       "<memory>1024</memory></domain>")
+    assert doc.request is not None and doc.request.realtime and doc.request.passthrough
 
 
 def test_help_is_written_for_operators() -> None:

@@ -17,12 +17,15 @@ from pathlib import Path
 
 import pytest
 
+from numahook import NAMESPACE
 from numahook.hook import fast, main
 from numahook.records import replace
-from numahook.state.claims import Claim, RealtimeIntent
 from numahook.state.statedir import StateDir
+from numahook.tunables import realtime
+from numahook.tunables.realtime import Intent
 from numahook.xml import safe
 from tests.fixtures.status import REAL_STATUS
+from tests.support import claims
 
 REPO = Path(__file__).resolve().parents[3]
 UUID = "37458bd7-b570-4007-8934-5a9194048470"
@@ -64,8 +67,8 @@ def host(tmp_path: Path, threads: list[int]) -> dict[str, object]:
                     f"state_dir = {tmp_path / 'state'}\nlibvirt_run = {tmp_path / 'run'}\n")
     state = StateDir(str(tmp_path / "state"))
     state.ensure()
-    claim = Claim(uuid=UUID, name=NAME, cpus=frozenset({0}), phase="reserved",
-                  realtime=RealtimeIntent((0,), 1), qemu_pid=qemu, verified_pid=qemu)
+    claim = claims.make(uuid=UUID, name=NAME, cpus=frozenset({0}), phase="reserved",
+                  intent=Intent((0,), 1), qemu_pid=qemu, verified_pid=qemu)
     state.save(claim)
     return {"env": {"NUMAHOOK_CONFIG": str(conf)}, "state": state, "claim": claim,
             "qemu": qemu, "v0": v0, "v1": v1, "conf": conf}
@@ -90,7 +93,9 @@ def test_anything_unconfirmed_declines_and_changes_nothing(host: dict, spoil: st
     if spoil == "unmasked vCPU FIFO":
         fifo(host["v1"])
     if spoil == "emulator not FIFO":
-        state.save(replace(claim, realtime=RealtimeIntent((0,), 1, emulator=True)))
+        emulated = Intent((0,), 1, emulator=True)
+        state.save(replace(claim, tunables={"realtime": realtime.Entry(emulated)},
+                           fast={"realtime": claims.fast_realtime(emulated)}))
     if spoil == "not verified":
         state.save(replace(claim, verified_pid=None))
     if spoil == "another QEMU":
@@ -133,9 +138,12 @@ def test_hook_main_reads_no_more_than_safe_allows() -> None:
 
 
 #: everything the fast path may load beyond a bare interpreter (-I): our three modules,
-#: __future__, the C half of json, fcntl for the lock (syslog is replaced by a file here)
+#: __future__, the C half of json, fcntl for the lock (syslog is replaced by a file here),
+#: and host/lean.py, the readers and writers it shares with the full path. No tunable: they
+#: declare their checks as data at prepare (numahook/tunables/base.py, fast_checks)
 FAST_PATH_MODULES = {"__future__", "_json", "fcntl", "numahook", "numahook.hook",
-                     "numahook.hook.fast", "numahook.hook.main", "numahook.ini", "numahook.log"}
+                     "numahook.hook.fast", "numahook.hook.main", "numahook.ini", "numahook.log",
+                     "numahook.host", "numahook.host.lean"}
 
 _RUN = """
 import io, sys
@@ -175,31 +183,71 @@ def test_declined_fast_path_runs_the_full_path(host: dict, tmp_path: Path) -> No
     assert "action=realtime vcpus=0" not in (tmp_path / "hook.log").read_text()
 
 
-def _with_rendered_emulator(xml: str, cpus: str, quote: str = '"') -> str:
-    """The domain XML as rendered for a start wider than the emulator's own CPUs."""
-    mark = (f"<numahook:rendered digest={quote}sha256:0{quote} host={quote}h{quote} "
-            f"emulator={quote}{cpus}{quote}/>")
-    at = xml.index("</uuid>") + len("</uuid>")
-    meta = (f"<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/domain/1'>"
-            f"{mark}</numahook:domain></metadata>")
-    return xml[:at] + meta + xml[at:]
-
-
-@pytest.mark.parametrize("quote", ['"', "'"])
-def test_an_emulator_not_yet_narrowed_declines(host: dict, quote: str) -> None:
-    """numahook/ops/emulator.py: while QEMU's main thread still runs on the start set, the
+def test_an_emulator_not_yet_narrowed_declines(host: dict) -> None:
+    """numahook/tunables/emulator.py: while QEMU's main thread still runs on the start set, the
     full path must run and narrow it; once on its own CPUs alone, the fast path verifies."""
     fifo(host["v0"])
     cpu = min(os.sched_getaffinity(0))
-    xml = _with_rendered_emulator(XML, str(cpu), quote)
+    claim = replace(host["claim"], fast={**host["claim"].fast, "emulator": {"affinity": [cpu]}})
+    host["state"].save(claim)
     if len(os.sched_getaffinity(host["qemu"])) > 1:
-        assert not fast.started(NAME, xml, host["env"])
-        assert host["state"].load(UUID) == host["claim"]
+        assert not fast.started(NAME, XML, host["env"])
+        assert host["state"].load(UUID) == claim
     os.sched_setaffinity(host["qemu"], {cpu})
-    assert fast.started(NAME, xml, host["env"])
+    assert fast.started(NAME, XML, host["env"])
     assert host["state"].load(UUID).phase == "running"
 
 
-def test_an_unreadable_rendered_emulator_declines(host: dict) -> None:
+@pytest.mark.parametrize("checks", [None, {"affinity": ["3-x"]}, {"unheard-of": True}],
+                         ids=["declared none", "unreadable", "unknown kind"])
+def test_a_check_it_cannot_make_declines(host: dict, checks: object) -> None:
     fifo(host["v0"])
-    assert not fast.started(NAME, _with_rendered_emulator(XML, "3-x"), host["env"])
+    host["state"].save(replace(host["claim"], fast={**host["claim"].fast, "x": checks}))
+    assert not fast.started(NAME, XML, host["env"])
+
+
+def test_a_claim_with_nothing_declared_declines(host: dict) -> None:
+    fifo(host["v0"])
+    host["state"].save(replace(host["claim"], fast={"hugepages": {}}))
+    assert not fast.started(NAME, XML, host["env"])
+
+
+@pytest.mark.parametrize("state_of_threads", [
+    "as applied", "masked vCPU not FIFO", "wrong priority", "unmasked vCPU FIFO",
+    "emulator not FIFO", "emulator FIFO as asked",
+])
+def test_the_fast_path_and_the_full_path_judge_alike(host: dict, state_of_threads: str) -> None:
+    """Parity: where the threads are as the claim's intent says, both paths accept; where
+    one is off, the fast path declines and the full path's tunables say what is wrong
+    (numahook/tunables/base.py: the checks ``fast_checks`` declares against ``verify``)."""
+    from numahook.config import Config
+    from numahook.core import render
+    from numahook.host import libvirtstatus
+    from numahook.tunables import REGISTRY
+    from numahook.tunables.view import of
+
+    state, claim = host["state"], host["claim"]
+    emulator = state_of_threads.startswith("emulator")
+    if state_of_threads != "masked vCPU not FIFO":
+        fifo(host["v0"], 2 if state_of_threads == "wrong priority" else 1)
+    if state_of_threads == "unmasked vCPU FIFO":
+        fifo(host["v1"])
+    if emulator:
+        emulated = Intent((0,), 1, emulator=True)
+        state.save(replace(claim, tunables={"realtime": realtime.Entry(emulated)},
+                           fast={"realtime": claims.fast_realtime(emulated)}))
+    if state_of_threads == "emulator FIFO as asked":
+        fifo(host["qemu"])
+    # the same domain as the full path reads it: the mask and the emulator from its XML
+    extra = " isolateEmulatorThread='true'" if emulator else ""
+    live = XML.replace("</uuid>", f"</uuid><metadata><numahook:domain xmlns:numahook="
+                       f"'{NAMESPACE}'><numahook:cpu dedicatedCpuPlacement='true'{extra}>"
+                       "<numahook:realtime mask='0'/></numahook:cpu></numahook:domain>"
+                       "</metadata>", 1)
+    doc = render.parse(live, readonly=True)
+    assert doc.request is not None and doc.request.realtime
+    status = libvirtstatus.status_of(NAME, str(host["conf"].parent / "run"))
+    seen = of(doc, status, "/proc")
+    full = [p for t in REGISTRY if t.wanted(seen) and (p := t.verify(Config(), seen))]
+    assert fast.started(NAME, live, host["env"]) == (not full), full
+    assert (state_of_threads in ("as applied", "emulator FIFO as asked")) == (not full)

@@ -18,6 +18,7 @@ from numahook.state.statedir import StateDir
 from numahook.xml import safe
 from tests.fixtures.hosts import host_roots
 from tests.golden.cases import DATA
+from tests.support import claims
 from tests.support.kernel import FakeKernel
 
 #: the golden input: 6 vCPUs, an isolated emulator, 2 GiB on 2 MiB pages, no passthrough
@@ -56,8 +57,8 @@ def test_admit_reserves_the_pages_on_its_node_and_release_gives_back_what_it_add
     assert admission is not None
     assert admission.plan.memory_node == 1
     # 1024 pages needed, 512 already free: only the deficit is added, and journalled
-    assert admission.claim.need == {POOL: 1024}
-    assert admission.claim.hugepages == {POOL: 512}
+    assert claims.needed(admission.claim) == {POOL: 1024}
+    assert claims.added(admission.claim) == {POOL: 512}
     assert kernel.read(POOL) == 1024 and kernel.read(POOL, "free") == 1024
     assert kernel.read((0, 2048)) == 512  # the other node is not touched
     assert lifecycle.release(UUID, "hugepinned", cfg, state)

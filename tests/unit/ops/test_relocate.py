@@ -140,7 +140,7 @@ def test_a_hugepage_domain_without_passthrough_is_rebound_to_the_new_node(
 
 
 def test_the_emulators_own_cpus_follow_it_to_this_host(tmp_path: Path) -> None:
-    """The started hook narrows the emulator to <numahook:rendered emulator> (ops/emulator.py):
+    """The started hook narrows the emulator to <numahook:rendered emulator> (tunables/emulator.py):
     after a migration that must name this host's CPUs, not the source's."""
     source = (DATA / "quad-rt-span-v2-out.xml").read_text()
     assert facts(source).emulator_own == {9}

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from numahook.config import Config
 from numahook.state.claims import Claim
 from numahook.state.recovery import rollback
 from numahook.state.statedir import ClaimJournal, StateDir
+from tests.support import claims
 
 POOL = (0, 2048)
 
@@ -33,30 +35,30 @@ def test_pages_a_starting_domain_counts_on_are_handed_over(tmp_path: Path, taker
     sysfs = pool_tree(tmp_path, nr=32, free=free)
     state = StateDir(str(tmp_path / "state"))
     state.ensure()
-    stopping = Claim(uuid=uuid(1), name="stopping", hugepages={POOL: 32}, need={POOL: 32},
-                     phase="running", created=1.0)
-    starting = Claim(uuid=uuid(2), name="starting", need={POOL: 32}, phase=taker_phase,
-                     created=2.0)
+    stopping = claims.make(uuid=uuid(1), name="stopping", hugepages_added={POOL: 32},
+                           need={POOL: 32}, phase="running", created=1.0)
+    starting = claims.make(uuid=uuid(2), name="starting", need={POOL: 32}, phase=taker_phase,
+                           created=2.0)
     state.save(stopping)
     state.save(starting)
     with state.lock(5):
-        assert rollback(ClaimJournal(state, stopping), str(sysfs))
+        assert rollback(ClaimJournal(state, stopping), Config(sysfs_root=str(sysfs)))
     knob = sysfs / "devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
     assert knob.read_text().strip() == "32"  # nothing taken from under the starting domain
     assert state.load(uuid(1)) is None
     taker = state.load(uuid(2))
-    assert taker is not None and dict(taker.hugepages) == {POOL: 32}  # it gives them back later
+    assert taker is not None and claims.added(taker) == {POOL: 32}  # it gives them back later
 
 
 def test_without_anyone_waiting_every_added_page_goes_back(tmp_path: Path) -> None:
     sysfs = pool_tree(tmp_path, nr=40, free=40)
     state = StateDir(str(tmp_path / "state"))
     state.ensure()
-    stopping = Claim(uuid=uuid(1), name="stopping", hugepages={POOL: 32}, need={POOL: 32},
-                     phase="running")
+    stopping = claims.make(uuid=uuid(1), name="stopping", hugepages_added={POOL: 32},
+                           need={POOL: 32}, phase="running")
     state.save(stopping)
     with state.lock(5):
-        assert rollback(ClaimJournal(state, stopping), str(sysfs))
+        assert rollback(ClaimJournal(state, stopping), Config(sysfs_root=str(sysfs)))
     knob = sysfs / "devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
     assert knob.read_text().strip() == "8"
 
@@ -67,17 +69,18 @@ def test_a_claim_from_an_earlier_boot_gives_nothing_back(tmp_path: Path) -> None
     sysfs = pool_tree(tmp_path, nr=40, free=40)
     state = StateDir(str(tmp_path / "state"))
     state.ensure()
-    old = Claim(uuid=uuid(1), name="before-reboot", hugepages={POOL: 32}, need={POOL: 32},
-                phase="running", boot="00000000-0000-4000-8000-000000000000")
-    other = Claim(uuid=uuid(2), name="also-before", hugepages={POOL: 8}, phase="running",
-                  boot="00000000-0000-4000-8000-000000000000")
+    old = claims.make(uuid=uuid(1), name="before-reboot", hugepages_added={POOL: 32},
+                      need={POOL: 32}, phase="running",
+                      boot="00000000-0000-4000-8000-000000000000")
+    other = claims.make(uuid=uuid(2), name="also-before", hugepages_added={POOL: 8},
+                        phase="running", boot="00000000-0000-4000-8000-000000000000")
     legacy = Claim(uuid=uuid(3), name="numahook-0.1.0", phase="reserved", boot="")
     for c in (old, other, legacy):
         state.save(c)
     assert old.from_earlier_boot() and not legacy.from_earlier_boot()
     assert not Claim(uuid=uuid(4), name="now").from_earlier_boot()  # this boot by default
     with state.lock(5):
-        assert rollback(ClaimJournal(state, old), str(sysfs))
+        assert rollback(ClaimJournal(state, old), Config(sysfs_root=str(sysfs)))
     knob = sysfs / "devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages"
     assert knob.read_text().strip() == "40"
     assert state.load(uuid(1)) is None and state.load(uuid(2)) is None  # both dropped

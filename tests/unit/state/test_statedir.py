@@ -12,13 +12,18 @@ from pathlib import Path
 
 import pytest
 
+from numahook.config import Config
 from numahook.core.rtbudget import BudgetRecord
 from numahook.errors import InputError, StateError
 from numahook.host import fsutil, hugepages
 from numahook.host.hugepages import Pending
 from numahook.state import recovery
-from numahook.state.claims import Claim, RealtimeIntent
+from numahook.state.claims import Claim
 from numahook.state.statedir import ClaimJournal, StateDir
+from numahook.tunables import hugepages as hugepages_tunable
+from numahook.tunables import realtime
+from numahook.tunables.realtime import Intent
+from tests.support import claims
 
 ROOT = os.geteuid() == 0
 U1 = "37458bd7-b570-4007-8934-5a9194048470"
@@ -32,17 +37,17 @@ def sd(tmp_path: Path) -> StateDir:
 
 
 def full_claim() -> Claim:
-    return Claim(
+    return claims.make(
         uuid=U1.upper(),
         name="rt-vm",
         cpus=frozenset({2, 3}),
-        hugepages={(0, 2048): 64, (1, 1048576): 1},
-        hugepages_pending={(1, 2048): Pending(10, 8)},
+        hugepages_added={(0, 2048): 64, (1, 1048576): 1},
+        pending={(1, 2048): Pending(10, 8)},
         rt_budget=(BudgetRecord("/sys/fs/cgroup/cpu/machine/cpu.rt_runtime_us", 0, 950000, True),),
         phase="reserved",
         created=1700000000.5,
         qemu_pid=1234,
-        realtime=RealtimeIntent((0, 1), 10, emulator=True),
+        intent=Intent((0, 1), 10, emulator=True),
     )
 
 
@@ -57,8 +62,8 @@ def test_save_load_roundtrip_and_modes(sd: StateDir) -> None:
     assert os.stat(sd.path).st_mode & 0o777 == 0o700
     assert os.stat(sd.claims_dir).st_mode & 0o777 == 0o700
     data = json.loads(f.read_text())
-    assert data["hugepages"] == {"0:2048": 64, "1:1048576": 1}
-    assert data["rt_budget"][0][1:] == [0, 950000, True]
+    assert data["tunables"]["hugepages"]["added"] == {"0:2048": 64, "1:1048576": 1}
+    assert data["tunables"]["realtime"]["budget"][0][1:] == [0, 950000, True]
     assert sd.load(U2) is None
 
 
@@ -92,7 +97,7 @@ def test_bad_names_and_phases_are_refused(sd: StateDir) -> None:
         json.dumps({**full_claim().to_json(), "cpus": ["2"]}),
         json.dumps({**full_claim().to_json(), "phase": "weird"}),
         json.dumps({**full_claim().to_json(), "uuid": U2}),
-        json.dumps({k: v for k, v in full_claim().to_json().items() if k != "rt_budget"}),
+        json.dumps({k: v for k, v in full_claim().to_json().items() if k != "tunables"}),
         "\xff\xfe garbage",
     ],
 )
@@ -198,11 +203,13 @@ def test_full_filesystem_keeps_the_old_record(tmp_path: Path) -> None:
 
 def test_claim_journal_saves_every_change(sd: StateDir) -> None:
     j = ClaimJournal(sd, Claim(uuid=U1, name="x"))
-    j.hugepages({(0, 2048): 0}, {(0, 2048): Pending(0, 4)})
-    assert sd.load(U1).hugepages_pending == {(0, 2048): Pending(0, 4)}  # type: ignore[union-attr]
-    j.rt_budget([BudgetRecord("/x", 0, 1, False)])
+    j.put("hugepages", hugepages_tunable.Entry(pending={(0, 2048): Pending(0, 4)}))
+    first = sd.load(U1)
+    assert first is not None and claims.pending(first) == {(0, 2048): Pending(0, 4)}
+    j.put("realtime", realtime.Entry(budget=(BudgetRecord("/x", 0, 1, False),)))
     loaded = sd.load(U1)
-    assert loaded is not None and loaded.rt_budget == (BudgetRecord("/x", 0, 1, False),)
+    assert loaded is not None and claims.budget(loaded) == (BudgetRecord("/x", 0, 1, False),)
+    assert claims.pending(loaded) == {(0, 2048): Pending(0, 4)}
     assert loaded == j.claim
 
 
@@ -216,9 +223,10 @@ def _cgroup_file(tmp_path: Path, name: str, value: int) -> Path:
 
 def test_rollback_returns_budget_and_drops_claim(sd: StateDir, tmp_path: Path) -> None:
     f = _cgroup_file(tmp_path, "machine", 60000)
-    claim = Claim(uuid=U1, name="x", rt_budget=(BudgetRecord(str(f), 10000, 60000, True),))
+    claim = claims.make(uuid=U1, name="x", rt_budget=(BudgetRecord(str(f), 10000, 60000, True),))
     sd.save(claim)
-    assert recovery.rollback(ClaimJournal(sd, claim), str(tmp_path / "sys")) is True
+    assert recovery.rollback(ClaimJournal(sd, claim),
+                             Config(sysfs_root=str(tmp_path / "sys"))) is True
     assert f.read_text().strip() == "10000"
     assert sd.load(U1) is None
 
@@ -237,11 +245,12 @@ def test_rollback_failure_keeps_what_is_still_held(
 
     monkeypatch.setattr(fsutil, "write_knob", refuse_stuck)
     records = (BudgetRecord(str(stuck), 0, 900, True), BudgetRecord(str(ok), 0, 500, True))
-    claim = Claim(uuid=U1, name="x", rt_budget=records)
+    claim = claims.make(uuid=U1, name="x", rt_budget=records)
     sd.save(claim)
-    assert recovery.rollback(ClaimJournal(sd, claim), str(tmp_path / "sys")) is False
+    assert recovery.rollback(ClaimJournal(sd, claim),
+                             Config(sysfs_root=str(tmp_path / "sys"))) is False
     kept = sd.load(U1)
-    assert kept is not None and kept.rt_budget == (records[0],)
+    assert kept is not None and claims.budget(kept) == (records[0],)
     assert ok.read_text().strip() == "0"
 
 
@@ -277,16 +286,16 @@ def test_real_crash_after_raising_nr_hugepages_is_rolled_back(
         saves += 1
         if saves == 2:
             raise Killed()
-        j.hugepages(added, pending)
+        j.put("hugepages", hugepages_tunable.Entry(added=added, pending=pending))
 
     with pytest.raises(Killed):
         hugepages.reserve({(0, 2048): free + 3}, journal=journal)
     assert int((REAL_POOL / "nr_hugepages").read_text()) == real_pool + 3
     on_disk = StateDir(sd.path).load(U1)  # what the next process sees
     assert on_disk is not None
-    assert on_disk.hugepages == {}
-    assert on_disk.hugepages_pending == {(0, 2048): Pending(real_pool, 3)}
-    assert recovery.rollback(ClaimJournal(sd, on_disk)) is True
+    assert claims.added(on_disk) == {}
+    assert claims.pending(on_disk) == {(0, 2048): Pending(real_pool, 3)}
+    assert recovery.rollback(ClaimJournal(sd, on_disk), Config()) is True
     assert int((REAL_POOL / "nr_hugepages").read_text()) == real_pool
     assert sd.load(U1) is None
 
@@ -295,9 +304,9 @@ def test_realtime_intent_round_trips_and_old_records_still_load(sd: StateDir) ->
     claim = full_claim()
     sd.save(claim)
     data = json.loads((Path(sd.claims_dir) / f"{U1}.json").read_text())
-    assert data["realtime"] == {"vcpus": [0, 1], "priority": 10, "emulator": True}
-    del data["realtime"]  # a record written by numahook 0.1.0
-    assert Claim.from_json(data).realtime is None
+    assert data["tunables"]["realtime"]["intent"] == {"vcpus": [0, 1], "priority": 10,
+                                                      "emulator": True}
+    assert Claim.from_json(data) == claim
 
 
 @pytest.mark.parametrize("bad", [
@@ -311,7 +320,7 @@ def test_realtime_intent_round_trips_and_old_records_still_load(sd: StateDir) ->
 ])
 def test_a_malformed_realtime_intent_makes_the_record_malformed(bad: object) -> None:
     data = full_claim().to_json()
-    data["realtime"] = bad
+    data["tunables"]["realtime"]["intent"] = bad
     with pytest.raises(InputError, match="malformed"):
         Claim.from_json(data)
 

@@ -340,7 +340,8 @@ def test_our_element_outside_metadata_is_not_an_opt_in(roots: dict[str, Path], t
     assert proc.returncode == 1
     assert proc.stdout == ""
     assert proc.stderr == ("numahook: sneaky has no <numahook:domain> metadata, so numahook "
-                           "leaves it alone; add the metadata element to opt in\n")
+                           "leaves it alone; add the metadata element to opt in (numahook(8), "
+                           "OPTING IN)\n")
 
 
 def test_every_library_error_is_a_numahook_error() -> None:

@@ -1,4 +1,4 @@
-"""The kvm-pit kernel thread on vCPU 0's CPU (numahook/ops/kvmpit.py).
+"""The kvm-pit kernel thread on vCPU 0's CPU (numahook/tunables/kvmpit.py).
 
 The thread is found by its name in a fixture /proc; the "kvm-pit" there is a real thread
 of this test process, so the affinity numahook sets is the kernel's own, read back with
@@ -17,9 +17,10 @@ import pytest
 from numahook.core import domainxml
 from numahook.daemon.reconcile import Reconciler
 from numahook.host import procfs
-from numahook.ops import kvmpit, lifecycle
+from numahook.ops import lifecycle
 from numahook.records import replace
 from numahook.state.statedir import StateDir
+from numahook.tunables import kvmpit
 from numahook.xml import safe
 from tests.fixtures.devices import domain, host_config, render_xml
 
@@ -127,5 +128,5 @@ def test_started_hook_and_daemon_backstop(pit_thread: tuple[int, Path], tmp_path
     assert os.sched_getaffinity(tid) == {one_cpu()}
     os.sched_setaffinity(tid, os.sched_getaffinity(0))  # someone moved it
     rec = Reconciler(cfg, state)
-    rec.threads_backstop()
+    rec.backstop()
     assert os.sched_getaffinity(tid) == {one_cpu()}

@@ -1,4 +1,4 @@
-"""The emulator narrowed to its own CPUs once started (numahook/ops/emulator.py).
+"""The emulator narrowed to its own CPUs once started (numahook/tunables/emulator.py).
 
 QEMU's threads are real threads of this test process, listed in a fixture /proc with
 QEMU's names and libvirt's cgroups, so the affinities set and read back are the kernel's
@@ -17,9 +17,10 @@ import pytest
 from numahook.config import Config
 from numahook.core import domainxml
 from numahook.daemon.reconcile import Reconciler
-from numahook.ops import emulator, lifecycle
+from numahook.ops import lifecycle
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
+from numahook.tunables import emulator
 from numahook.xml import safe
 
 if len(os.sched_getaffinity(0)) < 2:
@@ -143,11 +144,11 @@ def test_the_started_hook_narrows_and_numahookd_only_once_the_start_is_over(
     claim = Claim(uuid=facts().uuid, name="span", cpus=frozenset(CPUS[:2]), phase="reserved")
     state.save(claim)
     rec = Reconciler(cfg, state)
-    rec.threads_backstop()
+    rec.backstop()
     assert set(os.sched_getaffinity(pid)) == {OWN, BORROWED}
     lifecycle.tune(DOMAIN_XML, cfg, state)  # started: narrows, and the claim says running
     assert set(os.sched_getaffinity(pid)) == {OWN}
     assert state.load(claim.uuid).phase == "running"
     os.sched_setaffinity(pid, {OWN, BORROWED})  # someone widened it
-    rec.threads_backstop()
+    rec.backstop()
     assert set(os.sched_getaffinity(pid)) == {OWN}
