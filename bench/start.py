@@ -52,7 +52,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from bench.latency import NR_2M, extra_hugepages, render  # noqa: E402
-from lab import URI, LabError, env, guest  # noqa: E402
+from lab import URI, LabError, daemons, env, guest, record  # noqa: E402
 from lab.session import holder, hook_config, lab_held  # noqa: E402
 
 NS = "https://numahook.io/xmlns/domain/1"
@@ -177,7 +177,7 @@ def libvirtd_pid() -> int:
 
 def numahookd_pid() -> int:
     """The lab's numahookd; LabError when it is not the one running."""
-    state = env.load() or {}
+    state = record.load() or {}
     rec = (state.get("daemons") or {}).get("numahookd")
     if not rec:
         raise LabError("numahookd is not running as the lab's (see "
@@ -477,7 +477,7 @@ def numahookd() -> Iterator[None]:
         yield
     finally:
         with contextlib.redirect_stdout(sys.stderr):
-            env.stop_daemon("numahookd")
+            daemons.stop_daemon("numahookd")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -503,7 +503,7 @@ def main(argv: list[str] | None = None) -> int:
     with lab_held(), hook_config(CONFIG), numahookd():
         out["numahookd"] = {"pid": numahookd_pid(), "argv": Path(
             f"/proc/{numahookd_pid()}/cmdline").read_text().replace("\0", " ").strip()}
-        conn = env.connect()
+        conn = daemons.connect()
         try:
             for v in args.variants.split(","):
                 out["variants"][v] = measure(conn, v, args.reps, args.trace_reps,
