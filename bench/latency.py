@@ -57,7 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from bench.report import percentile, summarize, thread_hist  # noqa: E402
+from bench.histogram import percentile, summarize, thread_hist  # noqa: E402
 from lab import LabError, env, guest  # noqa: E402
 from lab import report as rep  # noqa: E402
 from lab.session import hook_config, lab_held  # noqa: E402

@@ -1,5 +1,5 @@
-"""bench/report.py: the bench report keeps the keys tools read, judges latency only above a
-quiet noise floor, and prints every target as a ratio with its verdict.
+"""bench/report.py and its parts: the bench report keeps the keys tools read, judges latency
+only above a quiet noise floor, and prints every target as a ratio with its verdict.
 
 Results documents are synthetic, built the way bench/latency.py builds its runs (one
 cyclictest histogram per run), so each figure below is known exactly.
@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from bench import report
+from bench import cells, histogram, latency_report, report
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,7 +41,7 @@ def c_run(rep: int, c_max: int = 2000, **kw: Any) -> dict[str, Any]:
 
 
 def document(runs: list[dict[str, Any]], floor: dict[str, Any]) -> dict[str, Any]:
-    summary = report.summarize(runs, ["A", "C"], [True])
+    summary = histogram.summarize(runs, ["A", "C"], [True])
     return {
         "machine": {"date": "2026-12-03", "commit": "abc", "cpus": 2},
         "steps": {"latency": {"seconds": 60, "loadavg_1m_before": 0.5}},
@@ -83,16 +83,16 @@ def test_the_committed_results_keep_the_keys_tools_read() -> None:
 
 
 def test_a_wide_histogram_gives_a_numbers_beyond_2_ms() -> None:
-    s = report.stats([a_run(0)])
+    s = histogram.stats([a_run(0)])
     assert (s["p99_us"], s["p999_us"], s["max_us"]) == (3000.0, 6000.0, 6000)
-    clipped = report.stats([run("A", 0, {100: 9850}, over=150, max_us=6000, hist_us=2000)])
+    clipped = histogram.stats([run("A", 0, {100: 9850}, over=150, max_us=6000, hist_us=2000)])
     assert clipped["p99_us"] is None and clipped["hist_us"] == 2000
 
 
 def test_a_quiet_floor_prints_the_ratio_and_judges_every_run() -> None:
     doc = document([a_run(0), c_run(0, c_max=2000), a_run(1), c_run(1, c_max=4000)], QUIET)
-    assert report.floor_verdict(doc["latency"]) == (True, [])
-    goals = report.latency_goals(doc["latency"])
+    assert latency_report.floor_verdict(doc["latency"]) == (True, [])
+    goals = latency_report.latency_goals(doc["latency"])
     assert [(g["rep"], g["p99_ratio"], g["p99_ok"], g["max_ok"]) for g in goals] == [
         (0, 12.0, True, True), (1, 12.0, True, False)]
     md = report.markdown(doc)
@@ -110,7 +110,7 @@ def test_a_quiet_floor_prints_the_ratio_and_judges_every_run() -> None:
 def test_a_high_floor_prints_no_ratio(floor: dict[str, Any], runs_steal: float,
                                       why: str) -> None:
     doc = document([a_run(0, steal=runs_steal), c_run(0, steal=runs_steal)], floor)
-    quiet, reasons = report.floor_verdict(doc["latency"])
+    quiet, reasons = latency_report.floor_verdict(doc["latency"])
     assert not quiet and any(why in r for r in reasons)
     md = report.markdown(doc)
     assert "A/C: " not in md and "12.0x" not in md
@@ -135,7 +135,7 @@ def test_results_without_a_floor_are_not_judged() -> None:
 def test_a_noisy_run_is_not_judged_but_its_neighbours_are() -> None:
     doc = document([a_run(0), c_run(0), a_run(1), c_run(1, steal=8.0),
                     a_run(2), c_run(2)], QUIET)
-    goals = report.latency_goals(doc["latency"])
+    goals = latency_report.latency_goals(doc["latency"])
     assert [(g["noisy"], g["p99_ok"]) for g in goals] == [(False, True), (True, None),
                                                           (False, True)]
 
@@ -143,11 +143,12 @@ def test_a_noisy_run_is_not_judged_but_its_neighbours_are() -> None:
 def test_an_a_beyond_the_histogram_only_proves_a_pass() -> None:
     a_clipped = run("A", 0, {100: 9850}, over=150, max_us=9000, hist_us=2000)
     proven = document([a_clipped, c_run(0, c_max=1500, hist_us=2000)], QUIET)
-    assert [(g["p99_ok"], g["max_ok"]) for g in report.latency_goals(proven["latency"])] == [
-        (None, True)]  # 2,000 / 250 = 8x: a bound, so no failure is proven either
+    goals = latency_report.latency_goals(proven["latency"])
+    # 2,000 / 250 = 8x: a bound, so no failure is proven either
+    assert [(g["p99_ok"], g["max_ok"]) for g in goals] == [(None, True)]
     fast = run("C", 0, {50: 9950, 150: 50}, hist_us=2000)
     doc = document([a_clipped, fast], QUIET)
-    assert [(g["p99_ok"], g["max_ok"]) for g in report.latency_goals(doc["latency"])] == [
+    assert [(g["p99_ok"], g["max_ok"]) for g in latency_report.latency_goals(doc["latency"])] == [
         (True, True)]
 
 
@@ -159,7 +160,7 @@ def test_every_target_is_a_ratio_with_its_verdict() -> None:
     assert (unmanaged[3], unmanaged[4]) == ("1.25x", "≤ 3x: pass")
     fast = next(r for k, r in rows.items() if "fast path" in k)
     assert (fast[3], fast[4]) == ("1.25x", "≤ 1.5x: pass")
-    assert report.target(None, 2.0) == "≤ 2x: n/a"
+    assert cells.target(None, 2.0) == "≤ 2x: n/a"
 
 
 def test_the_stdlib_floor_under_a_managed_call_has_its_row_when_measured() -> None:
@@ -173,10 +174,58 @@ def test_the_stdlib_floor_under_a_managed_call_has_its_row_when_measured() -> No
 
 def test_the_loaded_host_floor_is_reported_beside_the_goals_without_changing_them() -> None:
     doc = document([a_run(0), c_run(0, c_max=4000)], QUIET)
-    before = report.latency_goals(doc["latency"])
+    before = latency_report.latency_goals(doc["latency"])
     doc["latency"]["floor_load"] = {**QUIET, "max_us": 4500, "p99_us": 60.0}
-    assert report.latency_goals(doc["latency"]) == before
+    assert latency_report.latency_goals(doc["latency"]) == before
     assert before[0]["max_ok"] is False
     md = report.markdown(doc)
     assert "| noise floor under load: the same cyclictest on the host under " in md
     assert "The host's own FIFO thread under the same load (no guest): max 4,500 µs" in md
+
+
+def start_variant(managed: float, unmanaged: float, trace: bool = True) -> dict[str, Any]:
+    """bench/start.py's result for one variant: three pairs, the middle one at the medians."""
+    cpu = {"hooks_cpu": 110.0, "numahookd_cpu": 11.0, "numahookd_wait": 0.5,
+           "libvirtd_cpu": 50.0, "libvirtd_wait": 3.0}
+    out: dict[str, Any] = {
+        "label": "1 dedicated vCPU, passthrough, 64 × 2 MiB", "pairs": 3,
+        "managed": {"median_ms": managed, "min_ms": managed - 50, "max_ms": managed + 90},
+        "unmanaged": {"median_ms": unmanaged, "min_ms": unmanaged - 40,
+                      "max_ms": unmanaged + 60},
+        "ratio": round(managed / unmanaged, 3), "ratio_spread": [1.05, 1.6],
+        "extra_ms": managed - unmanaged, "cpu_ms": {"managed": cpu, "unmanaged": cpu}}
+    if trace:
+        seg = dict.fromkeys(("to_prepare", "prepare_to_start", "after_started"), 1.0)
+        seg.update(prepare=30.0, start=25.0, started=35.0, start_to_started=-7.0)
+        out["trace"] = {"pairs": 2, "extra_ms": 85.0,
+                        "cpu_ms": {"managed": cpu, "unmanaged": {**cpu, "hooks_cpu": 10.0}},
+                        "segments": {k: {"extra_ms": v} for k, v in seg.items()}}
+    return out
+
+
+def test_a_managed_start_is_judged_against_the_same_domain_unmanaged() -> None:
+    doc = document([a_run(0), c_run(0)], QUIET)
+    doc["start"] = {"variants": {"dedicated": start_variant(600.0, 500.0),
+                                 "realtime": start_variant(520.0, 500.0, trace=False)}}
+    got = [r for r in report.rows(doc) if "virsh start" in r[0] or "extra" in r[0]]
+    assert [(r[3], r[4]) for r in got] == [
+        ("1.20x (pairs 1.05x – 1.60x)", "≤ 1.1x: FAIL"), ("", ""),
+        ("1.04x (pairs 1.05x – 1.60x)", "≤ 1.1x: pass")]
+    ratio, where = got[0], got[1]
+    assert ratio[1] == "600 ms (550 – 690)"
+    assert ratio[2] == "the same definition unmanaged, paired: 500 ms (460 – 560)"
+    assert where[0].startswith("where the managed start's extra 85 ms went (2 traced pairs")
+    assert where[1] == ("numahook's hook calls `prepare` +30 ms, `start` +25 ms, `started` "
+                        "+35 ms; libvirt and QEMU around them -4 ms")
+    assert "hook processes' CPU 110 / 10 ms" in where[2]
+    md = report.markdown(doc)  # after the started rows, before latency
+    order = [md.index(s) for s in ("`started` hook wall time", "virsh start", "guest latency A")]
+    assert order == sorted(order)
+
+
+def test_a_start_result_without_its_figures_says_so_and_keeps_the_rest() -> None:
+    doc = document([a_run(0), c_run(0)], QUIET)
+    doc["start"] = {"variants": {"dedicated": {"label": "x"}}}
+    rows = report.rows(doc)
+    assert ("start", "unreadable result (KeyError: 'managed')", "", "", "") in rows
+    assert any(r[0].startswith("hook, managed `prepare`") for r in rows)
