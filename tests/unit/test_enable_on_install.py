@@ -70,8 +70,9 @@ def _run(tmp_path: Path, script_text: str, argv: list[str], systemd: bool = True
         shutil.rmtree(flag, ignore_errors=True)
     script = tmp_path / "script"
     text = script_text.replace("/run/systemd/system", str(flag))
-    for path in REMOVED:
-        text = text.replace(path, f"{tmp_path}/root{path}")
+    for path in REMOVED:  # whole paths only: /run/numahook is not /run/numahookd.pid
+        text = re.sub(rf"(?<=\s){re.escape(path)}(?=[\s/;]|$)", f"{tmp_path}/root{path}", text,
+                      flags=re.MULTILINE)
     assert not [ln for ln in text.splitlines() if ln.strip().startswith("rm ")
                 and " /" in ln.replace(f" {tmp_path}/root/", " ")], \
         "a maintainer script removes a host path these tests do not redirect; add it to REMOVED"
