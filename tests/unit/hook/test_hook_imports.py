@@ -145,3 +145,33 @@ def test_the_front_skips_site_processing_but_keeps_the_site_directories(tmp_path
                             capture_output=True, text=True, check=True)
     site_dirs = [p for p in json.loads(normal.stdout) if Path(p).is_dir()]
     assert site_dirs and all(p in seen["path"] for p in site_dirs)
+
+
+def test_the_front_starts_python_only_for_the_calls_numahook_has_work_on(
+        tmp_path: Path) -> None:
+    """A managed domain's ``start begin`` and the ends of ``prepare``/``started`` cost no
+    Python start (hook/main.py's run does nothing on them); the calls it handles do."""
+    probe = tmp_path / "probe" / "numahook" / "hook"
+    probe.mkdir(parents=True)
+    (probe.parent / "__init__.py").write_text("")
+    (probe / "__init__.py").write_text("")
+    (probe / "main.py").write_text("def main(argv):\n    print(' '.join(argv[1:3]))\n"
+                                   "    return 0\n")
+    _conf, xml = fixture_host(tmp_path)
+    env = {"PATH": "/usr/bin:/bin", "NUMAHOOK_PYTHON": sys.executable,
+           "NUMAHOOK_PYTHONPATH": str(tmp_path / "probe")}
+
+    def ran(op: str, sub: str) -> bool:
+        proc = subprocess.run(["sh", str(REPO / "libvirt-hooks" / "numahook"), "dedicated",
+                               op, sub, "-"], input=xml, capture_output=True, text=True,
+                              env=env, check=False)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout.strip() == f"{op} {sub}"
+
+    for op, sub in (("prepare", "begin"), ("started", "begin"), ("migrate", "begin"),
+                    ("restore", "begin"), ("reconnect", "begin"), ("stopped", "end"),
+                    ("release", "end")):
+        assert ran(op, sub), (op, sub)
+    for op, sub in (("start", "begin"), ("prepare", "end"), ("started", "end"),
+                    ("attach", "begin"), ("migrate", "end")):
+        assert not ran(op, sub), (op, sub)
