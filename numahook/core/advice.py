@@ -43,7 +43,7 @@ def realtime(facts: DomainFacts, req: Request, plan: Plan | None,
                            "threadPolicy='isolate', give the guest threads='2' in "
                            "<cpu><topology>, or turn SMT off")
                 break
-        if not req.isolate_emulator and set(plan.emulator) & rt_cpus:
+        if not req.isolated_emulator and set(plan.emulator) & rt_cpus:
             out.append("the emulator thread shares CPUs with real-time vCPUs; set "
                        "isolateEmulatorThread=\"true\"")
     return out

@@ -86,6 +86,7 @@ def evaluation_text(name: str, ev: Evaluation) -> str:
     if plan is not None:
         pins = ", ".join(f"{v}->{c}" for v, c in enumerate(plan.vcpu_pins))
         lines.append(f"  pinning: vCPU {pins}; emulator {cpulist.format(plan.emulator)}"
+                     + (" (the shared set)" if plan.emulator_shared else "")
                      + (f"; siblings {cpulist.format(plan.held)} held" if plan.held else ""))
         if plan.emulator_start:
             lines.append(f"  emulator while QEMU starts: CPUs {cpulist.format(plan.emulator_pin)}"

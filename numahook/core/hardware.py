@@ -8,7 +8,7 @@ split in whole pages with the remainder on the first cells, strict memory bindin
 from __future__ import annotations
 
 from numahook import records
-from numahook.core import advice, cpulist, locality, placement, prealloc, smt
+from numahook.core import advice, cpulist, locality, placement, prealloc, shared, smt
 from numahook.core.allocate import Allocation, allocate
 from numahook.core.domainxml import DomainFacts
 from numahook.core.plan import Cell, Check, Evaluation, Inputs, Plan
@@ -60,6 +60,8 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     needs_dedicated = [w for w, on in (("guestMappingPassthrough", req.passthrough),
                                        ("realtime", req.realtime),
                                        ("isolateEmulatorThread", req.isolate_emulator),
+                                       ("emulatorThreadPolicy",
+                                        req.emulator_thread_policy is not None),
                                        ("pciNumaAffinity", req.pci_numa_affinity is not None),
                                        ("threadPolicy", req.thread_policy is not None)) if on]
     if needs_dedicated and not req.dedicated:
@@ -73,6 +75,16 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         else:
             ck.fail("guest-mapping-passthrough", "realtime needs guestMappingPassthrough; add "
                     "<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>")
+
+    if req.shares_emulator and req.isolate_emulator:
+        ck.fail("emulator-thread-policy", "isolateEmulatorThread=\"true\" and "
+                "emulatorThreadPolicy=\"share\" contradict each other; remove one of them")
+    elif req.shares_emulator:
+        trouble = shared.problem(inp, name, "emulatorThreadPolicy=\"share\"")
+        if trouble:
+            ck.fail(shared.CHECK, trouble)
+        else:
+            ck.ok(shared.CHECK, shared.summary(inp, "the emulator"))
 
     # hugepages without passthrough: Nova's implicit one-cell topology (hw:mem_page_size),
     # all memory bound strict to the one node of the dedicated CPUs, its pages reserved there
@@ -95,7 +107,7 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         if why:
             ck.fail(smt.CHECK, why)
         else:
-            ck.ok(smt.CHECK, smt.summary(req.threads, topology[3], req.isolate_emulator))
+            ck.ok(smt.CHECK, smt.summary(req.threads, topology[3], req.isolated_emulator))
 
     rt_vcpus: frozenset[int] = frozenset()
     if req.realtime:
@@ -123,12 +135,12 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     if refused:
         ck.fail(locality.CHECK, refused)
         return _refused(ck, facts, req, inp)
-    extra = 1 if req.isolate_emulator else 0
+    extra = 1 if req.isolated_emulator else 0
     with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
     base = with_memory if req.passthrough or bound else frozenset(topo.nodes)
 
     def fit(nodes: frozenset[int], where: str = "on nodes with memory") -> Allocation:
-        return allocate(topo, inp.available, facts.vcpus, topology[3], extra,
+        return allocate(topo, shared.pool(inp), facts.vcpus, topology[3], extra,
                         keep=facts.vcpupin, keep_extra=facts.emulator_cpus,
                         vcpu_nodes=nodes if nodes != frozenset(topo.nodes) else None,
                         where=where, policy=req.threads, one_node=bound)
@@ -216,6 +228,8 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
     topo = inp.topology
     if alloc.extra:
         emulator = alloc.extra
+    elif req.shares_emulator:  # Nova's hw:emulator_threads_policy=share
+        emulator = tuple(sorted(inp.config.shared_cpus))
     else:  # float over the non-real-time vCPUs' CPUs, so the emulator never preempts RT
         non_rt = [alloc.vcpus[v] for v in range(facts.vcpus) if v not in rt_vcpus]
         emulator = tuple(sorted(non_rt or alloc.vcpus))
@@ -241,6 +255,7 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
         kept_pinning=alloc.kept,
         held=alloc.held,
         emulator_start=start,
+        emulator_shared=req.shares_emulator,
     )
 
 

@@ -46,7 +46,7 @@ class Cell:
 #: A default, not truthiness, because memory_node 0 is a real node.
 _LATER: dict[str, object] = {"emulator_realtime": False, "held": (), "buses": (),
                              "memory_node": None, "memory_pages": 0,
-                             "emulator_start": ()}
+                             "emulator_start": (), "emulator_shared": False}
 
 
 @record(frozen=True)
@@ -83,6 +83,9 @@ class Plan:
     #: the rendered <emulatorpin> while QEMU starts, when it must reach memory nodes that
     #: ``emulator`` does not (core/prealloc.py); ``()``: the same as ``emulator``
     emulator_start: tuple[int, ...] = ()
+    #: emulatorThreadPolicy share: ``emulator`` is the host's shared set, which the domain
+    #: uses but does not hold
+    emulator_shared: bool = False
 
     @property
     def emulator_pin(self) -> tuple[int, ...]:
@@ -91,8 +94,9 @@ class Plan:
 
     @property
     def cpus(self) -> frozenset[int]:
-        """Every host CPU this domain holds exclusively."""
-        return frozenset(self.vcpu_pins) | frozenset(self.emulator) | frozenset(self.held)
+        """Every host CPU this domain holds exclusively (a shared emulator's are not)."""
+        emulator = () if self.emulator_shared else self.emulator
+        return frozenset(self.vcpu_pins) | frozenset(emulator) | frozenset(self.held)
 
     @property
     def page_need(self) -> dict[tuple[int, int], int]:
@@ -146,3 +150,7 @@ class Inputs:
     can_lock_memory: bool = True
     #: where the domain's passthrough devices sit on this host, by BDF
     devices: Mapping[str, HostPci] = field(default_factory=dict)
+    #: the cpuset of the domain's partition (None: not known, as with ``check --cpuset``)
+    partition_cpus: frozenset[int] | None = None
+    #: the CPUs other domains' claims hold exclusively (``available`` lacks them as well)
+    claimed_cpus: frozenset[int] = frozenset()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from numahook import faults, records
 from numahook import log as logmod
 from numahook.config import Config
-from numahook.core import allocate, cpulist, hardware, metadata, render
+from numahook.core import allocate, cpulist, hardware, metadata, render, shared
 from numahook.core.plan import Plan
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import fsutil
@@ -249,8 +249,8 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
                                     if n.memory_kib > 0)
             try:
                 alloc = allocate.allocate_cells(
-                    inputs.topology, inputs.available, cells, threads,
-                    1 if req.isolate_emulator else 0, vcpu_nodes=with_memory,
+                    inputs.topology, shared.pool(inputs), cells, threads,
+                    1 if req.isolated_emulator else 0, vcpu_nodes=with_memory,
                     policy=req.threads)
             except Refusal as exc:
                 raise Refusal(

@@ -205,6 +205,7 @@ def test_no_whole_core_left_for_the_emulator(topos: dict[str, Topology]) -> None
     ({"dedicatedCpuPlacement": "false"}, None, True, "guestMappingPassthrough need"),
     ({}, "<numahook:realtime/>", True, "guestMappingPassthrough and realtime need"),
     ({"isolateEmulatorThread": "true"}, None, False, "isolateEmulatorThread need dedicated"),
+    ({"emulatorThreadPolicy": "share"}, None, False, "emulatorThreadPolicy need dedicated"),
 ])
 def test_features_without_dedicated_placement(topos: dict[str, Topology], attrs: dict[str, str],
                                               realtime: str | None, numa: bool,
@@ -509,6 +510,54 @@ def test_unicode_digits_are_input_errors(xml: str) -> None:
     assert "is not a whole number" in msg or "is not a number or a range" in msg
 
 
+# --------------------------------------------------------------------------- shared CPUs
+
+SHARE = {"dedicatedCpuPlacement": "true", "emulatorThreadPolicy": "share"}
+
+
+def test_share_without_a_shared_set_names_the_key(topos: dict[str, Topology]) -> None:
+    msg = refusal(Dom(cpu_attrs=SHARE), inputs(topos["quad-nosmt"], "0-31"), "shared-cpus",
+                  'vm1 asks for emulatorThreadPolicy="share"', "no shared CPUs",
+                  "set shared = <cpulist> under [cpus] in " + CONF)
+    assert msg.endswith("(CPUs no dedicated domain needs)")
+
+
+def test_shared_set_with_a_cpu_the_host_lacks(topos: dict[str, Topology]) -> None:
+    refusal(Dom(cpu_attrs=SHARE), inputs(topos["quad-nosmt"], "0-31", "[cpus]\nshared = 0,40\n"),
+            "shared-cpus", "names CPU 40 that this host does not have online",
+            "remove it from the list")
+
+
+def test_shared_set_outside_the_partition(topos: dict[str, Topology]) -> None:
+    inp = replace(inputs(topos["quad-nosmt"], "8-15", "[cpus]\nshared = 0-1\n"),
+                  partition_cpus=frozenset(range(8, 16)))
+    refusal(Dom(cpu_attrs=SHARE), inp, "shared-cpus",
+            "CPUs 0-1 outside the cpuset of vm1's partition (8-15)",
+            "add them to the partition's cpuset or take them out of [cpus] shared")
+
+
+def test_shared_set_held_by_a_dedicated_domain(topos: dict[str, Topology]) -> None:
+    inp = replace(inputs(topos["quad-nosmt"], "1-31", "[cpus]\nshared = 0\n"),
+                  partition_cpus=frozenset(range(32)), claimed_cpus=frozenset({0}))
+    refusal(Dom(cpu_attrs=SHARE), inp, "shared-cpus",
+            "CPU 0 of [cpus] shared is held by a dedicated domain",
+            "run `numahook apply` on that domain and restart it")
+
+
+def test_isolate_emulator_thread_true_with_share(topos: dict[str, Topology]) -> None:
+    refusal(Dom(cpu_attrs={**SHARE, "isolateEmulatorThread": "true"}),
+            inputs(topos["quad-nosmt"], "0-31", "[cpus]\nshared = 0\n"),
+            "emulator-thread-policy", 'isolateEmulatorThread="true" and '
+            'emulatorThreadPolicy="share" contradict each other; remove one of them')
+
+
+def test_the_pool_never_reaches_the_shared_set(topos: dict[str, Topology]) -> None:
+    """Shared CPUs are out of the dedicated pool even for domains that do not share: a
+    domain that would fit only with them is refused rather than pinned there."""
+    refusal(Dom(), inputs(topos["quad-nosmt"], "0-4", "[cpus]\nshared = 0-1\n"),
+            "dedicated-cpus", "not enough dedicated CPUs")
+
+
 # --------------------------------------------------------------------------- completeness
 
 
@@ -529,6 +578,7 @@ COVERED = {
     # allocate_cells (migration/restore); lifecycle.relocate wraps these with the fix
     "guest-shape",
     "pci-numa-affinity", "thread-policy", "pci-numa-topology",
+    "emulator-thread-policy", "shared-cpus",
 }
 
 
