@@ -45,5 +45,6 @@ def realtime(facts: DomainFacts, req: Request, plan: Plan | None,
                 break
         if not req.isolated_emulator and set(plan.emulator) & rt_cpus:
             out.append("the emulator thread shares CPUs with real-time vCPUs; set "
-                       "isolateEmulatorThread=\"true\"")
+                       "emulatorThreadPolicy=\"share\" (with [cpus] shared in numahook.conf: "
+                       "no dedicated CPU spent) or isolateEmulatorThread=\"true\"")
     return out

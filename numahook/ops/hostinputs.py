@@ -39,6 +39,7 @@ class CpuSource:
         held = set(self.held_by_claims)
         for cpus in self.held_by_domains.values():
             held |= cpus
+        held -= self.shared  # a shared emulator's pin: used, not held
         text = (f"partition {self.partition} ({self.partition_path}) has CPUs "
                 f"{cpulist.format(self.partition_cpus) or 'none'}")
         if held:

@@ -97,3 +97,15 @@ def test_check_refuses_share_without_the_key(
     rc, out, _ = run_cli(capsys, "check", *cli_args(single, tmp_path), write(tmp_path, xml))
     assert rc == 1
     assert "set shared = <cpulist> under [cpus] in" in out
+
+
+def test_a_shared_emulator_s_pin_is_not_called_held() -> None:
+    """A running share domain pins its emulator to [cpus] shared; that CPU is used, not
+    held by it, and the host line must not say another dedicated domain holds it."""
+    from numahook.ops.hostinputs import CpuSource
+
+    view = CpuSource("/machine", "/sys/fs/cgroup/cpuset/machine", frozenset({0, 1, 2, 3}),
+                     {"rt": frozenset({0, 2})}, frozenset({2}), frozenset({0}))
+    assert view.describe() == (
+        "partition /machine (/sys/fs/cgroup/cpuset/machine) has CPUs 0-3, of which 2 is held "
+        "by other dedicated domains; 0 is the shared set ([cpus] shared), never dedicated")
