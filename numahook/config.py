@@ -202,7 +202,8 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "SCHED_OTHER, instead of on a dedicated CPU. numahook takes these CPUs out of the "
     "dedicated pool: no dedicated vCPU is pinned to them, whatever the partition's cpuset "
     "says. They must lie in the cpuset of the partition of each domain that uses them, and "
-    "no dedicated domain may hold one. Unset: emulatorThreadPolicy='share' is refused.",
+    "no dedicated domain may hold one. The vCPUs outside a domain's dedicatedMask float "
+    "there too. Unset: emulatorThreadPolicy='share' and dedicatedMask are refused.",
     ("hook", "lock_timeout"): "Seconds a hook call waits for numahook's state lock before it "
     "refuses the start.",
     ("paths", "state_dir"): "Claims, reservations and node.json.",

@@ -46,7 +46,8 @@ class Cell:
 #: A default, not truthiness, because memory_node 0 is a real node.
 _LATER: dict[str, object] = {"emulator_realtime": False, "held": (), "buses": (),
                              "memory_node": None, "memory_pages": 0,
-                             "emulator_start": (), "emulator_shared": False}
+                             "emulator_start": (), "emulator_shared": False,
+                             "floating": (), "float_cpus": ()}
 
 
 @record(frozen=True)
@@ -86,6 +87,20 @@ class Plan:
     #: emulatorThreadPolicy share: ``emulator`` is the host's shared set, which the domain
     #: uses but does not hold
     emulator_shared: bool = False
+    #: dedicatedMask: the vCPUs outside it, which float on ``float_cpus`` (the host's
+    #: shared set) instead of a CPU of their own; their ``vcpu_pins`` entry is the lowest
+    #: of ``float_cpus``, so read a vCPU's CPUs through :meth:`pin`
+    floating: tuple[int, ...] = ()
+    float_cpus: tuple[int, ...] = ()
+
+    def pin(self, vcpu: int) -> tuple[int, ...]:
+        """The host CPUs ``vcpu`` is pinned to: its dedicated one, or the shared set."""
+        return self.float_cpus if vcpu in self.floating else (self.vcpu_pins[vcpu],)
+
+    @property
+    def dedicated_pins(self) -> tuple[int, ...]:
+        """The CPUs of the vCPUs that have one of their own."""
+        return tuple(c for v, c in enumerate(self.vcpu_pins) if v not in self.floating)
 
     @property
     def emulator_pin(self) -> tuple[int, ...]:
@@ -94,9 +109,12 @@ class Plan:
 
     @property
     def cpus(self) -> frozenset[int]:
-        """Every host CPU this domain holds exclusively (a shared emulator's are not)."""
-        emulator = () if self.emulator_shared else self.emulator
-        return frozenset(self.vcpu_pins) | frozenset(emulator) | frozenset(self.held)
+        """Every host CPU this domain holds exclusively: never a shared one, which a shared
+        emulator or one floating with the floating vCPUs uses."""
+        emulator = () if self.emulator_shared else tuple(
+            c for c in self.emulator if c not in self.float_cpus)
+        return (frozenset(self.dedicated_pins) | frozenset(emulator)
+                | frozenset(self.held))
 
     @property
     def page_need(self) -> dict[tuple[int, int], int]:

@@ -26,6 +26,8 @@ class Request:
     #: isolateEmulatorThread="false" is its default and says nothing against either;
     #: "true" with "share" is refused as a precondition (core/hardware.py)
     emulator_thread_policy: str | None = None
+    #: dedicatedMask as written (the realtime mask's grammar); None: every vCPU dedicated
+    dedicated_mask: str | None = None
     #: "shared": every IO thread on the emulator CPUs; "auto": spread one per emulator CPU
     io_threads_policy: str | None = None
     passthrough: bool = False
@@ -41,7 +43,7 @@ class Request:
     def managed(self) -> bool:
         """Whether numahook has anything to do for this domain."""
         return (self.dedicated or self.passthrough or self.realtime or self.isolate_emulator
-                or self.emulator_thread_policy is not None
+                or self.emulator_thread_policy is not None or self.dedicated_mask is not None
                 or self.pci_numa_affinity is not None or self.thread_policy is not None)
 
     @property

@@ -186,6 +186,12 @@ DOMAIN = Element("domain", "the one element in the domain's `<metadata>`: its pr
             ("shared", "every IO thread on the emulator CPUs"),
             ("auto", "one IO thread per emulator CPU, round robin")),
              "where the domain's `<iothreads>` run", absent="IO threads follow the emulator"),
+        # Nova's hw:cpu_policy=mixed with hw:cpu_dedicated_mask
+        Attr("dedicatedMask", "dedicated_mask", Text("`N`, `A-B`, `^N`, `^A-B`, "
+                                                     "comma-separated"),
+             "the vCPUs that get dedicated CPUs; the others float on the host's shared CPUs "
+             "(`[cpus] shared`), as Nova's `hw:cpu_dedicated_mask`; the realtime mask must lie "
+             "inside it", absent="all vCPUs"),
         # Nova's values but its legacy and socket, which numahook has not
         Attr("pciNumaAffinity", "pci_numa_affinity", Choice(
             ("required", "every vCPU on the host nodes of the passthrough devices, else "

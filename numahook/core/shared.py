@@ -14,12 +14,25 @@ wants the set, because the set is a host fact with rules of its own.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+from numahook import records
 from numahook.core import cpulist
+from numahook.core.allocate import Allocation
+from numahook.core.domainxml import DomainFacts
 from numahook.core.plan import Inputs
-from numahook.core.units import plural
+from numahook.core.request import Request
+from numahook.core.units import clip, plural
+from numahook.errors import InputError
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
+if TYPE_CHECKING:
+    from numahook.core.guestmem import Checks
 
 #: the check's name in ``numahook check`` and the refusal counts
 CHECK = "shared-cpus"
+#: dedicatedMask's check
+MASK = "dedicated-mask"
 
 
 def pool(inp: Inputs) -> frozenset[int]:
@@ -62,3 +75,70 @@ def summary(inp: Inputs, wants: str) -> str:
     shared = inp.config.shared_cpus
     return (f"{wants} uses the shared {plural(len(shared), 'CPU')} {cpulist.format(shared)} "
             "([cpus] shared)")
+
+
+def dedicated_vcpus(ck: Checks, req: Request, inp: Inputs, facts: DomainFacts, threads: int,
+                    realtime: frozenset[int]) -> frozenset[int]:
+    """The vCPUs with a CPU of their own: all of them, or dedicatedMask's (Nova's
+    ``hw:cpu_dedicated_mask``), checked: at least one, whole guest cores (threadPolicy
+    applies to them only, and a guest core must not straddle a host CPU and a set), the
+    real-time ones among them (a floating vCPU shares its CPUs, so FIFO there would
+    starve the host's housekeeping), and a usable shared set for the rest."""
+    everyone = frozenset(range(facts.vcpus))
+    if req.dedicated_mask is None:
+        return everyone
+    try:
+        mask = cpulist.parse_mask(req.dedicated_mask, facts.vcpus)
+    except InputError as exc:
+        ck.fail(MASK, str(exc).replace("realtime mask", "dedicatedMask"))
+        return everyone
+    text = clip(req.dedicated_mask)
+    split = [g for g in range(0, facts.vcpus, threads)
+             if 0 < len(mask & set(range(g, g + threads))) < threads]
+    if not mask:
+        ck.fail(MASK, f"dedicatedMask {text} selects no vCPU; name at least one vCPU in it")
+    elif split:
+        g = split[0]
+        ck.fail(MASK, f"dedicatedMask {text} splits guest core {g // threads} (vCPUs "
+                f"{g}-{g + threads - 1}, threads='{threads}'); take all of its vCPUs or none")
+    elif realtime - mask:
+        ck.fail(MASK, f"real-time {plural(len(realtime - mask), 'vCPU')} "
+                f"{cpulist.format(realtime - mask)} {plural(len(realtime - mask), 'is', 'are')} "
+                f"outside dedicatedMask {text}, and a floating vCPU cannot run SCHED_FIFO; "
+                "add them to dedicatedMask or take them out of the realtime mask")
+    elif mask != everyone:
+        trouble = problem(inp, facts.name, f"dedicatedMask={text}")
+        if trouble:
+            ck.fail(CHECK, trouble)
+        else:
+            ck.ok(MASK, f"{plural(len(mask), 'vCPU')} {cpulist.format(mask)} dedicated, "
+                  f"{plural(facts.vcpus - len(mask), 'vCPU')} "
+                  f"{cpulist.format(everyone - mask)} on the shared "
+                  f"{plural(len(inp.config.shared_cpus), 'CPU')} "
+                  f"{cpulist.format(inp.config.shared_cpus)}")
+    else:
+        ck.ok(MASK, "every vCPU is dedicated")
+    return mask or everyone
+
+
+def kept(vcpupin: Mapping[int, frozenset[int]], dedicated: frozenset[int],
+         vcpus: int) -> dict[int, frozenset[int]]:
+    """The existing pinning of the dedicated vCPUs, numbered as the allocator counts them
+    (0.. in vCPU order), so a still-valid one is kept as for any domain. All of it when
+    every vCPU is dedicated or it pins a vCPU the domain lacks (the allocator refuses
+    to keep that)."""
+    if len(dedicated) == vcpus or any(v >= vcpus for v in vcpupin):
+        return dict(vcpupin)
+    return {i: vcpupin[v] for i, v in enumerate(sorted(dedicated)) if v in vcpupin}
+
+
+def expand(alloc: Allocation, dedicated: frozenset[int], vcpus: int,
+           shared: frozenset[int]) -> Allocation:
+    """The allocation of the dedicated vCPUs, as one CPU per vCPU of the domain: a floating
+    vCPU's entry is the lowest shared CPU (Plan.pin gives it the whole set)."""
+    if len(dedicated) == vcpus:
+        return alloc
+    own = iter(alloc.vcpus)
+    low = min(shared)
+    return records.replace(alloc, vcpus=tuple(next(own) if v in dedicated else low
+                                              for v in range(vcpus)))

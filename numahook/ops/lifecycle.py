@@ -243,6 +243,12 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
                 f"here; run `numahook apply {name}` on the source host and try again",
                 "guest-shape")
         want = [c.vcpus for c in plan.cells]
+        if want != cells and plan.floating:
+            raise Refusal(
+                f"this host would give {name} other guest NUMA cells ({len(want)} instead of "
+                f"{len(cells)}), and numahook keeps a guest's cells only for domains without "
+                "dedicatedMask; migrate it to a host whose free CPUs and shared set put its "
+                "dedicated vCPUs on as many nodes", "guest-shape")
         if want != cells:
             threads = plan.topology[3]
             with_memory = frozenset(n.id for n in inputs.topology.nodes.values()

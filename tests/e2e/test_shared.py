@@ -74,3 +74,24 @@ def test_the_same_domain_isolated_needs_a_cpu_the_shared_set_keeps(
             extra=isolated))
     assert exc.value.check == "dedicated-cpus"
     assert "set isolateEmulatorThread=\"false\"" in str(exc.value)
+
+
+def test_a_mixed_real_time_domain_floats_vcpu_0_with_its_emulator(
+        domains: Any, shared_config: config.Config) -> None:
+    """The issue's proof: 2 vCPUs, dedicatedMask="1" and mask="1", shared = 0: vCPU 1 runs
+    FIFO on CPU 1; vCPU 0 and the emulator run on CPU 0, SCHED_OTHER."""
+    mixed = metadata(mask="1").replace("dedicatedCpuPlacement='true'",
+                                       "dedicatedCpuPlacement='true' dedicatedMask='1' "
+                                       "emulatorThreadPolicy='share'")
+    xml = render_with(shared_config, domains.probe_xml(
+        "mixed", vcpus=2, memory_mib=128, hugepage_kib=2048, cmdline=HOLD, extra=mixed))
+    assert "<vcpupin vcpu='0' cpuset='0'/>" in xml and "<vcpupin vcpu='1' cpuset='1'/>" in xml
+    assert "<emulatorpin cpuset='0'/>" in xml
+    dom = domains.define(xml)
+    domains.start(dom)
+    pid, tids = guest.vcpu_threads(dom.name())
+    assert pid is not None
+    assert fifo(tids[1]) and os.sched_getaffinity(tids[1]) == {1}
+    for tid in (tids[0], pid):
+        assert os.sched_getaffinity(tid) == {0}
+        assert os.sched_getscheduler(tid) == os.SCHED_OTHER

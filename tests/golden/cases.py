@@ -78,4 +78,15 @@ CASES = [
     # rendered emulator> keeps the shared set for the narrowing at started
     Case("quad-share-span-v2", "share-span", "quad-nosmt", cgroup_version=2,
          cpusets={"": "0-31", "machine.slice": "0-1,8-11"}, config="[cpus]\nshared = 0-1\n"),
+    # dedicatedMask (issue 29): vCPU 0 floats on the shared core 0 (CPUs 0 and 40) with the
+    # emulator and IO thread; vCPUs 1-3 get CPUs of their own on both sockets (the
+    # cpuset leaves two per node), so two cells, and vCPU 0 joins cell 0, whose node holds
+    # the shared CPUs
+    Case("intel-mixed-realtime", "mixed-realtime", "intel-2s-ht",
+         cpusets={"": "0-79", "machine": "0,19,20,40,59,60"}, config="[cpus]\nshared = 0,40\n"),
+    # the shared CPU (16) on node 2, which holds no cell: floating vCPU 0 joins cell 0; no
+    # emulator policy, so the emulator floats over the non-real-time vCPUs' CPUs, vCPU 0's
+    # shared one among them
+    Case("quad-mixed-span-v2", "mixed-span", "quad-nosmt", cgroup_version=2,
+         cpusets={"": "0-31", "machine.slice": "8-9,16"}, config="[cpus]\nshared = 16\n"),
 ]

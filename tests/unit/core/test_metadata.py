@@ -155,6 +155,11 @@ def test_isolate_emulator_thread_is_an_alias_of_isolate(isolate: str, policy: st
     assert got.isolate_emulator is (isolate == "true") and got.emulator_thread_policy == policy
 
 
+def test_dedicated_mask_is_kept_as_written() -> None:
+    got = req(cpu('dedicatedCpuPlacement="true" dedicatedMask=" 1-3,^2"'))
+    assert got is not None and got.dedicated_mask == " 1-3,^2" and got.managed
+
+
 @pytest.mark.parametrize("policy", ["shared", "Share", "", "dedicated"])
 def test_bad_emulator_thread_policy(policy: str) -> None:
     msg = refused(cpu(f'emulatorThreadPolicy="{policy}"'))
@@ -193,8 +198,8 @@ def test_default_namespace_form_is_the_same_element() -> None:
 def test_unknown_attribute_on_cpu_names_it_and_the_allowed_ones() -> None:
     msg = refused(cpu('isolateEmulatorThraed="true"'))
     assert "<numahook:cpu> has unknown attribute 'isolateEmulatorThraed'" in msg
-    assert ("allowed: dedicatedCpuPlacement, emulatorThreadPolicy, ioThreadsPolicy, "
-            "isolateEmulatorThread") in msg
+    assert ("allowed: dedicatedCpuPlacement, dedicatedMask, emulatorThreadPolicy, "
+            "ioThreadsPolicy, isolateEmulatorThread") in msg
 
 
 def test_unknown_attribute_on_domain_numa_realtime_and_passthrough() -> None:

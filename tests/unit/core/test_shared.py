@@ -144,3 +144,80 @@ def test_inputs_without_a_partition_skip_the_partition_rule(topos: dict[str, Top
     assert shared.problem(inp, "vm", "share") == ""
     assert shared.problem(replace(inp, partition_cpus=frozenset(range(8, 16))), "vm",
                           "share").startswith("[cpus] shared in ")
+
+
+# --------------------------------------------------------------------------- dedicatedMask
+
+
+def test_mixed_pins_the_vcpus_outside_the_mask_to_the_shared_set(
+        topos: dict[str, Topology]) -> None:
+    got = plan(dom('dedicatedMask="2-3" emulatorThreadPolicy="share"',
+                   realtime="<numahook:realtime mask='3'/>"),
+               inputs(topos["quad-nosmt"], "0-31", "0-1"))
+    assert got.floating == (0, 1) and got.float_cpus == (0, 1)
+    assert got.pin(0) == got.pin(1) == (0, 1)
+    assert len(got.dedicated_pins) == 2 and not set(got.dedicated_pins) & {0, 1}
+    # the domain holds its dedicated vCPUs' CPUs, no more: a floating vCPU holds nothing
+    assert got.cpus == frozenset(got.dedicated_pins)
+    assert got.realtime_vcpus == (3,)
+    xml = render.render(dom('dedicatedMask="2-3" emulatorThreadPolicy="share"',
+                            realtime="<numahook:realtime mask='3'/>"),
+                        inputs(topos["quad-nosmt"], "0-31", "0-1")).xml
+    assert "<vcpupin vcpu='0' cpuset='0-1'/>" in xml
+    assert "<vcpusched vcpus='3' scheduler='fifo' priority='1'/>" in xml
+
+
+def test_a_mask_of_every_vcpu_is_as_no_mask(topos: dict[str, Topology]) -> None:
+    inp = inputs(topos["quad-nosmt"], "0-31", "0")
+    assert plan(dom('dedicatedMask="0-3"'), inp) == plan(dom(""), inp)
+
+
+def test_floating_vcpus_join_the_cell_whose_node_holds_the_shared_cpus(
+        topos: dict[str, Topology]) -> None:
+    """Two cells (nodes 0 and 1); the shared CPU 8 is on node 1, the second cell."""
+    got = plan(dom('dedicatedMask="1-4"', vcpus=5), inputs(topos["quad-nosmt"], "6-8,9-10",
+                                                            "8"))
+    assert [c.host_node for c in got.cells] == [0, 1]
+    assert 0 in got.cells[1].vcpus and 0 not in got.cells[0].vcpus
+    assert sorted(v for c in got.cells for v in c.vcpus) == [0, 1, 2, 3, 4]
+
+
+def test_floating_vcpus_join_the_first_cell_when_no_cell_holds_the_shared_cpus(
+        topos: dict[str, Topology]) -> None:
+    got = plan(dom('dedicatedMask="1-2"', vcpus=3), inputs(topos["quad-nosmt"], "8-9,16",
+                                                            "16"))
+    assert [c.vcpus for c in got.cells] == [(0, 1, 2)]
+
+
+def test_thread_policy_isolate_applies_to_the_dedicated_vcpus_only(
+        topos: dict[str, Topology]) -> None:
+    got = plan(dom('dedicatedMask="2-3" threadPolicy="isolate"'),
+               inputs(topos["intel-2s-ht"], "0-79", "0,40"))
+    assert len(got.dedicated_pins) == 2 and len(got.held) == 2
+    assert got.cpus == frozenset(got.dedicated_pins) | frozenset(got.held)
+
+
+def test_a_mixed_domain_keeps_its_pinning_when_rendered_again(
+        topos: dict[str, Topology]) -> None:
+    inp = inputs(topos["quad-nosmt"], "0-31", "0")
+    first = render.render(dom('dedicatedMask="1-3"'), inp)
+    again = render.render(first.xml, inp)
+    assert again.xml == first.xml and again.plan is not None and again.plan.kept_pinning
+
+
+@pytest.mark.parametrize("host", ["quad-nosmt", "intel-2s-ht", "epyc-nps4"])
+@pytest.mark.parametrize("policy", ["", 'emulatorThreadPolicy="share"'])
+def test_dedicated_cpus_held_equal_the_dedicated_vcpus(topos: dict[str, Topology],
+                                                      host: str, policy: str) -> None:
+    """The issue's property: a mixed domain holds one CPU per dedicated vCPU, none in the
+    shared set, and no floating vCPU is real-time."""
+    topo = topos[host]
+    everything = cpulist.format(topo.cpus)
+    for mask in ("0", "2-7", "^1", "1,3,5,7"):
+        got = plan(dom(f'dedicatedMask="{mask}" {policy}', vcpus=8,
+                       realtime=f"<numahook:realtime mask='{mask}'/>"),
+                   inputs(topo, everything, "0-1"))
+        dedicated = cpulist.parse_mask(mask, 8)
+        assert len(got.cpus) == len(dedicated) and not got.cpus & {0, 1}
+        assert set(got.realtime_vcpus) == dedicated
+        assert not set(got.floating) & set(got.realtime_vcpus)

@@ -156,10 +156,11 @@ def test_the_report_and_its_json_show_the_shared_set(tmp_path: Path) -> None:
 
     cfg = make_host(tmp_path, "single", 1, -1, M2)
     cap = probe.probe(cfg, True)
-    assert ("none ([cpus] shared is unset, so emulatorThreadPolicy='share' is refused)"
-            in text_report(cap))
+    assert ("none ([cpus] shared is unset, so emulatorThreadPolicy='share' and "
+            "dedicatedMask are refused)" in text_report(cap))
     cap = probe.probe(replace(cfg, shared_cpus=frozenset({0, 1})), True)
-    assert "0-1 ([cpus] shared: shared emulators run there, never dedicated)" in text_report(cap)
+    assert ("0-1 ([cpus] shared: shared emulators and floating vCPUs run there, never "
+            "dedicated)") in text_report(cap)
     doc = cap.to_json()
     assert doc["cpus"]["shared"] == "0-1"
     assert model.NodeCapability.from_json(doc).shared_cpus == frozenset({0, 1})

@@ -177,3 +177,16 @@ def test_a_shared_emulator_is_refused_where_no_set_is_configured(tmp_path: Path)
         lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
     assert exc.value.check == "shared-cpus"
     assert "set shared = <cpulist> under [cpus]" in str(exc.value)
+
+
+def test_a_mixed_domain_whose_cells_would_change_is_refused(tmp_path: Path) -> None:
+    """dedicatedMask: the guest's two cells cannot be kept where its three dedicated vCPUs
+    fit one node; refused with the reason rather than re-pinned into another shape."""
+    source = (DATA / "intel-mixed-realtime-out.xml").read_text()
+    cfg = replace(host_config(tmp_path, "quad-nosmt", 2, {"": "0-31", "machine.slice": "0-7"}),
+                  shared_cpus=frozenset({0}))
+    with pytest.raises(Refusal) as exc:
+        lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert exc.value.check == "guest-shape"
+    assert "other guest NUMA cells (1 instead of 2)" in str(exc.value)
+    assert str(exc.value).endswith("put its dedicated vCPUs on as many nodes")
