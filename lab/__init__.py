@@ -3,8 +3,10 @@
 Not part of the product. ``scripts/lab up|demo|down|status`` and the e2e fixtures in
 ``tests/e2e/conftest.py`` both drive the code here:
 
-- :mod:`lab.env`: packages, hugetlbfs, /dev/kvm, the hook, the daemons, and a record under
-  ``/run/numahook-lab`` of every change so that teardown undoes exactly that.
+- :mod:`lab.env`: packages, hugetlbfs, /dev/kvm and the hook: ``up``, ``down`` and who holds
+  the lab; :mod:`lab.record` is its record under ``/run/numahook-lab`` of every change,
+  :mod:`lab.daemons` the daemons it starts and stops by pid, and :mod:`lab.undo` the
+  teardown's steps, which undo exactly what the record says.
 - :mod:`lab.probe`: builds the guest probe (a Debian cloud kernel and a busybox initramfs).
 - :mod:`lab.report`: parses what the probe prints on its serial console (pure, no I/O).
 - :mod:`lab.guest`: defines, starts and waits for probe domains, and snapshots the host side.
@@ -83,3 +85,20 @@ def run(
 def say(msg: str, *args: object) -> None:
     """Tell the person running the lab what is happening (stdout, one line)."""
     print(("lab: " + msg) % args if args else "lab: " + msg, flush=True)
+
+
+def read_value(path: Path) -> str | None:
+    """A small file's stripped text (sysfs, procfs, a pidfile), or None when it cannot be
+    read: the lab reads what may vanish under it, and says so rather than failing."""
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def write_value(path: Path, value: str) -> None:
+    """Write one value to a sysfs/procfs/cgroup file, as a LabError saying which failed."""
+    try:
+        path.write_text(value + "\n")
+    except OSError as exc:
+        raise LabError(f"cannot write {value!r} to {path}: {exc.strerror}") from None

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lab import REPO, WORK_DIR, LabError, env, guest, run, say
+from lab import REPO, WORK_DIR, LabError, daemons, env, guest, record, run, say
 from lab import report as rep
 
 EXAMPLE = REPO / "examples" / "numavm.xml"
@@ -218,7 +218,7 @@ def run_demo(
     Returns 0 when the guest's view matches the rendering, 1 when it does not.
     """
     env.up("cli")
-    conn = env.connect()
+    conn = daemons.connect()
     try:
         return _demo(conn, example, do_render=do_render, latency=latency, keep=keep)
     finally:
@@ -294,7 +294,7 @@ def _clear_old(conn: Any, name: str) -> None:
         conn.lookupByName(name)
     except libvirt.libvirtError:
         return
-    state = env.load() or {}
+    state = record.load() or {}
     if name not in state.get("domains", []):
         raise LabError(
             f"a domain named {name} exists and the lab did not define it; "

@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from numahook.core import cpulist
-from numahook.core.placement import DeviceReport
-from numahook.core.plan import Evaluation, Plan
+from numahook.core.plan import DeviceReport, Evaluation, Plan
 from numahook.core.units import counted, human_kib, plural
 
 

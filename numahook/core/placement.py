@@ -25,69 +25,25 @@ removes those no device needs any more. Indexes are the lowest free ones, as lib
 fills any gap below the highest index with spare root ports. Expander bus numbers
 (``busNr``) are taken from 255 down, below any expander bus of the user's.
 
-Pure: :mod:`numahook.core.designer` writes the result into the XML.
+Pure: :mod:`numahook.core.designer` writes the result into the XML. The records it
+returns (``Bus``, ``Port``, ``DeviceReport``) are the plan's, in :mod:`numahook.core.plan`.
 """
 
 from __future__ import annotations
 
 from numahook import records
 from numahook.core.pci import OWNED_ALIAS, Controller, HostPci, Passthrough, machine_kind
-from numahook.records import record
+from numahook.core.plan import Bus, Cell, DeviceReport, Port
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
     from collections.abc import Mapping, Sequence
 
     from numahook.core.domainxml import DomainFacts
-    from numahook.core.plan import Cell
 
 CHECK = "pci-numa-topology"
 #: slots of a pcie-expander-bus, each taking one pcie-root-port
 MAX_PORTS = 32
-
-
-@record(frozen=True)
-class Port:
-    """A ``pcie-root-port`` on an expander bus, holding one device."""
-
-    index: int
-    slot: int
-    bdf: str
-    alias: str
-
-
-@record(frozen=True)
-class Bus:
-    """A ``pcie-expander-bus`` for one guest cell and one host root complex."""
-
-    index: int
-    bus_nr: int
-    cell: int
-    host_node: int
-    root_complex: str
-    alias: str
-    ports: tuple[Port, ...]
-
-
-@record(frozen=True)
-class DeviceReport:
-    """Where one passthrough device is on the host and where it goes in the guest."""
-
-    kind: str
-    bdf: str
-    host_node: int | None
-    root_complex: str | None
-    present: bool
-    #: "expander-bus", "pcie.0" (where libvirt puts it), or "kept" (the user's address)
-    placement: str
-    cell: int | None = None
-    #: the expander bus and root port (controller indexes), and the bus's busNr
-    bus: int | None = None
-    bus_nr: int | None = None
-    port: int | None = None
-    #: the guest address as libvirt writes it (``0000:05:00.0``), when known
-    address: str | None = None
-    why: str = ""
 
 
 def _alias(text: str) -> str:

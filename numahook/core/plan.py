@@ -2,7 +2,10 @@
 
 Plain records with no logic beyond their own digest: :mod:`numahook.core.hardware`
 fills them, :mod:`numahook.core.designer` writes a plan into domain XML, and
-:mod:`numahook.core.explain` shows an evaluation to the operator.
+:mod:`numahook.core.explain` shows an evaluation to the operator. The device records
+(``Port``, ``Bus``, ``DeviceReport``) live here too, not in :mod:`numahook.core.placement`
+which fills them: the plan holds them, so defining them there made the two modules import
+each other (``tests/unit/test_layers.py`` fails on any import circle).
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from collections.abc import Mapping
 from numahook import records
 from numahook.config import Config
 from numahook.core.pci import HostPci
-from numahook.core.placement import Bus, DeviceReport
 from numahook.core.topology import Topology, sha256_hex
 from numahook.errors import Refusal
 from numahook.records import field, record
@@ -39,6 +41,50 @@ class Cell:
     vcpus: tuple[int, ...]
     memory_kib: int
     pages: int
+
+
+@record(frozen=True)
+class Port:
+    """A ``pcie-root-port`` on an expander bus, holding one device."""
+
+    index: int
+    slot: int
+    bdf: str
+    alias: str
+
+
+@record(frozen=True)
+class Bus:
+    """A ``pcie-expander-bus`` for one guest cell and one host root complex."""
+
+    index: int
+    bus_nr: int
+    cell: int
+    host_node: int
+    root_complex: str
+    alias: str
+    ports: tuple[Port, ...]
+
+
+@record(frozen=True)
+class DeviceReport:
+    """Where one passthrough device is on the host and where it goes in the guest."""
+
+    kind: str
+    bdf: str
+    host_node: int | None
+    root_complex: str | None
+    present: bool
+    #: "expander-bus", "pcie.0" (where libvirt puts it), or "kept" (the user's address)
+    placement: str
+    cell: int | None = None
+    #: the expander bus and root port (controller indexes), and the bus's busNr
+    bus: int | None = None
+    bus_nr: int | None = None
+    port: int | None = None
+    #: the guest address as libvirt writes it (``0000:05:00.0``), when known
+    address: str | None = None
+    why: str = ""
 
 
 #: Plan fields added later, with their defaults: each joins the digest only when it differs

@@ -1,6 +1,6 @@
 """RT bandwidth arithmetic as the kernel does it, with no I/O: shared by the scheduler
-adapter (:mod:`numahook.host.rtsched`, which plans and writes budgets) and the node probe
-(:mod:`numahook.node.probe`, which reports what is free).
+adapter (:mod:`numahook.host.rtgroups`, which reads, plans and writes budgets) and the node
+probe (:mod:`numahook.node.probe`, which reports what is free through the same reader).
 
 The kernel compares bandwidths as ``(runtime << 20) / period`` (kernel/sched/core.c) and
 refuses a child whose bandwidth would exceed its parent's.
@@ -44,6 +44,17 @@ class BudgetPlan(NamedTuple):
     period_us: int
     #: parents first, only files whose value changes
     records: list[BudgetRecord]
+
+
+def held(runtime: int, period: int) -> int:
+    """The runtime a cgroup holds, for sums and comparisons: -1 (unlimited, the kernel's
+    RUNTIME_INF) holds the whole period.
+
+    The one rule for -1, so that the planner, the give-back and the node probe agree on a
+    group: the kernel's own arithmetic gives an unlimited group the bandwidth of a full
+    period (:func:`to_ratio`), and taken as a number -1 would sort below 0.
+    """
+    return period if runtime < 0 else runtime
 
 
 def to_ratio(period: int, runtime: int) -> int:

@@ -9,9 +9,11 @@ things with what the interpreter has loaded already, plus fcntl and the C half o
 
 * the claim is this domain's, ``reserved``, with ``verified_pid`` equal to the QEMU pid in
   libvirt's status file;
-* every registered tunable confirms its own part with os calls alone
-  (``fast_verify``, numahook/tunables/base.py): the real-time policies, the kvm-pit
-  thread, the emulator narrowed; one that cannot declines, and the full path runs;
+* every check the domain's tunables declared at ``prepare`` holds (their ``fast_checks``,
+  numahook/tunables/base.py, stored in the claim): the real-time policies, the kvm-pit
+  thread, the emulator narrowed. A tunable that declared none it can be confirmed by
+  makes this path decline, and the full path runs. The checks are data, so this path
+  imports no tunable: the registry's modules would cost it more than its own work;
 
 and then, under the state lock, moves the claim to ``running`` as the full path does.
 Anything it does not understand or cannot confirm (an unusual config file, a missing or
@@ -31,9 +33,6 @@ import os
 import time
 
 from numahook.ini import simple_items
-from numahook.tunables import REGISTRY
-from numahook.tunables.base import Decline as _Decline
-from numahook.tunables.base import Probe
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -46,6 +45,12 @@ _KEYS = {("paths", "state_dir"), ("paths", "libvirt_run"), ("paths", "proc_root"
          ("hook", "lock_timeout")}
 _MAX_FILE = 1 << 20
 _HEX = frozenset("0123456789abcdef")
+_RT_POLICIES = (os.SCHED_FIFO, os.SCHED_RR, 6)  # 6: SCHED_DEADLINE
+_RESET_ON_FORK = 0x40000000
+
+
+class _Decline(Exception):
+    """Not verified here; the full path decides."""
 
 
 def _read(path: str) -> str:
@@ -140,12 +145,6 @@ def _dump_json(data: dict[str, Any]) -> str:
     return "".join(encode(data, 0)) + "\n"
 
 
-def _int(v: object) -> int:
-    if type(v) is not int:
-        raise _Decline(f"{v!r} is not an integer")
-    return v
-
-
 def _claim(path: str, uuid: str, name: str) -> tuple[str, dict[str, Any]]:
     """The claim's text and content, if it is one this path may act on."""
     try:
@@ -159,7 +158,7 @@ def _claim(path: str, uuid: str, name: str) -> tuple[str, dict[str, Any]]:
         raise _Decline("claim not ours")
     data = _load_json(text)
     if (data.get("version") != 2 or data.get("uuid") != uuid or data.get("name") != name
-            or data.get("phase") != "reserved" or type(data.get("tunables")) is not dict
+            or data.get("phase") != "reserved" or type(data.get("fast")) is not dict
             or data.get("verified_pid") is None
             or data.get("verified_pid") != data.get("qemu_pid")):
         raise _Decline("claim not verified by numahookd")
@@ -249,11 +248,94 @@ def verify(name: str, xml: str, environ: Any = os.environ) -> str:
     pid, tids = _status(os.path.join(cfg["libvirt_run"], f"{name}.xml"))
     if pid != data["verified_pid"]:
         raise _Decline("another QEMU")
-    probe = Probe(name, xml, pid, tids, data, cfg["proc_root"])
-    parts = [part for tunable in REGISTRY if (part := tunable.fast_verify(probe))]
+    if not any(data["fast"].values()):
+        raise _Decline("nothing was applied early to verify")
+    said = []
+    for tunable, checks in sorted(data["fast"].items()):
+        if type(checks) is not dict:
+            raise _Decline(f"{tunable} declared no check this path can make")
+        for kind, value in sorted(checks.items()):
+            said.append(_CHECKS.get(kind, _unknown)(value, pid, tids, cfg["proc_root"]))
     _write_running(cfg["state_dir"], path, text, data, timeout)
-    return (f"domain={name} {' '.join(parts) or 'action=started'} path=verified "
-            f"detail=applied by numahookd before started (qemu pid {pid}), verified")
+    return (f"domain={name} {' '.join(s for s in said if s) or 'action=started'} "
+            f"path=verified detail=applied by numahookd before started (qemu pid {pid}), "
+            "verified")
+
+
+# -- the checks a tunable may declare (numahook/tunables/base.py, fast_checks) ------------
+
+def _int(v: object) -> int:
+    if type(v) is not int:
+        raise _Decline(f"{v!r} is not an integer")
+    return v
+
+
+def _sched(tid: int) -> tuple[int, int]:
+    try:
+        return (os.sched_getscheduler(tid) & ~_RESET_ON_FORK,
+                os.sched_getparam(tid).sched_priority)
+    except OSError:
+        raise _Decline(f"thread {tid} cannot be read") from None
+
+
+def _fifo(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    """``{"vcpus": [...], "priority": P}``: exactly these vCPU threads SCHED_FIFO at P."""
+    masked = {_int(v) for v in value["vcpus"]}
+    priority = _int(value["priority"])
+    if not masked or not 1 <= priority <= 99 or not masked <= set(tids):
+        raise _Decline("real-time vCPUs")
+    if sorted(tids) != list(range(len(tids))):
+        # the claim holds the masked vCPUs below the boot count (tunables/realtime.py,
+        # intent): the same as the mask's vCPUs with a thread only when vCPUs 0..n-1 are
+        # the online ones
+        raise _Decline("online vCPUs are not 0..n-1")
+    for vcpu, tid in tids.items():
+        policy, prio = _sched(tid)
+        if vcpu in masked:
+            if (policy, prio) != (os.SCHED_FIFO, priority):
+                raise _Decline(f"vCPU {vcpu} is not FIFO {priority}")
+        elif policy in _RT_POLICIES:
+            raise _Decline(f"vCPU {vcpu} is real-time but not masked")
+    vcpus = ",".join(str(v) for v in sorted(masked))
+    return f"action=realtime vcpus={vcpus} priority={priority}"
+
+
+def _emulator_fifo(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    """P: QEMU's main (emulator) thread SCHED_FIFO at P."""
+    if _sched(pid) != (os.SCHED_FIFO, _int(value)):
+        raise _Decline("the emulator thread is not FIFO")
+    return "emulator=True"
+
+
+def _affinity(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    """[CPUs]: QEMU's main thread runs on exactly these (the emulator narrowed)."""
+    if os.sched_getaffinity(pid) != {_int(c) for c in value}:
+        raise _Decline("the emulator is not on its own CPUs yet")
+    return ""
+
+
+def _kvm_pit(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    """true: the kvm-pit thread on vCPU 0's CPUs, or none at all (the full path would only
+    log that); found as numahook/host/procfs.py finds it."""
+    from numahook.host import lean
+
+    if value is not True or 0 not in tids:
+        raise _Decline("kvm-pit check")
+    tid = lean.find_comm(proc_root, f"kvm-pit/{pid}")
+    if tid is not None and os.sched_getaffinity(tid) != os.sched_getaffinity(tids[0]):
+        raise _Decline("the kvm-pit thread is not on vCPU 0's CPUs")
+    return ""
+
+
+def _unknown(value: Any, pid: int, tids: dict[int, int], proc_root: str) -> str:
+    raise _Decline("a check this version does not know")
+
+
+_CHECKS = {"fifo": _fifo, "emulator_fifo": _emulator_fifo, "affinity": _affinity,
+           "kvm_pit": _kvm_pit}
+#: the kinds of check a tunable may declare; tests/unit/tunables/test_registry.py holds the
+#: tunables to them
+CHECK_KINDS = frozenset(_CHECKS)
 
 
 def started(name: str, xml: str, environ: Any = os.environ) -> bool:

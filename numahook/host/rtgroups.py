@@ -66,14 +66,23 @@ def _group_dir(cpu_root: str, cgroup: str) -> str:
     return fsutil.under(cpu_root, *parts) if parts else cpu_root
 
 
-def _bandwidth(group: str) -> tuple[int, int]:
-    """(runtime, period) of a cgroup."""
+def setting(group: fsutil.PathLike) -> tuple[int, int]:
+    """``cpu.rt_runtime_us`` and ``cpu.rt_period_us`` of a cgroup as the files say them
+    (runtime -1: unlimited), for showing to the operator. The only reader of the two files:
+    the planner, the give-back and the node probe all read through here."""
     return (fsutil.read_int(os.path.join(group, RUNTIME)),
             fsutil.read_int(os.path.join(group, PERIOD)))
 
 
+def bandwidth(group: fsutil.PathLike) -> tuple[int, int]:
+    """(runtime, period) of a cgroup for arithmetic: an unlimited group holds its whole
+    period (:func:`numahook.core.rtbudget.held`, the one rule for -1)."""
+    runtime, period = setting(group)
+    return rtbudget.held(runtime, period), period
+
+
 def _ratio(group: str) -> int:
-    runtime, period = _bandwidth(group)
+    runtime, period = bandwidth(group)
     return to_ratio(period, runtime)
 
 
@@ -83,7 +92,8 @@ def _components(group: str) -> list[str]:
     return group.split("/")
 
 
-def _children(group: str) -> list[str]:
+def children(group: fsutil.PathLike) -> list[str]:
+    """The child cgroups of ``group`` that have an RT budget, in a stable order."""
     paths = (os.path.join(group, name) for name in os.listdir(group))
     return sorted((p for p in paths if fsutil.is_dir(p)
                    and fsutil.is_file(os.path.join(p, RUNTIME))), key=_components)
@@ -131,11 +141,11 @@ def plan_budget(
             parent[node] = fsutil.parent(node)
             node = parent[node]
     ours = sorted(parent, key=lambda p: p.count("/"))  # parents first
-    current = {n: _bandwidth(n) for n in ours}
+    current = {n: bandwidth(n) for n in ours}
     kids: dict[str, list[str]] = {n: [] for n in [cpu, *ours]}
     for n in ours:
         kids[parent[n]].append(n)
-    others = {n: [_bandwidth(c) for c in _children(n) if c not in parent] for n in [cpu, *ours]}
+    others = {n: [bandwidth(c) for c in children(n) if c not in parent] for n in [cpu, *ours]}
 
     tree = rtbudget.Tree(ours, kids, current, others, set(leaves), cpu)
     lo = rtbudget.largest(tree, root_ratio)
@@ -229,9 +239,11 @@ def undelegate(
     """Give back what ``records`` added, children first.
 
     Each file is lowered by our share, but never below what its children still hold
-    (another domain may have added to a shared parent since). A file already gone (libvirt
-    removed the domain's cgroup) is fine. A record is dropped from the journal *before*
-    its write: after a crash we may leak budget, but never take someone else's.
+    (another domain may have added to a shared parent since). A group made unlimited (-1)
+    meanwhile holds its whole period, as everywhere, so our share comes off that. A file
+    already gone (libvirt removed the domain's cgroup) is fine. A record is dropped from
+    the journal *before* its write: after a crash we may leak budget, but never take
+    someone else's.
     """
     remaining = list(records)
     first: NumahookError | None = None
@@ -247,15 +259,14 @@ def undelegate(
                 remaining.remove(rec)
                 note()
                 continue
-            cur = fsutil.read_int(path)
+            group = fsutil.parent(path)
+            cur, period = bandwidth(group)
             if not rec.applied and cur != rec.new:
                 remaining.remove(rec)  # the write never happened
                 note()
                 continue
             share = rec.new - rec.previous
-            group = fsutil.parent(path)
-            period = fsutil.read_int(os.path.join(group, PERIOD))
-            held = rtbudget.runtime_for(map(_bandwidth, _children(group)), period)
+            held = rtbudget.runtime_for(map(bandwidth, children(group)), period)
             target = min(cur, max(0, cur - share, held))
             left = share - (cur - target)
             before = list(remaining)

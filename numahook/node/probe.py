@@ -24,7 +24,7 @@ from numahook.core import rtbudget
 from numahook.core.topology import Topology
 from numahook.core.units import clip
 from numahook.errors import HostError, InputError, NumahookError
-from numahook.host import cgroups, fsutil, rtsched, sysfs
+from numahook.host import cgroups, fsutil, rtgroups, rtsched, sysfs
 from numahook.node.cmdline import parse_cmdline
 from numahook.node.model import (
     CPU_PARAMS,
@@ -78,40 +78,35 @@ def parse_mounts(text: str, default_kib: int) -> tuple[HugetlbfsMount, ...]:
 # --------------------------------------------------------------------------- readers
 
 
-def _bandwidth(group: Path) -> tuple[int, int]:
-    """(runtime, period) with -1 (unlimited) read as the whole period."""
-    runtime = fsutil.read_int(group / rtsched.RUNTIME)
-    period = fsutil.read_int(group / rtsched.PERIOD)
-    return (period if runtime < 0 else runtime), period
-
-
 def _children(group: Path) -> list[tuple[int, int]]:
-    return [_bandwidth(child) for child in sorted(group.iterdir())
-            if child.is_dir() and (child / rtsched.RUNTIME).is_file()]
+    return [rtgroups.bandwidth(child) for child in rtgroups.children(group)]
 
 
 def read_rt_budget(cgroup_root: str, runtime: int, period: int) -> RtBudget | None:
     """The RT budget at the root and the machine group; None without RT group scheduling.
 
-    As in the kernel, the root never hands out more than the global sysctl allows.
+    As in the kernel, the root never hands out more than the global sysctl allows. The
+    groups are read through the scheduler adapter's reader (:mod:`numahook.host.rtgroups`)
+    and -1 counts by its one rule, so this report and the budget numahook would delegate
+    come from the same reading.
     """
-    found = rtsched.cpu_controller(cgroup_root)
+    found = rtgroups.cpu_controller(cgroup_root)
     cpu = Path(found) if found is not None else None
-    if cpu is None or not (cpu / rtsched.RUNTIME).is_file():
+    if cpu is None or not (cpu / rtgroups.RUNTIME).is_file():
         return None
-    root_raw = fsutil.read_int(cpu / rtsched.RUNTIME)
-    root_rt, root_period = _bandwidth(cpu)
-    glob = period if runtime < 0 else runtime
+    root_raw, root_period = rtgroups.setting(cpu)
+    root_rt = rtbudget.held(root_raw, root_period)
+    glob = rtbudget.held(runtime, period)
     root_cap = min(root_rt, glob if period == root_period else
                    rtbudget.to_ratio(period, glob) * root_period >> rtbudget.BW_SHIFT)
     root_free = max(0, root_cap - rtbudget.runtime_for(_children(cpu), root_period))
-    machine = next((cpu / g for g in _MACHINE_GROUPS if (cpu / g / rtsched.RUNTIME).is_file()),
+    machine = next((cpu / g for g in _MACHINE_GROUPS if (cpu / g / rtgroups.RUNTIME).is_file()),
                    None)
     if machine is None:
         return RtBudget(str(cpu), root_raw, root_period, root_free,
                         None, None, None, None, root_free)
-    m_raw = fsutil.read_int(machine / rtsched.RUNTIME)
-    m_rt, m_period = _bandwidth(machine)
+    m_raw, m_period = rtgroups.setting(machine)
+    m_rt = rtbudget.held(m_raw, m_period)
     m_used = rtbudget.runtime_for(_children(machine), m_period)
     m_free = max(0, m_rt - m_used)
     # The machine group can grow into the root's free share, but never past its period.
@@ -142,7 +137,7 @@ def start_policy(cfg: Config) -> StartPolicy:
     check = rtsched.realtime_gate(cfg)
     if not check.ok:
         mode = "refuse"
-    elif rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root):
+    elif rtgroups.needs_group_budget(cfg.cgroup_root, cfg.proc_root):
         mode = "delegate"
     else:
         mode = "vcpusched"
@@ -158,18 +153,18 @@ def probe(cfg: Config, libvirt_reachable: bool | None = None) -> NodeCapability:
     """
     warnings: list[str] = []
     try:
-        runtime, period = rtsched.rt_sysctl(cfg.proc_root)
+        runtime, period = rtgroups.rt_sysctl(cfg.proc_root)
         topo = sysfs.read_topology(cfg.sysfs_root)
         policy = start_policy(cfg)
-        needs_budget = rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root)
+        needs_budget = rtgroups.needs_group_budget(cfg.cgroup_root, cfg.proc_root)
     except NumahookError as exc:
         raise HostError(str(exc)) from None
 
     budget: RtBudget | None = None
     group_sched = False
     try:
-        cpu = rtsched.cpu_controller(cfg.cgroup_root)
-        group_sched = cpu is not None and (Path(cpu) / rtsched.RUNTIME).is_file()
+        cpu = rtgroups.cpu_controller(cfg.cgroup_root)
+        group_sched = cpu is not None and (Path(cpu) / rtgroups.RUNTIME).is_file()
         budget = read_rt_budget(cfg.cgroup_root, runtime, period)
     except (NumahookError, OSError) as exc:
         warnings.append(f"the RT group budget could not be read: {exc}")

@@ -87,7 +87,8 @@ def admit(xml: str, cfg: Config, state: StateDir) -> Admission | None:
             if gate is not None and not gate.ok:
                 raise Refusal(gate.reason, gate.name)
         entries = {t.name: e for t in used if (e := t.intent(doc, plan)) is not None}
-        claim = Claim(uuid=uuid, name=name, cpus=plan.cpus, phase="claimed", tunables=entries)
+        claim = Claim(uuid=uuid, name=name, cpus=plan.cpus, phase="claimed", tunables=entries,
+                      fast={t.name: t.fast_checks(doc, plan) for t in used})
         journal = ClaimJournal(state, claim)
         journal.update()  # the claim exists before anything is touched
         faults.point("admit.claimed")

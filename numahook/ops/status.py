@@ -11,7 +11,7 @@ from typing import Any
 
 from numahook import NAMESPACE
 from numahook.config import Config
-from numahook.core import cpulist, explain, placement
+from numahook.core import cpulist, explain, placement, plan
 from numahook.errors import InputError, NumahookError
 from numahook.host import fsutil, libvirtstatus, procfs, sysfs
 from numahook.state.statedir import StateDir
@@ -106,8 +106,8 @@ def collect(cfg: Config, conn: Any = None) -> dict[str, Any]:
             "orphan_claims": [dict(uuid=u, **c) for u, c in claims.items()]}
 
 
-def _report(d: dict[str, Any]) -> placement.DeviceReport:
-    return placement.DeviceReport(d["kind"], d["bdf"], d["host_node"], d["root_complex"],
+def _report(d: dict[str, Any]) -> plan.DeviceReport:
+    return plan.DeviceReport(d["kind"], d["bdf"], d["host_node"], d["root_complex"],
                                   d["present"], d["placement"], d["cell"], d["bus"],
                                   d["bus_nr"], d["port"], d["address"], d["why"])
 

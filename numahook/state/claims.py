@@ -69,6 +69,9 @@ class Claim:
     verified_pid: int | None = None
     #: tunable name -> its entry (numahook/tunables/); absent: it changed nothing here
     tunables: Mapping[str, Any] = field(default_factory=dict)
+    #: tunable name -> what the started hook's fast path must confirm (Tunable.fast_checks,
+    #: numahook/hook/fast.py), plain JSON; None where it cannot
+    fast: Mapping[str, Any] = field(default_factory=dict)
 
     def entry(self, tunable: str) -> Any:
         """The tunable's entry, or None when it holds nothing."""
@@ -96,6 +99,7 @@ class Claim:
             "verified_pid": self.verified_pid,
             "tunables": {name: e.to_json() for name, e in sorted(self.tunables.items())
                          if e is not None},
+            "fast": dict(self.fast),
         }
 
     @classmethod
@@ -120,12 +124,31 @@ class Claim:
                 boot=_str(data.get("boot", "")),
                 verified_pid=None if verified is None else _int(verified),
                 tunables=entries,
+                fast=_fast(data, version),
             )
         except (AttributeError, KeyError, TypeError, ValueError, OverflowError) as exc:
             why = (f"it lacks {exc.args[0]}" if isinstance(exc, KeyError) else
                    "a part of it is not a JSON object" if isinstance(exc, AttributeError) else
                    str(exc))
             raise InputError(f"the claim record is malformed ({why})") from None
+
+
+def _fast(data: Any, version: int) -> dict[str, Any]:
+    """The fast path's checks; a version-1 claim has its real-time intent instead, which
+    says the same for the one tunable that could be verified early then."""
+    if version == 1:
+        rt = data.get("realtime")
+        if rt is None:
+            return {}
+        checks: dict[str, Any] = {"fifo": {"vcpus": rt["vcpus"], "priority": rt["priority"]}}
+        if rt["emulator"]:
+            checks["emulator_fifo"] = rt["priority"]
+        return {"realtime": checks}
+    fast = data["fast"]
+    if type(fast) is not dict or any(v is not None and type(v) is not dict
+                                     for v in fast.values()):
+        raise TypeError("its fast-path checks are not JSON objects")
+    return fast
 
 
 def _entries_v1(data: Any) -> dict[str, Any]:

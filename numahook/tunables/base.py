@@ -9,9 +9,8 @@ Lifecycle, recovery, reconcile, status, ``check`` and the hook's fast path itera
 :data:`numahook.tunables.REGISTRY` and never name a tunable; tests/unit/tunables/
 test_registry.py holds them to that, and to every tunable defining every part below.
 
-Import-light on purpose: the ``started`` hook's fast path (numahook/hook/fast.py) imports
-the registry, so neither this module nor a tunable's may import more than the
-interpreter has loaded at module level; host adapters are imported inside the methods.
+Import-light on purpose: the hook's ``prepare`` imports the registry, so a tunable's
+module imports host adapters inside its methods, and only what it uses is loaded.
 """
 
 from __future__ import annotations
@@ -46,10 +45,6 @@ def string(value: Any) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{shown(value)} is not a string")
     return value
-
-
-class Decline(Exception):
-    """The fast path cannot confirm this without the full path's modules."""
 
 
 class Journal:
@@ -95,26 +90,9 @@ class Store:
         raise NotImplementedError
 
 
-class Probe:
-    """What the ``started`` hook's fast path knows without parsing anything: raw claim
-    JSON, and the pids libvirt's status file names. Plain values only."""
-
-    def __init__(self, name: str, xml: str, pid: int, tids: dict[int, int],
-                 claim: dict[str, Any], proc_root: str) -> None:
-        self.name, self.xml, self.pid, self.tids = name, xml, pid, tids
-        self.claim, self.proc_root = claim, proc_root
-
-    def entry(self, tunable: str) -> Any:
-        """The tunable's raw entry in the claim (None: absent)."""
-        found = self.claim.get("tunables")
-        if type(found) is not dict:
-            raise Decline("claim without tunables")
-        return found.get(tunable)
-
-
 #: every part a tunable defines (tests/unit/tunables/test_registry.py checks each class)
 PARTS = ("wanted", "precondition", "intent", "apply", "verify", "undo", "backstop",
-         "status", "held", "text", "fast_verify", "decode")
+         "status", "held", "text", "fast_checks", "decode")
 
 
 class Tunable:
@@ -208,9 +186,11 @@ class Tunable:
         """``status``'s terminal lines for this tunable, from the domain's JSON entry."""
         raise NotImplementedError
 
-    def fast_verify(self, probe: Probe) -> str:
-        """The ``started`` hook's fast path: confirm with os calls alone, or raise
-        Decline. Returns audit fields (``""``: nothing to say)."""
+    def fast_checks(self, doc: Parsed, plan: Plan) -> dict[str, Any] | None:
+        """What the ``started`` hook's fast path must confirm for this tunable, as data in
+        the kinds numahook/hook/fast.py knows (``CHECK_KINDS``), stored in the claim at
+        ``prepare``: that path imports no tunable. ``{}``: nothing to confirm; None: it
+        cannot be confirmed that way, so the fast path declines and the full path runs."""
         raise NotImplementedError
 
     @property

@@ -15,11 +15,9 @@ base.py asks of a tunable.
 
 from __future__ import annotations
 
-import os
-
 from numahook import log as logmod
 from numahook.records import record
-from numahook.tunables.base import Decline, Tunable
+from numahook.tunables.base import Tunable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -29,7 +27,7 @@ if TYPE_CHECKING:
     from numahook.core.domainxml import DomainFacts
     from numahook.core.plan import Check, Plan
     from numahook.core.render import Parsed
-    from numahook.tunables.base import Journal, Probe
+    from numahook.tunables.base import Journal
     from numahook.tunables.view import View
 
 log = logmod.get(__name__)
@@ -190,29 +188,10 @@ class Emulator(Tunable):
     def text(self, domain: dict[str, Any]) -> list[str]:
         return []  # the domain's first line says where the emulator runs (ops/status.py)
 
-    def fast_verify(self, probe: Probe) -> str:
-        """Where ``<numahook:rendered emulator>`` says the emulator was wider during the
-        start, QEMU's main thread must already run on that set alone."""
-        xml = probe.xml
-        at = xml.find(":rendered ")
-        end = xml.find(">", at)
-        if at < 0 or end < 0:
-            return ""
-        tag = xml[at:end]
-        key = tag.find(" emulator=")
-        if key < 0:
-            return ""
-        quote = tag[key + 10:key + 11]
-        value = tag[key + 11:tag.find(quote, key + 11)] if quote in ("'", '"') else ""
-        want: set[int] = set()
-        for part in value.split(","):
-            lo, _, hi = part.partition("-")
-            if not lo.isdigit() or (hi and not hi.isdigit()):
-                raise Decline("<numahook:rendered emulator>")
-            want.update(range(int(lo), int(hi or lo) + 1))
-        if os.sched_getaffinity(probe.pid) != want:
-            raise Decline("the emulator is not narrowed to its own CPUs yet")
-        return ""
+    def fast_checks(self, doc: Parsed, plan: Plan) -> dict[str, Any] | None:
+        """Where it starts wider (core/prealloc.py), QEMU's main thread already on its own
+        CPUs alone."""
+        return {"affinity": list(plan.emulator)} if plan.emulator_start else {}
 
     def decode(self, data: Any) -> None:
         raise ValueError("the emulator journals nothing")

@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from numahook.core.plan import Check, Plan
     from numahook.core.render import Parsed
     from numahook.host.hugepages import Pending, PoolKey
-    from numahook.tunables.base import Journal, Probe
+    from numahook.tunables.base import Journal
     from numahook.tunables.view import View
 
 
@@ -213,8 +213,8 @@ class Hugepages(Tunable):
         return [f"  holds: hugepages added {_pages(claim['hugepages_added'])}, needs "
                 f"{_pages(claim['hugepages_need'])}"]
 
-    def fast_verify(self, probe: Probe) -> str:
-        return ""  # reserved at prepare, mapped by QEMU: nothing to see at started
+    def fast_checks(self, doc: Parsed, plan: Plan) -> dict[str, Any] | None:
+        return {}  # reserved at prepare, mapped by QEMU: nothing to see at started
 
     def decode(self, data: Any) -> Entry:
         from numahook.host.hugepages import Pending

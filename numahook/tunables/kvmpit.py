@@ -14,11 +14,9 @@ base.py asks of a tunable.
 
 from __future__ import annotations
 
-import os
-
 from numahook import log as logmod
 from numahook.records import record
-from numahook.tunables.base import Decline, Tunable
+from numahook.tunables.base import Tunable
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -28,7 +26,7 @@ if TYPE_CHECKING:
     from numahook.core.domainxml import DomainFacts
     from numahook.core.plan import Check, Plan
     from numahook.core.render import Parsed
-    from numahook.tunables.base import Journal, Probe
+    from numahook.tunables.base import Journal
     from numahook.tunables.view import View
 
 log = logmod.get(__name__)
@@ -167,22 +165,9 @@ class KvmPit(Tunable):
                     f"{pit['vcpu0_cpus']})"]
         return ["  kvm-pit: no thread (the PIT is off or emulated in QEMU)"]
 
-    def fast_verify(self, probe: Probe) -> str:
-        """Under KVM, the kvm-pit thread on vCPU 0's CPUs, or none at all (the full path
-        would only log that); found as numahook/host/procfs.py finds it."""
-        if not probe.xml.lstrip().startswith(("<domain type='kvm'", '<domain type="kvm"')) \
-                or 0 not in probe.tids:
-            return ""
-        from numahook.host import lean
-
-        try:
-            tid = lean.find_comm(probe.proc_root, f"kvm-pit/{probe.pid}")
-            if tid is not None and os.sched_getaffinity(tid) != os.sched_getaffinity(
-                    probe.tids[0]):
-                raise Decline("the kvm-pit thread is not on vCPU 0's CPUs")
-        except OSError:
-            raise Decline("procfs cannot be read") from None
-        return ""
+    def fast_checks(self, doc: Parsed, plan: Plan) -> dict[str, Any] | None:
+        """Under KVM, the kvm-pit thread on vCPU 0's CPUs (or none at all)."""
+        return {"kvm_pit": True} if doc.facts.domain_type == "kvm" else {}
 
     def decode(self, data: Any) -> None:
         raise ValueError("kvm-pit journals nothing")

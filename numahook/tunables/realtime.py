@@ -9,10 +9,8 @@ recovery lower exactly those.
 
 from __future__ import annotations
 
-import os
-
 from numahook.records import record
-from numahook.tunables.base import Decline, Tunable, integer, string
+from numahook.tunables.base import Tunable, integer, string
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -23,11 +21,9 @@ if TYPE_CHECKING:
     from numahook.core.plan import Check, Plan
     from numahook.core.render import Parsed
     from numahook.core.rtbudget import BudgetRecord
-    from numahook.tunables.base import Journal, Probe
+    from numahook.tunables.base import Journal
     from numahook.tunables.view import View
 
-_RT_POLICIES = (os.SCHED_FIFO, os.SCHED_RR, 6)  # 6: SCHED_DEADLINE
-_RESET_ON_FORK = 0x40000000
 
 
 @record(frozen=True)
@@ -303,38 +299,17 @@ class Realtime(Tunable):
         files = (domain.get("claim") or {}).get("rt_budget_files", 0)
         return [f"  holds: {counted(files, 'RT budget file')}"] if files else []
 
-    def fast_verify(self, probe: Probe) -> str:
-        """Every masked vCPU thread FIFO at the intent's priority, no other vCPU thread
-        real-time, the emulator thread FIFO when the intent says so."""
-        data = probe.entry(self.name)
-        if data is None:
-            return ""
-        rt = data.get("intent")
-        if type(rt) is not dict:
-            return ""
-        masked = {_fast_int(v) for v in rt.get("vcpus", ())}
-        priority = _fast_int(rt.get("priority"))
-        emulator = rt.get("emulator")
-        if not masked or not 1 <= priority <= 99 or type(emulator) is not bool:
-            raise Decline("realtime intent")
-        if not masked <= set(probe.tids):
-            raise Decline("a masked vCPU without a thread")
-        if sorted(probe.tids) != list(range(len(probe.tids))):
-            # the intent holds the masked vCPUs below the boot count (ops/lifecycle.py,
-            # admit): the same as the mask's vCPUs with a thread only when vCPUs 0..n-1
-            # are the online ones
-            raise Decline("online vCPUs are not 0..n-1")
-        for vcpu, tid in probe.tids.items():
-            policy, prio = _sched(tid)
-            if vcpu in masked:
-                if (policy, prio) != (os.SCHED_FIFO, priority):
-                    raise Decline(f"vCPU {vcpu} is not FIFO {priority}")
-            elif policy in _RT_POLICIES:
-                raise Decline(f"vCPU {vcpu} is real-time but not masked")
-        if emulator and _sched(probe.pid) != (os.SCHED_FIFO, priority):
-            raise Decline("the emulator thread is not FIFO")
-        vcpus = ",".join(str(v) for v in sorted(masked))
-        return f"action=realtime vcpus={vcpus} priority={priority} emulator={emulator}"
+    def fast_checks(self, doc: Parsed, plan: Plan) -> dict[str, Any] | None:
+        """Its intent: exactly the masked vCPUs online at boot FIFO at the priority, and the
+        emulator thread too when it is isolated."""
+        entry = self.intent(doc, plan)
+        if entry is None or entry.intent is None:
+            return {}
+        out: dict[str, Any] = {"fifo": {"vcpus": list(entry.intent.vcpus),
+                                        "priority": entry.intent.priority}}
+        if entry.intent.emulator:
+            out["emulator_fifo"] = entry.intent.priority
+        return out
 
     def decode(self, data: Any) -> Entry:
         from numahook.core.rtbudget import BudgetRecord
@@ -343,20 +318,6 @@ class Realtime(Tunable):
         return Entry(None if intent is None else Intent.from_json(intent),
                      tuple(BudgetRecord(string(p), integer(a), integer(b), bool(ok))
                            for p, a, b, ok in data["budget"]))
-
-
-def _fast_int(v: object) -> int:
-    if type(v) is not int:
-        raise Decline(f"{v!r} is not an integer")
-    return v
-
-
-def _sched(tid: int) -> tuple[int, int]:
-    try:
-        return (os.sched_getscheduler(tid) & ~_RESET_ON_FORK,
-                os.sched_getparam(tid).sched_priority)
-    except OSError:
-        raise Decline(f"thread {tid} cannot be read") from None
 
 
 TUNABLE = Realtime()

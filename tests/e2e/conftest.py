@@ -31,7 +31,7 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 # E402: these need REPO on sys.path first.
-from lab import DOMAIN_PREFIX, LabError, env, guest, probe, report  # noqa: E402
+from lab import DOMAIN_PREFIX, LabError, daemons, env, guest, probe, report  # noqa: E402
 from lab.probe import Probe  # noqa: E402
 from lab.report import GuestReport  # noqa: E402
 
@@ -63,7 +63,7 @@ def lab() -> Iterator[LabSession]:
     holder = env.holder_for_this_process()
     try:
         state = env.up(holder, build_probe=False, daemon=False)
-        if env.stop_daemon("numahookd"):
+        if daemons.stop_daemon("numahookd"):
             print("\nstopped the lab's numahookd: e2e tests start their own", file=sys.stderr)
         built = probe.build()
     except LabError as exc:
@@ -81,7 +81,7 @@ def lab() -> Iterator[LabSession]:
 @pytest.fixture
 def conn(lab: LabSession) -> Iterator[Any]:
     """A connection to qemu:///system per test: a test may restart libvirtd."""
-    c = env.connect()
+    c = daemons.connect()
     try:
         yield c
     finally:

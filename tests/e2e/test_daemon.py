@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from lab import env, guest
+from lab import daemons, env, guest
 from lab.report import parse as parse_report
 from numahook.host import procfs, rtsched
 from numahook.state.statedir import StateDir
@@ -252,8 +252,8 @@ def test_kill9_and_restart_reconciles_every_time(numahookd: Daemon, domains: Any
 def test_daemon_survives_a_libvirtd_restart(numahookd: Daemon, domains: Any) -> None:
     import libvirt
 
-    env.restart_daemon("libvirtd")
-    domains.conn = env.connect()
+    daemons.restart_daemon("libvirtd")
+    domains.conn = daemons.connect()
     wait_until(lambda: numahookd.logtext().count("connected to qemu:///system") >= 2,
                timeout=40, what="numahookd to reconnect")
     # libvirt's close reason in words (it said "(reason 1)")

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from lab import env, guest
+from lab import daemons, env, guest
 from lab.report import parse as parse_report
 from numahook.host import rtsched
 from tests.e2e.helpers import (
@@ -150,13 +150,13 @@ def test_failing_reconnect_hook_leaves_the_domain_running(domains: Any) -> None:
     name = dom.name()
     # inject a failure into every hook call: an invalid config file
     with hook_config("[features]\nNUMA = maybe\n"):
-        env.restart_daemon("libvirtd")
-        conn = env.connect()
+        daemons.restart_daemon("libvirtd")
+        conn = daemons.connect()
         try:
             assert conn.lookupByName(name).isActive()
         finally:
             conn.close()
-    domains.conn = env.connect()  # the old connection died with libvirtd
+    domains.conn = daemons.connect()  # the old connection died with libvirtd
     assert domains.conn.lookupByName(name).isActive()
 
 
@@ -173,7 +173,7 @@ def test_concurrent_starts_never_share_a_cpu(domains: Any) -> None:
     barrier = threading.Barrier(len(doms))
 
     def start(dom_name: str) -> None:
-        conn = env.connect()
+        conn = daemons.connect()
         try:
             barrier.wait(timeout=30)
             conn.lookupByName(dom_name).create()

@@ -211,17 +211,17 @@ def test_latency_probe_runs_cyclictest_on_every_vcpu(domains: Domains) -> None:
 @pytest.mark.e2e
 def test_a_file_the_lab_wrote_goes_at_teardown_even_if_its_writer_died(domains: Domains) -> None:
     """A killed test's /etc file is the lab's to remove (the package test refuses one)."""
-    from lab import env
+    from lab import env, record, undo
 
     where = Path("/etc/numahook-lab-test")
     conf = where / "x.conf"
     assert not where.exists()
     env.write_file(conf, "[realtime]\n")
-    state = env.load()
+    state = record.load()
     assert state is not None
     assert state["files"][str(conf)] is None and str(where) in state["dirs"]
     # what `down` does with that record, without tearing down this session's lab
     problems: list[str] = []
-    env._restore_files({"files": {str(conf): None}, "modes": {}, "mounts": [],
+    undo.restore_files({"files": {str(conf): None}, "modes": {}, "mounts": [],
                         "dirs": [str(where)]}, problems)  # fmt: skip
     assert problems == [] and not where.exists()

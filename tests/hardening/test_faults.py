@@ -204,7 +204,8 @@ def test_missing_hugetlbfs_mount_is_reported_and_leaves_nothing_behind(host: Hos
     (host.proc / "mounts").write_text("sysfs /sys sysfs rw 0 0\nproc /proc proc rw 0 0\n")
     cap = probe.probe(host.cfg(), libvirt_reachable=None)
     why = [r for r in report.reasons(cap, str(host.config)) if "hugetlbfs" in r]
-    assert len(why) == 1 and "mount one (pagesize=2M)" in why[0], report.reasons(cap)
+    assert len(why) == 1 and "hugetlbfs /dev/hugepages hugetlbfs pagesize=2M" in why[0], \
+        report.reasons(cap)
     xml = rendered(host)
     assert host.hook(xml, NAME, "prepare", "begin").returncode == 0
     # libvirt: "hugetlbfs filesystem is not mounted or disabled by administrator config"

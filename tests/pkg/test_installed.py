@@ -34,7 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.append(str(REPO))  # after site-packages: the lab helpers only
 
-from lab import DOMAIN_PREFIX, env, guest  # noqa: E402
+from lab import DOMAIN_PREFIX, daemons, env, guest  # noqa: E402
 
 DIST_PACKAGES = "/usr/lib/python3/dist-packages/"
 CONF = Path("/etc/numahook/numahook.conf")
@@ -235,7 +235,7 @@ def test_managed_domain_end_to_end(numahookd: Numahookd, tmp_path: Path) -> None
                               text=True, env=CLEAN_ENV, cwd="/", check=False)
     assert rendered.returncode == 0, rendered.stderr
     assert "<vcpupin" in rendered.stdout and "<memnode" in rendered.stdout
-    conn = env.connect()
+    conn = daemons.connect()
     nr_before, free_before = hugepages()
     try:
         dom = guest.define(conn, rendered.stdout)

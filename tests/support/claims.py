@@ -27,7 +27,17 @@ def make(uuid: str, name: str, *, hugepages_added: Mapping[PoolKey, int] | None 
                                                pending=dict(pending or {}))
     if rt_budget or intent is not None:
         entries["realtime"] = realtime.Entry(intent, tuple(rt_budget))
+    if intent is not None and "fast" not in rest:  # what prepare declares with that intent
+        rest["fast"] = {"realtime": fast_realtime(intent)}
     return Claim(uuid=uuid, name=name, tunables=entries, **rest)
+
+
+def fast_realtime(intent: realtime.Intent) -> dict[str, Any]:
+    """The fast path's checks tunables/realtime.py declares for ``intent``."""
+    out: dict[str, Any] = {"fifo": {"vcpus": list(intent.vcpus), "priority": intent.priority}}
+    if intent.emulator:
+        out["emulator_fifo"] = intent.priority
+    return out
 
 
 def added(claim: Claim) -> dict[PoolKey, int]:

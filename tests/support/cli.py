@@ -1,7 +1,7 @@
 """A small opted-in domain, and ``numahook``'s own ``main`` run in-process on fixture hosts.
 
-tests/unit/core/test_render.py (what the CLI prints) and tests/unit/test_schemas.py (that
-its JSON matches docs/schemas/) run the same commands on the same domains.
+tests/unit/test_cli.py (what the CLI prints) and tests/unit/test_schemas.py (that its JSON
+matches docs/schemas/) run the same commands on the same domains.
 """
 
 from __future__ import annotations
@@ -81,3 +81,11 @@ def write(tmp_path: Path, xml: str, name: str = "dom.xml") -> str:
     path = tmp_path / name
     path.write_text(xml)
     return str(path)
+
+
+def only_requoted(line: str, added: list[str]) -> bool:
+    """The line came back with other attribute quotes only (metadata keeps libvirt's ").
+
+    For diffs of a rendering, whether the library's or ``numahook render --diff``'s.
+    """
+    return line.replace('"', "'") in {a.replace('"', "'") for a in added}

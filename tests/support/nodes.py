@@ -1,6 +1,7 @@
 """The node probe on fixture hosts, and the daemon's parts of node.json.
 
-tests/unit/node (probe, publish, promtool) and tests/unit/test_schemas.py all probe the
+tests/unit/node (probe, publish, promtool), tests/unit/test_cli.py (numahook node) and
+tests/unit/test_schemas.py all probe the
 same fixture hosts; they share these builders so that a fixture fix reaches all of them.
 """
 
@@ -17,6 +18,11 @@ from tests.fixtures.hosts import HostSpec, host_roots
 MOUNTS = ("sysfs /sys sysfs rw,nosuid,nodev,noexec,relatime 0 0\n"
           "hugetlbfs /dev/hugepages hugetlbfs rw,relatime,pagesize=2M 0 0\n"
           "hugetlbfs /dev/hugepages1G hugetlbfs rw,relatime,pagesize=1024M 0 0\n")
+
+#: the reason, with its fix, that a node with RT throttling on (the fixtures' 950000) is not
+#: real-time capable: the probe's tests and the CLI's ``numahook node`` tests expect it
+SYSCTL_FIX = ("kernel.sched_rt_runtime_us is 950000: RT throttling is on; run `sysctl -w "
+              "kernel.sched_rt_runtime_us=-1`")
 
 #: a fixed "now" for documents that carry a time
 NOW = datetime(2024, 5, 1, 12, 0, 0, tzinfo=timezone.utc)

@@ -1,4 +1,9 @@
-"""numahook's command line on fixture hosts: what its options promise, and text a human reads."""
+"""numahook's command line on fixture hosts: what its options promise, and text a human reads.
+
+Every subcommand's tests are here (render, check, apply, node, status, config), with the
+CLI's own ``main`` run in-process and every root pointed at fixture trees; what the
+library computes is tested beside its module.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +15,31 @@ from pathlib import Path
 import pytest
 
 from numahook import cli, config
+from numahook.config import Config
+from numahook.core import domainxml, render
+from numahook.core.plan import Inputs
+from numahook.host import sysfs
 from numahook.records import replace
 from numahook.state.claims import Claim
 from numahook.state.statedir import StateDir
+from numahook.xml import safe
 from tests.fixtures import devices as devfix
 from tests.fixtures.hosts import host_roots
 from tests.fixtures.status import MANAGED_STATUS
 from tests.support import claims
-from tests.support.cli import ADVISED, CONF, RT, cli_args, domain, run_cli, write
+from tests.support.cli import ADVISED, CONF, RT, cli_args, domain, only_requoted, run_cli, write
+from tests.support.nodes import SYSCTL_FIX, make_host
+from tests.support.schemas import validate
 
 
 @pytest.fixture(scope="module")
 def single_v1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return host_roots(tmp_path_factory.mktemp("single-v1"), "single", 1)
+
+
+@pytest.fixture(scope="module")
+def epyc_v2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    return host_roots(tmp_path_factory.mktemp("epyc-v2"), "epyc-nps4", 2)
 
 
 def _busy_host(roots: dict[str, Path], tmp_path: Path) -> list[str]:
@@ -70,6 +87,346 @@ def test_apply_and_status_do_not_take_what_if_options(
         cli.parser().parse_args([command[0], *option, *command[1:]])
     assert exc.value.code == 2
     assert "unrecognized arguments" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- render and check
+
+
+def test_cli_render_prints_the_rendered_domain(capsys: pytest.CaptureFixture[str],
+                                               single_v1: dict[str, Path],
+                                               tmp_path: Path) -> None:
+    rc, out, err = run_cli(capsys, "render", *cli_args(single_v1, tmp_path),
+                           write(tmp_path, domain()))
+    assert (rc, err) == (0, "")
+    f = domainxml.read(safe.parse(out))
+    assert sorted(f.vcpupin) == [0, 1, 2, 3]
+    assert f.memnodes == {0: frozenset({0})}
+
+
+def test_cli_render_diff(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
+                         tmp_path: Path) -> None:
+    src = write(tmp_path, domain())
+    rc, out, err = run_cli(capsys, "render", "--diff", *cli_args(single_v1, tmp_path), src)
+    # diff(1) and kubectl diff exit 1 when there are differences; scripts rely on it
+    assert (rc, err) == (1, "")
+    lines = out.splitlines()
+    assert lines[0] == f"--- {src}"
+    assert lines[1] == f"+++ {src} (rendered)"
+    assert lines[2].startswith("@@ ")
+    assert "+    <vcpupin vcpu='0' cpuset='0'/>" in lines
+    assert "+    <memnode cellid='0' mode='strict' nodeset='0'/>" in lines
+    assert "-      <page size='2048' unit='KiB'/>" in lines
+    assert "+      <page size='2048' unit='KiB' nodeset='0'/>" in lines
+    removed = [ln[1:] for ln in lines[2:] if ln.startswith("-")]
+    added = [ln[1:] for ln in lines[2:] if ln.startswith("+")]
+    assert [ln for ln in removed if not only_requoted(ln, added)] == [
+        "      <page size='2048' unit='KiB'/>"]
+
+
+def test_cli_render_diff_of_a_rendered_domain_is_empty(capsys: pytest.CaptureFixture[str],
+                                                       single_v1: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    args = cli_args(single_v1, tmp_path)
+    rc, rendered, _ = run_cli(capsys, "render", *args, write(tmp_path, domain()))
+    assert rc == 0
+    rc, out, err = run_cli(capsys, "render", "--diff", *args,
+                           write(tmp_path, rendered, "rendered.xml"))
+    assert (rc, out, err) == (0, "", "")
+
+
+def test_cli_check_json(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
+                        tmp_path: Path) -> None:
+    rc, out, err = run_cli(capsys, "check", "--json", *cli_args(single_v1, tmp_path),
+                           write(tmp_path, domain(realtime=RT)))
+    assert (rc, err) == (0, "")
+    doc = json.loads(out)
+    for key in ("preconditions", "realtime_vcpus", "pinning", "cells", "advisories"):
+        assert key in doc, key
+    assert doc["ok"] is True
+    assert doc["domain"] == "vm"
+    assert doc["realtime_vcpus"] == [0, 2, 3]
+    assert sorted(doc["pinning"]["vcpus"]) == ["0", "1", "2", "3"]
+    assert sorted(doc["pinning"]["vcpus"].values()) == [0, 1, 2, 3]
+    assert doc["cells"] == [{"id": 0, "host_node": 0, "vcpus": [0, 1, 2, 3],
+                             "memory_kib": 65536, "pages": 32}]
+    assert all(p["ok"] is True for p in doc["preconditions"])
+    names = [p["name"] for p in doc["preconditions"]]
+    assert names[:2] == ["feature-gate-numa", "feature-gate-realtime"]
+    assert "dedicated-cpus" in names
+    assert doc["available_cpus"] == "0-3"
+    assert "partition /machine" in doc["host"]
+
+
+def test_cli_check_json_advisories(capsys: pytest.CaptureFixture[str],
+                                   single_v1: dict[str, Path], tmp_path: Path) -> None:
+    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(single_v1, tmp_path),
+                         write(tmp_path, ADVISED))
+    assert rc == 0
+    adv = json.loads(out)["advisories"]
+    text = "\n".join(adv)
+    assert "a graphics device is attached" in text
+    assert "a memory balloon is present" in text
+    assert "the CPU is not host-passthrough" in text
+    assert "tsc-deadline is not required" in text
+    assert "hyperthread siblings are shared: real-time vCPU" in text
+    assert "the emulator thread shares CPUs with real-time vCPUs" in text
+    assert 'set emulatorThreadPolicy="share" (with [cpus] shared' in text
+    assert len(adv) == 6
+
+
+def test_cli_check_json_no_advisories_for_a_tuned_domain(capsys: pytest.CaptureFixture[str],
+                                                         single_v1: dict[str, Path],
+                                                         tmp_path: Path) -> None:
+    tuned = domain('dedicatedCpuPlacement="true" isolateEmulatorThread="true"',
+                   realtime="<numahook:realtime/>", vcpus=2,
+                   cpu="<cpu mode='host-passthrough'>\n    <topology sockets='1' dies='1' "
+                       "cores='1' threads='2'/>\n    <feature policy='require' "
+                       "name='tsc-deadline'/>\n  </cpu>")
+    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(single_v1, tmp_path),
+                         write(tmp_path, tuned))
+    assert rc == 0
+    assert json.loads(out)["advisories"] == []
+
+
+def test_cli_check_json_refused(capsys: pytest.CaptureFixture[str],
+                                single_v1: dict[str, Path], tmp_path: Path) -> None:
+    rc, out, err = run_cli(capsys, "check", "--json", *cli_args(single_v1, tmp_path),
+                           write(tmp_path, domain(vcpus=8)))
+    assert rc == 1
+    assert err == ""
+    doc = json.loads(out)
+    assert doc["ok"] is False
+    assert doc["pinning"] is None and doc["cells"] == []
+    failed = [p for p in doc["preconditions"] if p["ok"] is False]
+    assert [p["name"] for p in failed] == ["dedicated-cpus"]
+    assert "widen the partition's cpuset" in failed[0]["reason"]
+
+
+def test_cli_check_text(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
+                        tmp_path: Path) -> None:
+    rc, out, _ = run_cli(capsys, "check", *cli_args(single_v1, tmp_path),
+                         write(tmp_path, domain(realtime=RT)))
+    assert rc == 0
+    assert out.startswith("vm:\n")
+    assert "  ok   dedicated-cpus: " in out
+    assert "  realtime: vCPUs 0,2-3 SCHED_FIFO priority 1 via <vcpusched>" in out
+    assert "  host: partition /machine" in out
+
+
+def test_cli_render_refusal_is_one_line(capsys: pytest.CaptureFixture[str],
+                                        single_v1: dict[str, Path], tmp_path: Path) -> None:
+    rc, out, err = run_cli(capsys, "render", *cli_args(single_v1, tmp_path),
+                           write(tmp_path, domain(vcpus=8)))
+    assert rc == 1
+    assert out == ""
+    assert err.count("\n") == 1
+    assert err.startswith("numahook: refused: not enough dedicated CPUs")
+
+
+def test_cli_not_opted_in(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
+                          tmp_path: Path) -> None:
+    plain = "<domain type='kvm'><name>plain</name><memory>1024</memory></domain>"
+    rc, out, err = run_cli(capsys, "check", *cli_args(single_v1, tmp_path),
+                           write(tmp_path, plain))
+    assert rc == 1
+    assert out == ""
+    assert err == ("numahook: plain has no <numahook:domain> metadata, so numahook leaves it "
+                   "alone; add the metadata element to opt in (numahook(8), OPTING IN)\n")
+
+
+def test_cli_cpuset_override(capsys: pytest.CaptureFixture[str], epyc_v2: dict[str, Path],
+                             tmp_path: Path) -> None:
+    rc, out, _ = run_cli(capsys, "check", "--json", "--cpuset", "20-23",
+                         *cli_args(epyc_v2, tmp_path), write(tmp_path, domain()))
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["available_cpus"] == "20-23"
+    assert sorted(doc["pinning"]["vcpus"].values()) == [20, 21, 22, 23]
+    assert doc["cells"][0]["host_node"] == 2
+
+
+def test_cli_v2_emits_vcpusched(capsys: pytest.CaptureFixture[str], epyc_v2: dict[str, Path],
+                                tmp_path: Path) -> None:
+    rc, out, _ = run_cli(capsys, "render", *cli_args(epyc_v2, tmp_path),
+                         write(tmp_path, domain(realtime=RT)))
+    assert rc == 0
+    assert "<vcpusched vcpus='0,2-3' scheduler='fifo' priority='1'/>" in out
+
+
+def test_cli_throttled_v1_host_applies_fifo_after_start(capsys: pytest.CaptureFixture[str],
+                                                        tmp_path: Path) -> None:
+    roots = host_roots(tmp_path / "host", "single", 1)
+    # the fixture's v1 cpu controller lacks cpu.shares; a real one has it, and RT
+    # throttling is on (sched_rt_runtime_us = 950000), so libvirt's <vcpusched> would fail
+    (roots["cgroup"] / "cpu,cpuacct" / "cpu.shares").write_text("1024\n")
+    rc, out, _ = run_cli(capsys, "render", *cli_args(roots, tmp_path),
+                         write(tmp_path, domain(realtime=RT)))
+    assert rc == 0
+    assert "vcpusched" not in out
+    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(roots, tmp_path),
+                         write(tmp_path, domain(realtime=RT)))
+    assert json.loads(out)["vcpusched"] is False
+    rc, out, _ = run_cli(capsys, "check", *cli_args(roots, tmp_path),
+                         write(tmp_path, domain(realtime=RT)))
+    assert "applied after start" in out
+
+
+def test_cli_partition_cpuset_from_cgroups(capsys: pytest.CaptureFixture[str],
+                                           tmp_path: Path) -> None:
+    roots = host_roots(tmp_path / "host", "quad-nosmt", 1,
+                       {"": "0-31", "machine": "0-31", "machine/rt.partition": "9-12"})
+    dom = domain().replace("<os>", "<resource><partition>/machine/rt</partition></resource>\n"
+                                   "  <os>")
+    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(roots, tmp_path),
+                         write(tmp_path, dom))
+    assert rc == 0
+    doc = json.loads(out)
+    assert doc["available_cpus"] == "9-12"
+    assert "machine/rt.partition" in doc["host"]
+    assert sorted(doc["pinning"]["vcpus"].values()) == [9, 10, 11, 12]
+
+
+def test_cli_gate_off_in_config(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
+                                tmp_path: Path) -> None:
+    conf = tmp_path / "gates.conf"
+    conf.write_text("[features]\nNUMA = false\n")
+    args = cli_args(single_v1, tmp_path)
+    args[args.index("--config") + 1] = str(conf)
+    rc, _, err = run_cli(capsys, "render", *args, write(tmp_path, domain()))
+    assert rc == 1
+    assert err.count("\n") == 1
+    assert "NUMA feature gate is off" in err
+    assert str(conf) in err
+
+
+def test_cli_bad_config_is_exit_2(capsys: pytest.CaptureFixture[str],
+                                  single_v1: dict[str, Path], tmp_path: Path) -> None:
+    conf = tmp_path / "bad.conf"
+    conf.write_text("[features]\nNUMA = perhaps\n")
+    args = cli_args(single_v1, tmp_path)
+    args[args.index("--config") + 1] = str(conf)
+    rc, _, err = run_cli(capsys, "check", *args, write(tmp_path, domain()))
+    assert rc == 2
+    assert err == f"numahook: {conf}:2: [features] numa: 'perhaps' is not a boolean; set " \
+                  "it to true or false (also yes/no, on/off, 1/0)\n"
+
+
+def test_results_are_identical_through_library_and_cli(capsys: pytest.CaptureFixture[str],
+                                                       single_v1: dict[str, Path],
+                                                       tmp_path: Path) -> None:
+    topo = sysfs.read_topology(single_v1["sysfs"])
+    inputs = Inputs(topology=topo, available=frozenset(topo.cpus), config=config.Config(),
+                    default_page_kib=2048)
+    lib = render.render(domain(realtime=RT), inputs)
+    rc, out, _ = run_cli(capsys, "render", *cli_args(single_v1, tmp_path),
+                         write(tmp_path, domain(realtime=RT)))
+    assert rc == 0
+    assert out == lib.xml + "\n"
+
+
+def test_every_documented_subcommand_is_registered() -> None:
+    """The README and numahook(8) document these; an unregistered one is a silent gap."""
+    sub = next(a for a in cli.parser()._actions if a.dest == "command")
+    assert set(sub.choices) == {"render", "check", "apply", "node", "status", "config"}
+
+
+# --------------------------------------------------------------------------- passthrough devices
+
+# check (text and --json) and status show each passthrough device's host node, root complex
+# and guest placement, and a dedicated KVM domain's kvm-pit thread, on the intel-2s-io
+# fixture host; JSON validated against docs/schemas/ (tests/support/schemas.py)
+
+NIC0, VF0, GPU1, NONODE = "0000:18:00.0", "0000:18:02.0", "0000:af:00.0", "0000:5e:00.0"
+DEVICES = (devfix.hostdev(NIC0) + devfix.vf_interface(VF0) + devfix.hostdev(GPU1)
+           + devfix.hostdev(NONODE) + devfix.hostdev("0000:3b:00.0", guest="0000:00:10.0"))
+
+
+@pytest.fixture
+def io_args(tmp_path: Path) -> list[str]:
+    roots = host_roots(tmp_path, "intel-2s-io", 1)
+    run = tmp_path / "libvirt-run"
+    run.mkdir()
+    return ["--config", "/dev/null", "--sysfs-root", str(roots["sysfs"]),
+            "--cgroup-root", str(roots["cgroup"]), "--proc-root", str(roots["proc"]),
+            "--libvirt-run", str(run), "--state-dir", str(tmp_path / "state")]
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    """The exit code and stdout, and never a traceback on stderr, whatever the code."""
+    rc = cli.main(list(argv))
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err
+    return rc, out
+
+
+def test_check_json_lists_every_device(capsys: pytest.CaptureFixture[str], io_args: list[str],
+                                       tmp_path: Path) -> None:
+    path = tmp_path / "dom.xml"
+    path.write_text(devfix.domain(DEVICES))
+    rc, out = _run(capsys, "check", "--json", *io_args, str(path))
+    assert rc == 0
+    doc = json.loads(out)
+    validate("check", doc)
+    got = {d["bdf"]: (d["kind"], d["host_node"], d["root_complex"], d["placement"], d["cell"])
+           for d in doc["devices"]}
+    assert got == {
+        NIC0: ("hostdev", 0, "pci0000:17", "expander-bus", 0),
+        VF0: ("interface", 0, "pci0000:17", "expander-bus", 0),
+        GPU1: ("hostdev", 1, "pci0000:ae", "pcie.0", None),  # no vCPU on node 1
+        NONODE: ("hostdev", None, "pci0000:5d", "pcie.0", None),
+        "0000:3b:00.0": ("hostdev", 0, "pci0000:3a", "kept", None),
+    }
+    nic = next(d for d in doc["devices"] if d["bdf"] == NIC0)
+    assert (nic["bus"], nic["bus_nr"], nic["port"], nic["address"]) == (1, 253, 2, "0000:02:00.0")
+    assert doc["pinning"]["held"] == []
+
+
+def test_check_text_explains_each_device(capsys: pytest.CaptureFixture[str], io_args: list[str],
+                                         tmp_path: Path) -> None:
+    path = tmp_path / "dom.xml"
+    path.write_text(devfix.domain(DEVICES, cpu_attrs=" threadPolicy='isolate'"))
+    rc, out = _run(capsys, "check", *io_args, str(path))
+    assert rc == 0
+    lines = out.splitlines()
+    assert "  device 0000:18:00.0 (hostdev): host node 0, root complex pci0000:17 -> guest " \
+           "cell 0, pcie-expander-bus 1 (busNr 253), root port 2, address 0000:02:00.0" in lines
+    assert "  device 0000:af:00.0 (hostdev): host node 1, root complex pci0000:ae -> pcie.0 " \
+           "(no guest cell is on its host node 1)" in lines
+    assert "  device 0000:5e:00.0 (hostdev): no host NUMA node, root complex pci0000:5d -> " \
+           "pcie.0 (it has no host NUMA node)" in lines
+    assert "  device 0000:3b:00.0 (hostdev): host node 0, root complex pci0000:3a -> kept at " \
+           "0000:00:10.0 (its guest <address> is kept as written)" in lines
+    assert "  pcie-expander-bus 1 (busNr 253): guest cell 0, host node 0, root complex " \
+           "pci0000:17, 2 root ports" in lines
+    assert any(line.startswith("  pinning: ") and "; siblings " in line and " held" in line
+               for line in lines)
+    assert any(line.startswith("  ok   thread-policy: threadPolicy='isolate'") for line in lines)
+
+
+def test_status_shows_a_running_domains_devices_and_kvm_pit(
+        capsys: pytest.CaptureFixture[str], io_args: list[str], tmp_path: Path) -> None:
+    """A running domain as libvirt's status file has it: devices where the rendering put
+    them; its kvm-pit thread (KVM, dedicated) is looked for in /proc (none here)."""
+    cfg = devfix.host_config(tmp_path / "r", "intel-2s-io")
+    xml = devfix.render_xml(cfg, devfix.domain(DEVICES)).xml.split("?>")[-1]
+    run_dir = Path(io_args[io_args.index("--libvirt-run") + 1])
+    (run_dir / "iovm.xml").write_text(
+        "<domstatus state='running' reason='booted' pid='4242'><vcpus><vcpu id='0' "
+        f"pid='4243'/></vcpus>{xml}</domstatus>")
+    rc, out = _run(capsys, "status", "--json", "--uri", "test:///nowhere", *io_args)
+    assert rc == 0
+    doc = json.loads(out)
+    validate("status", doc)
+    (dom,) = doc["running"]
+    assert [(d["bdf"], d["placement"], d["cell"]) for d in dom["devices"]] == [
+        (NIC0, "expander-bus", 0), (VF0, "expander-bus", 0), (GPU1, "pcie.0", None),
+        (NONODE, "pcie.0", None), ("0000:3b:00.0", "kept", None)]
+    assert dom["kvm_pit"] == {"tid": None, "cpus": None, "vcpu0_cpus": "0"}
+    rc, out = _run(capsys, "status", "--uri", "test:///nowhere", *io_args)
+    assert "  device 0000:18:02.0 (interface): host node 0, root complex pci0000:17 -> guest " \
+           "cell 0, pcie-expander-bus 1 (busNr 253), root port 3, address 0000:03:00.0" in \
+           out.splitlines()
+    assert "  kvm-pit: no thread (the PIT is off or emulated in QEMU)" in out.splitlines()
 
 
 # --------------------------------------------------------------------------- human text
@@ -260,6 +617,74 @@ def test_status_of_an_unknown_or_unmanaged_domain_is_one_line_with_the_fix(
     uri = libvirt_test_uri(tmp_path, plain[:start] + plain[end:])
     rc, out, err = _status(capsys, single_v1, tmp_path, uri, key)
     assert (rc, out, err) == (2, "", f"numahook: {error}\n")
+
+
+# --------------------------------------------------------------------------- node
+
+
+def _node_args(cfg: Config) -> list[str]:
+    return ["--sysfs-root", cfg.sysfs_root, "--cgroup-root", cfg.cgroup_root,
+            "--proc-root", cfg.proc_root, "--no-libvirt"]
+
+
+def test_cli_node_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NUMAHOOK_CONFIG", str(tmp_path / "numahook.conf"))
+    (tmp_path / "numahook.conf").write_text("[realtime]\nthrottled = delegate\n")
+    cfg = make_host(tmp_path, "intel-2s-ht", 1)
+    assert cli.main(["node", "--json", *_node_args(cfg)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["realtime_capable"] is False and doc["libvirt"]["reachable"] is None
+    assert doc["start_policy"]["mode"] == "delegate"
+    assert cli.main(["node", *_node_args(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("real-time capable    no (kernel.sched_rt_runtime_us = 950000")
+    assert SYSCTL_FIX in out
+
+
+def test_node_says_one_thing_on_a_throttled_node_without_group_budget(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Throttling on, no RT group budget to hand down (cgroup v2): starts use <vcpusched>.
+
+    The report once said "real-time capable: no" and then "real-time capable: no RT group
+    budget is needed"; now "capable" means KubeVirt's test everywhere.
+    """
+    cfg = make_host(tmp_path, "intel-2s-ht-rt", 2)
+    assert cli.main(["node", "--config", "/dev/null", *_node_args(cfg)]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("real-time capable    no (kernel.sched_rt_runtime_us = 950000")
+    assert lines[1].startswith("real-time starts     allowed (vcpusched): RT throttling is on")
+    assert "at most 950000 us of each 1000000 us period" in lines[1]
+    assert out.count("real-time capable") == 2  # the verdict and the fix that leads to it
+    assert "real-time capable:" not in out
+
+
+@pytest.mark.parametrize("runtime, code", [(-1, 0), (950000, 1)])
+def test_cli_node_check_exits_by_the_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                             runtime: int, code: int) -> None:
+    cfg = make_host(tmp_path, "intel-2s-ht-rt", 1, runtime)
+    assert cli.main(["node", "--check", "--config", "/dev/null", *_node_args(cfg)]) == code
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1
+    if code == 0:
+        assert out == "real-time capable; real-time starts allowed (vcpusched)\n"
+    else:
+        assert out.startswith(f"not real-time capable: {SYSCTL_FIX}")
+        assert out.endswith("; real-time starts refused (refuse)\n")
+    # the report itself exits 0 either way: it is a report
+    assert cli.main(["node", "--config", "/dev/null", *_node_args(cfg)]) == 0
+    with pytest.raises(SystemExit):
+        cli.main(["node", "--check", "--json", *_node_args(cfg)])  # one output at a time
+
+
+def test_cli_node_exits_3_when_the_host_cannot_be_read(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = make_host(tmp_path, "single", 1)
+    args = _node_args(replace(cfg, proc_root=str(tmp_path / "nowhere")))
+    assert cli.main(["node", "--config", "/dev/null", *args]) == 3
+    err = capsys.readouterr().err
+    assert err.startswith("numahook: ") and err.count("\n") == 1 and "sched_rt_runtime_us" in err
 
 
 # -- numahook config check: the check numahookd.service runs before each reload (issue 25)

@@ -99,6 +99,129 @@ def test_no_module_is_over_400_lines(module: str, path: Path) -> None:
         assert lines > MAX_LINES, f"{module} is within {MAX_LINES} lines: drop its exception"
 
 
+# --------------------------------------------------------------------------- circles
+
+def module_edges(path: Path, package: str, known: set[str]) -> set[str]:
+    """The modules of ``known`` that the module at ``path`` (in ``package``) imports.
+
+    Sharper than :func:`imports`, which is enough for layers: ``from numahook.core import
+    plan`` is an edge to ``numahook.core.plan``, not to the package, and relative imports
+    resolve. Every import counts, those under ``if TYPE_CHECKING:`` and lazy ones inside
+    functions too. A lazy import does not fail at import time, but it is still a
+    dependency: a circle through one means the two modules cannot be understood, tested
+    or moved apart, and the lazy import usually hides a record in the wrong module (as
+    ``DeviceReport`` was in core/placement.py). There is none today, so none is exempt.
+    """
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name in known)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join([*anchor, *([base] if base else [])])
+            for a in node.names:
+                if f"{base}.{a.name}" in known:
+                    out.add(f"{base}.{a.name}")
+                elif base in known:
+                    out.add(base)
+    return out
+
+
+def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Each import circle of ``graph`` as a path that starts and ends at one module: one
+    per strongly connected component (Tarjan's algorithm, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = len(index)
+        stack.append(root)
+        while work:
+            v, edges = work[-1]
+            w = next(edges, None)
+            if w is not None:
+                if w not in index:
+                    index[w] = low[w] = len(index)
+                    stack.append(w)
+                    work.append((w, iter(sorted(graph.get(w, ())))))
+                elif w in stack:
+                    low[v] = min(low[v], index[w])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[v])
+            if low[v] == index[v]:
+                component = set()
+                while True:
+                    w = stack.pop()
+                    component.add(w)
+                    if w == v:
+                        break
+                if len(component) > 1 or v in graph.get(v, ()):
+                    found.append(_cycle_through(v, component, graph))
+    return found
+
+
+def _cycle_through(start: str, component: set[str], graph: dict[str, set[str]]) -> list[str]:
+    """One path from ``start`` back to itself inside ``component`` (breadth first, so the
+    shortest), for a failure message a reader can follow."""
+    parent: dict[str, str] = {}
+    queue = [start]
+    while queue:
+        v = queue.pop(0)
+        for w in sorted(graph.get(v, ())):
+            if w == start:
+                path = [v]
+                while path[-1] != start:
+                    path.append(parent[path[-1]])
+                return [start, *reversed(path[:-1]), start] if v != start else [start, start]
+            if w in component and w not in parent:
+                parent[w] = v
+                queue.append(w)
+    raise AssertionError(f"no cycle through {start}")
+
+
+def test_no_import_circle_within_numahook() -> None:
+    mods = dict(modules())
+    known = set(mods)
+    graph = {}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        graph[name] = module_edges(path, package, known) - {name}
+    found = circles(graph)
+    assert found == [], "import circles: " + "; ".join(" -> ".join(c) for c in found) + \
+        " (move the shared records down, e.g. into core/plan.py; docs/architecture.md)"
+
+
+def test_the_circle_check_sees_every_kind_of_import(tmp_path: Path) -> None:
+    """The check above is only as good as its edges: a TYPE_CHECKING import, a lazy one,
+    ``from package import module`` and a relative import each make an edge, and a circle
+    through any of them is reported."""
+    src = {
+        "a": "from p import b\n",
+        "b": "TYPE_CHECKING = False\nif TYPE_CHECKING:\n    from p.c import X\n",
+        "c": "def f():\n    from . import d\n",
+        "d": "from .a import thing\n",
+        "e": "import p.a\n",
+    }
+    known = {"p", *(f"p.{m}" for m in src)}
+    graph = {}
+    for m, text in src.items():
+        (tmp_path / f"{m}.py").write_text(text)
+        graph[f"p.{m}"] = module_edges(tmp_path / f"{m}.py", "p", known)
+    assert graph == {"p.a": {"p.b"}, "p.b": {"p.c"}, "p.c": {"p.d"}, "p.d": {"p.a"},
+                     "p.e": {"p.a"}}
+    assert circles(graph) == [["p.a", "p.b", "p.c", "p.d", "p.a"]]
+    assert circles({"x": {"x"}, "y": set()}) == [["x", "x"]]
+    assert circles({"x": {"y"}, "y": set()}) == []
+
+
 # --------------------------------------------------------------------------- the maps
 
 #: the packages whose modules the README's map lists one by one (the shells' modules are in

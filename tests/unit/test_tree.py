@@ -7,6 +7,9 @@
 - Every ``# type: ignore`` in numahook/ says why, on its line or the comment line above:
   mypy (pyproject.toml, warn_unused_ignores) proves each is still needed, not that it is
   right.
+- Every Python script without a ``.py`` suffix is named in pyproject.toml for ruff and
+  mypy, and in scripts/test for vermin: they find only ``*.py`` files by themselves, so a
+  new script would go unchecked.
 """
 
 from __future__ import annotations
@@ -165,3 +168,56 @@ def test_the_private_import_check_sees_them() -> None:
         "1: numahook.node.publish._b", "3: numahook.core._c"]
     assert private_imports(here, "from numahook import __version__\n"
                                  "from os import _exit\nfrom numahook.x import y\n") == []
+
+
+#: what a checkout or a source tarball holds besides its files (hidden directories aside)
+_BUILT = {"build", "dist", "__pycache__"}
+
+
+def python_scripts(root: Path) -> list[str]:
+    """Files under ``root`` whose first line is a Python shebang and whose name does not
+    end in ``.py``, relative to ``root``; hidden and build directories are skipped."""
+    out = []
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root)
+        if any(p.startswith(".") or p in _BUILT or p.endswith(".egg-info") for p in rel.parts) \
+                or path.suffix == ".py" or not path.is_file():
+            continue
+        with path.open("rb") as fh:
+            first = fh.readline(200)
+        if first.startswith(b"#!") and b"python" in first:
+            out.append(rel.as_posix())
+    return out
+
+
+def test_every_python_script_is_linted_and_type_checked() -> None:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the 3.9 run skips this test
+    tool = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]
+    scripts = python_scripts(REPO)
+    assert "scripts/gen-man" in scripts, "the shebang search finds nothing"
+    ruff = set(tool["ruff"].get("extend-include", []))
+    mypy = set(tool["mypy"]["files"])
+    assert [s for s in scripts if s not in ruff] == [], \
+        "add these to [tool.ruff] extend-include in pyproject.toml"
+    assert [s for s in scripts if s not in mypy] == [], \
+        "add these to [tool.mypy] files in pyproject.toml"
+    assert tool["mypy"].get("scripts_are_modules") is True, \
+        "without scripts_are_modules, mypy takes every script for __main__ and stops"
+    vermin = (REPO / "scripts" / "test").read_text().split('"$TOOLS/bin/vermin"', 1)[1]
+    vermin = vermin.split("\n\n", 1)[0]
+    assert [s for s in scripts if s not in vermin.split()] == [], \
+        "add these to the vermin call in scripts/test (the Python 3.9 floor)"
+
+
+def test_the_script_search_skips_modules_and_other_files(tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "tool").write_text("#!/usr/bin/python3\n")
+    (tmp_path / "bin" / "env-tool").write_text("#!/usr/bin/env python3\n")
+    (tmp_path / "bin" / "shell").write_text("#!/bin/sh\n")
+    (tmp_path / "bin" / "module.py").write_text("#!/usr/bin/python3\n")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "hook").write_text("#!/usr/bin/python3\n")
+    (tmp_path / "build").mkdir()
+    (tmp_path / "build" / "copy").write_text("#!/usr/bin/python3\n")
+    (tmp_path / "data").write_bytes(b"\x00" * 300)
+    assert python_scripts(tmp_path) == ["bin/env-tool", "bin/tool"]

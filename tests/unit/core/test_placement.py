@@ -15,7 +15,7 @@ import pytest
 from numahook.config import parse as parse_config
 from numahook.core import domainxml, hardware, pci, placement, render
 from numahook.core.pci import HostPci
-from numahook.core.plan import Evaluation
+from numahook.core.plan import DeviceReport, Evaluation
 from numahook.errors import Refusal
 from numahook.records import replace
 from numahook.xml import safe
@@ -39,7 +39,7 @@ def intel(tmp_path: Path):  # type: ignore[no-untyped-def]
     return host_config(tmp_path, "intel-2s-io")
 
 
-def report(ev: Evaluation, bdf: str) -> placement.DeviceReport:
+def report(ev: Evaluation, bdf: str) -> DeviceReport:
     return next(r for r in ev.devices if r.bdf == bdf)
 
 

@@ -1,15 +1,13 @@
-"""The renderer: what it changes, what it leaves alone, and the CLI that shows it.
+"""The renderer: what it changes and what it leaves alone.
 
-Library tests use topologies read from fixture sysfs trees; CLI tests run
-``numahook.cli.main`` in-process with every root pointed at fixture trees.
+Topologies are read from fixture sysfs trees. What the CLI prints of a rendering
+(``numahook render`` and ``check``) is in tests/unit/test_cli.py.
 """
 
 from __future__ import annotations
 
 import difflib
-import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -19,10 +17,9 @@ from numahook.core.plan import Inputs
 from numahook.core.topology import Topology
 from numahook.errors import Refusal
 from numahook.host import sysfs
-from numahook.records import replace
 from numahook.xml import safe
-from tests.fixtures.hosts import HOSTS, build_sysfs, host_roots
-from tests.support.cli import ADVISED, RT, cli_args, domain, run_cli, write
+from tests.fixtures.hosts import HOSTS, build_sysfs
+from tests.support.cli import RT, domain, only_requoted
 
 
 @pytest.fixture(scope="module")
@@ -157,17 +154,12 @@ def _removed_and_added(before: str, after: str) -> tuple[list[str], list[str]]:
     return removed, added
 
 
-def _only_requoted(line: str, added: list[str]) -> bool:
-    """The line came back with other attribute quotes only (metadata keeps libvirt's ")."""
-    return line.replace('"', "'") in {a.replace('"', "'") for a in added}
-
-
 def test_diff_only_adds_and_replaces_what_numahook_owns(topos: dict[str, Topology]) -> None:
     out = render.render(FULL, inputs(topos["quad-nosmt"])).xml + "\n"
     removed, added = _removed_and_added(FULL, out)
     # the bare <page> gains a nodeset; nothing else of the source disappears, except
     # metadata lines whose attribute quotes changed
-    changed = [ln for ln in removed if not _only_requoted(ln, added)]
+    changed = [ln for ln in removed if not only_requoted(ln, added)]
     assert changed == ["      <page size='2048' unit='KiB'/>"]
     assert len(added) - len(removed) >= 10
 
@@ -438,254 +430,3 @@ def test_refusal_is_raised_not_rendered(topos: dict[str, Topology]) -> None:
     with pytest.raises(Refusal) as exc:
         render.render(domain(vcpus=5), inputs(topos["single"]))
     assert exc.value.check == "dedicated-cpus"
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-@pytest.fixture(scope="module")
-def single_v1(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return host_roots(tmp_path_factory.mktemp("single-v1"), "single", 1)
-
-
-@pytest.fixture(scope="module")
-def epyc_v2(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return host_roots(tmp_path_factory.mktemp("epyc-v2"), "epyc-nps4", 2)
-
-
-def test_cli_render_prints_the_rendered_domain(capsys: pytest.CaptureFixture[str],
-                                               single_v1: dict[str, Path],
-                                               tmp_path: Path) -> None:
-    rc, out, err = run_cli(capsys, "render", *cli_args(single_v1, tmp_path),
-                           write(tmp_path, domain()))
-    assert (rc, err) == (0, "")
-    f = facts_of(out)
-    assert sorted(f.vcpupin) == [0, 1, 2, 3]
-    assert f.memnodes == {0: frozenset({0})}
-
-
-def test_cli_render_diff(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
-                         tmp_path: Path) -> None:
-    src = write(tmp_path, domain())
-    rc, out, err = run_cli(capsys, "render", "--diff", *cli_args(single_v1, tmp_path), src)
-    # diff(1) and kubectl diff exit 1 when there are differences; scripts rely on it
-    assert (rc, err) == (1, "")
-    lines = out.splitlines()
-    assert lines[0] == f"--- {src}"
-    assert lines[1] == f"+++ {src} (rendered)"
-    assert lines[2].startswith("@@ ")
-    assert "+    <vcpupin vcpu='0' cpuset='0'/>" in lines
-    assert "+    <memnode cellid='0' mode='strict' nodeset='0'/>" in lines
-    assert "-      <page size='2048' unit='KiB'/>" in lines
-    assert "+      <page size='2048' unit='KiB' nodeset='0'/>" in lines
-    removed = [ln[1:] for ln in lines[2:] if ln.startswith("-")]
-    added = [ln[1:] for ln in lines[2:] if ln.startswith("+")]
-    assert [ln for ln in removed if not _only_requoted(ln, added)] == [
-        "      <page size='2048' unit='KiB'/>"]
-
-
-def test_cli_render_diff_of_a_rendered_domain_is_empty(capsys: pytest.CaptureFixture[str],
-                                                       single_v1: dict[str, Path],
-                                                       tmp_path: Path) -> None:
-    args = cli_args(single_v1, tmp_path)
-    rc, rendered, _ = run_cli(capsys, "render", *args, write(tmp_path, domain()))
-    assert rc == 0
-    rc, out, err = run_cli(capsys, "render", "--diff", *args,
-                           write(tmp_path, rendered, "rendered.xml"))
-    assert (rc, out, err) == (0, "", "")
-
-
-def test_cli_check_json(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
-                        tmp_path: Path) -> None:
-    rc, out, err = run_cli(capsys, "check", "--json", *cli_args(single_v1, tmp_path),
-                           write(tmp_path, domain(realtime=RT)))
-    assert (rc, err) == (0, "")
-    doc = json.loads(out)
-    for key in ("preconditions", "realtime_vcpus", "pinning", "cells", "advisories"):
-        assert key in doc, key
-    assert doc["ok"] is True
-    assert doc["domain"] == "vm"
-    assert doc["realtime_vcpus"] == [0, 2, 3]
-    assert sorted(doc["pinning"]["vcpus"]) == ["0", "1", "2", "3"]
-    assert sorted(doc["pinning"]["vcpus"].values()) == [0, 1, 2, 3]
-    assert doc["cells"] == [{"id": 0, "host_node": 0, "vcpus": [0, 1, 2, 3],
-                             "memory_kib": 65536, "pages": 32}]
-    assert all(p["ok"] is True for p in doc["preconditions"])
-    names = [p["name"] for p in doc["preconditions"]]
-    assert names[:2] == ["feature-gate-numa", "feature-gate-realtime"]
-    assert "dedicated-cpus" in names
-    assert doc["available_cpus"] == "0-3"
-    assert "partition /machine" in doc["host"]
-
-
-def test_cli_check_json_advisories(capsys: pytest.CaptureFixture[str],
-                                   single_v1: dict[str, Path], tmp_path: Path) -> None:
-    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(single_v1, tmp_path),
-                         write(tmp_path, ADVISED))
-    assert rc == 0
-    adv = json.loads(out)["advisories"]
-    text = "\n".join(adv)
-    assert "a graphics device is attached" in text
-    assert "a memory balloon is present" in text
-    assert "the CPU is not host-passthrough" in text
-    assert "tsc-deadline is not required" in text
-    assert "hyperthread siblings are shared: real-time vCPU" in text
-    assert "the emulator thread shares CPUs with real-time vCPUs" in text
-    assert 'set emulatorThreadPolicy="share" (with [cpus] shared' in text
-    assert len(adv) == 6
-
-
-def test_cli_check_json_no_advisories_for_a_tuned_domain(capsys: pytest.CaptureFixture[str],
-                                                         single_v1: dict[str, Path],
-                                                         tmp_path: Path) -> None:
-    tuned = domain('dedicatedCpuPlacement="true" isolateEmulatorThread="true"',
-                   realtime="<numahook:realtime/>", vcpus=2,
-                   cpu="<cpu mode='host-passthrough'>\n    <topology sockets='1' dies='1' "
-                       "cores='1' threads='2'/>\n    <feature policy='require' "
-                       "name='tsc-deadline'/>\n  </cpu>")
-    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(single_v1, tmp_path),
-                         write(tmp_path, tuned))
-    assert rc == 0
-    assert json.loads(out)["advisories"] == []
-
-
-def test_cli_check_json_refused(capsys: pytest.CaptureFixture[str],
-                                single_v1: dict[str, Path], tmp_path: Path) -> None:
-    rc, out, err = run_cli(capsys, "check", "--json", *cli_args(single_v1, tmp_path),
-                           write(tmp_path, domain(vcpus=8)))
-    assert rc == 1
-    assert err == ""
-    doc = json.loads(out)
-    assert doc["ok"] is False
-    assert doc["pinning"] is None and doc["cells"] == []
-    failed = [p for p in doc["preconditions"] if p["ok"] is False]
-    assert [p["name"] for p in failed] == ["dedicated-cpus"]
-    assert "widen the partition's cpuset" in failed[0]["reason"]
-
-
-def test_cli_check_text(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
-                        tmp_path: Path) -> None:
-    rc, out, _ = run_cli(capsys, "check", *cli_args(single_v1, tmp_path),
-                         write(tmp_path, domain(realtime=RT)))
-    assert rc == 0
-    assert out.startswith("vm:\n")
-    assert "  ok   dedicated-cpus: " in out
-    assert "  realtime: vCPUs 0,2-3 SCHED_FIFO priority 1 via <vcpusched>" in out
-    assert "  host: partition /machine" in out
-
-
-def test_cli_render_refusal_is_one_line(capsys: pytest.CaptureFixture[str],
-                                        single_v1: dict[str, Path], tmp_path: Path) -> None:
-    rc, out, err = run_cli(capsys, "render", *cli_args(single_v1, tmp_path),
-                           write(tmp_path, domain(vcpus=8)))
-    assert rc == 1
-    assert out == ""
-    assert err.count("\n") == 1
-    assert err.startswith("numahook: refused: not enough dedicated CPUs")
-
-
-def test_cli_not_opted_in(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
-                          tmp_path: Path) -> None:
-    plain = "<domain type='kvm'><name>plain</name><memory>1024</memory></domain>"
-    rc, out, err = run_cli(capsys, "check", *cli_args(single_v1, tmp_path),
-                           write(tmp_path, plain))
-    assert rc == 1
-    assert out == ""
-    assert err == ("numahook: plain has no <numahook:domain> metadata, so numahook leaves it "
-                   "alone; add the metadata element to opt in (numahook(8), OPTING IN)\n")
-
-
-def test_cli_cpuset_override(capsys: pytest.CaptureFixture[str], epyc_v2: dict[str, Path],
-                             tmp_path: Path) -> None:
-    rc, out, _ = run_cli(capsys, "check", "--json", "--cpuset", "20-23",
-                         *cli_args(epyc_v2, tmp_path), write(tmp_path, domain()))
-    assert rc == 0
-    doc = json.loads(out)
-    assert doc["available_cpus"] == "20-23"
-    assert sorted(doc["pinning"]["vcpus"].values()) == [20, 21, 22, 23]
-    assert doc["cells"][0]["host_node"] == 2
-
-
-def test_cli_v2_emits_vcpusched(capsys: pytest.CaptureFixture[str], epyc_v2: dict[str, Path],
-                                tmp_path: Path) -> None:
-    rc, out, _ = run_cli(capsys, "render", *cli_args(epyc_v2, tmp_path),
-                         write(tmp_path, domain(realtime=RT)))
-    assert rc == 0
-    assert "<vcpusched vcpus='0,2-3' scheduler='fifo' priority='1'/>" in out
-
-
-def test_cli_throttled_v1_host_applies_fifo_after_start(capsys: pytest.CaptureFixture[str],
-                                                        tmp_path: Path) -> None:
-    roots = host_roots(tmp_path / "host", "single", 1)
-    # the fixture's v1 cpu controller lacks cpu.shares; a real one has it, and RT
-    # throttling is on (sched_rt_runtime_us = 950000), so libvirt's <vcpusched> would fail
-    (roots["cgroup"] / "cpu,cpuacct" / "cpu.shares").write_text("1024\n")
-    rc, out, _ = run_cli(capsys, "render", *cli_args(roots, tmp_path),
-                         write(tmp_path, domain(realtime=RT)))
-    assert rc == 0
-    assert "vcpusched" not in out
-    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(roots, tmp_path),
-                         write(tmp_path, domain(realtime=RT)))
-    assert json.loads(out)["vcpusched"] is False
-    rc, out, _ = run_cli(capsys, "check", *cli_args(roots, tmp_path),
-                         write(tmp_path, domain(realtime=RT)))
-    assert "applied after start" in out
-
-
-def test_cli_partition_cpuset_from_cgroups(capsys: pytest.CaptureFixture[str],
-                                           tmp_path: Path) -> None:
-    roots = host_roots(tmp_path / "host", "quad-nosmt", 1,
-                       {"": "0-31", "machine": "0-31", "machine/rt.partition": "9-12"})
-    dom = domain().replace("<os>", "<resource><partition>/machine/rt</partition></resource>\n"
-                                   "  <os>")
-    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(roots, tmp_path),
-                         write(tmp_path, dom))
-    assert rc == 0
-    doc = json.loads(out)
-    assert doc["available_cpus"] == "9-12"
-    assert "machine/rt.partition" in doc["host"]
-    assert sorted(doc["pinning"]["vcpus"].values()) == [9, 10, 11, 12]
-
-
-def test_cli_gate_off_in_config(capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path],
-                                tmp_path: Path) -> None:
-    conf = tmp_path / "gates.conf"
-    conf.write_text("[features]\nNUMA = false\n")
-    args = cli_args(single_v1, tmp_path)
-    args[args.index("--config") + 1] = str(conf)
-    rc, _, err = run_cli(capsys, "render", *args, write(tmp_path, domain()))
-    assert rc == 1
-    assert err.count("\n") == 1
-    assert "NUMA feature gate is off" in err
-    assert str(conf) in err
-
-
-def test_cli_bad_config_is_exit_2(capsys: pytest.CaptureFixture[str],
-                                  single_v1: dict[str, Path], tmp_path: Path) -> None:
-    conf = tmp_path / "bad.conf"
-    conf.write_text("[features]\nNUMA = perhaps\n")
-    args = cli_args(single_v1, tmp_path)
-    args[args.index("--config") + 1] = str(conf)
-    rc, _, err = run_cli(capsys, "check", *args, write(tmp_path, domain()))
-    assert rc == 2
-    assert err == f"numahook: {conf}:2: [features] numa: 'perhaps' is not a boolean; set " \
-                  "it to true or false (also yes/no, on/off, 1/0)\n"
-
-
-def test_results_are_identical_through_library_and_cli(capsys: pytest.CaptureFixture[str],
-                                                       single_v1: dict[str, Path],
-                                                       tmp_path: Path) -> None:
-    topo = sysfs.read_topology(single_v1["sysfs"])
-    lib = render.render(domain(realtime=RT), replace(inputs(topo), default_page_kib=2048))
-    rc, out, _ = run_cli(capsys, "render", *cli_args(single_v1, tmp_path),
-                         write(tmp_path, domain(realtime=RT)))
-    assert rc == 0
-    assert out == lib.xml + "\n"
-
-
-def test_every_documented_subcommand_is_registered() -> None:
-    """The README and numahook(8) document these; an unregistered one is a silent gap."""
-    from numahook import cli
-
-    sub = next(a for a in cli.parser()._actions if a.dest == "command")
-    assert set(sub.choices) == {"render", "check", "apply", "node", "status", "config"}

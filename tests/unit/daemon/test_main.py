@@ -120,7 +120,7 @@ def start(conf: Path, stderr: Path, journal: bool) -> tuple[int, str]:
 @pytest.mark.parametrize("journal", [True, False])
 def test_a_bad_file_at_start_exits_ex_config_with_one_err_line(tmp_path: Path,
                                                                journal: bool) -> None:
-    """78 is in the unit's RestartPreventExitStatus= (tests/unit/test_unit.py); <3> makes
+    """78 is in the unit's RestartPreventExitStatus= (tests/unit/test_systemd_unit.py); <3> makes
     journald file the line at err, so that journalctl -p err shows why numahookd is down."""
     conf = tmp_path / "numahook.conf"
     conf.write_text("[realtime]\nthrottled = delgate\n")

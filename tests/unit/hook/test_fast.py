@@ -93,8 +93,9 @@ def test_anything_unconfirmed_declines_and_changes_nothing(host: dict, spoil: st
     if spoil == "unmasked vCPU FIFO":
         fifo(host["v1"])
     if spoil == "emulator not FIFO":
-        state.save(replace(claim, tunables={"realtime": realtime.Entry(Intent((0,), 1,
-                   emulator=True))}))
+        emulated = Intent((0,), 1, emulator=True)
+        state.save(replace(claim, tunables={"realtime": realtime.Entry(emulated)},
+                           fast={"realtime": claims.fast_realtime(emulated)}))
     if spoil == "not verified":
         state.save(replace(claim, verified_pid=None))
     if spoil == "another QEMU":
@@ -138,14 +139,11 @@ def test_hook_main_reads_no_more_than_safe_allows() -> None:
 
 #: everything the fast path may load beyond a bare interpreter (-I): our three modules,
 #: __future__, the C half of json, fcntl for the lock (syslog is replaced by a file here),
-#: and the registry of tunables, whose modules import host adapters only where used
-#: (numahook/tunables/base.py)
+#: and host/lean.py, the readers and writers it shares with the full path. No tunable: they
+#: declare their checks as data at prepare (numahook/tunables/base.py, fast_checks)
 FAST_PATH_MODULES = {"__future__", "_json", "fcntl", "numahook", "numahook.hook",
                      "numahook.hook.fast", "numahook.hook.main", "numahook.ini", "numahook.log",
-                     "numahook.records", "numahook.tunables", "numahook.tunables.base",
-                     "numahook.tunables.emulator", "numahook.tunables.hugepages",
-                     "numahook.tunables.kvmpit", "numahook.tunables.realtime", "numahook.host",
-                     "numahook.host.lean"}
+                     "numahook.host", "numahook.host.lean"}
 
 _RUN = """
 import io, sys
@@ -185,34 +183,33 @@ def test_declined_fast_path_runs_the_full_path(host: dict, tmp_path: Path) -> No
     assert "action=realtime vcpus=0" not in (tmp_path / "hook.log").read_text()
 
 
-def _with_rendered_emulator(xml: str, cpus: str, quote: str = '"') -> str:
-    """The domain XML as rendered for a start wider than the emulator's own CPUs."""
-    mark = (f"<numahook:rendered digest={quote}sha256:0{quote} host={quote}h{quote} "
-            f"emulator={quote}{cpus}{quote}/>")
-    at = xml.index("</uuid>") + len("</uuid>")
-    meta = (f"<metadata><numahook:domain xmlns:numahook='https://numahook.io/xmlns/domain/1'>"
-            f"{mark}</numahook:domain></metadata>")
-    return xml[:at] + meta + xml[at:]
-
-
-@pytest.mark.parametrize("quote", ['"', "'"])
-def test_an_emulator_not_yet_narrowed_declines(host: dict, quote: str) -> None:
+def test_an_emulator_not_yet_narrowed_declines(host: dict) -> None:
     """numahook/tunables/emulator.py: while QEMU's main thread still runs on the start set, the
     full path must run and narrow it; once on its own CPUs alone, the fast path verifies."""
     fifo(host["v0"])
     cpu = min(os.sched_getaffinity(0))
-    xml = _with_rendered_emulator(XML, str(cpu), quote)
+    claim = replace(host["claim"], fast={**host["claim"].fast, "emulator": {"affinity": [cpu]}})
+    host["state"].save(claim)
     if len(os.sched_getaffinity(host["qemu"])) > 1:
-        assert not fast.started(NAME, xml, host["env"])
-        assert host["state"].load(UUID) == host["claim"]
+        assert not fast.started(NAME, XML, host["env"])
+        assert host["state"].load(UUID) == claim
     os.sched_setaffinity(host["qemu"], {cpu})
-    assert fast.started(NAME, xml, host["env"])
+    assert fast.started(NAME, XML, host["env"])
     assert host["state"].load(UUID).phase == "running"
 
 
-def test_an_unreadable_rendered_emulator_declines(host: dict) -> None:
+@pytest.mark.parametrize("checks", [None, {"affinity": ["3-x"]}, {"unheard-of": True}],
+                         ids=["declared none", "unreadable", "unknown kind"])
+def test_a_check_it_cannot_make_declines(host: dict, checks: object) -> None:
     fifo(host["v0"])
-    assert not fast.started(NAME, _with_rendered_emulator(XML, "3-x"), host["env"])
+    host["state"].save(replace(host["claim"], fast={**host["claim"].fast, "x": checks}))
+    assert not fast.started(NAME, XML, host["env"])
+
+
+def test_a_claim_with_nothing_declared_declines(host: dict) -> None:
+    fifo(host["v0"])
+    host["state"].save(replace(host["claim"], fast={"hugepages": {}}))
+    assert not fast.started(NAME, XML, host["env"])
 
 
 @pytest.mark.parametrize("state_of_threads", [
@@ -222,7 +219,7 @@ def test_an_unreadable_rendered_emulator_declines(host: dict) -> None:
 def test_the_fast_path_and_the_full_path_judge_alike(host: dict, state_of_threads: str) -> None:
     """Parity: where the threads are as the claim's intent says, both paths accept; where
     one is off, the fast path declines and the full path's tunables say what is wrong
-    (numahook/tunables/base.py, ``fast_verify`` against ``verify``)."""
+    (numahook/tunables/base.py: the checks ``fast_checks`` declares against ``verify``)."""
     from numahook.config import Config
     from numahook.core import render
     from numahook.host import libvirtstatus
@@ -236,8 +233,9 @@ def test_the_fast_path_and_the_full_path_judge_alike(host: dict, state_of_thread
     if state_of_threads == "unmasked vCPU FIFO":
         fifo(host["v1"])
     if emulator:
-        state.save(replace(claim, tunables={"realtime": realtime.Entry(Intent((0,), 1,
-                   emulator=True))}))
+        emulated = Intent((0,), 1, emulator=True)
+        state.save(replace(claim, tunables={"realtime": realtime.Entry(emulated)},
+                           fast={"realtime": claims.fast_realtime(emulated)}))
     if state_of_threads == "emulator FIFO as asked":
         fifo(host["qemu"])
     # the same domain as the full path reads it: the mask and the emulator from its XML

@@ -118,6 +118,38 @@ def test_set_fifo_as_non_root_says_root() -> None:
         procfs.set_fifo(os.getpid(), 1)
 
 
+#: forks once it is SCHED_FIFO, and prints whether the child started as SCHED_OTHER
+_FORKS_WHEN_FIFO = r"""
+import os, sys
+sys.stdin.readline()            # wait until the parent test made us SCHED_FIFO
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if os.sched_getscheduler(0) == os.SCHED_OTHER else 1)
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status), flush=True)
+"""
+
+
+@pytest.mark.skipif(not ROOT, reason="setting SCHED_FIFO needs root")
+def test_children_of_a_fifo_thread_start_as_sched_other() -> None:
+    """Threads numahook makes real-time do not hand SCHED_FIFO to the threads they create."""
+    proc = subprocess.Popen([sys.executable, "-c", _FORKS_WHEN_FIFO], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        try:
+            procfs.set_fifo(proc.pid, 1)
+        except HostError as exc:  # no RT budget where this test runs
+            pytest.skip(f"cannot make a test process SCHED_FIFO here: {exc}")
+        assert procfs.sched_of(proc.pid) == ("fifo", 1)
+        assert os.sched_getscheduler(proc.pid) & procfs._RESET_ON_FORK
+        out, _ = proc.communicate("go\n", timeout=30)
+        assert out.strip() == "0", "the forked child inherited SCHED_FIFO"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
 V1_HYBRID = """\
 9:name=systemd:/
 8:pids:/

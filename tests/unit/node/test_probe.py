@@ -1,4 +1,4 @@
-"""node: the real-time capability probe on fixture hosts, its parsers, the CLI, the real host.
+"""node: the real-time capability probe on fixture hosts, its parsers, the real host.
 
 The fixture trees stand for hosts we do not have (PREEMPT_RT with isolcpus, cgroup v2, RT
 throttling on or off); the real host is probed read-only and checked against /proc.
@@ -13,18 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from numahook import cli
 from numahook.config import Config
 from numahook.core import cpulist
 from numahook.errors import HostError, InputError
 from numahook.node import cmdline, model, probe, report
 from numahook.records import replace
 from tests.fixtures.hosts import HOSTS, HUGE_1G, HUGE_2M
-from tests.support.nodes import MOUNTS, make_host
+from tests.support.nodes import MOUNTS, SYSCTL_FIX, make_host
 
 RT_CPUS = frozenset(range(2, 20)) | frozenset(range(42, 60))
-SYSCTL_FIX = ("kernel.sched_rt_runtime_us is 950000: RT throttling is on; run `sysctl -w "
-              "kernel.sched_rt_runtime_us=-1`")
 
 
 # --------------------------------------------------------------------------- fixture hosts
@@ -285,74 +282,6 @@ def test_text_report_has_a_line_per_fact(tmp_path: Path) -> None:
                    "hugetlbfs            /dev/hugepages (2Mi), /dev/hugepages1G (1Gi)",
                    "libvirt              unknown (qemu:///system)", "reasons:\n  - "):
         assert needle in text
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def _cli_args(cfg: Config) -> list[str]:
-    return ["--sysfs-root", cfg.sysfs_root, "--cgroup-root", cfg.cgroup_root,
-            "--proc-root", cfg.proc_root, "--no-libvirt"]
-
-
-def test_cli_node_json_and_text(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("NUMAHOOK_CONFIG", str(tmp_path / "numahook.conf"))
-    (tmp_path / "numahook.conf").write_text("[realtime]\nthrottled = delegate\n")
-    cfg = make_host(tmp_path, "intel-2s-ht", 1)
-    assert cli.main(["node", "--json", *_cli_args(cfg)]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert doc["realtime_capable"] is False and doc["libvirt"]["reachable"] is None
-    assert doc["start_policy"]["mode"] == "delegate"
-    assert cli.main(["node", *_cli_args(cfg)]) == 0
-    out = capsys.readouterr().out
-    assert out.startswith("real-time capable    no (kernel.sched_rt_runtime_us = 950000")
-    assert SYSCTL_FIX in out
-
-
-def test_node_says_one_thing_on_a_throttled_node_without_group_budget(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Throttling on, no RT group budget to hand down (cgroup v2): starts use <vcpusched>.
-
-    The report once said "real-time capable: no" and then "real-time capable: no RT group
-    budget is needed"; now "capable" means KubeVirt's test everywhere.
-    """
-    cfg = make_host(tmp_path, "intel-2s-ht-rt", 2)
-    assert cli.main(["node", "--config", "/dev/null", *_cli_args(cfg)]) == 0
-    out = capsys.readouterr().out
-    lines = out.splitlines()
-    assert lines[0].startswith("real-time capable    no (kernel.sched_rt_runtime_us = 950000")
-    assert lines[1].startswith("real-time starts     allowed (vcpusched): RT throttling is on")
-    assert "at most 950000 us of each 1000000 us period" in lines[1]
-    assert out.count("real-time capable") == 2  # the verdict and the fix that leads to it
-    assert "real-time capable:" not in out
-
-
-@pytest.mark.parametrize("runtime, code", [(-1, 0), (950000, 1)])
-def test_cli_node_check_exits_by_the_verdict(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                             runtime: int, code: int) -> None:
-    cfg = make_host(tmp_path, "intel-2s-ht-rt", 1, runtime)
-    assert cli.main(["node", "--check", "--config", "/dev/null", *_cli_args(cfg)]) == code
-    out = capsys.readouterr().out
-    assert out.count("\n") == 1
-    if code == 0:
-        assert out == "real-time capable; real-time starts allowed (vcpusched)\n"
-    else:
-        assert out.startswith(f"not real-time capable: {SYSCTL_FIX}")
-        assert out.endswith("; real-time starts refused (refuse)\n")
-    # the report itself exits 0 either way: it is a report
-    assert cli.main(["node", "--config", "/dev/null", *_cli_args(cfg)]) == 0
-    with pytest.raises(SystemExit):
-        cli.main(["node", "--check", "--json", *_cli_args(cfg)])  # one output at a time
-
-
-def test_cli_node_exits_3_when_the_host_cannot_be_read(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    cfg = make_host(tmp_path, "single", 1)
-    args = _cli_args(replace(cfg, proc_root=str(tmp_path / "nowhere")))
-    assert cli.main(["node", "--config", "/dev/null", *args]) == 3
-    err = capsys.readouterr().err
-    assert err.startswith("numahook: ") and err.count("\n") == 1 and "sched_rt_runtime_us" in err
 
 
 # --------------------------------------------------------------------------- real host

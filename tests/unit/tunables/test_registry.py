@@ -10,14 +10,17 @@ adapter instead of iterating the registry, fails here.
 from __future__ import annotations
 
 import ast
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from numahook import records, tunables
-from numahook.core import schema
+from numahook.core import render, schema
 from numahook.core.plan import Plan
 from numahook.tunables.base import PARTS, Tunable
+from tests.golden.cases import CASES, DATA
 
 REPO = Path(__file__).resolve().parents[3]
 
@@ -98,9 +101,41 @@ def test_no_runner_names_a_tunable(runner: str) -> None:
                for m in tunables_used), tunables_used
 
 
-@pytest.mark.parametrize("runner", RUNNERS[:-1])
+@pytest.mark.parametrize("runner", [r for r in RUNNERS if not r.endswith("fast.py")])
 def test_each_runner_iterates_the_registry(runner: str) -> None:
     assert "REGISTRY" in (REPO / runner).read_text()
+
+
+def test_the_fast_path_imports_no_tunable_at_all() -> None:
+    """It confirms the checks the tunables declared at prepare (fast_checks), as data."""
+    imported = _imports(REPO / "numahook/hook/fast.py")
+    assert not {m for m in imported if m.startswith("numahook.tunables")}
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if "realtime" in c.id or "rt" in c.id
+                                  or "emulator" in c.id or "hugepages" in c.id][:8],
+                         ids=lambda c: c.id)
+def test_declared_fast_checks_are_kinds_the_fast_path_knows(tmp_path: Path, case: Any) -> None:
+    from numahook import config
+    from numahook.hook import fast
+    from numahook.ops import hostinputs
+    from tests.fixtures.hosts import host_roots
+
+    roots = host_roots(tmp_path, case.host, case.cgroup_version, case.cpusets)
+    cfg = records.replace(config.parse(case.config), sysfs_root=str(roots["sysfs"]),
+                          cgroup_root=str(roots["cgroup"]), proc_root=str(roots["proc"]),
+                          state_dir=str(tmp_path / "state"))
+    source = render.parse((DATA / f"{case.source}-in.xml").read_text())
+    inp, _ = hostinputs.gather(cfg, source.facts.partition, source.facts.uuid,
+                               devices=source.facts.bdfs)
+    result = render.render_parsed(source, inp)
+    doc = render.parse(result.xml, readonly=True)
+    for tunable in tunables.REGISTRY:
+        if not tunable.wanted(doc):
+            continue
+        checks = tunable.fast_checks(doc, result.plan)
+        assert checks is None or set(checks) <= fast.CHECK_KINDS, (tunable.name, checks)
+        json.dumps(checks)  # stored in the claim as is
 
 
 def test_the_check_test_above_would_catch_a_runner_that_names_one(tmp_path: Path) -> None:
