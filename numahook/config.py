@@ -37,6 +37,10 @@ class Config:
     rt_on_failure: str = "fail"
     #: [realtime] max_budget_us: cap on the RT runtime delegated to one vCPU per period
     rt_max_budget_us: int = 900000
+    #: [cpus] shared: the host's shared housekeeping CPUs (Nova's ``cpu_shared_set``): the
+    #: emulator and IO threads of emulatorThreadPolicy="share" domains run there, and no
+    #: dedicated vCPU is ever pinned there
+    shared_cpus: frozenset[int] = frozenset()
     #: [hugepages] compact: compact memory and retry once when a node delivers too few pages
     hugepages_compact: bool = True
     #: [hook] lock_timeout: seconds a hook call waits for the state lock
@@ -125,6 +129,28 @@ def _parse_abspath(text: str) -> str:
 
 
 _abspath = _Converter(_parse_abspath, "an absolute path without ..")
+
+
+def _parse_cpus(text: str) -> frozenset[int]:
+    """A kernel cpulist, bounded as core/cpulist's is (config sits below core, so the few
+    lines are repeated rather than imported)."""
+    import re
+
+    cpus: set[int] = set()
+    for item in text.split(","):
+        m = re.fullmatch(r"\s*([0-9]{1,4})(?:-([0-9]{1,4}))?\s*", item)
+        if not m:
+            raise ValueError(f"{item.strip()!r} is not a CPU number or a range A-B")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if not lo <= hi <= _MAX_CPU:
+            raise ValueError(f"{item.strip()!r} is descending or beyond CPU {_MAX_CPU}")
+        cpus.update(range(lo, hi + 1))
+    return frozenset(cpus)
+
+
+#: core/cpulist.MAX_CPU: x86_64's largest NR_CPUS, less one
+_MAX_CPU = 8191
+_cpus = _Converter(_parse_cpus, "a CPU list such as 0-1,8 (cpuset syntax)")
 _text = _Converter(str.strip, "text")
 
 
@@ -137,6 +163,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, _Converter]] = {
     ("realtime", "on_failure"): ("rt_on_failure", _choice("fail", "warn")),
     ("realtime", "max_budget_us"): ("rt_max_budget_us", _number(1000, 1000000, int)),
     ("hugepages", "compact"): ("hugepages_compact", _bool),
+    ("cpus", "shared"): ("shared_cpus", _cpus),
     ("hook", "lock_timeout"): ("lock_timeout", _number(0.1, 120)),
     ("paths", "state_dir"): ("state_dir", _abspath),
     ("paths", "sysfs_root"): ("sysfs_root", _abspath),
@@ -170,6 +197,13 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "microseconds per period, delegated to one vCPU.",
     ("hugepages", "compact"): "When a node delivers fewer hugepages than a start needs, "
     "compact memory and try once more before refusing.",
+    ("cpus", "shared"): "The host's shared housekeeping CPUs (Nova's cpu_shared_set). The "
+    "emulator and IO threads of domains with emulatorThreadPolicy='share' run there, "
+    "SCHED_OTHER, instead of on a dedicated CPU. numahook takes these CPUs out of the "
+    "dedicated pool: no dedicated vCPU is pinned to them, whatever the partition's cpuset "
+    "says. They must lie in the cpuset of the partition of each domain that uses them, and "
+    "no dedicated domain may hold one. The vCPUs outside a domain's dedicatedMask float "
+    "there too. Unset: emulatorThreadPolicy='share' and dedicatedMask are refused.",
     ("hook", "lock_timeout"): "Seconds a hook call waits for numahook's state lock before it "
     "refuses the start.",
     ("paths", "state_dir"): "Claims, reservations and node.json.",

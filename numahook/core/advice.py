@@ -43,7 +43,8 @@ def realtime(facts: DomainFacts, req: Request, plan: Plan | None,
                            "threadPolicy='isolate', give the guest threads='2' in "
                            "<cpu><topology>, or turn SMT off")
                 break
-        if not req.isolate_emulator and set(plan.emulator) & rt_cpus:
+        if not req.isolated_emulator and set(plan.emulator) & rt_cpus:
             out.append("the emulator thread shares CPUs with real-time vCPUs; set "
-                       "isolateEmulatorThread=\"true\"")
+                       "emulatorThreadPolicy=\"share\" (with [cpus] shared in numahook.conf: "
+                       "no dedicated CPU spent) or isolateEmulatorThread=\"true\"")
     return out

@@ -41,8 +41,9 @@ def set_cputune(root: etree._Element, plan: Plan) -> None:
     for tag in owned:
         for el in cputune.findall(tag):
             remove(el)
-    for v, cpu in enumerate(plan.vcpu_pins):
-        insert(cputune, element("vcpupin", {"vcpu": str(v), "cpuset": str(cpu)}), CPUTUNE_ORDER)
+    for v in range(len(plan.vcpu_pins)):
+        insert(cputune, element("vcpupin", {"vcpu": str(v), "cpuset": _fmt(plan.pin(v))}),
+               CPUTUNE_ORDER)
     insert(cputune, element("emulatorpin", {"cpuset": _fmt(plan.emulator_pin)}), CPUTUNE_ORDER)
     for io, cpus in plan.iothread_pins:
         insert(cputune, element("iothreadpin", {"iothread": str(io), "cpuset": _fmt(cpus)}),

@@ -39,7 +39,8 @@ def plan_dict(plan: Plan | None) -> dict[str, Any]:
         return {"pinning": None, "cells": [], "realtime_vcpus": []}
     return {
         "pinning": {
-            "vcpus": {str(v): c for v, c in enumerate(plan.vcpu_pins)},
+            "vcpus": {str(v): c for v, c in enumerate(plan.vcpu_pins) if v not in plan.floating},
+            "floating": {"vcpus": list(plan.floating), "cpus": list(plan.float_cpus)},
             "emulator": list(plan.emulator),
             "emulator_start": list(plan.emulator_pin),
             "iothreads": {str(io): list(cpus) for io, cpus in plan.iothread_pins},
@@ -83,8 +84,11 @@ def evaluation_text(name: str, ev: Evaluation) -> str:
         lines.append(f"  warn advisory: {a}")
     plan = ev.plan
     if plan is not None:
-        pins = ", ".join(f"{v}->{c}" for v, c in enumerate(plan.vcpu_pins))
+        pins = ", ".join(f"{v}->{cpulist.format(plan.pin(v))}"
+                         + (" (shared)" if v in plan.floating else "")
+                         for v in range(len(plan.vcpu_pins)))
         lines.append(f"  pinning: vCPU {pins}; emulator {cpulist.format(plan.emulator)}"
+                     + (" (the shared set)" if plan.emulator_shared else "")
                      + (f"; siblings {cpulist.format(plan.held)} held" if plan.held else ""))
         if plan.emulator_start:
             lines.append(f"  emulator while QEMU starts: CPUs {cpulist.format(plan.emulator_pin)}"

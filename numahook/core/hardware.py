@@ -8,13 +8,12 @@ split in whole pages with the remainder on the first cells, strict memory bindin
 from __future__ import annotations
 
 from numahook import records
-from numahook.core import advice, cpulist, locality, placement, prealloc, smt
+from numahook.core import advice, cpulist, guestmem, locality, placement, prealloc, shared, smt
 from numahook.core.allocate import Allocation, allocate
 from numahook.core.domainxml import DomainFacts
 from numahook.core.plan import Cell, Check, Evaluation, Inputs, Plan
 from numahook.core.request import Request
-from numahook.core.topology import Topology
-from numahook.core.units import clip, counted, human_kib, plural
+from numahook.core.units import clip, counted, plural
 from numahook.errors import InputError, Refusal
 
 
@@ -60,6 +59,9 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     needs_dedicated = [w for w, on in (("guestMappingPassthrough", req.passthrough),
                                        ("realtime", req.realtime),
                                        ("isolateEmulatorThread", req.isolate_emulator),
+                                       ("emulatorThreadPolicy",
+                                        req.emulator_thread_policy is not None),
+                                       ("dedicatedMask", req.dedicated_mask is not None),
                                        ("pciNumaAffinity", req.pci_numa_affinity is not None),
                                        ("threadPolicy", req.thread_policy is not None)) if on]
     if needs_dedicated and not req.dedicated:
@@ -74,12 +76,22 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
             ck.fail("guest-mapping-passthrough", "realtime needs guestMappingPassthrough; add "
                     "<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa>")
 
+    if req.shares_emulator and req.isolate_emulator:
+        ck.fail("emulator-thread-policy", "isolateEmulatorThread=\"true\" and "
+                "emulatorThreadPolicy=\"share\" contradict each other; remove one of them")
+    elif req.shares_emulator:
+        trouble = shared.problem(inp, name, "emulatorThreadPolicy=\"share\"")
+        if trouble:
+            ck.fail(shared.CHECK, trouble)
+        else:
+            ck.ok(shared.CHECK, shared.summary(inp, "the emulator"))
+
     # hugepages without passthrough: Nova's implicit one-cell topology (hw:mem_page_size),
     # all memory bound strict to the one node of the dedicated CPUs, its pages reserved there
     bound = req.dedicated and facts.hugepages and not req.passthrough
     page_kib = None
     if req.passthrough or bound:
-        page_kib = _check_hugepages(ck, facts, inp, req.passthrough)
+        page_kib = guestmem.check_hugepages(ck, facts, inp, req.passthrough)
     # guest CPU topology
     topology = facts.topology or (1, 1, facts.vcpus, 1)
     product = topology[0] * topology[1] * topology[2] * topology[3]
@@ -95,7 +107,7 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         if why:
             ck.fail(smt.CHECK, why)
         else:
-            ck.ok(smt.CHECK, smt.summary(req.threads, topology[3], req.isolate_emulator))
+            ck.ok(smt.CHECK, smt.summary(req.threads, topology[3], req.isolated_emulator))
 
     rt_vcpus: frozenset[int] = frozenset()
     if req.realtime:
@@ -112,6 +124,9 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
                 ck.fail("realtime-mask", f"realtime mask {mask} selects no vCPU; "
                         "fix the mask or remove <numahook:realtime>")
 
+    # Nova's hw:cpu_policy=mixed: the vCPUs outside dedicatedMask float on [cpus] shared
+    dedicated = shared.dedicated_vcpus(ck, req, inp, facts, topology[3], rt_vcpus)
+
     if not req.dedicated or ck.failing:
         if req.dedicated:
             ck.skip("dedicated-cpus", "not evaluated: an earlier precondition failed")
@@ -123,13 +138,14 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
     if refused:
         ck.fail(locality.CHECK, refused)
         return _refused(ck, facts, req, inp)
-    extra = 1 if req.isolate_emulator else 0
+    extra = 1 if req.isolated_emulator else 0
     with_memory = frozenset(n.id for n in topo.nodes.values() if n.memory_kib > 0)
     base = with_memory if req.passthrough or bound else frozenset(topo.nodes)
 
     def fit(nodes: frozenset[int], where: str = "on nodes with memory") -> Allocation:
-        return allocate(topo, inp.available, facts.vcpus, topology[3], extra,
-                        keep=facts.vcpupin, keep_extra=facts.emulator_cpus,
+        return allocate(topo, shared.pool(inp), len(dedicated), topology[3], extra,
+                        keep=shared.kept(facts.vcpupin, dedicated, facts.vcpus),
+                        keep_extra=facts.emulator_cpus,
                         vcpu_nodes=nodes if nodes != frozenset(topo.nodes) else None,
                         where=where, policy=req.threads, one_node=bound)
 
@@ -149,10 +165,13 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
         ck.fail(exc.check, str(exc))
         return _refused(ck, facts, req, inp)
     vcpu_nodes = topo.nodes_of(alloc.vcpus)
+    floating = tuple(v for v in range(facts.vcpus) if v not in dedicated)
+    alloc = shared.expand(alloc, dedicated, facts.vcpus, inp.config.shared_cpus)
     if loc.devices:
         ck.ok(locality.CHECK, locality.summary(loc, vcpu_nodes, fallback is not None))
-    ck.ok("dedicated-cpus", f"{plural(len(alloc.vcpus), 'vCPU')} on "
-          f"{plural(len(alloc.vcpus), 'CPU')} {cpulist.format(alloc.vcpus)}"
+    own = [c for v, c in enumerate(alloc.vcpus) if v in dedicated]
+    ck.ok("dedicated-cpus", f"{plural(len(own), 'vCPU')} on "
+          f"{plural(len(own), 'CPU')} {cpulist.format(own)}"
           + (f", emulator on {plural(len(alloc.extra), 'CPU')} {cpulist.format(alloc.extra)}"
              if alloc.extra else "")
           + (f", their siblings {cpulist.format(alloc.held)} held" if alloc.held else "")
@@ -160,7 +179,8 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
 
     cells: tuple[Cell, ...] = ()
     if req.passthrough and page_kib is not None:
-        cells = _cells(ck, facts, topo, alloc.vcpus, page_kib)
+        cells = guestmem.cells(ck, facts, topo, alloc.vcpus, page_kib, floating,
+                               inp.config.shared_cpus)
         if ck.failing:
             return _refused(ck, facts, req, inp)
 
@@ -177,14 +197,14 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
               f"{counted(len(buses), 'pcie-expander-bus', 'pcie-expander-buses')}, on guest "
               f"{plural(len(cells_used), 'cell')} {cpulist.format(cells_used)}")
 
-    plan = records.replace(_plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib),
-                           buses=buses)
+    plan = records.replace(_plan(facts, req, inp, alloc, cells, rt_vcpus, topology, page_kib,
+                                 floating), buses=buses)
     if bound and page_kib is not None:
         plan = records.replace(plan, memory_node=vcpu_nodes[0],
                                memory_pages=facts.memory_kib // page_kib,
                                emulator_start=prealloc.start_set(
                                    topo, plan.emulator, plan.vcpu_pins, rt_vcpus, plan.held,
-                                   (vcpu_nodes[0],)))
+                                   (vcpu_nodes[0],), floating))
     notes = (locality.advice(loc, vcpu_nodes, fallback) + dev_notes
              + advice.realtime(facts, req, plan, topo))
     if req.realtime and not inp.can_lock_memory:
@@ -212,18 +232,23 @@ def _unplaced(req: Request, gate: bool) -> str:
 
 def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
           cells: tuple[Cell, ...], rt_vcpus: frozenset[int],
-          topology: tuple[int, int, int, int], page_kib: int | None) -> Plan:
+          topology: tuple[int, int, int, int], page_kib: int | None,
+          floating: tuple[int, ...] = ()) -> Plan:
     topo = inp.topology
+    float_cpus = tuple(sorted(inp.config.shared_cpus)) if floating else ()
     if alloc.extra:
         emulator = alloc.extra
+    elif req.shares_emulator:  # Nova's hw:emulator_threads_policy=share
+        emulator = tuple(sorted(inp.config.shared_cpus))
     else:  # float over the non-real-time vCPUs' CPUs, so the emulator never preempts RT
-        non_rt = [alloc.vcpus[v] for v in range(facts.vcpus) if v not in rt_vcpus]
-        emulator = tuple(sorted(non_rt or alloc.vcpus))
+        non_rt = {c for v in range(facts.vcpus) if v not in rt_vcpus
+                  for c in (float_cpus if v in floating else (alloc.vcpus[v],))}
+        emulator = tuple(sorted(non_rt or set(alloc.vcpus)))
     distances = tuple(
         (a.id, b.id, topo.distance(a.host_node, b.host_node)) for a in cells for b in cells
     ) if len(cells) > 1 else ()
     start = prealloc.start_set(topo, emulator, alloc.vcpus, rt_vcpus, alloc.held,
-                               (c.host_node for c in cells))
+                               (c.host_node for c in cells), floating)
     return Plan(
         vcpu_pins=alloc.vcpus,
         emulator=emulator,
@@ -241,6 +266,9 @@ def _plan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
         kept_pinning=alloc.kept,
         held=alloc.held,
         emulator_start=start,
+        emulator_shared=req.shares_emulator,
+        floating=floating,
+        float_cpus=float_cpus,
     )
 
 
@@ -259,57 +287,6 @@ def replan(facts: DomainFacts, req: Request, inp: Inputs, alloc: Allocation,
     return _plan(facts, req, inp, alloc, cells, rt, topology, page_kib)
 
 
-def _check_hugepages(ck: _Checks, facts: DomainFacts, inp: Inputs,
-                     passthrough: bool) -> int | None:
-    if not facts.hugepages:
-        ck.fail("hugepages", "guestMappingPassthrough needs hugepages; add <memoryBacking>"
-                "<hugepages><page size='2048' unit='KiB'/></hugepages></memoryBacking>")
-        return None
-    if len(set(facts.page_sizes)) > 1:
-        who = ("guestMappingPassthrough needs" if passthrough else
-               "numahook reserves a hugepage domain's pages on one node and needs")
-        ck.fail("hugepages", f"{who} one hugepage size, but <hugepages> "
-                f"lists {len(set(facts.page_sizes))}; keep a single <page>")
-        return None
-    page = facts.page_sizes[0] if facts.page_sizes else (
-        inp.default_page_kib or inp.topology.default_page_kib)
-    ck.ok("hugepages", f"memory is backed by {human_kib(page)} hugepages")
-    sizes = inp.topology.page_sizes
-    if sizes and page not in sizes:
-        ck.fail("page-size", f"this host has no {human_kib(page)} hugepages (it supports "
-                f"{', '.join(human_kib(s) for s in sorted(sizes))}); change <page size>")
-        return None
-    ck.ok("page-size", f"the host supports {human_kib(page)} pages")
-    if facts.memory_kib % page:
-        ck.fail("memory-whole-pages", f"memory {human_kib(facts.memory_kib)} is not a whole "
-                f"number of {human_kib(page)} pages; round <memory> to a multiple of "
-                f"{human_kib(page)}")
-        return None
-    ck.ok("memory-whole-pages", f"{facts.memory_kib // page} pages of {human_kib(page)}")
-    return page
-
-
-def _cells(ck: _Checks, facts: DomainFacts, topo: Topology, pins: tuple[int, ...],
-           page_kib: int) -> tuple[Cell, ...]:
-    nodes = topo.nodes_of(pins)
-    pages = facts.memory_kib // page_kib
-    k = len(nodes)
-    if pages < k:
-        ck.fail("memory-page-per-cell", f"{human_kib(facts.memory_kib)} is {pages} pages of "
-                f"{human_kib(page_kib)}, fewer than the {k} guest cells its CPUs span; raise "
-                f"<memory> to at least {human_kib(k * page_kib)}")
-        return ()
-    base, rem = divmod(pages, k)
-    cells = []
-    for i, node in enumerate(nodes):
-        n_pages = base + (1 if i < rem else 0)
-        vcpus = tuple(v for v, c in enumerate(pins) if topo.node_of(c) == node)
-        cells.append(Cell(i, node, vcpus, n_pages * page_kib, n_pages))
-    ck.ok("memory-page-per-cell", f"{counted(k, 'guest cell')}, {base}{'+1' if rem else ''} "
-          f"{plural(base + bool(rem), 'page')}{' each' if k > 1 else ''}")
-    return tuple(cells)
-
-
 def _iothreads(ids: tuple[int, ...], emulator: tuple[int, ...],
                policy: str | None) -> tuple[tuple[int, tuple[int, ...]], ...]:
     if policy == "auto" and len(emulator) > 1:
@@ -323,9 +300,9 @@ def differences(facts: DomainFacts, plan: Plan) -> list[str]:
     Compares meaning, not text, because libvirt reformats what it stores.
     """
     out: list[str] = []
-    for v, cpu in enumerate(plan.vcpu_pins):
-        have = facts.vcpupin.get(v)
-        if have != frozenset({cpu}):
+    for v in range(len(plan.vcpu_pins)):
+        have, cpu = facts.vcpupin.get(v), cpulist.format(plan.pin(v))
+        if have != frozenset(plan.pin(v)):
             if have:
                 out.append(f"vCPU {v} is pinned to CPU {cpulist.format(have)}, but on this "
                            f"host now it belongs on CPU {cpu}")

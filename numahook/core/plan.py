@@ -92,7 +92,8 @@ class DeviceReport:
 #: A default, not truthiness, because memory_node 0 is a real node.
 _LATER: dict[str, object] = {"emulator_realtime": False, "held": (), "buses": (),
                              "memory_node": None, "memory_pages": 0,
-                             "emulator_start": ()}
+                             "emulator_start": (), "emulator_shared": False,
+                             "floating": (), "float_cpus": ()}
 
 
 @record(frozen=True)
@@ -129,6 +130,23 @@ class Plan:
     #: the rendered <emulatorpin> while QEMU starts, when it must reach memory nodes that
     #: ``emulator`` does not (core/prealloc.py); ``()``: the same as ``emulator``
     emulator_start: tuple[int, ...] = ()
+    #: emulatorThreadPolicy share: ``emulator`` is the host's shared set, which the domain
+    #: uses but does not hold
+    emulator_shared: bool = False
+    #: dedicatedMask: the vCPUs outside it, which float on ``float_cpus`` (the host's
+    #: shared set) instead of a CPU of their own; their ``vcpu_pins`` entry is the lowest
+    #: of ``float_cpus``, so read a vCPU's CPUs through :meth:`pin`
+    floating: tuple[int, ...] = ()
+    float_cpus: tuple[int, ...] = ()
+
+    def pin(self, vcpu: int) -> tuple[int, ...]:
+        """The host CPUs ``vcpu`` is pinned to: its dedicated one, or the shared set."""
+        return self.float_cpus if vcpu in self.floating else (self.vcpu_pins[vcpu],)
+
+    @property
+    def dedicated_pins(self) -> tuple[int, ...]:
+        """The CPUs of the vCPUs that have one of their own."""
+        return tuple(c for v, c in enumerate(self.vcpu_pins) if v not in self.floating)
 
     @property
     def emulator_pin(self) -> tuple[int, ...]:
@@ -137,8 +155,12 @@ class Plan:
 
     @property
     def cpus(self) -> frozenset[int]:
-        """Every host CPU this domain holds exclusively."""
-        return frozenset(self.vcpu_pins) | frozenset(self.emulator) | frozenset(self.held)
+        """Every host CPU this domain holds exclusively: never a shared one, which a shared
+        emulator or one floating with the floating vCPUs uses."""
+        emulator = () if self.emulator_shared else tuple(
+            c for c in self.emulator if c not in self.float_cpus)
+        return (frozenset(self.dedicated_pins) | frozenset(emulator)
+                | frozenset(self.held))
 
     @property
     def page_need(self) -> dict[tuple[int, int], int]:
@@ -192,3 +214,7 @@ class Inputs:
     can_lock_memory: bool = True
     #: where the domain's passthrough devices sit on this host, by BDF
     devices: Mapping[str, HostPci] = field(default_factory=dict)
+    #: the cpuset of the domain's partition (None: not known, as with ``check --cpuset``)
+    partition_cpus: frozenset[int] | None = None
+    #: the CPUs other domains' claims hold exclusively (``available`` lacks them as well)
+    claimed_cpus: frozenset[int] = frozenset()

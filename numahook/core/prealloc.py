@@ -26,20 +26,22 @@ from numahook.core.topology import Topology
 
 def start_set(topo: Topology, emulator: tuple[int, ...], vcpu_pins: tuple[int, ...],
               realtime: Iterable[int], held: Iterable[int],
-              memory_nodes: Iterable[int]) -> tuple[int, ...]:
+              memory_nodes: Iterable[int], floating: Iterable[int] = ()) -> tuple[int, ...]:
     """The emulator's CPUs while QEMU starts; ``()`` when its own ones already reach every
     memory node. Per missing node it borrows, in this order, an idle held sibling, a
     non-real-time vCPU's CPU, then a real-time vCPU's CPU (lowest CPU first in each), so a
-    FIFO vCPU's CPU is lent only when the domain has nothing else there."""
+    FIFO vCPU's CPU is lent only when the domain has nothing else there. ``floating``
+    vCPUs (dedicatedMask) hold no CPU of their own and lend none."""
     have = {topo.node_of(c) for c in emulator}
     rt = set(realtime)
+    own = [(v, c) for v, c in enumerate(vcpu_pins) if v not in set(floating)]
     held = tuple(held)
     borrowed: list[int] = []
     for node in sorted(set(memory_nodes) - have):
         tiers = (
             [c for c in held if topo.node_of(c) == node],
-            [c for v, c in enumerate(vcpu_pins) if v not in rt and topo.node_of(c) == node],
-            [c for v, c in enumerate(vcpu_pins) if topo.node_of(c) == node],
+            [c for v, c in own if v not in rt and topo.node_of(c) == node],
+            [c for _, c in own if topo.node_of(c) == node],
         )
         pick = next((min(t) for t in tiers if t), None)
         if pick is not None:

@@ -21,6 +21,13 @@ if TYPE_CHECKING:
 class Request:
     dedicated: bool = False
     isolate_emulator: bool = False
+    #: emulatorThreadPolicy as written: "isolate" (as isolateEmulatorThread="true") or
+    #: "share" (the emulator and IO threads on ``[cpus] shared``); None: not set.
+    #: isolateEmulatorThread="false" is its default and says nothing against either;
+    #: "true" with "share" is refused as a precondition (core/hardware.py)
+    emulator_thread_policy: str | None = None
+    #: dedicatedMask as written (the realtime mask's grammar); None: every vCPU dedicated
+    dedicated_mask: str | None = None
     #: "shared": every IO thread on the emulator CPUs; "auto": spread one per emulator CPU
     io_threads_policy: str | None = None
     passthrough: bool = False
@@ -36,7 +43,19 @@ class Request:
     def managed(self) -> bool:
         """Whether numahook has anything to do for this domain."""
         return (self.dedicated or self.passthrough or self.realtime or self.isolate_emulator
+                or self.emulator_thread_policy is not None or self.dedicated_mask is not None
                 or self.pci_numa_affinity is not None or self.thread_policy is not None)
+
+    @property
+    def isolated_emulator(self) -> bool:
+        """The emulator gets a dedicated CPU of its own: ``isolateEmulatorThread="true"``,
+        or its new name ``emulatorThreadPolicy="isolate"`` (both fields kept as written)."""
+        return self.isolate_emulator or self.emulator_thread_policy == "isolate"
+
+    @property
+    def shares_emulator(self) -> bool:
+        """The emulator and IO threads go to the host's shared set (``[cpus] shared``)."""
+        return self.emulator_thread_policy == "share"
 
     @property
     def pci_affinity(self) -> str:

@@ -171,11 +171,27 @@ DOMAIN = Element("domain", "the one element in the domain's `<metadata>`: its pr
              "domain holds exclusively; every other setting needs it", default=False),
         Attr("isolateEmulatorThread", "isolate_emulator", _BOOL, "one more CPU for QEMU's "
              "emulator thread and IO threads (a whole core with threadPolicy `isolate` or "
-             "`require`)", default=False),
+             "`require`); `true` is emulatorThreadPolicy `isolate`", default=False),
+        # Nova's hw:emulator_threads_policy, less its default: no policy keeps the emulator
+        # on the domain's own vCPUs, as before
+        Attr("emulatorThreadPolicy", "emulator_thread_policy", Choice(
+            ("isolate", "one more dedicated CPU for them, as `isolateEmulatorThread=\"true\"`"),
+            ("share", "on the host's shared CPUs (`[cpus] shared` in numahook.conf), "
+             "SCHED_OTHER, and no dedicated CPU spent (refused where that key is unset)")),
+             "where QEMU's emulator thread and IO threads run (Nova's "
+             "`hw:emulator_threads_policy`); `isolateEmulatorThread=\"true\"` is `isolate`, and "
+             "with `share` it is refused as a contradiction",
+             absent="as `isolateEmulatorThread`"),
         Attr("ioThreadsPolicy", "io_threads_policy", Choice(
             ("shared", "every IO thread on the emulator CPUs"),
             ("auto", "one IO thread per emulator CPU, round robin")),
              "where the domain's `<iothreads>` run", absent="IO threads follow the emulator"),
+        # Nova's hw:cpu_policy=mixed with hw:cpu_dedicated_mask
+        Attr("dedicatedMask", "dedicated_mask", Text("`N`, `A-B`, `^N`, `^A-B`, "
+                                                     "comma-separated"),
+             "the vCPUs that get dedicated CPUs; the others float on the host's shared CPUs "
+             "(`[cpus] shared`), as Nova's `hw:cpu_dedicated_mask`; the realtime mask must lie "
+             "inside it", absent="all vCPUs"),
         # Nova's values but its legacy and socket, which numahook has not
         Attr("pciNumaAffinity", "pci_numa_affinity", Choice(
             ("required", "every vCPU on the host nodes of the passthrough devices, else "

@@ -129,6 +129,8 @@ class NodeCapability:
     reasons: tuple[str, ...]
     #: facts that could not be read (the rest of the probe still stands)
     warnings: tuple[str, ...] = ()
+    #: ``[cpus] shared``: where shared emulators run, out of the dedicated pool
+    shared_cpus: frozenset[int] = frozenset()
 
     @property
     def isolcpus(self) -> frozenset[int]:
@@ -169,7 +171,8 @@ class NodeCapability:
                 "cmdline": {k: self.cmdline[k].to_json() for k in CPU_PARAMS},
             },
             "cgroup_version": self.cgroup_version,
-            "cpus": {"online": cpulist.format(self.online_cpus), "count": len(self.online_cpus)},
+            "cpus": {"online": cpulist.format(self.online_cpus), "count": len(self.online_cpus),
+                     "shared": cpulist.format(self.shared_cpus)},
             "numa_nodes": [
                 {
                     "id": n.id,
@@ -224,6 +227,7 @@ class NodeCapability:
             start_policy=StartPolicy(**d["start_policy"]),
             reasons=tuple(d["reasons"]),
             warnings=tuple(d["warnings"]),
+            shared_cpus=cpulist.parse(d["cpus"].get("shared", "")),
         )
 
 

@@ -211,6 +211,7 @@ def probe(cfg: Config, libvirt_reachable: bool | None = None) -> NodeCapability:
         start_policy=policy,
         reasons=(),
         warnings=tuple(warnings),
+        shared_cpus=cfg.shared_cpus,
     )
     path = cfg.source if cfg.source.startswith("/") else DEFAULT_PATH
     return replace(cap, reasons=tuple(reasons(cap, path)))

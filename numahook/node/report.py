@@ -166,6 +166,10 @@ def report_lines(cap: NodeCapability) -> list[tuple[str, str]]:
         *((name, _param(cap.cmdline[name])) for name in CPU_PARAMS),
         ("cgroup", f"v{cap.cgroup_version}"),
         ("CPUs online", f"{cpulist.format(cap.online_cpus)} ({len(cap.online_cpus)})"),
+        ("CPUs shared", (f"{cpulist.format(cap.shared_cpus)} ([cpus] shared: shared emulators and "
+                         "floating vCPUs run there, never dedicated)") if cap.shared_cpus else
+         "none ([cpus] shared is unset, so emulatorThreadPolicy='share' and dedicatedMask "
+         "are refused)"),
         ("NUMA nodes", f"{len(cap.nodes)}: " + "; ".join(
             f"node{n.id} CPUs {cpulist.format(n.cpus) or 'none'}, {n.memory_kib // 1024} MiB"
             for n in cap.nodes)),

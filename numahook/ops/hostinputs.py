@@ -32,16 +32,22 @@ class CpuSource:
     partition_cpus: frozenset[int]
     held_by_domains: dict[str, frozenset[int]]
     held_by_claims: frozenset[int]
+    #: ``[cpus] shared``: out of the dedicated pool, for shared emulators
+    shared: frozenset[int] = frozenset()
 
     def describe(self) -> str:
         held = set(self.held_by_claims)
         for cpus in self.held_by_domains.values():
             held |= cpus
+        held -= self.shared  # a shared emulator's pin: used, not held
         text = (f"partition {self.partition} ({self.partition_path}) has CPUs "
                 f"{cpulist.format(self.partition_cpus) or 'none'}")
         if held:
             text += (f", of which {cpulist.format(held)} {plural(len(held), 'is', 'are')} held "
                      "by other dedicated domains")
+        if self.shared:
+            text += (f"; {cpulist.format(self.shared)} {plural(len(self.shared), 'is', 'are')} "
+                     "the shared set ([cpus] shared), never dedicated")
         return text
 
 
@@ -87,8 +93,11 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
         default_page_kib=sysfs.default_page_kib(cfg.proc_root),
         can_lock_memory=procfs.libvirtd_has_capability(CAP_SYS_RESOURCE, cfg.proc_root),
         devices=sysfs.read_pci(cfg.sysfs_root, devices),
+        partition_cpus=None if cpuset_override is not None else frozenset(cpus),
+        claimed_cpus=claimed,
     )
-    view = CpuSource(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed)
+    view = CpuSource(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed,
+                     cfg.shared_cpus)
     return inputs, view
 
 
@@ -118,7 +127,9 @@ def fingerprint(cfg: Config, partitions: set[str | None], state: StateDir) -> st
     import hashlib
 
     parts = [sysfs.read_topology(cfg.sysfs_root).fingerprint(),
-             str(rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root))]
+             str(rtsched.needs_group_budget(cfg.cgroup_root, cfg.proc_root)),
+             # [cpus] shared leaves the dedicated pool: pinnings on it must move
+             cpulist.format(cfg.shared_cpus)]
     for p in sorted(partitions, key=str):
         try:
             parts.append(cpulist.format(cgroups.partition_cpuset(cfg.cgroup_root, p).cpus))

@@ -12,7 +12,7 @@ from __future__ import annotations
 from numahook import faults, records
 from numahook import log as logmod
 from numahook.config import Config
-from numahook.core import allocate, cpulist, hardware, metadata, render
+from numahook.core import allocate, cpulist, hardware, metadata, render, shared
 from numahook.core.plan import Plan
 from numahook.errors import HostError, NumahookError, Refusal
 from numahook.host import fsutil
@@ -244,14 +244,20 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
                 f"here; run `numahook apply {name}` on the source host and try again",
                 "guest-shape")
         want = [c.vcpus for c in plan.cells]
+        if want != cells and plan.floating:
+            raise Refusal(
+                f"this host would give {name} other guest NUMA cells ({len(want)} instead of "
+                f"{len(cells)}), and numahook keeps a guest's cells only for domains without "
+                "dedicatedMask; migrate it to a host whose free CPUs and shared set put its "
+                "dedicated vCPUs on as many nodes", "guest-shape")
         if want != cells:
             threads = plan.topology[3]
             with_memory = frozenset(n.id for n in inputs.topology.nodes.values()
                                     if n.memory_kib > 0)
             try:
                 alloc = allocate.allocate_cells(
-                    inputs.topology, inputs.available, cells, threads,
-                    1 if req.isolate_emulator else 0, vcpu_nodes=with_memory,
+                    inputs.topology, shared.pool(inputs), cells, threads,
+                    1 if req.isolated_emulator else 0, vcpu_nodes=with_memory,
                     policy=req.threads)
             except Refusal as exc:
                 raise Refusal(

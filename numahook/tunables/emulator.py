@@ -128,7 +128,7 @@ def narrow(facts: DomainFacts, pid: int | None, proc_root: str = "/proc",
 
 class Emulator(Tunable):
     name = "emulator"
-    attributes = ("isolateEmulatorThread",)
+    attributes = ("isolateEmulatorThread", "emulatorThreadPolicy")
     plan_fields = ("emulator", "emulator_start")
 
     def wanted(self, doc: Parsed | View) -> bool:

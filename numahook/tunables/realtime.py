@@ -62,7 +62,8 @@ class Entry:
 
 class Realtime(Tunable):
     name = "realtime"
-    attributes = ("realtime", "realtime.mask", "realtime.priority", "isolateEmulatorThread")
+    attributes = ("realtime", "realtime.mask", "realtime.priority", "isolateEmulatorThread",
+                  "emulatorThreadPolicy")
     plan_fields = ("realtime_vcpus", "priority", "vcpusched", "emulator_realtime", "locked")
 
     def wanted(self, doc: Parsed | View) -> bool:
@@ -78,7 +79,7 @@ class Realtime(Tunable):
         early = tuple(v for v in plan.realtime_vcpus if v < doc.facts.current_vcpus)
         if not early:
             return None
-        return Entry(Intent(early, plan.priority, doc.request.isolate_emulator))
+        return Entry(Intent(early, plan.priority, doc.request.isolated_emulator))
 
     def _apply(self, cfg: Config, journal: Journal, tids: dict[int, int],
                vcpus: frozenset[int], priority: int, emulator: int | None,
@@ -101,7 +102,7 @@ class Realtime(Tunable):
     def _emulator(self, view: View) -> int | None:
         """QEMU's main thread is the emulator thread: real-time with the vCPUs when it has
         its own isolated CPU."""
-        return view.pid if view.request.isolate_emulator and view.rt_vcpus and view.pid \
+        return view.pid if view.request.isolated_emulator and view.rt_vcpus and view.pid \
             else None
 
     def apply(self, cfg: Config, journal: Journal,

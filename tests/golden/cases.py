@@ -17,6 +17,8 @@ class Case:
     cgroup_version: int = 1
     #: cgroup dir -> cpulist; None means every online CPU in the root and machine groups
     cpusets: dict[str, str] | None = None
+    #: numahook.conf text the case renders under (``[cpus] shared``)
+    config: str = ""
 
 
 CASES = [
@@ -67,4 +69,24 @@ CASES = [
     # 0) and borrows real-time vCPU 2's, the only CPU the domain holds on node 1
     Case("quad-rt-span-mask-v2", "rt-span-mask", "quad-nosmt", cgroup_version=2,
          cpusets={"": "0-31", "machine.slice": "6-9"}),
+    # emulatorThreadPolicy share (issue 29): a real-time domain's emulator and IO threads on
+    # the shared core 0 (CPUs 0 and 40), SCHED_OTHER: no <emulatorsched>, and 4 dedicated
+    # CPUs for 4 vCPUs, none of them from the shared set
+    Case("intel-share-realtime", "share-realtime", "intel-2s-ht", config="[cpus]\nshared = 0,40\n"),
+    # shared CPUs on node 0, the vCPUs on node 1: while QEMU starts, <emulatorpin> also
+    # holds non-real-time vCPU 0's CPU on node 1 for cell 0's preallocation; <numahook:
+    # rendered emulator> keeps the shared set for the narrowing at started
+    Case("quad-share-span-v2", "share-span", "quad-nosmt", cgroup_version=2,
+         cpusets={"": "0-31", "machine.slice": "0-1,8-11"}, config="[cpus]\nshared = 0-1\n"),
+    # dedicatedMask (issue 29): vCPU 0 floats on the shared core 0 (CPUs 0 and 40) with the
+    # emulator and IO thread; vCPUs 1-3 get CPUs of their own on both sockets (the
+    # cpuset leaves two per node), so two cells, and vCPU 0 joins cell 0, whose node holds
+    # the shared CPUs
+    Case("intel-mixed-realtime", "mixed-realtime", "intel-2s-ht",
+         cpusets={"": "0-79", "machine": "0,19,20,40,59,60"}, config="[cpus]\nshared = 0,40\n"),
+    # the shared CPU (16) on node 2, which holds no cell: floating vCPU 0 joins cell 0; no
+    # emulator policy, so the emulator floats over the non-real-time vCPUs' CPUs, vCPU 0's
+    # shared one among them
+    Case("quad-mixed-span-v2", "mixed-span", "quad-nosmt", cgroup_version=2,
+         cpusets={"": "0-31", "machine.slice": "8-9,16"}, config="[cpus]\nshared = 16\n"),
 ]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from numahook import config
 from numahook.config import Config
 from numahook.core import render
 from numahook.ops import hostinputs
@@ -27,7 +28,8 @@ def host_config(tmp_path: Path, case: Case) -> Config:
     roots = host_roots(tmp_path, case.host, case.cgroup_version, case.cpusets)
     run = tmp_path / "libvirt-run"
     run.mkdir()
-    return replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
+    base = config.parse(case.config) if case.config else Config()
+    return replace(base, sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
                    proc_root=str(roots["proc"]), libvirt_run=str(run),
                    state_dir=str(tmp_path / "state"))
 

@@ -170,6 +170,7 @@ def test_cli_check_json_advisories(capsys: pytest.CaptureFixture[str],
     assert "tsc-deadline is not required" in text
     assert "hyperthread siblings are shared: real-time vCPU" in text
     assert "the emulator thread shares CPUs with real-time vCPUs" in text
+    assert 'set emulatorThreadPolicy="share" (with [cpus] shared' in text
     assert len(adv) == 6
 
 

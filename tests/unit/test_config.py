@@ -123,6 +123,8 @@ on_failure = warn
 max_budget_us = 500000
 [hugepages]
 compact = no
+[cpus]
+shared = 0-1,8
 [hook]
 lock_timeout = 2.5
 [paths]
@@ -142,7 +144,8 @@ textfile_dir = /srv/textfile
     cfg = config.parse(text, SRC)
     assert cfg == Config(
         numa_gate=False, realtime_gate=False, rt_throttled="delegate", rt_on_failure="warn",
-        rt_max_budget_us=500000, hugepages_compact=False, lock_timeout=2.5,
+        rt_max_budget_us=500000, hugepages_compact=False, shared_cpus=frozenset({0, 1, 8}),
+        lock_timeout=2.5,
         state_dir="/var/run/nh", sysfs_root="/srv/sys", cgroup_root="/srv/cgroup",
         proc_root="/srv/proc", libvirt_run="/srv/libvirt", probe_interval=30.0,
         reconcile_interval=1.5, resync_interval=45.0, libvirt_uri="qemu+unix:///system",
@@ -219,6 +222,18 @@ def test_numbers_out_of_range_or_garbage(text: str, words: list[str]) -> None:
     assert msg.startswith(f"{SRC}:2: ")
     for w in words:
         assert w in msg
+
+
+@pytest.mark.parametrize(("value", "words"), [
+    ("0-x", "'0-x' is not a CPU number or a range A-B"),
+    ("", "'' is not a CPU number or a range A-B"),
+    ("3-1", "'3-1' is descending or beyond CPU 8191"),
+    ("0,9000", "'9000' is descending or beyond CPU 8191"),
+])
+def test_bad_shared_cpu_list(value: str, words: str) -> None:
+    msg = _error(f"[cpus]\nshared = {value}\n")
+    assert msg == (f"{SRC}:2: [cpus] shared: {words}; set it to a CPU list such as 0-1,8 "
+                   "(cpuset syntax)")
 
 
 @pytest.mark.parametrize("value", ["run/numahook", "./state", "~/state", "/run/../etc", ""])

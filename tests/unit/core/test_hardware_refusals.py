@@ -40,7 +40,7 @@ def one_line(msg: str) -> str:
 def topos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Topology]:
     base = tmp_path_factory.mktemp("hosts")
     return {n: sysfs.read_topology(build_sysfs(base / n, HOSTS[n]))
-            for n in ("quad-nosmt", "asym-cpuless", "single")}
+            for n in ("quad-nosmt", "asym-cpuless", "single", "intel-2s-ht")}
 
 
 @dataclass
@@ -205,6 +205,8 @@ def test_no_whole_core_left_for_the_emulator(topos: dict[str, Topology]) -> None
     ({"dedicatedCpuPlacement": "false"}, None, True, "guestMappingPassthrough need"),
     ({}, "<numahook:realtime/>", True, "guestMappingPassthrough and realtime need"),
     ({"isolateEmulatorThread": "true"}, None, False, "isolateEmulatorThread need dedicated"),
+    ({"emulatorThreadPolicy": "share"}, None, False, "emulatorThreadPolicy need dedicated"),
+    ({"dedicatedMask": "0"}, None, False, "dedicatedMask need dedicated"),
 ])
 def test_features_without_dedicated_placement(topos: dict[str, Topology], attrs: dict[str, str],
                                               realtime: str | None, numa: bool,
@@ -509,16 +511,93 @@ def test_unicode_digits_are_input_errors(xml: str) -> None:
     assert "is not a whole number" in msg or "is not a number or a range" in msg
 
 
+# --------------------------------------------------------------------------- shared CPUs
+
+SHARE = {"dedicatedCpuPlacement": "true", "emulatorThreadPolicy": "share"}
+
+
+def test_share_without_a_shared_set_names_the_key(topos: dict[str, Topology]) -> None:
+    msg = refusal(Dom(cpu_attrs=SHARE), inputs(topos["quad-nosmt"], "0-31"), "shared-cpus",
+                  'vm1 asks for emulatorThreadPolicy="share"', "no shared CPUs",
+                  "set shared = <cpulist> under [cpus] in " + CONF)
+    assert msg.endswith("(CPUs no dedicated domain needs)")
+
+
+def test_shared_set_with_a_cpu_the_host_lacks(topos: dict[str, Topology]) -> None:
+    refusal(Dom(cpu_attrs=SHARE), inputs(topos["quad-nosmt"], "0-31", "[cpus]\nshared = 0,40\n"),
+            "shared-cpus", "names CPU 40 that this host does not have online",
+            "remove it from the list")
+
+
+def test_shared_set_outside_the_partition(topos: dict[str, Topology]) -> None:
+    inp = replace(inputs(topos["quad-nosmt"], "8-15", "[cpus]\nshared = 0-1\n"),
+                  partition_cpus=frozenset(range(8, 16)))
+    refusal(Dom(cpu_attrs=SHARE), inp, "shared-cpus",
+            "CPUs 0-1 outside the cpuset of vm1's partition (8-15)",
+            "add them to the partition's cpuset or take them out of [cpus] shared")
+
+
+def test_shared_set_held_by_a_dedicated_domain(topos: dict[str, Topology]) -> None:
+    inp = replace(inputs(topos["quad-nosmt"], "1-31", "[cpus]\nshared = 0\n"),
+                  partition_cpus=frozenset(range(32)), claimed_cpus=frozenset({0}))
+    refusal(Dom(cpu_attrs=SHARE), inp, "shared-cpus",
+            "CPU 0 of [cpus] shared is held by a dedicated domain",
+            "run `numahook apply` on that domain and restart it")
+
+
+def test_isolate_emulator_thread_true_with_share(topos: dict[str, Topology]) -> None:
+    refusal(Dom(cpu_attrs={**SHARE, "isolateEmulatorThread": "true"}),
+            inputs(topos["quad-nosmt"], "0-31", "[cpus]\nshared = 0\n"),
+            "emulator-thread-policy", 'isolateEmulatorThread="true" and '
+            'emulatorThreadPolicy="share" contradict each other; remove one of them')
+
+
+def test_the_pool_never_reaches_the_shared_set(topos: dict[str, Topology]) -> None:
+    """Shared CPUs are out of the dedicated pool even for domains that do not share: a
+    domain that would fit only with them is refused rather than pinned there."""
+    refusal(Dom(), inputs(topos["quad-nosmt"], "0-4", "[cpus]\nshared = 0-1\n"),
+            "dedicated-cpus", "not enough dedicated CPUs")
+
+
+MIXED = {"dedicatedCpuPlacement": "true", "dedicatedMask": "1-3"}
+
+
+def test_mixed_without_a_shared_set_names_the_key(topos: dict[str, Topology]) -> None:
+    refusal(Dom(cpu_attrs=MIXED), inputs(topos["quad-nosmt"], "0-31"), "shared-cpus",
+            "vm1 asks for dedicatedMask='1-3', but this host has no shared CPUs",
+            "set shared = <cpulist> under [cpus] in " + CONF)
+
+
+@pytest.mark.parametrize(("mask", "realtime", "topology", "words"), [
+    ("^0-3", None, "", ["dedicatedMask '^0-3' selects no vCPU; name at least one vCPU in it"]),
+    ("1-4", None, "", ["dedicatedMask item '1-4' names vCPU 4", "fix the mask"]),
+    ("1-3", "<numahook:realtime mask='0,2'/>", "",
+     ["real-time vCPU 0 is outside dedicatedMask '1-3', and a floating vCPU cannot run "
+      "SCHED_FIFO; add them to dedicatedMask or take them out of the realtime mask"]),
+    ("1-3", None, "<topology sockets='1' dies='1' cores='2' threads='2'/>",
+     ["dedicatedMask '1-3' splits guest core 0 (vCPUs 0-1, threads='2'); take all of its "
+      "vCPUs or none"]),
+])
+def test_bad_dedicated_masks(topos: dict[str, Topology], mask: str, realtime: str | None,
+                             topology: str, words: list[str]) -> None:
+    refusal(Dom(cpu_attrs={**MIXED, "dedicatedMask": mask}, realtime=realtime,
+                topology=topology),
+            inputs(topos["intel-2s-ht"] if topology else topos["quad-nosmt"], "0-31",
+                   "[cpus]\nshared = 0\n"), "dedicated-mask", *words)
+
+
 # --------------------------------------------------------------------------- completeness
 
 
 def _core_check_names() -> set[str]:
-    names = set(re.findall(r'ck\.fail\(\s*"([a-z-]+)"', (CORE / "hardware.py").read_text()))
+    names = {n for module in ("hardware.py", "guestmem.py")
+             for n in re.findall(r'ck\.fail\(\s*"([a-z-]+)"', (CORE / module).read_text())}
     names |= set(re.findall(r'"([a-z-]+)",?\s*\)$', (CORE / "allocate.py").read_text(),
                             re.MULTILINE))
     # the checks of the modules hardware.evaluate hands a part to (core/locality.py, ...)
     for path in CORE.glob("*.py"):
-        names |= set(re.findall(r'^CHECK = "([a-z-]+)"$', path.read_text(), re.MULTILINE))
+        names |= set(re.findall(r'^(?:CHECK|MASK) = "([a-z-]+)"$', path.read_text(),
+                                re.MULTILINE))
     return names
 
 
@@ -529,6 +608,7 @@ COVERED = {
     # allocate_cells (migration/restore); lifecycle.relocate wraps these with the fix
     "guest-shape",
     "pci-numa-affinity", "thread-policy", "pci-numa-topology",
+    "emulator-thread-policy", "shared-cpus", "dedicated-mask",
 }
 
 

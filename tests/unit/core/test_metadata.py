@@ -135,6 +135,37 @@ def test_thread_policies(policy: str) -> None:
     assert req(cpu()).threads == "prefer"  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize("policy", ["isolate", "share"])
+def test_emulator_thread_policies(policy: str) -> None:
+    got = req(cpu(f'dedicatedCpuPlacement="true" emulatorThreadPolicy="{policy}"'))
+    assert got is not None and got.emulator_thread_policy == policy and got.managed
+    # isolate is today's isolateEmulatorThread; the fields stay as written
+    assert got.isolated_emulator is (policy == "isolate") and got.isolate_emulator is False
+    assert got.shares_emulator is (policy == "share")
+
+
+@pytest.mark.parametrize(("isolate", "policy", "isolated"), [
+    ("true", "isolate", True), ("false", "share", False), ("false", "isolate", True)])
+def test_isolate_emulator_thread_is_an_alias_of_isolate(isolate: str, policy: str,
+                                                        isolated: bool) -> None:
+    """Both set is read as written; "false" is the attribute's default and says nothing
+    against either policy. "true" with "share" is a precondition (test_hardware_refusals)."""
+    got = req(cpu(f'isolateEmulatorThread="{isolate}" emulatorThreadPolicy="{policy}"'))
+    assert got is not None and got.isolated_emulator is isolated
+    assert got.isolate_emulator is (isolate == "true") and got.emulator_thread_policy == policy
+
+
+def test_dedicated_mask_is_kept_as_written() -> None:
+    got = req(cpu('dedicatedCpuPlacement="true" dedicatedMask=" 1-3,^2"'))
+    assert got is not None and got.dedicated_mask == " 1-3,^2" and got.managed
+
+
+@pytest.mark.parametrize("policy", ["shared", "Share", "", "dedicated"])
+def test_bad_emulator_thread_policy(policy: str) -> None:
+    msg = refused(cpu(f'emulatorThreadPolicy="{policy}"'))
+    assert msg == f"numahook:cpu emulatorThreadPolicy={policy!r} must be one of isolate, share"
+
+
 @pytest.mark.parametrize(("text", "value"), [("1", 1), ("99", 99), ("50", 50), (" 5 ", 5),
                                              ("07", 7)])
 def test_priorities(text: str, value: int) -> None:
@@ -167,7 +198,8 @@ def test_default_namespace_form_is_the_same_element() -> None:
 def test_unknown_attribute_on_cpu_names_it_and_the_allowed_ones() -> None:
     msg = refused(cpu('isolateEmulatorThraed="true"'))
     assert "<numahook:cpu> has unknown attribute 'isolateEmulatorThraed'" in msg
-    assert "allowed: dedicatedCpuPlacement, ioThreadsPolicy, isolateEmulatorThread" in msg
+    assert ("allowed: dedicatedCpuPlacement, dedicatedMask, emulatorThreadPolicy, "
+            "ioThreadsPolicy, isolateEmulatorThread") in msg
 
 
 def test_unknown_attribute_on_domain_numa_realtime_and_passthrough() -> None:

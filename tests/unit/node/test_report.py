@@ -147,3 +147,20 @@ def test_on_every_catalogue_host_the_example_fits_and_is_mounted(
             assert int(size) in mounted, reason
             assert int(count) >= 1
             assert int(count) * int(size) <= max(memory[int(node)] // 2, int(size)), reason
+
+
+def test_the_report_and_its_json_show_the_shared_set(tmp_path: Path) -> None:
+    """[cpus] shared, where shared emulators run; unset, what that means."""
+    from numahook.node import model
+    from numahook.records import replace
+
+    cfg = make_host(tmp_path, "single", 1, -1, M2)
+    cap = probe.probe(cfg, True)
+    assert ("none ([cpus] shared is unset, so emulatorThreadPolicy='share' and "
+            "dedicatedMask are refused)" in text_report(cap))
+    cap = probe.probe(replace(cfg, shared_cpus=frozenset({0, 1})), True)
+    assert ("0-1 ([cpus] shared: shared emulators and floating vCPUs run there, never "
+            "dedicated)") in text_report(cap)
+    doc = cap.to_json()
+    assert doc["cpus"]["shared"] == "0-1"
+    assert model.NodeCapability.from_json(doc).shared_cpus == frozenset({0, 1})

@@ -72,3 +72,40 @@ def test_check_shows_the_cells_pages_of_a_passthrough_domain_too(
     assert rc == 0 and doc["memory_node"] is None
     assert doc["hugepages"] == [{"node": 0, "size_kib": 2048, "pages": 32}]
     assert [p["ok"] for p in doc["preconditions"] if p["name"] == "hugepages-available"] == [True]
+
+
+def test_check_shows_the_shared_set_and_puts_a_shared_emulator_there(
+        capsys: pytest.CaptureFixture[str], single: dict[str, Path], tmp_path: Path) -> None:
+    conf = tmp_path / "numahook.conf"
+    conf.write_text("[cpus]\nshared = 0\n")
+    xml = domain('dedicatedCpuPlacement="true" emulatorThreadPolicy="share"', vcpus=2)
+    rc, out, _ = run_cli(capsys, "check", *cli_args(single, tmp_path), "--config", str(conf),
+                         write(tmp_path, xml))
+    assert rc == 0, out
+    assert ("  ok   shared-cpus: the emulator uses the shared CPU 0 ([cpus] shared)\n" in out)
+    assert "0 is the shared set ([cpus] shared), never dedicated" in out
+    assert "; emulator 0 (the shared set)\n" in out
+    rc, out, _ = run_cli(capsys, "check", "--json", *cli_args(single, tmp_path),
+                         "--config", str(conf), write(tmp_path, xml))
+    doc = json.loads(out)
+    assert rc == 0 and doc["pinning"]["emulator"] == [0] and "0" not in doc["cpus"]
+
+
+def test_check_refuses_share_without_the_key(
+        capsys: pytest.CaptureFixture[str], single: dict[str, Path], tmp_path: Path) -> None:
+    xml = domain('dedicatedCpuPlacement="true" emulatorThreadPolicy="share"', vcpus=2)
+    rc, out, _ = run_cli(capsys, "check", *cli_args(single, tmp_path), write(tmp_path, xml))
+    assert rc == 1
+    assert "set shared = <cpulist> under [cpus] in" in out
+
+
+def test_a_shared_emulator_s_pin_is_not_called_held() -> None:
+    """A running share domain pins its emulator to [cpus] shared; that CPU is used, not
+    held by it, and the host line must not say another dedicated domain holds it."""
+    from numahook.ops.hostinputs import CpuSource
+
+    view = CpuSource("/machine", "/sys/fs/cgroup/cpuset/machine", frozenset({0, 1, 2, 3}),
+                     {"rt": frozenset({0, 2})}, frozenset({2}), frozenset({0}))
+    assert view.describe() == (
+        "partition /machine (/sys/fs/cgroup/cpuset/machine) has CPUs 0-3, of which 2 is held "
+        "by other dedicated domains; 0 is the shared set ([cpus] shared), never dedicated")

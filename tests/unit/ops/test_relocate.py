@@ -154,3 +154,39 @@ def test_the_emulators_own_cpus_follow_it_to_this_host(tmp_path: Path) -> None:
     assert after.emulator_own < after.emulatorpin <= pins | after.emulator_own
     # the start set reaches both cells' nodes (quad-nosmt: 8 CPUs per node)
     assert {c // 8 for c in after.emulatorpin} == {c // 8 for c in pins}
+
+
+def test_a_shared_emulator_moves_to_this_host_s_shared_set(tmp_path: Path) -> None:
+    """emulatorThreadPolicy share: the destination's [cpus] shared, whatever the source's;
+    the guest's cells stay, the vCPUs leave the destination's shared CPUs alone."""
+    source = (DATA / "quad-share-span-v2-out.xml").read_text()
+    cfg = replace(host_config(tmp_path, "quad-nosmt", 2, {"": "0-31", "machine.slice": "8-15"}),
+                  shared_cpus=frozenset({8}))
+    out = lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert out is not None
+    after = facts(out)
+    pins = {next(iter(after.vcpupin[v])) for v in range(after.vcpus)}
+    assert 8 not in pins and after.cells == facts(source).cells
+    assert after.emulatorpin == {8} and after.emulator_own is None
+
+
+def test_a_shared_emulator_is_refused_where_no_set_is_configured(tmp_path: Path) -> None:
+    source = (DATA / "quad-share-span-v2-out.xml").read_text()
+    cfg = host_config(tmp_path, "quad-nosmt", 2, {"": "0-31", "machine.slice": "8-15"})
+    with pytest.raises(Refusal) as exc:
+        lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert exc.value.check == "shared-cpus"
+    assert "set shared = <cpulist> under [cpus]" in str(exc.value)
+
+
+def test_a_mixed_domain_whose_cells_would_change_is_refused(tmp_path: Path) -> None:
+    """dedicatedMask: the guest's two cells cannot be kept where its three dedicated vCPUs
+    fit one node; refused with the reason rather than re-pinned into another shape."""
+    source = (DATA / "intel-mixed-realtime-out.xml").read_text()
+    cfg = replace(host_config(tmp_path, "quad-nosmt", 2, {"": "0-31", "machine.slice": "0-7"}),
+                  shared_cpus=frozenset({0}))
+    with pytest.raises(Refusal) as exc:
+        lifecycle.relocate(source, cfg, StateDir(cfg.state_dir))
+    assert exc.value.check == "guest-shape"
+    assert "other guest NUMA cells (1 instead of 2)" in str(exc.value)
+    assert str(exc.value).endswith("put its dedicated vCPUs on as many nodes")

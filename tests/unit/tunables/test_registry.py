@@ -116,13 +116,13 @@ def test_the_fast_path_imports_no_tunable_at_all() -> None:
                                   or "emulator" in c.id or "hugepages" in c.id][:8],
                          ids=lambda c: c.id)
 def test_declared_fast_checks_are_kinds_the_fast_path_knows(tmp_path: Path, case: Any) -> None:
-    from numahook.config import Config
+    from numahook import config
     from numahook.hook import fast
     from numahook.ops import hostinputs
     from tests.fixtures.hosts import host_roots
 
     roots = host_roots(tmp_path, case.host, case.cgroup_version, case.cpusets)
-    cfg = records.replace(Config(), sysfs_root=str(roots["sysfs"]),
+    cfg = records.replace(config.parse(case.config), sysfs_root=str(roots["sysfs"]),
                           cgroup_root=str(roots["cgroup"]), proc_root=str(roots["proc"]),
                           state_dir=str(tmp_path / "state"))
     source = render.parse((DATA / f"{case.source}-in.xml").read_text())
