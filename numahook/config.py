@@ -43,6 +43,9 @@ class Config:
     shared_cpus: frozenset[int] = frozenset()
     #: [hugepages] compact: compact memory and retry once when a node delivers too few pages
     hugepages_compact: bool = True
+    #: [power] realtime_idle_states: a real-time domain's idleStates when it sets none:
+    #: "enable", "disable" or a latency limit in µs (numahook/tunables/power.py)
+    rt_idle_states: str | int = "disable"
     #: [hook] lock_timeout: seconds a hook call waits for the state lock
     lock_timeout: float = 10.0
     #: [paths]
@@ -121,6 +124,27 @@ def _number(lo: float, hi: float, kind: type = float) -> _Converter:
     return _Converter(conv, f"{what} from {span[0]} to {span[1]}")
 
 
+#: the largest pm_qos_resume_latency_us the kernel takes (core/schema.py's PM_QOS_MAX_US;
+#: the base layer may not import core)
+_PM_QOS_MAX_US = 2147483646
+
+
+def _parse_idle(text: str) -> str | int:
+    """As ``<numahook:power idleStates>``: a word, or a latency limit from 1 µs (0 would
+    be no limit at all to the kernel, the opposite of what a number asks)."""
+    value = text.strip().lower()
+    if value in ("enable", "disable"):
+        return value
+    if value.isascii() and value.isdigit() and len(value) <= 10 and \
+            1 <= int(value) <= _PM_QOS_MAX_US:
+        return int(value)
+    raise ValueError(f"{text!r} is not valid")
+
+
+_idle = _Converter(_parse_idle, "enable, disable, or a latency limit in microseconds from 1 "
+                   f"to {_PM_QOS_MAX_US}")
+
+
 def _parse_abspath(text: str) -> str:
     value = text.strip()
     if not value.startswith("/") or ".." in value.split("/") or "\0" in value:
@@ -164,6 +188,7 @@ _SCHEMA: dict[tuple[str, str], tuple[str, _Converter]] = {
     ("realtime", "max_budget_us"): ("rt_max_budget_us", _number(1000, 1000000, int)),
     ("hugepages", "compact"): ("hugepages_compact", _bool),
     ("cpus", "shared"): ("shared_cpus", _cpus),
+    ("power", "realtime_idle_states"): ("rt_idle_states", _idle),
     ("hook", "lock_timeout"): ("lock_timeout", _number(0.1, 120)),
     ("paths", "state_dir"): ("state_dir", _abspath),
     ("paths", "sysfs_root"): ("sysfs_root", _abspath),
@@ -204,6 +229,11 @@ DESCRIPTIONS: dict[tuple[str, str], str] = {
     "says. They must lie in the cpuset of the partition of each domain that uses them, and "
     "no dedicated domain may hold one. The vCPUs outside a domain's dedicatedMask float "
     "there too. Unset: emulatorThreadPolicy='share' and dedicatedMask are refused.",
+    ("power", "realtime_idle_states"): "The idle states a real-time domain's vCPU and "
+    "isolated emulator CPUs get when its <numahook:power> sets no idleStates, written to "
+    "each CPU's pm_qos_resume_latency_us from prepare until the stop: disable (no idle state "
+    "deeper than polling, the lowest wake-up latency and the most power drawn), a latency "
+    "limit in microseconds, or enable (leave them as they are).",
     ("hook", "lock_timeout"): "Seconds a hook call waits for numahook's state lock before it "
     "refuses the start.",
     ("paths", "state_dir"): "Claims, reservations and node.json.",

@@ -34,6 +34,10 @@ POINTS = (
     "hugepages.written",  # hugepages._Ledger.change: knob written, outcome not journalled
     "rtsched.intent",  # rtgroups.delegate: intent journalled, cpu.rt_runtime_us not written
     "rtsched.written",  # rtgroups.delegate: written, not yet journalled as applied
+    "power.saved",  # tunables.power: each CPU's old values journalled, nothing written
+    "power.latency-written",  # tunables.power: one pm_qos_resume_latency_us written
+    "power.governor-written",  # tunables.power: one scaling_governor written
+    "rollback.power-undone",  # recovery.rollback: CPU power put back, nothing else yet
     "rollback.realtime-undone",  # recovery.rollback: budget given back, pages not yet
     "rollback.hugepages-undone",  # recovery.rollback: pages given back, claim not dropped
 )

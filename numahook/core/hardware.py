@@ -63,7 +63,8 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
                                         req.emulator_thread_policy is not None),
                                        ("dedicatedMask", req.dedicated_mask is not None),
                                        ("pciNumaAffinity", req.pci_numa_affinity is not None),
-                                       ("threadPolicy", req.thread_policy is not None)) if on]
+                                       ("threadPolicy", req.thread_policy is not None),
+                                       ("<numahook:power>", req.asks_power)) if on]
     if needs_dedicated and not req.dedicated:
         ck.fail("dedicated-cpu-placement", f"{' and '.join(needs_dedicated)} need dedicated CPUs; "
                 "set dedicatedCpuPlacement=\"true\" on <numahook:cpu>")

@@ -38,13 +38,24 @@ class Request:
     pci_numa_affinity: str | None = None
     #: threadPolicy as written; None: not set (``prefer``)
     thread_policy: str | None = None
+    #: <numahook:power idleStates>: "enable", "disable" or a latency limit in µs; None: not
+    #: set (``[power] realtime_idle_states`` for a real-time domain, else "enable")
+    idle_states: str | int | None = None
+    #: <numahook:power governor> as written (checked against the host at ``prepare``)
+    governor: str | None = None
 
     @property
     def managed(self) -> bool:
         """Whether numahook has anything to do for this domain."""
         return (self.dedicated or self.passthrough or self.realtime or self.isolate_emulator
                 or self.emulator_thread_policy is not None or self.dedicated_mask is not None
-                or self.pci_numa_affinity is not None or self.thread_policy is not None)
+                or self.pci_numa_affinity is not None or self.thread_policy is not None
+                or self.asks_power)
+
+    @property
+    def asks_power(self) -> bool:
+        """Whether ``<numahook:power>`` says anything (real-time domains get a default)."""
+        return self.idle_states is not None or self.governor is not None
 
     @property
     def isolated_emulator(self) -> bool:

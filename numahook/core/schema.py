@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 #: the longest attribute value read; longer is refused before any conversion
 MAX_ATTR = 4096
+#: the largest latency limit ``pm_qos_resume_latency_us`` takes: the kernel reserves
+#: S32_MAX (PM_QOS_RESUME_LATENCY_NO_CONSTRAINT) and refuses it, as it refuses negatives
+PM_QOS_MAX_US = 2147483646
 
 
 class Bool:
@@ -42,23 +45,34 @@ class Bool:
 
 
 class Choice:
-    """One of a few words, exactly as written apart from blanks around it."""
+    """One of a few words, exactly as written apart from blanks around it; with ``number``,
+    a whole number in its range too, converted to an int (``idleStates``: `enable`,
+    `disable` or a latency, as CRI-O's ``cpu-c-states`` annotation takes them)."""
 
-    __slots__ = ("choices",)
+    __slots__ = ("choices", "number")
 
-    def __init__(self, *choices: tuple[str, str]) -> None:
+    def __init__(self, *choices: tuple[str, str], number: tuple[Int, str] | None = None) -> None:
         #: (value, what it does), in the order the messages and documents give them
         self.choices = choices
+        #: (its range, what a number means), or None: words only
+        self.number = number
 
     @property
     def values(self) -> tuple[str, ...]:
         return tuple(value for value, _ in self.choices)
 
-    def convert(self, text: str, where: str) -> str:
+    def convert(self, text: str, where: str) -> str | int:
         value = text.strip()
-        if value not in self.values:
+        if value in self.values:
+            return value
+        if self.number is None:
             raise InputError(f"{where}={clip(value)} must be one of {', '.join(self.values)}")
-        return value
+        span = self.number[0]
+        try:
+            return span.convert(value, where)
+        except InputError:
+            raise InputError(f"{where}={clip(value)} must be {', '.join(self.values)} or a "
+                             f"whole number from {span.lo} to {span.hi}") from None
 
 
 class Int:
@@ -224,6 +238,25 @@ DOMAIN = Element("domain", "the one element in the domain's `<metadata>`: its pr
                  "those, an id beyond the last vCPU is an error", absent="all vCPUs"),
             Attr("priority", "realtime_priority", Int(1, 99), "their SCHED_FIFO priority",
                  default=1),
+        )),
+        Element("power", "the idle states and frequency governor of the dedicated CPUs the "
+                "domain's vCPUs and isolated emulator run on, set at `prepare` and put back at "
+                "stop (CRI-O's `cpu-c-states` and `cpu-freq-governor` annotations); "
+                "`[cpus] shared` and threadPolicy `isolate`'s idle siblings are left alone; "
+                "needs dedicatedCpuPlacement", attrs=(
+            Attr("idleStates", "idle_states", Choice(
+                ("enable", "leave them as they are"),
+                ("disable", "no idle state deeper than polling: `n/a` in each CPU's "
+                 "`pm_qos_resume_latency_us`"),
+                number=(Int(1, PM_QOS_MAX_US), "the longest exit latency allowed, in "
+                        "microseconds, written to each CPU's `pm_qos_resume_latency_us` (`0` is "
+                        "not one: the kernel reads it as no limit)")),
+                 "the idle states those CPUs may enter", absent="`disable` for a real-time "
+                 "domain (`[power] realtime_idle_states`), `enable` for others"),
+            Attr("governor", "governor", Text("a name `scaling_available_governors` lists"),
+                 "the cpufreq governor those CPUs run (`performance`, say); a name the host "
+                 "lacks is refused, a host without cpufreq gets an advisory",
+                 absent="the CPUs keep their governor"),
         )),
     )),
     Element("rendered", "written by numahook when it renders the definition, so that later "

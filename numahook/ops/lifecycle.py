@@ -117,14 +117,16 @@ def _audit(action: str, name: str, fields: dict[str, object] | None) -> None:
 
 def tune(xml: str, cfg: Config, state: StateDir, only: str | None = None) -> bool:
     """``started``, ``reconnect`` and the daemon's backstop: apply every tunable of the
-    ``started`` step that the domain uses (``only``: that one, for the backstop), with the
-    claim in phase ``running``. False: not ours."""
+    ``started`` step that the domain uses, with the claim in phase ``running``. ``only``:
+    that one tunable, whatever its step, for the backstop: a ``prepare`` tunable whose
+    value changed under the running domain is applied again here, under the lock, never
+    beside a release putting it back. False: not ours."""
     doc = render.parse(xml, readonly=True)
     if doc.request is None or not doc.request.managed:
         return False
     seen = view.of_name(doc, cfg.libvirt_run, cfg.proc_root)
-    used = [t for t in REGISTRY if t.step == "started" and t.wanted(doc)
-            and (only is None or t.name == only)]
+    used = [t for t in REGISTRY if t.wanted(doc)
+            and (t.step == "started" if only is None else t.name == only)]
     state.ensure()
     with state.lock(cfg.lock_timeout):
         claim = state.load(seen.facts.uuid) or Claim(

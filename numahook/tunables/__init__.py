@@ -8,7 +8,7 @@ what a new one is made of. Undo runs in reverse order, as tuned unapplies its pl
 
 from __future__ import annotations
 
-from numahook.tunables import emulator, hugepages, kvmpit, realtime
+from numahook.tunables import emulator, hugepages, kvmpit, power, realtime
 
 TYPE_CHECKING = False  # typing.TYPE_CHECKING would import typing into the hook
 if TYPE_CHECKING:
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from numahook.tunables.base import Tunable
 
 REGISTRY: tuple[Tunable, ...] = (hugepages.TUNABLE, realtime.TUNABLE, kvmpit.TUNABLE,
-                                 emulator.TUNABLE)
+                                 emulator.TUNABLE, power.TUNABLE)
 
 
 def host_wide(registry: tuple[Tunable, ...] = REGISTRY) -> tuple[Tunable, ...]:

@@ -191,8 +191,93 @@ def test_every_fault_point_is_exercised() -> None:
     from numahook import faults
 
     covered = set(PREPARE_POINTS) | set(RELEASE_POINTS) | set(REPREPARE_POINTS) | {
-        p.split("@")[0] for p in RT_STARTED_POINTS + RT_RELEASE_POINTS}
+        p.split("@")[0] for p in RT_STARTED_POINTS + RT_RELEASE_POINTS + POWER_PREPARE_POINTS
+        + POWER_RELEASE_POINTS}
     assert covered == set(faults.POINTS)
+
+
+# --------------------------------------------------------------------------- CPU power
+
+#: each write of the power tunable, the second of each kind too (two CPUs)
+POWER_PREPARE_POINTS = ["power.saved", "power.latency-written", "power.latency-written@2",
+                        "power.governor-written", "power.governor-written@2"]
+#: the power entry is undone first, before the hugepages
+POWER_RELEASE_POINTS = ["rollback.power-undone"]
+POWER_EL = "<numahook:power idleStates='disable' governor='performance'/>"
+
+
+def _power_host(tmp_path: Path) -> tuple[Host, str]:
+    from tests.fixtures import power
+
+    host = make_host(tmp_path / "host", admin_pages=1)
+    power.add_power(host.sysfs, range(4))
+    power.add_cpufreq(host.sysfs, [[c] for c in range(4)])
+    xml = domain_xml(NAME, UUID, pages=2, vcpus=2).replace(
+        "</numahook:cpu>", POWER_EL + "</numahook:cpu>")
+    return host, prerender(host.cfg(), xml, {0, 1})
+
+
+def _power_files(host: Host) -> list[tuple[str, str]]:
+    from tests.fixtures import power
+
+    return [(power.latency(host.sysfs, c), power.governor(host.sysfs, c)) for c in range(4)]
+
+
+def _power_journal_is_honest(host: Host) -> None:
+    """Every file the dead process changed has its old value in the claim."""
+    from tests.fixtures import power
+
+    held = host.claims()
+    changed = [c for c, files in enumerate(_power_files(host)) if files != ("0", "powersave")]
+    if not held:
+        assert changed == []
+        return
+    entry = held[0].entry("power")
+    if entry is None:  # killed before its intent: nothing was written
+        assert changed == []
+        return
+    assert set(changed) <= set(entry.saved_latency) & set(entry.saved_governor)
+    assert set(entry.saved_latency.values()) <= {"0"}
+    assert power.latency(host.sysfs, 2) == "0"  # never the CPUs it does not hold
+
+
+@pytest.mark.parametrize("how", ["libvirt", "next-start", "daemon"])
+@pytest.mark.parametrize("point", POWER_PREPARE_POINTS)
+def test_killed_while_prepare_sets_the_cpu_power(tmp_path: Path, how: str, point: str) -> None:
+    host, xml = _power_host(tmp_path)
+    FIGURES.add("crash", f"point:power:{point}")
+    _killed(host.hook(xml, NAME, "prepare", "begin", fault=point).returncode, point)
+    # (latency files, governors) written when the process died: latencies first
+    written = {"power.saved": (0, 0), "power.latency-written": (1, 0),
+               "power.latency-written@2": (2, 0), "power.governor-written": (2, 1),
+               "power.governor-written@2": (2, 2)}[point]
+    files = _power_files(host)
+    assert (sum(lat == "n/a" for lat, _ in files),
+            sum(gov == "performance" for _, gov in files)) == written
+    _power_journal_is_honest(host)
+    _recover(host, xml, how)
+    assert _power_files(host) == [("0", "powersave")] * 4, f"{point} then {how}"
+    assert host.claim_files() == []
+
+
+@pytest.mark.parametrize("how", ["libvirt", "next-start", "daemon"])
+@pytest.mark.parametrize("point", POWER_RELEASE_POINTS)
+def test_killed_while_release_puts_the_cpu_power_back(tmp_path: Path, how: str,
+                                                      point: str) -> None:
+    host, xml = _power_host(tmp_path)
+    ok = host.hook(xml, NAME, "prepare", "begin")
+    assert ok.returncode == 0, ok.stderr
+    assert _power_files(host)[:2] == [("n/a", "performance")] * 2
+    FIGURES.add("crash", f"point:power-release:{point}")
+    _killed(host.hook(xml, NAME, "stopped", "end", fault=point).returncode, point)
+    assert _power_files(host) == [("0", "powersave")] * 4  # undone before the kill
+    if how == "libvirt":
+        assert host.hook(xml, NAME, "release", "end").returncode == 0
+    else:
+        _recover(host, xml, how)
+    assert _power_files(host) == [("0", "powersave")] * 4
+    assert host.claim_files() == []
+    assert host.nr() == 1, "the hugepages were given back too"
 
 
 # --------------------------------------------------------------------------- realtime

@@ -65,12 +65,16 @@ DOMAIN = {"name": "rt1", "uuid": "c7a5fdbd-cdaf-9455-926a-d65c16db1809", "state"
           "realtime_ok": True,
           "claim": {"phase": "running", "cpus": "2-6", "hugepages_added": {"node0:1048576kB": 4},
                     "hugepages_need": {"node0:1048576kB": 4}, "rt_budget_files": 0,
-                    "name": "rt1"},
+                    "power_files": 5, "name": "rt1"},
           "devices": [{"bdf": "0000:18:00.0", "kind": "hostdev", "present": True,
                        "host_node": 0, "root_complex": "pci0000:17",
                        "placement": "expander-bus", "cell": 0, "bus": 1, "bus_nr": 254,
                        "port": 2, "address": "0000:02:00.0", "why": ""}],
-          "kvm_pit": {"tid": 4261, "cpus": "2", "vcpu0_cpus": "2"}}
+          "kvm_pit": {"tid": 4261, "cpus": "2", "vcpu0_cpus": "2"},
+          "power": {"cpus": "2-6", "idle_states": "disable", "governor": None,
+                    "now": [{"cpu": c, "pm_qos_resume_latency_us": "n/a",
+                             "scaling_governor": "performance"} for c in range(2, 7)],
+                    "ok": True, "notes": []}}
 #: numahookd's own section of node.json
 DAEMON = {"orphan_claims": [], "reconcile_passes": 12, "last_pass_seconds": 0.004,
           "refused": {}}

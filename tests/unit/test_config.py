@@ -125,6 +125,8 @@ max_budget_us = 500000
 compact = no
 [cpus]
 shared = 0-1,8
+[power]
+realtime_idle_states = 20
 [hook]
 lock_timeout = 2.5
 [paths]
@@ -145,7 +147,7 @@ textfile_dir = /srv/textfile
     assert cfg == Config(
         numa_gate=False, realtime_gate=False, rt_throttled="delegate", rt_on_failure="warn",
         rt_max_budget_us=500000, hugepages_compact=False, shared_cpus=frozenset({0, 1, 8}),
-        lock_timeout=2.5,
+        rt_idle_states=20, lock_timeout=2.5,
         state_dir="/var/run/nh", sysfs_root="/srv/sys", cgroup_root="/srv/cgroup",
         proc_root="/srv/proc", libvirt_run="/srv/libvirt", probe_interval=30.0,
         reconcile_interval=1.5, resync_interval=45.0, libvirt_uri="qemu+unix:///system",
@@ -153,6 +155,22 @@ textfile_dir = /srv/textfile
         textfile_dir="/srv/textfile",
     )
     assert isinstance(cfg.rt_max_budget_us, int)
+
+
+@pytest.mark.parametrize(("word", "value"), [
+    ("disable", "disable"), ("Enable", "enable"), (" 7 ", 7), ("2147483646", 2147483646)])
+def test_realtime_idle_states(word: str, value: str | int) -> None:
+    got = config.parse(f"[power]\nrealtime_idle_states = {word}\n", SRC).rt_idle_states
+    assert got == value and type(got) is type(value)
+
+
+@pytest.mark.parametrize("word", ["0", "-1", "n/a", "2147483647", "max_latency:5", "0x10",
+                                  "1.5", "²"])
+def test_bad_realtime_idle_states_names_what_it_takes(word: str) -> None:
+    """0 is no limit to the kernel, n/a its spelling of disable: neither is a limit."""
+    assert _error(f"[power]\nrealtime_idle_states = {word}\n").endswith(
+        f"{word!r} is not valid; set it to enable, disable, or a latency limit in "
+        "microseconds from 1 to 2147483646")
 
 
 # --------------------------------------------------------------------------- errors

@@ -199,7 +199,11 @@ def _value(attr: schema.Attr) -> st.SearchStrategy[Any]:
     if isinstance(kind, schema.Bool):
         return st.booleans()
     if isinstance(kind, schema.Choice):
-        return st.sampled_from(kind.values)
+        words = st.sampled_from(kind.values)
+        if kind.number is None:
+            return words
+        span = kind.number[0]
+        return words | st.integers(span.lo, span.hi)
     if isinstance(kind, schema.Int):
         return st.integers(kind.lo, kind.hi)
     return st.text("0123456789-^,", max_size=12) | st.just("x" * schema.MAX_ATTR)
@@ -225,6 +229,9 @@ def _mistake(el: schema.Element) -> st.SearchStrategy[tuple[str, Any]]:
         kind = a.kind
         if isinstance(kind, schema.Choice):
             bad += [(a.name, v) for v in ("", "x", kind.values[0].upper())]
+            if kind.number is not None:
+                span = kind.number[0]
+                bad += [(a.name, v) for v in (span.lo - 1, span.hi + 1, -1)]
         elif isinstance(kind, schema.Int):
             bad += [(a.name, v) for v in (kind.lo - 1, kind.hi + 1, -(10**6), 10**6)]
         elif isinstance(kind, schema.Text):

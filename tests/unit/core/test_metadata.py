@@ -166,6 +166,44 @@ def test_bad_emulator_thread_policy(policy: str) -> None:
     assert msg == f"numahook:cpu emulatorThreadPolicy={policy!r} must be one of isolate, share"
 
 
+POWER_MAX = 2147483646  # the kernel's S32_MAX - 1: S32_MAX itself means "no constraint"
+
+
+@pytest.mark.parametrize(("text", "value"), [
+    ("enable", "enable"), ("disable", "disable"), (" disable ", "disable"), ("1", 1),
+    ("20", 20), ("007", 7), (str(POWER_MAX), POWER_MAX)])
+def test_power_idle_states(text: str, value: str | int) -> None:
+    got = req(cpu('dedicatedCpuPlacement="true"', f'<numahook:power idleStates="{text}"/>'))
+    assert got is not None and got.idle_states == value and got.governor is None
+    assert got.asks_power and got.managed
+
+
+def test_power_governor_is_kept_as_written_and_checked_on_the_host() -> None:
+    got = req(cpu("", '<numahook:power governor="performance"/>'))
+    assert got is not None and got.governor == "performance" and got.idle_states is None
+    assert got.asks_power and got.managed
+    # an empty element asks nothing, and a real-time domain's default is the config's
+    got = req(cpu("", "<numahook:power/>"))
+    assert got is not None and not got.asks_power and not got.managed
+
+
+@pytest.mark.parametrize("text", ["0", str(POWER_MAX + 1), "-1", "ENABLE", "", "1.5",
+                                  "max_latency:10", "0x10", "²"])
+def test_bad_idle_states(text: str) -> None:
+    msg = refused(cpu("", f'<numahook:power idleStates="{text}"/>'))
+    assert msg == (f"numahook:power idleStates={text!r} must be enable, disable or a whole "
+                   f"number from 1 to {POWER_MAX}")
+
+
+def test_power_takes_attributes_only_and_once() -> None:
+    assert "<numahook:power> has unknown attribute 'cStates'; allowed: governor, idleStates" \
+        in refused(cpu("", "<numahook:power cStates='disable'/>"))
+    assert "<numahook:power> takes attributes only, no child elements" in refused(
+        cpu("", "<numahook:power><numahook:realtime/></numahook:power>"))
+    assert "<numahook:cpu> holds an unexpected or repeated <power>" in refused(
+        cpu("", "<numahook:power/><numahook:power/>"))
+
+
 @pytest.mark.parametrize(("text", "value"), [("1", 1), ("99", 99), ("50", 50), (" 5 ", 5),
                                              ("07", 7)])
 def test_priorities(text: str, value: int) -> None:
@@ -433,6 +471,11 @@ def _gaps(el: schema.Element, attr: schema.Attr) -> list[str]:
     want: set[Any]
     if isinstance(kind, schema.Bool):
         want, refuse = {True, False}, bool(bad)
+    elif isinstance(kind, schema.Choice) and kind.number is not None:
+        span = kind.number[0]
+        want = {*kind.values, span.lo, span.hi}
+        refuse = bool(bad - {str(span.lo - 1), str(span.hi + 1)}) and \
+            {str(span.lo - 1), str(span.hi + 1)} <= bad
     elif isinstance(kind, schema.Choice):
         want, refuse = set(kind.values), bool(bad)
     elif isinstance(kind, schema.Int):
