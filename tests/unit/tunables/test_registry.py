@@ -33,7 +33,7 @@ RUNNERS = ("numahook/ops/lifecycle.py", "numahook/state/recovery.py",
 SHARED = {"numahook.tunables", "numahook.tunables.base", "numahook.tunables.view"}
 #: host adapters that belong to one tunable each
 OWNED = {"numahook.host.hugepages": "hugepages", "numahook.host.rtsched": "realtime",
-         "numahook.host.rtgroups": "realtime"}
+         "numahook.host.rtgroups": "realtime", "numahook.host.cpupower": "power"}
 
 
 @pytest.mark.parametrize("tunable", tunables.REGISTRY, ids=lambda t: t.name)
