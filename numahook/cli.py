@@ -11,7 +11,6 @@ import argparse
 import difflib
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +22,6 @@ from numahook.errors import ConfigError, HostError, InputError, NumahookError, R
 from numahook.ops import domains, hostinputs
 from numahook.ops.hostinputs import CpuSource
 from numahook.tunables import REGISTRY
-from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
 #: ``render --diff``: the definition differs from its rendering (diff(1)'s 1)
@@ -32,35 +30,8 @@ EXIT_DIFFERS = 1
 EXIT_NOT_CAPABLE = 1
 
 
-def _read_source(path: str) -> bytes:
-    """Bytes, not text: the XML parser decodes (UTF-8, UTF-16, a declared encoding)."""
-    if path == "-":
-        data = sys.stdin.buffer.read(_MAX_STDIN + 1)
-    else:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(_MAX_STDIN + 1)
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > _MAX_STDIN:
-        raise InputError(f"{path} is larger than {_MAX_STDIN} bytes")
-    return data
-
-
 def _source(args: argparse.Namespace) -> bytes:
-    """FILE, - or a defined domain's name or UUID. A path that exists is a file, so a file
-    wins over a domain of the same name; a name with a / is a path (never a domain's)."""
-    what = args.file
-    if what == "-" or "/" in what or os.path.exists(what):
-        return _read_source(what)
-    try:
-        return domains.definition(args.uri or _config(args).libvirt_uri, what).encode()
-    except InputError:
-        raise InputError(f"{what} is neither a file nor a domain libvirt has defined (by name "
-                         "or UUID); check the path, or `virsh list --all`") from None
-    except HostError as exc:
-        raise HostError(f"{what} is not a file, and looking it up as a domain failed: "
-                        f"{exc}") from None
+    return domains.source(args.file, lambda: args.uri or _config(args).libvirt_uri)
 
 
 def _print_json(doc: dict[str, object]) -> None:
@@ -109,7 +80,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     inp, view = _inputs(args, doc)
     ev = render.evaluate(doc, inp)
     if ev.plan is not None:  # the pool's supply, and prepare's own host checks (realtime-node)
-        ev.checks.extend(c for c in [hostinputs.page_supply(ev.plan, inp.config.sysfs_root)] + [
+        supply = hostinputs.page_supply(ev.plan, inp.config.sysfs_root, view.pages_held)
+        ev.checks.extend(c for c in [supply] + [
             t.precondition(inp.config, doc, ev.plan) for t in REGISTRY if t.wanted(doc)] if c)
     if args.json:
         out = explain.evaluation_dict(doc.facts.name, ev)

@@ -78,6 +78,21 @@ def test_no_state_checks_as_on_an_empty_host(
     assert "held by other dedicated domains" not in out
 
 
+def test_a_refusal_for_lack_of_cpus_names_who_holds_them(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 31: the refusal said "stop another dedicated domain" and left the operator to
+    find which; the running domain's live pins and the claim of a start both know."""
+    args = _busy_host(single_v1, tmp_path)
+    rc, out, _ = run_cli(capsys, "check", *args, write(tmp_path, domain(vcpus=4)))
+    assert rc == 1
+    assert ("only 1 CPUs (3) are free in its cpuset, as other holds 0-1 and starting holds 2; "
+            "widen the partition's cpuset or stop another dedicated domain (other or "
+            "starting)") in out
+    # the host line names them too
+    assert ("of which 0-2 are held by other dedicated domains (other holds 0-1 and starting "
+            "holds 2)") in out
+
+
 @pytest.mark.parametrize("command", [["apply", "vm"], ["status"]])
 @pytest.mark.parametrize("option", [["--no-state"], ["--cpuset", "0-1"]])
 def test_apply_and_status_do_not_take_what_if_options(
