@@ -12,6 +12,7 @@ import difflib
 import json
 import logging
 import os
+import shutil
 import sys
 from collections.abc import Sequence
 
@@ -23,7 +24,6 @@ from numahook.errors import ConfigError, HostError, InputError, NumahookError, R
 from numahook.ops import domains, hostinputs
 from numahook.ops.hostinputs import CpuSource
 from numahook.tunables import REGISTRY
-from numahook.xml.safe import MAX_XML_BYTES as _MAX_STDIN
 
 EXIT_OK, EXIT_REFUSED, EXIT_INPUT, EXIT_HOST = 0, 1, 2, 3
 #: ``render --diff``: the definition differs from its rendering (diff(1)'s 1)
@@ -32,35 +32,8 @@ EXIT_DIFFERS = 1
 EXIT_NOT_CAPABLE = 1
 
 
-def _read_source(path: str) -> bytes:
-    """Bytes, not text: the XML parser decodes (UTF-8, UTF-16, a declared encoding)."""
-    if path == "-":
-        data = sys.stdin.buffer.read(_MAX_STDIN + 1)
-    else:
-        try:
-            with open(path, "rb") as fh:
-                data = fh.read(_MAX_STDIN + 1)
-        except OSError as exc:
-            raise InputError(f"cannot read {path}: {exc.strerror}") from None
-    if len(data) > _MAX_STDIN:
-        raise InputError(f"{path} is larger than {_MAX_STDIN} bytes")
-    return data
-
-
 def _source(args: argparse.Namespace) -> bytes:
-    """FILE, - or a defined domain's name or UUID. A path that exists is a file, so a file
-    wins over a domain of the same name; a name with a / is a path (never a domain's)."""
-    what = args.file
-    if what == "-" or "/" in what or os.path.exists(what):
-        return _read_source(what)
-    try:
-        return domains.definition(args.uri or _config(args).libvirt_uri, what).encode()
-    except InputError:
-        raise InputError(f"{what} is neither a file nor a domain libvirt has defined (by name "
-                         "or UUID); check the path, or `virsh list --all`") from None
-    except HostError as exc:
-        raise HostError(f"{what} is not a file, and looking it up as a domain failed: "
-                        f"{exc}") from None
+    return domains.source(args.file, lambda: args.uri or _config(args).libvirt_uri)
 
 
 def _print_json(doc: dict[str, object]) -> None:
@@ -109,7 +82,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     inp, view = _inputs(args, doc)
     ev = render.evaluate(doc, inp)
     if ev.plan is not None:  # the pool's supply, and prepare's own host checks (realtime-node)
-        ev.checks.extend(c for c in [hostinputs.page_supply(ev.plan, inp.config.sysfs_root)] + [
+        supply = hostinputs.page_supply(ev.plan, inp.config.sysfs_root, view.pages_held)
+        ev.checks.extend(c for c in [supply] + [
             t.precondition(inp.config, doc, ev.plan) for t in REGISTRY if t.wanted(doc)] if c)
     if args.json:
         out = explain.evaluation_dict(doc.facts.name, ev)
@@ -125,16 +99,18 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_node(args: argparse.Namespace) -> int:
     """A report exits 0; ``--check`` exits 1 on a node that is not real-time capable."""
     from numahook.node import probe, report
+    from numahook.ops import holders
 
     cfg = _config(args)
     reachable = None if args.no_libvirt else probe.check_libvirt(cfg.libvirt_uri)
     cap = probe.probe(cfg, reachable)  # HostError (exit 3) only if the host cannot be read
+    held = None if args.check else holders.of_host(cfg)
     if args.json:
-        _print_json(cap.to_json())
+        _print_json({**cap.to_json(), **({"dedicated": holders.node_json(held)} if held else {})})
     elif args.check:
         print(report.verdict(cap))
     else:
-        print(report.text_report(cap))
+        print(report.text_report(cap, holders.node_rows(held) if held else ()))
     return EXIT_NOT_CAPABLE if args.check and not cap.realtime_capable else EXIT_OK
 
 
@@ -167,7 +143,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from numahook.ops import status
+    from numahook.core import hostmap
+    from numahook.ops import holders, status
 
     cfg = _config(args)
     conn = None
@@ -177,15 +154,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"numahook: {exc}; showing running domains only", file=sys.stderr)
     try:
         doc = status.collect(cfg, conn)
+        host = holders.host_map(cfg, doc)  # every holder's, whichever domain is asked for
         if args.domain is not None:
             doc = status.only(doc, args.domain, conn)
     finally:
         if conn is not None:
             domains.close(conn)
     if args.json:
-        _print_json(doc)
-    else:
-        print(status.text(doc))
+        _print_json({**doc, "host": hostmap.to_json(host)})
+        return EXIT_OK
+    if args.domain is None:  # the map is the host's: one domain's lines stand alone
+        # colour and the terminal's width on a terminal only (and never under NO_COLOR,
+        # no-color.org): a pipe gets the same plain 80 columns every time
+        tty = sys.stdout.isatty() and os.environ.get("TERM") != "dumb"
+        width = shutil.get_terminal_size().columns if tty else 80
+        print("\n".join(hostmap.text(host, tty and not os.environ.get("NO_COLOR"), width)))
+        print()
+    print(status.text(doc))
     return EXIT_OK
 
 
@@ -324,8 +309,9 @@ def parser() -> argparse.ArgumentParser:
         "Report whether this node is real-time capable (KubeVirt's test:\n"
         "kernel.sched_rt_runtime_us is -1), what a real-time domain gets here, and each\n"
         "fact that decides how well it runs (RT group scheduling and budget, PREEMPT_RT,\n"
-        "isolated CPUs, hugepages per node, libvirt), each with its fix."))
-    _roots(p)
+        "isolated CPUs, hugepages per node, libvirt), each with its fix; then each node's\n"
+        "free dedicated CPUs, and which domains hold the others."))
+    _common(p)  # the state: who holds the free dedicated CPUs it lists
     out = p.add_mutually_exclusive_group()
     out.add_argument("--json", action="store_true",
                      help=f"print one JSON object ({SCHEMA_DIR}/node.schema.json)")
@@ -344,11 +330,17 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("name", metavar="NAME", help="the libvirt domain's name or UUID")
     p.set_defaults(func=cmd_apply)
     p = _command(sub, "status", "show what the managed domains hold and how their vCPUs run", (
-        "List the managed domains: pinning, guest cells, each vCPU's scheduling as read\n"
-        "back from its thread, each passthrough device's host node, root complex and place\n"
-        "in the guest, the kvm-pit thread's CPUs, the hugepages numahook reserved, and\n"
-        "claims left by domains that no longer run. Works from files while libvirt is down.\n"
-        "With NAME, only that domain, in the same form."))
+        "Draw the host as a map: per NUMA node its cores and threads, and for each CPU\n"
+        "the domain that holds it and as what (vCPU n, * when it runs SCHED_FIFO, ! when\n"
+        "real-time without it; e emulator, h sibling held idle, c claimed by a start),\n"
+        "or . free, - outside the cpuset, x offline; in colour on a terminal. Then list\n"
+        "the managed domains: pinning, guest cells, each vCPU's scheduling as read back\n"
+        "from its thread, each passthrough device's host node, root complex and place in\n"
+        "the guest, the kvm-pit thread's CPUs, the hugepages numahook reserved, claims\n"
+        "left by domains that no longer run, and what a running domain's next start\n"
+        "changes (its persistent definition rendered now; needs libvirt). Works from\n"
+        "files while libvirt is down. With NAME, only that domain's lines, in the same\n"
+        "form."))
     _common(p)
     _uri(p)
     p.add_argument("--json", action="store_true",

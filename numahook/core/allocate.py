@@ -9,7 +9,7 @@ free cores before split ones. Deterministic: same inputs, same answer.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 from numahook.core import cpulist
 from numahook.core.topology import Topology
@@ -67,6 +67,41 @@ def held_siblings(topo: Topology, pins: Sequence[int], policy: str) -> tuple[int
     if policy != "isolate":
         return ()
     return tuple(sorted({s for c in pins for s in topo.cpus[c].siblings} - set(pins)))
+
+
+def holding(holders: Mapping[int, str] | None, cpus: Iterable[int]) -> dict[str, frozenset[int]]:
+    """Domain name -> the CPUs of ``cpus`` it holds, for the refusals below to name."""
+    out: dict[str, set[int]] = {}
+    for c in cpus:
+        name = (holders or {}).get(c)
+        if name is not None:
+            out.setdefault(name, set()).add(c)
+    return {n: frozenset(v) for n, v in sorted(out.items())}
+
+
+#: a refusal names at most this many holders, then counts the rest
+_NAMED = 4
+
+
+def who_holds(held: Mapping[str, frozenset[int]]) -> str:
+    """"rt1 holds 2-3 and rt2 holds 4-5": what another domain took, so the operator sees
+    which one to stop instead of guessing from CPU numbers."""
+    names = list(held)
+    parts = [f"{n} holds {cpulist.format(held[n])}" for n in names[:_NAMED]]
+    if len(names) > _NAMED:
+        rest = frozenset(c for n in names[_NAMED:] for c in held[n])
+        parts.append(f"{len(names) - _NAMED} more domains hold {cpulist.format(rest)}")
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def which(held: Mapping[str, frozenset[int]]) -> str:
+    """"rt1 or rt2": the domains a fix may stop."""
+    names = list(held)[:_NAMED] + (["another"] if len(held) > _NAMED else [])
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1]
+
+
+def _as_held(held: Mapping[str, frozenset[int]]) -> str:
+    return f", as {who_holds(held)}" if held else ""
 
 
 def _valid_kept(topo: Topology, available: frozenset[int], keep: Mapping[int, frozenset[int]],
@@ -128,7 +163,7 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
              keep_extra: frozenset[int] | None = None,
              vcpu_nodes: frozenset[int] | None = None,
              where: str = "on nodes with memory", policy: str = "prefer",
-             one_node: bool = False) -> Allocation:
+             one_node: bool = False, holders: Mapping[int, str] | None = None) -> Allocation:
     """Pin ``count`` vCPUs (guest cores of ``threads`` siblings) plus ``extra`` CPUs.
 
     ``vcpu_nodes`` limits the nodes vCPUs may use (passthrough binds each cell's memory
@@ -139,10 +174,11 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
     ``one_node``: the vCPUs and the emulator all on one node, as a domain whose memory is
     bound to a single node needs (QEMU places its memory preallocation threads on that
     node's CPUs, inside the emulator's cpuset).
+    ``holders``: CPU -> the other domain that holds it, so that a refusal names them.
     """
     if one_node:
         return _on_one_node(topo, available, count, threads, extra, keep, keep_extra,
-                            vcpu_nodes, where, policy)
+                            vcpu_nodes, where, policy, holders)
     usable = frozenset(c for c in available if c in topo.cpus)
     allowed = frozenset(c for c in usable
                         if vcpu_nodes is None or topo.node_of(c) in vcpu_nodes)
@@ -176,12 +212,15 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
         shape += " on cores of their own" if policy == "isolate" else ""
         shape += f" plus {extra} emulator CPU" if extra else ""
         whole_cores = sum(u for u, _ in caps.values())
+        others = holding(holders, (c for c in topo.cpus
+                                   if vcpu_nodes is None or topo.node_of(c) in vcpu_nodes))
         raise Refusal(
             f"not enough dedicated CPUs: the domain needs {shape}, but only "
             f"{len(allowed)} CPUs ({cpulist.format(allowed) or 'none'}) are free in its cpuset"
             + ("" if allowed == usable else f" {where}")
-            + (f", {whole_cores} whole cores among them" if policy == "isolate" else "") + "; "
-            "widen the partition's cpuset or stop another dedicated domain"
+            + (f", {whole_cores} whole cores among them" if policy == "isolate" else "")
+            + _as_held(others) + "; widen the partition's cpuset or stop another dedicated "
+            "domain" + (f" ({which(others)})" if others else "")
             + (", or set threadPolicy='prefer'" if policy == "isolate" else ""),
             "dedicated-cpus",
         )
@@ -202,10 +241,12 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
     if spare is None:
         what = (f"no whole core (threadPolicy='{policy}' gives it a core of its own)" if whole
                 else "no CPU")
+        others = holding(holders, topo.cpus)
         raise Refusal(
             f"not enough dedicated CPUs: {count} vCPUs fit, but {what} is left for the "
-            f"isolated emulator thread in {cpulist.format(usable)}; widen the partition's "
-            "cpuset or set isolateEmulatorThread=\"false\"",
+            f"isolated emulator thread in {cpulist.format(usable)}{_as_held(others)}; widen "
+            "the partition's cpuset" + (f", stop {which(others)}, " if others else " ")
+            + "or set isolateEmulatorThread=\"false\"",
             "dedicated-cpus",
         )
     return Allocation(pins, spare, False, held=held)
@@ -214,11 +255,12 @@ def allocate(topo: Topology, available: frozenset[int], count: int, threads: int
 def _on_one_node(topo: Topology, available: frozenset[int], count: int, threads: int,
                  extra: int, keep: Mapping[int, frozenset[int]] | None,
                  keep_extra: frozenset[int] | None, vcpu_nodes: frozenset[int] | None,
-                 where: str, policy: str) -> Allocation:
+                 where: str, policy: str, holders: Mapping[int, str] | None) -> Allocation:
     """:func:`allocate` with every CPU on one node: the usual choice when it already is
     (a kept pinning, the fewest nodes), else the tightest node that holds it all."""
+    # its refusal, when the cpuset is short anyway, is the one
     first = allocate(topo, available, count, threads, extra, keep, keep_extra, vcpu_nodes,
-                     where, policy)  # its refusal, when the cpuset is short anyway, is the one
+                     where, policy, holders=holders)
     if len(topo.nodes_of(first.vcpus + first.extra + first.held)) == 1:
         return first
     free = {n: frozenset(c for c in available if c in topo.cpus and topo.node_of(c) == n)
@@ -232,12 +274,14 @@ def _on_one_node(topo: Topology, available: frozenset[int], count: int, threads:
             continue
     shape = f"{count} vCPUs" + (" plus the isolated emulator thread" if extra else "")
     per_node = ", ".join(f"{len(cpus)} on node {n}" for n, cpus in free.items() if cpus)
+    others = holding(holders, (c for c in topo.cpus if topo.node_of(c) in free))
     raise Refusal(
         f"its memory is on hugepages without guestMappingPassthrough, so numahook binds it "
         f"to one host node with the dedicated CPUs, but no single node has {shape} free in "
-        f"its cpuset (free CPUs {where}: {per_node or 'none'}); add <numahook:numa>"
-        "<numahook:guestMappingPassthrough/></numahook:numa> so the guest gets one cell per "
-        "node, or use fewer vCPUs",
+        f"its cpuset (free CPUs {where}: {per_node or 'none'}){_as_held(others)}; add "
+        "<numahook:numa><numahook:guestMappingPassthrough/></numahook:numa> so the guest "
+        "gets one cell per node, " + (f"stop {which(others)}, " if others else "")
+        + "or use fewer vCPUs",
         "dedicated-cpus",
     )
 
@@ -292,7 +336,8 @@ def _pick_extra(topo: Topology, rest: frozenset[int], pins: Sequence[int], extra
 def allocate_cells(topo: Topology, available: frozenset[int], cells: Sequence[Sequence[int]],
                    threads: int = 1, extra: int = 0,
                    vcpu_nodes: frozenset[int] | None = None,
-                   policy: str = "prefer") -> Allocation:
+                   policy: str = "prefer",
+                   holders: Mapping[int, str] | None = None) -> Allocation:
     """Pin a fixed guest shape: each guest cell's vCPUs on one distinct host node.
 
     For migration and restore, where the guest's cells must not change (libvirt's ABI
@@ -319,10 +364,12 @@ def allocate_cells(topo: Topology, available: frozenset[int], cells: Sequence[Se
         return False
 
     if len(cells) > len(per_node) or not place(0):
+        others = holding(holders, (c for c in topo.cpus
+                                   if vcpu_nodes is None or topo.node_of(c) in vcpu_nodes))
         raise Refusal(
             f"no {len(cells)} distinct NUMA nodes have "
-            f"{'/'.join(str(len(c)) for c in cells)} free CPUs in {cpulist.format(usable)}",
-            "guest-shape")
+            f"{'/'.join(str(len(c)) for c in cells)} free CPUs in {cpulist.format(usable)}"
+            + _as_held(others), "guest-shape")
     pins: dict[int, int] = {}
     for cell, node in zip(cells, choice):
         units = per_node[node][: len(cell) // threads]

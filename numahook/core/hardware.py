@@ -148,7 +148,8 @@ def evaluate(facts: DomainFacts, req: Request, inp: Inputs) -> Evaluation:
                         keep=shared.kept(facts.vcpupin, dedicated, facts.vcpus),
                         keep_extra=facts.emulator_cpus,
                         vcpu_nodes=nodes if nodes != frozenset(topo.nodes) else None,
-                        where=where, policy=req.threads, one_node=bound)
+                        where=where, policy=req.threads, one_node=bound,
+                        holders=inp.holders)
 
     fallback = None
     try:

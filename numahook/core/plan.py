@@ -218,3 +218,7 @@ class Inputs:
     partition_cpus: frozenset[int] | None = None
     #: the CPUs other domains' claims hold exclusively (``available`` lacks them as well)
     claimed_cpus: frozenset[int] = frozenset()
+    #: CPU of the partition's cpuset -> the other managed domain that holds it (running,
+    #: or claimed by a start), so that a refusal for lack of CPUs names whom to stop;
+    #: empty where unknown. Not part of any digest: who holds a CPU is not the plan's.
+    holders: Mapping[int, str] = field(default_factory=dict)

@@ -140,15 +140,60 @@ def supply(need: Mapping[PoolKey, int], sysfs_root: str = "/sys") -> list[Supply
     return out
 
 
-def supply_shortfall(rows: list[Supply]) -> str | None:
-    """The refusal for pools :func:`supply` found short, with their numbers; None if none."""
+#: pool -> domain -> the pages its memory takes there (what the claims say)
+Held = Mapping[PoolKey, Mapping[str, int]]
+
+
+def supply_shortfall(rows: list[Supply], held: Held | None = None) -> str | None:
+    """The refusal for pools :func:`supply` found short, with their numbers; None if none.
+
+    ``held`` names the other domains whose pages fill those pools, so the fix can say
+    which to stop."""
     short = [r for r in rows if not r.enough]
     if not short:
         return None
     parts = [f"need {r.need} pages of {human_kib(r.size_kib)} on node {r.node}, {r.free} "
-             f"free and at most {r.addable} can be added from its free memory" for r in short]
+             f"free and at most {r.addable} can be added from its free memory"
+             + _held_there((held or {}).get((r.node, r.size_kib), {})) for r in short]
     return ("not enough hugepages: " + "; ".join(parts)
-            + f"; free memory on {_nodes(r.node for r in short)} or lower the domain's memory")
+            + _fix([(r.node, r.size_kib) for r in short], held))
+
+
+def _held_there(pages: Mapping[str, int]) -> str:
+    """", while rt1 takes 512 pages there and rt2 256": the other domains in one pool,
+    most pages first."""
+    names = sorted(pages, key=lambda n: (-pages[n], n))
+    if not names:
+        return ""
+    parts = [f"{n} {pages[n]}" for n in names[:_NAMED]]
+    parts[0] = f"{names[0]} takes {pages[names[0]]} pages there"
+    if len(names) > _NAMED:
+        parts.append(f"{counted(len(names) - _NAMED, 'more domain')} "
+                     f"{sum(pages[n] for n in names[_NAMED:])}")
+    return ", while " + _and(parts)
+
+
+def _and(parts: list[str], word: str = "and") -> str:
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + f" {word} " + parts[-1]
+
+
+#: a shortage names at most this many domains per pool, then counts the rest
+_NAMED = 4
+
+
+def _fix(pools: list[PoolKey], held: Held | None) -> str:
+    """The shortage's fix: free memory on the nodes, stop a domain holding pages there, or
+    ask for less."""
+    pages: dict[str, int] = {}
+    for pool in pools:
+        for name, n in (held or {}).get(pool, {}).items():
+            pages[name] = pages.get(name, 0) + n
+    names = sorted(pages, key=lambda n: (-pages[n], n))  # the biggest holders first
+    where = _nodes(node for node, _ in pools)
+    if not names:
+        return f"; free memory on {where} or lower the domain's memory"
+    listed = names[:_NAMED] + (["another"] if len(names) > _NAMED else [])
+    return f"; free memory on {where}, stop {_and(listed, 'or')}, or lower the domain's memory"
 
 
 def _nodes(ids: Iterable[int]) -> str:
@@ -215,13 +260,14 @@ def reserve(
     proc_root: str = "/proc",
     journal: Journal | None = None,
     compact: bool = True,
+    held: Held | None = None,
 ) -> dict[PoolKey, int]:
     """Make ``need[pool]`` pages free in every pool; return the pages we added per pool.
 
     Only the deficit over what is already free is added. When the kernel delivers fewer
     pages, memory is compacted (unless ``compact`` is off, config [hugepages] compact) and
     the rest asked for once more. If a pool is still short, every page added so far is
-    given back and a Refusal names each shortage.
+    given back and a Refusal names each shortage, and ``held``'s domains there.
     """
     pools = sorted(p for p, n in need.items() if n > 0)
     check_pools(pools, sysfs_root)
@@ -251,7 +297,7 @@ def reserve(
         _rollback(ledger, sysfs_root)
         raise
     if short:
-        message = _shortage_message(need, short, asked, dict(ledger.added))
+        message = _shortage_message(need, short, asked, dict(ledger.added), held)
         _rollback(ledger, sysfs_root)
         raise Refusal(message, check="hugepages")
     for pool, n in sorted(ledger.added.items()):
@@ -272,17 +318,18 @@ def _shortage_message(
     short: Mapping[PoolKey, int],
     asked: Mapping[PoolKey, int],
     got: Mapping[PoolKey, int],
+    held: Held | None = None,
 ) -> str:
     by_size: dict[int, list[str]] = {}
     for (node, size), free in sorted(short.items()):
         part = f"node {node} needs {need[(node, size)]} and has {free} free"
         if (node, size) in asked:
             part += f" (the kernel gave {got.get((node, size), 0)} of {asked[(node, size)]} asked)"
+        part += _held_there((held or {}).get((node, size), {}))
         by_size.setdefault(size, []).append(part)
     clauses = [f"not enough {size} kB hugepages: " + ", ".join(parts)
                for size, parts in sorted(by_size.items())]
-    return ("; and ".join(clauses)
-            + f"; free memory on {_nodes(node for node, _ in short)} or lower the domain's memory")
+    return "; and ".join(clauses) + _fix(sorted(short), held)
 
 
 def release(

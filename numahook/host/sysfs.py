@@ -121,6 +121,34 @@ def read_topology(root: str | os.PathLike[str] = "/sys") -> Topology:
     return Topology(cpus=cpus, nodes=nodes, page_sizes=sizes, default_page_kib=_default_page(sizes))
 
 
+_NODE_LINK = re.compile(r"node([0-9]{1,5})")
+
+
+def offline_cpus(root: str | os.PathLike[str] = "/sys") -> dict[int, int | None]:
+    """Present CPUs that are offline -> their node, or None where sysfs does not say.
+
+    :func:`read_topology` leaves them out (they have no topology/ and no place in their
+    node's cpulist), but a map of the host must show them; the kernel keeps each one's
+    ``cpuN/nodeM`` link while it is offline, which is where its node is read from.
+    """
+    cpu_dir = os.path.join(fsutil.clean(root), "devices/system/cpu")
+    try:
+        present = cpulist.parse(_read(os.path.join(cpu_dir, "present")), f"{cpu_dir}/present")
+        online = cpulist.parse(_read(os.path.join(cpu_dir, "online")), f"{cpu_dir}/online")
+    except InputError as exc:
+        log.warning("cannot tell which CPUs are offline: %s", exc)
+        return {}
+    out: dict[int, int | None] = {}
+    for c in sorted(present - online):
+        try:
+            names = os.listdir(os.path.join(cpu_dir, f"cpu{c}"))
+        except OSError:
+            names = []
+        nodes = [int(m.group(1)) for m in map(_NODE_LINK.fullmatch, names) if m]
+        out[c] = nodes[0] if len(nodes) == 1 else None
+    return out
+
+
 def _default_page(sizes: frozenset[int]) -> int:
     # The kernel's default is the smallest supported size on x86 unless
     # default_hugepagesz= is given; /proc/meminfo says it, and the caller may override.

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from numahook.config import DEFAULT_PATH
 from numahook.core import cpulist
 from numahook.core.units import human_kib
@@ -188,9 +190,12 @@ def report_lines(cap: NodeCapability) -> list[tuple[str, str]]:
     return rows
 
 
-def text_report(cap: NodeCapability) -> str:
-    """The readable report: one line per fact, then the reasons and any warnings."""
-    rows = report_lines(cap)
+def text_report(cap: NodeCapability, more: Sequence[tuple[str, str]] = ()) -> str:
+    """The readable report: one line per fact, then the reasons and any warnings.
+
+    ``more``: rows the node probe cannot know, after its own (``numahook node``'s free
+    dedicated CPUs per node, from the claims: ops/holders.py)."""
+    rows = report_lines(cap) + list(more)
     width = max(len(k) for k, _ in rows)
     lines = [f"{k:<{width}}  {v}" for k, v in rows]
     lines.append("reasons:")

@@ -1,14 +1,50 @@
 """A domain libvirt has defined, named as virsh names it: by its name or its UUID.
 
 One resolver for every command that takes a domain (render, check, apply, status), so that
-they accept the same names and fail with the same fix.
+they accept the same names and fail with the same fix; render and check also take a file
+or ``-`` there (:func:`source`).
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from numahook.errors import HostError, InputError
+from numahook.xml.safe import MAX_XML_BYTES
+
+
+def read_file(path: str) -> bytes:
+    """Bytes, not text: the XML parser decodes (UTF-8, UTF-16, a declared encoding)."""
+    if path == "-":
+        data = sys.stdin.buffer.read(MAX_XML_BYTES + 1)
+    else:
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read(MAX_XML_BYTES + 1)
+        except OSError as exc:
+            raise InputError(f"cannot read {path}: {exc.strerror}") from None
+    if len(data) > MAX_XML_BYTES:
+        raise InputError(f"{path} is larger than {MAX_XML_BYTES} bytes")
+    return data
+
+
+def source(what: str, uri: Callable[[], str]) -> bytes:
+    """FILE, - or a defined domain's name or UUID. A path that exists is a file, so a file
+    wins over a domain of the same name; a name with a / is a path (never a domain's).
+    ``uri`` is asked only for a name, so a file never needs the configuration."""
+    if what == "-" or "/" in what or os.path.exists(what):
+        return read_file(what)
+    try:
+        return definition(uri(), what).encode()
+    except InputError:
+        raise InputError(f"{what} is neither a file nor a domain libvirt has defined (by name "
+                         "or UUID); check the path, or `virsh list --all`") from None
+    except HostError as exc:
+        raise HostError(f"{what} is not a file, and looking it up as a domain failed: "
+                        f"{exc}") from None
 
 
 def connect(uri: str, readonly: bool = False) -> Any:

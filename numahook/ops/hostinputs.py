@@ -6,16 +6,18 @@ libvirt's API, so the hook can call it without deadlocking libvirtd.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from numahook.config import Config
-from numahook.core import cpulist, metadata
+from numahook.core import allocate, cpulist, metadata
 from numahook.core.plan import Check, Inputs, Plan
 from numahook.core.units import human_kib, plural
 from numahook.errors import NumahookError, Refusal
 from numahook.host import cgroups, fsutil, hugepages, libvirtstatus, procfs, rtsched, sysfs
-from numahook.records import record
+from numahook.records import field, record
+from numahook.state.claims import Claim, check_uuid
 from numahook.state.statedir import StateDir
+from numahook.tunables import hugepages as pages_tunable
 
 #: lets libvirtd raise QEMU's RLIMIT_MEMLOCK, which <memoryBacking><locked/> needs
 CAP_SYS_RESOURCE = 24
@@ -34,17 +36,26 @@ class CpuSource:
     held_by_claims: frozenset[int]
     #: ``[cpus] shared``: out of the dedicated pool, for shared emulators
     shared: frozenset[int] = frozenset()
+    #: CPU of the partition -> the other domain holding it (Inputs.holders)
+    holders: Mapping[int, str] = field(default_factory=dict)
+    #: (node, page size KiB) -> other domain -> the pages its memory takes there, as their
+    #: claims say: whom a hugepage shortage names
+    pages_held: Mapping[hugepages.PoolKey, Mapping[str, int]] = field(default_factory=dict)
 
     def describe(self) -> str:
         held = set(self.held_by_claims)
         for cpus in self.held_by_domains.values():
             held |= cpus
         held -= self.shared  # a shared emulator's pin: used, not held
+        held &= self.partition_cpus  # "of which": a CPU outside it is no loss to the domain
         text = (f"partition {self.partition} ({self.partition_path}) has CPUs "
                 f"{cpulist.format(self.partition_cpus) or 'none'}")
         if held:
             text += (f", of which {cpulist.format(held)} {plural(len(held), 'is', 'are')} held "
                      "by other dedicated domains")
+            named = allocate.holding(self.holders, held)
+            if named:
+                text += f" ({allocate.who_holds(named)})"
         if self.shared:
             text += (f"; {cpulist.format(self.shared)} {plural(len(self.shared), 'is', 'are')} "
                      "the shared set ([cpus] shared), never dedicated")
@@ -60,6 +71,26 @@ def managed_running(cfg: Config, exclude_uuid: str | None) -> dict[str, frozense
         if not metadata.opted_in(dom.domain):
             continue
         out[dom.name] = dom.pinned_cpus
+    return out
+
+
+def _others(state: StateDir, exclude_uuid: str | None) -> list[Claim]:
+    """Every claim but the domain's own, as StateDir.held_cpus counts them."""
+    skip = check_uuid(exclude_uuid) if exclude_uuid else None
+    return [c for c in state.list_claims() if c.uuid != skip]
+
+
+def holders_of(running: Mapping[str, frozenset[int]], claims: Iterable[Claim],
+               scope: frozenset[int]) -> dict[int, str]:
+    """CPU of ``scope`` -> the domain that holds it: a running one by its live pins, else
+    the claim of a start in progress (or of an orphan numahookd has yet to release)."""
+    out: dict[int, str] = {}
+    for name, cpus in sorted(running.items()):
+        for c in cpus & scope:
+            out.setdefault(c, name)
+    for claim in claims:
+        for c in claim.cpus & scope:
+            out.setdefault(c, claim.name)
     return out
 
 
@@ -79,9 +110,8 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
         cs = cgroups.partition_cpuset(cfg.cgroup_root, partition)
         cpus, path = cs.cpus, cs.path
     domains = managed_running(cfg, exclude_uuid) if count_held else {}
-    claimed: frozenset[int] = frozenset()
-    if state is not None and count_held:
-        claimed = state.held_cpus(exclude_uuid)
+    others = _others(state, exclude_uuid) if state is not None and count_held else []
+    claimed = frozenset(c for claim in others for c in claim.cpus)
     available = cpus - claimed
     for held in domains.values():
         available -= held
@@ -95,17 +125,22 @@ def gather(cfg: Config, partition: str | None, exclude_uuid: str | None,
         devices=sysfs.read_pci(cfg.sysfs_root, devices),
         partition_cpus=None if cpuset_override is not None else frozenset(cpus),
         claimed_cpus=claimed,
+        # a shared CPU is used by many, held by none: never a holder's to name
+        holders=holders_of(domains, others, cpus - cfg.shared_cpus),
     )
     view = CpuSource(partition or cgroups.DEFAULT_PARTITION, path, cpus, domains, claimed,
-                     cfg.shared_cpus)
+                     cfg.shared_cpus, inputs.holders, pages_tunable.held_by(others))
     return inputs, view
 
 
-def page_supply(plan: Plan, sysfs_root: str) -> Check | None:
+def page_supply(plan: Plan, sysfs_root: str,
+                held: Mapping[hugepages.PoolKey, Mapping[str, int]] | None = None
+                ) -> Check | None:
     """``numahook check``'s view of the plan's hugepages on this host now, per node.
 
     Not part of the rendering, which must not change with what happens to be free; at
     start ``hugepages.reserve`` decides with the same numbers, and compacts first.
+    ``held``: the other domains' pages per pool (CpuSource.pages_held), named in a shortage.
     """
     if not plan.page_need:
         return None
@@ -113,7 +148,7 @@ def page_supply(plan: Plan, sysfs_root: str) -> Check | None:
         rows = hugepages.supply(plan.page_need, sysfs_root)
     except Refusal as exc:
         return Check(CHECK_PAGES, False, str(exc))
-    short = hugepages.supply_shortfall(rows)
+    short = hugepages.supply_shortfall(rows, held)
     if short:
         return Check(CHECK_PAGES, False, short)
     return Check(CHECK_PAGES, True, "; ".join(

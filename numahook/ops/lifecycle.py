@@ -260,7 +260,7 @@ def relocate(xml: str, cfg: Config, state: StateDir) -> str | None:
                 alloc = allocate.allocate_cells(
                     inputs.topology, shared.pool(inputs), cells, threads,
                     1 if req.isolated_emulator else 0, vcpu_nodes=with_memory,
-                    policy=req.threads)
+                    policy=req.threads, holders=inputs.holders)
             except Refusal as exc:
                 raise Refusal(
                     f"this host cannot give {name} the same guest NUMA shape "

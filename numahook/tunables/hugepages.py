@@ -59,6 +59,17 @@ def promised(claims: list[Any], exclude_uuid: str) -> dict[PoolKey, int]:
     return out
 
 
+def held_by(claims: list[Any]) -> dict[PoolKey, dict[str, int]]:
+    """Pool -> domain -> the pages its memory takes there: whom a shortage names."""
+    out: dict[PoolKey, dict[str, int]] = {}
+    for claim in claims:
+        for pool, pages in entry_of(claim).need.items():
+            if pages:
+                mine = out.setdefault(pool, {})
+                mine[claim.name] = mine.get(claim.name, 0) + pages
+    return out
+
+
 class Hugepages(Tunable):
     name = "hugepages"
     step = "prepare"
@@ -91,11 +102,12 @@ class Hugepages(Tunable):
         if entry is None or not entry.need:
             return None
         asked = dict(entry.need)
-        for pool, pages in promised(journal.others(), journal.uuid).items():
+        others = journal.others()
+        for pool, pages in promised(others, journal.uuid).items():
             if pool in asked:
                 asked[pool] += pages
         hugepages.reserve(asked, cfg.sysfs_root, cfg.proc_root, self._journal(journal, entry),
-                          compact=cfg.hugepages_compact)
+                          compact=cfg.hugepages_compact, held=held_by(others))
         return None  # admission's audit line says what was reserved
 
     def verify(self, cfg: Config, view: View) -> str | None:

@@ -90,3 +90,48 @@ CASES = [
     Case("quad-mixed-span-v2", "mixed-span", "quad-nosmt", cgroup_version=2,
          cpusets={"": "0-31", "machine.slice": "8-9,16"}, config="[cpus]\nshared = 16\n"),
 ]
+
+
+#: the host maps ``numahook status`` draws, ``map/<id>.txt`` (tests/golden/test_hostmap.py)
+MAPS = DATA / "map"
+
+
+@dataclass(frozen=True)
+class MapCase:
+    """Golden domains running on a fixture host, claims of starts, and the map drawn."""
+
+    id: str
+    host: str
+    #: golden outputs (``<case>-out.xml``) running there, as libvirt's status files
+    running: tuple[str, ...]
+    cgroup_version: int = 1
+    cpusets: dict[str, str] | None = None
+    #: (name, cpus) of claims without a running domain: starts between prepare and QEMU
+    claims: tuple[tuple[str, str], ...] = ()
+    #: (domain, vCPU) of real-time vCPUs whose thread lost SCHED_FIFO
+    lost: tuple[tuple[str, int], ...] = ()
+    width: int = 80
+
+
+MAP_CASES = [
+    # one node, 2 cores x 2 threads numbered 0,2 / 1,3, all four held
+    MapCase("single-numavm", "single", ("single-numavm",)),
+    # isolcpus host whose cpuset is the isolated CPUs; real-time vCPU 3 lost FIFO, a start
+    # holds two CPUs, the isolated emulator on its own core; 2 x 20 cores wrap in bands
+    MapCase("intelrt-realtime", "intel-2s-ht-rt", ("intelrt-realtime",),
+            cpusets={"": "0-79", "machine": "2-19,42-59"}, claims=(("starting", "5,45"),),
+            lost=(("fedora-realtime", 3),)),
+    # two domains: threadPolicy isolate's idle siblings (h), and one on both threads
+    MapCase("intel-two-domains", "intel-2s-io", ("intel-io-required", "intel-numavm")),
+    # offline CPUs in their node's row, in place
+    MapCase("offline-numavm", "offline-cpus", ("offline-numavm",)),
+    # a CPU-less node and a memory-less one; the cpuset leaves most CPUs to the host
+    MapCase("asym-numavm", "asym-cpuless", ("asym-numavm",),
+            cpusets={"": "0-19", "machine": "10-19"}),
+    # NPS4 under cgroup v2: four nodes, an exclusion-only mask, an isolated emulator
+    MapCase("epyc-realtime-v2", "epyc-nps4", ("epyc-realtime-v2-systemd",), cgroup_version=2,
+            cpusets={"": "0-63", "machine.slice": "4-63"}),
+    # the emulator's start set borrows vCPU 0's CPU, its own is 9; a 40-column terminal
+    MapCase("quad-rt-span-narrow", "quad-nosmt", ("quad-rt-span-v2",), cgroup_version=2,
+            cpusets={"": "0-31", "machine.slice": "6-9"}, width=40),
+]

@@ -78,6 +78,21 @@ def test_no_state_checks_as_on_an_empty_host(
     assert "held by other dedicated domains" not in out
 
 
+def test_a_refusal_for_lack_of_cpus_names_who_holds_them(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 31: the refusal said "stop another dedicated domain" and left the operator to
+    find which; the running domain's live pins and the claim of a start both know."""
+    args = _busy_host(single_v1, tmp_path)
+    rc, out, _ = run_cli(capsys, "check", *args, write(tmp_path, domain(vcpus=4)))
+    assert rc == 1
+    assert ("only 1 CPUs (3) are free in its cpuset, as other holds 0-1 and starting holds 2; "
+            "widen the partition's cpuset or stop another dedicated domain (other or "
+            "starting)") in out
+    # the host line names them too
+    assert ("of which 0-2 are held by other dedicated domains (other holds 0-1 and starting "
+            "holds 2)") in out
+
+
 @pytest.mark.parametrize("command", [["apply", "vm"], ["status"]])
 @pytest.mark.parametrize("option", [["--no-state"], ["--cpuset", "0-1"]])
 def test_apply_and_status_do_not_take_what_if_options(
@@ -468,8 +483,7 @@ def _human_runs(roots: dict[str, Path], tmp_path: Path) -> list[tuple[str, ...]]
     runs: list[tuple[str, ...]] = [("check", *args, "--no-state", write(tmp_path, xml, f"{n}.xml"))
                                    for n, xml in domains.items()]
     runs.append(("check", *args, write(tmp_path, domain(vcpus=4), "busy.xml")))
-    node = args[:8]  # --config and the roots: node reads no state
-    runs += [("node", "--no-libvirt", *node), ("node", "--check", "--no-libvirt", *node),
+    runs += [("node", "--no-libvirt", *args), ("node", "--check", "--no-libvirt", *args),
              ("status", "--uri", "test:///nowhere", *args)]
     return runs
 
@@ -597,8 +611,11 @@ def test_status_name_shows_that_domain_alone_in_the_same_schema(
     assert (rc, err) == (0, "")
     doc = json.loads(out)
     validate("status", doc)
-    assert {k: [d["name"] for d in v] for k, v in doc.items() if k != "schema_version"} == \
+    assert {k: [d["name"] for d in v] for k, v in doc.items()
+            if k not in ("schema_version", "host")} == \
         {"running": [], "inactive": [], "orphan_claims": [], section: [name]}
+    # the map stays the host's: every holder, whichever domain is asked for
+    assert [h["name"] for h in doc["host"]["holders"]] == ["other", "gone"]
     rc, text, _ = _status(capsys, single_v1, tmp_path, uri, key)
     assert rc == 0 and text.startswith(("orphan claim " if section == "orphan_claims" else "")
                                        + name)
@@ -769,3 +786,61 @@ def test_check_runs_the_host_checks_prepare_runs(
     assert checks["realtime-node"]["ok"] is gate.ok
     assert checks["realtime-node"]["reason"] == gate.reason
     assert rc == (0 if gate.ok else 1)
+
+
+# --------------------------------------------------------------------------- who holds what
+
+
+def test_status_draws_the_map_first_and_name_shows_the_domain_alone(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path) -> None:
+    args = _other_runs_and_gone_left_a_claim(single_v1, tmp_path)
+    rc, out, _ = run_cli(capsys, "status", "--uri", "test:///nowhere", *args)
+    assert rc == 0
+    lines = out.splitlines()
+    assert lines[:5] == ["node 0 (16 GiB): 2 cores x 2 threads, CPUs 0-3, 1 free",
+                         "  cpu    0  1", "        A0 A1", "  cpu    2  3", "        Bc  ."]
+    assert "  A  other (running)" in lines and "  B  gone (claim, claimed)" in lines
+    assert lines[lines.index("other  running  cpus 0-1  emulator not pinned") - 1] == ""
+    assert "\033[" not in out  # not a terminal
+    rc, out, _ = run_cli(capsys, "status", "--uri", "test:///nowhere", *args, "other")
+    assert rc == 0 and out.startswith("other  running") and "  cpu " not in out
+
+
+def test_status_colours_a_terminal_only_and_never_under_no_color(
+        capsys: pytest.CaptureFixture[str], single_v1: dict[str, Path], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    args = _other_runs_and_gone_left_a_claim(single_v1, tmp_path)
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    monkeypatch.setenv("TERM", "xterm")
+    monkeypatch.delenv("NO_COLOR", raising=False)
+    rc, out, _ = run_cli(capsys, "status", "--uri", "test:///nowhere", *args)
+    assert rc == 0 and "\033[36m" in out and "\033[32m" in out  # A's colour; free in green
+    monkeypatch.setenv("NO_COLOR", "1")
+    assert "\033[" not in run_cli(capsys, "status", "--uri", "test:///nowhere", *args)[1]
+    monkeypatch.delenv("NO_COLOR")
+    monkeypatch.setenv("TERM", "dumb")
+    assert "\033[" not in run_cli(capsys, "status", "--uri", "test:///nowhere", *args)[1]
+
+
+def test_node_lists_free_dedicated_cpus_per_node_and_who_holds_the_rest(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tests.support.schemas import validate
+
+    roots = host_roots(tmp_path / "host", "intel-2s-ht", 1,
+                       {"": "0-79", "machine": "0-19,40-59"})
+    args = _other_runs_and_gone_left_a_claim(roots, tmp_path)
+    rc, out, _ = run_cli(capsys, "node", "--no-libvirt", *args)
+    assert rc == 0
+    assert ("dedicated node0      3-19,40-59 free (37 of the 40 CPUs of /machine's cpuset "
+            "here; gone holds 2; other holds 0-1)") in out.splitlines()
+    assert ("dedicated node1      none free (0 of the 0 CPUs of /machine's cpuset here)"
+            in out.splitlines())
+    rc, out, _ = run_cli(capsys, "node", "--json", "--no-libvirt", *args)
+    doc = json.loads(out)
+    validate("node", doc)
+    assert doc["dedicated"] == {"partition": "/machine", "nodes": [
+        {"id": 0, "cpus": "0-19,40-59", "free": "3-19,40-59",
+         "held": {"gone": "2", "other": "0-1"}},
+        {"id": 1, "cpus": "", "free": "", "held": {}}]}

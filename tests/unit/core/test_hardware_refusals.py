@@ -645,3 +645,63 @@ def test_every_refusal_message_is_a_single_line(topos: dict[str, Topology]) -> N
     assert len({c.name for c in failed}) >= len(REFUSED)
     for check in failed:
         one_line(check.reason)
+
+
+# --------------------------------------------------------------------------- who holds them
+
+
+def held(topo: Topology, available: str, holders: dict[int, str]) -> Inputs:
+    """Inputs whose missing CPUs other domains hold (ops/hostinputs.py fills holders)."""
+    return replace(inputs(topo, available), holders=holders)
+
+
+def test_not_enough_cpus_names_the_domains_that_hold_them(topos: dict[str, Topology]) -> None:
+    """Issue 31: "stop another dedicated domain" without saying which one left the
+    operator matching CPU numbers by hand."""
+    msg = refusal(Dom(vcpus=4), held(topos["quad-nosmt"], "0-2",
+                                     {3: "rt2", 4: "rt1", 5: "rt1", 20: "web"}),
+                  "dedicated-cpus")
+    assert msg == ("not enough dedicated CPUs: the domain needs 4 vCPUs, but only 3 CPUs (0-2) "
+                   "are free in its cpuset, as rt1 holds 4-5, rt2 holds 3 and web holds 20; "
+                   "widen the partition's cpuset or stop another dedicated domain (rt1, rt2 "
+                   "or web)")
+
+
+def test_only_holders_on_the_nodes_it_may_use_are_named(topos: dict[str, Topology]) -> None:
+    # node 3 (CPUs 16-19) has no memory: its holder freed nothing passthrough could use
+    msg = refusal(Dom(vcpus=2), held(topos["asym-cpuless"], "16-17",
+                                     {0: "rt1", 18: "nomem"}), "dedicated-cpus")
+    assert "as rt1 holds 0;" in msg and "(rt1)" in msg and "nomem" not in msg
+
+
+def test_many_holders_are_counted_past_the_fourth(topos: dict[str, Topology]) -> None:
+    msg = refusal(Dom(vcpus=4), held(topos["quad-nosmt"], "0-2",
+                                     {3 + i: f"d{i}" for i in range(6)}), "dedicated-cpus")
+    assert ("as d0 holds 3, d1 holds 4, d2 holds 5, d3 holds 6 and 2 more domains hold 7-8; "
+            "widen the partition's cpuset or stop another dedicated domain (d0, d1, d2, d3 or "
+            "another)") in msg
+
+
+def test_no_cpu_left_for_the_emulator_names_the_holders(topos: dict[str, Topology]) -> None:
+    dom = Dom(cpu_attrs={"dedicatedCpuPlacement": "true", "isolateEmulatorThread": "true"})
+    msg = refusal(dom, held(topos["quad-nosmt"], "0-3", {4: "rt1"}), "dedicated-cpus")
+    assert msg.endswith("isolated emulator thread in 0-3, as rt1 holds 4; widen the "
+                        "partition's cpuset, stop rt1, or set isolateEmulatorThread=\"false\"")
+
+
+def test_no_single_node_names_the_holders(topos: dict[str, Topology]) -> None:
+    hugepages_only = Dom(vcpus=6, numa=False)
+    msg = refusal(hugepages_only, held(topos["quad-nosmt"], "4-11", {0: "rt1", 12: "rt2"}),
+                  "dedicated-cpus")
+    assert ("(free CPUs on nodes with memory: 4 on node 0, 4 on node 1), as rt1 holds 0 and "
+            "rt2 holds 12;") in msg
+    assert msg.endswith("so the guest gets one cell per node, stop rt1 or rt2, or use fewer "
+                        "vCPUs")
+
+
+def test_guest_shape_names_the_holders(topos: dict[str, Topology]) -> None:
+    with pytest.raises(Refusal) as exc:
+        allocate.allocate_cells(topos["quad-nosmt"], frozenset(range(8)), [(0, 1), (2, 3)],
+                                vcpu_nodes=frozenset({0, 1}), holders={8: "rt1", 16: "far"})
+    assert str(exc.value) == ("no 2 distinct NUMA nodes have 2/2 free CPUs in 0-7, as rt1 "
+                              "holds 8")

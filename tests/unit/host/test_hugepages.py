@@ -100,6 +100,21 @@ def test_shortage_message_counts_what_the_kernel_gave(kernel: FakeKernel) -> Non
     assert kernel.read((0, 2048)) == 16 and kernel.read((1, 2048)) == 0
 
 
+def test_shortage_names_the_domains_whose_pages_are_there(kernel: FakeKernel) -> None:
+    kernel.capacity[(0, 2048)] = 10
+    kernel.capacity[(1, 2048)] = 3
+    held = {(0, 2048): {"web": 8, "db": 40, "a": 1, "b": 1, "c": 1}, (1, 1048576): {"gig": 1}}
+    with pytest.raises(Refusal) as info:
+        hugepages.reserve({(0, 2048): 64, (1, 2048): 8}, str(kernel.sys), str(kernel.proc),
+                          held=held)
+    assert str(info.value) == (
+        "not enough 2048 kB hugepages: node 0 needs 64 and has 20 free (the kernel gave 10 of "
+        "54 asked), while db takes 40 pages there, web 8, a 1, b 1 and 1 more domain 1, "
+        "node 1 needs 8 and has 3 free (the kernel gave 3 of 8 asked); free memory on nodes "
+        "0, 1, stop db, web, a, b or another, or lower the domain's memory"
+    )
+
+
 def test_unknown_page_size_names_supported_sizes(kernel: FakeKernel) -> None:
     with pytest.raises(Refusal, match=r"node 0 has no 4096 kB hugepages; this host supports "
                        r"2048 kB and 1048576 kB") as info:

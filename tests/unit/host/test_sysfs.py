@@ -159,6 +159,18 @@ def test_offline_cpus_are_absent(trees: dict[str, Path]) -> None:
     assert topo.nodes[0].cpus == frozenset({0, 1, 2, 5, 6, 7})
 
 
+def test_offline_cpus_keep_their_node_for_the_map(tmp_path: Path) -> None:
+    """read_topology drops them; the map still draws each in its node, from the cpuN/nodeM
+    link the kernel keeps while it is offline (None where there is none)."""
+    root = build_sysfs(tmp_path / "sys", HOSTS["offline-cpus"])
+    assert sysfs.offline_cpus(root) == {3: 0, 4: 0, 12: 1}
+    (root / "devices/system/cpu/cpu12/node1").unlink()
+    assert sysfs.offline_cpus(root)[12] is None
+    assert sysfs.offline_cpus(build_sysfs(tmp_path / "single", HOSTS["single"])) == {}
+    (root / "devices/system/cpu/present").unlink()
+    assert sysfs.offline_cpus(root) == {}  # logged; the map goes on without them
+
+
 def test_single_node_laptop_numbering(trees: dict[str, Path]) -> None:
     topo = _topo(trees, "single")
     assert sorted(topo.nodes) == [0]

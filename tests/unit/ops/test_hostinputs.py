@@ -109,3 +109,60 @@ def test_a_shared_emulator_s_pin_is_not_called_held() -> None:
     assert view.describe() == (
         "partition /machine (/sys/fs/cgroup/cpuset/machine) has CPUs 0-3, of which 2 is held "
         "by other dedicated domains; 0 is the shared set ([cpus] shared), never dedicated")
+
+
+def test_check_names_the_domains_whose_pages_fill_the_node(
+        capsys: pytest.CaptureFixture[str], single: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 31: a shortage names who holds the pages, as their claims say, most first;
+    the domain's own claim (it may run, and be checked by name) is not one of them."""
+    from numahook.state.statedir import StateDir
+    from tests.support import claims
+
+    args = cli_args(single, tmp_path)
+    state = StateDir(args[args.index("--state-dir") + 1])
+    state.ensure()
+    state.save(claims.make(uuid="5e1b1a5e-0000-4000-8000-0000000000c1", name="db",
+                           need={(0, 2048): 512}, phase="running"))
+    state.save(claims.make(uuid="5e1b1a5e-0000-4000-8000-0000000000c2", name="web",
+                           need={(0, 2048): 2048, (1, 2048): 8}, phase="running"))
+    state.save(claims.make(uuid="5e1b1a5e-0000-4000-8000-0000000000aa", name="vm",
+                           need={(0, 2048): 99}, phase="running"))  # its own
+    rc, out, _ = run_cli(capsys, "check", "--json", *args,
+                         write(tmp_path, bound("<memory unit='GiB'>32</memory>")))
+    assert rc == 1
+    (failed,) = [p for p in json.loads(out)["preconditions"] if p["ok"] is False]
+    assert failed["reason"] == (
+        f"not enough hugepages: need 16384 pages of 2 MiB on node 0, 128 free and at most "
+        f"{memfree_pages(single)} can be added from its free memory, while web takes 2048 "
+        "pages there and db 512; free memory on node 0, stop web or db, or lower the "
+        "domain's memory")
+
+
+def test_gather_knows_who_holds_each_cpu_of_the_cpuset(tmp_path: Path) -> None:
+    """Running domains by their live pins, then claims of starts; only the partition's
+    CPUs (a holder elsewhere freed nothing this domain could use), never its own claim."""
+    from numahook.config import Config
+    from numahook.ops import hostinputs
+    from numahook.records import replace
+    from numahook.state.claims import Claim
+    from numahook.state.statedir import StateDir
+    from tests.fixtures.status import MANAGED_STATUS
+
+    roots = host_roots(tmp_path / "host", "single", 1, {"": "0-3", "machine": "0-2"})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "other.xml").write_text(MANAGED_STATUS)  # "other", vCPUs on CPUs 0 and 1
+    cfg = replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
+                  proc_root=str(roots["proc"]), libvirt_run=str(run),
+                  state_dir=str(tmp_path / "state"))
+    state = StateDir(cfg.state_dir)
+    state.ensure()
+    own = "5e1b1a5e-0000-4000-8000-0000000000aa"
+    state.save(Claim(uuid="5e1b1a5e-0000-4000-8000-0000000000cc", name="starting",
+                     cpus=frozenset({1, 2, 3})))
+    state.save(Claim(uuid=own, name="vm", cpus=frozenset({0})))
+    inputs, source = hostinputs.gather(cfg, None, own, state=state)
+    assert inputs.holders == {0: "other", 1: "other", 2: "starting"}
+    assert inputs.available == frozenset()
+    assert source.describe().endswith("of which 0-2 are held by other dedicated domains "
+                                      "(other holds 0-1 and starting holds 2)")

@@ -79,6 +79,25 @@ def test_a_node_that_cannot_give_the_pages_refuses_and_keeps_nothing(
     assert state.load(UUID) is None
 
 
+def test_a_shortage_at_prepare_names_the_domains_holding_pages_there(
+        host: tuple[Config, FakeKernel]) -> None:
+    """Issue 31: the refusal at start names whose pages fill the node, from their claims
+    (a domain elsewhere is not named), so the operator knows which one to stop."""
+    cfg, kernel = host
+    kernel.capacity[POOL] = 100
+    state = StateDir(cfg.state_dir)
+    state.ensure()
+    state.save(claims.make(uuid="5e1b1a5e-0000-4000-8000-0000000000c1", name="db",
+                           need={POOL: 300}, phase="running"))
+    state.save(claims.make(uuid="5e1b1a5e-0000-4000-8000-0000000000c2", name="elsewhere",
+                           need={(0, 2048): 64}, phase="running"))
+    with pytest.raises(Refusal) as exc:
+        lifecycle.admit(rendered(cfg), cfg, state)
+    assert str(exc.value).endswith(
+        "node 1 needs 1024 and has 612 free (the kernel gave 100 of 512 asked), while db "
+        "takes 300 pages there; free memory on node 1, stop db, or lower the domain's memory")
+
+
 def daemon_pid_file(cfg: Config, state: StateDir, start: int, now: int = 777) -> None:
     """numahookd's pid file for pid 4242, which began at ``start``; the process with that
     pid in the fixture's procfs began at ``now`` (it differs when the pid was reused)."""
