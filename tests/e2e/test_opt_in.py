@@ -60,7 +60,10 @@ def test_virsh_metadata_set_is_rendered_within_a_second(numahookd: Daemon, domai
           file=sys.stderr)
     assert "vcpupin" in persistent(conn, name), \
         f"not rendered within {RENDER_BOUND:g} s of virsh metadata --set"
-    assert "redefined" in numahookd.logtext()
+    # numahookd logs "redefined" after defineXML returns, so libvirt can show the rendered
+    # definition to this process before that line is written: wait for the line itself
+    wait_until(lambda: "redefined" in numahookd.logtext(), timeout=5,
+               what="numahookd's line for the redefinition")
 
 
 def test_virt_install_xml_opts_a_new_domain_in(numahookd: Daemon, domains: Any,
