@@ -333,14 +333,14 @@ def parser() -> argparse.ArgumentParser:
         "Draw the host as a map: per NUMA node its cores and threads, and for each CPU\n"
         "the domain that holds it and as what (vCPU n, * when it runs SCHED_FIFO, ! when\n"
         "real-time without it; e emulator, h sibling held idle, c claimed by a start),\n"
-        "or . free, - outside the cpuset, x offline; in colour on a terminal. Then list\n"
-        "the managed domains: pinning, guest cells, each vCPU's scheduling as read back\n"
-        "from its thread, each passthrough device's host node, root complex and place in\n"
-        "the guest, the kvm-pit thread's CPUs, the hugepages numahook reserved, claims\n"
-        "left by domains that no longer run, and what a running domain's next start\n"
-        "changes (its persistent definition rendered now; needs libvirt). Works from\n"
-        "files while libvirt is down. With NAME, only that domain's lines, in the same\n"
-        "form."))
+        "or . free, ~ shared ([cpus] shared), - outside the cpuset, x offline; in colour\n"
+        "on a terminal. Then list the managed domains: pinning, guest cells, each vCPU's\n"
+        "scheduling as read back from its thread, each passthrough device's host node,\n"
+        "root complex and place in the guest, the kvm-pit thread's CPUs, the hugepages\n"
+        "numahook reserved, claims left by domains that no longer run, and what a running\n"
+        "domain's next start changes (its persistent definition rendered now; needs\n"
+        "libvirt). Works from files while libvirt is down. With NAME, only that domain's\n"
+        "lines, in the same form."))
     _common(p)
     _uri(p)
     p.add_argument("--json", action="store_true",

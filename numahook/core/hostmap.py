@@ -18,11 +18,11 @@ from numahook.core.units import counted
 from numahook.records import record, replace
 
 #: what a CPU is doing, in drawing order of the key
-STATES = ("vcpu", "emulator", "held", "claimed", "free", "host", "offline")
+STATES = ("vcpu", "emulator", "held", "claimed", "free", "shared", "host", "offline")
 #: the one-character role after a domain's key (a vCPU shows its number instead)
 _ROLE = {"emulator": "e", "held": "h", "claimed": "c"}
-#: CPUs no domain holds
-_BARE = {"free": ".", "host": "-", "offline": "x"}
+#: CPUs no domain holds: a shared one ([cpus] shared) is used by many, so held by none
+_BARE = {"free": ".", "shared": "~", "host": "-", "offline": "x"}
 #: after a vCPU's number: SCHED_FIFO read back, or real-time wanted but not in place
 FIFO, NOT_FIFO = "*", "!"
 
@@ -95,6 +95,8 @@ class HostMap:
     holders: tuple[Holder, ...]
     #: offline CPUs whose node sysfs does not give (drawn nowhere else)
     offline_elsewhere: frozenset[int] = frozenset()
+    #: ``[cpus] shared``: out of the dedicated pool, where floating threads run
+    shared: frozenset[int] = frozenset()
 
 
 def _key(i: int) -> str:
@@ -148,9 +150,13 @@ def roles(doc: Mapping[str, Any],
 
 def build(topo: Topology, offline: Mapping[int, int | None], slots: Mapping[int, Slot],
           holders: Sequence[Holder], partition: str,
-          partition_cpus: frozenset[int] | None) -> HostMap:
+          partition_cpus: frozenset[int] | None,
+          shared: frozenset[int] = frozenset()) -> HostMap:
     """Place every CPU: online ones in their core's column, held or free or the host's
-    (outside the partition's cpuset), and offline ones in a column of their own."""
+    (outside the partition's cpuset), and offline ones in a column of their own.
+
+    A CPU of ``shared`` is drawn shared whoever pins to it: a shared emulator, the floating
+    vCPUs of a dedicatedMask, several domains at once, none of them holding it."""
     nodes = []
     for n in sorted(topo.nodes):
         cores: dict[tuple[int, int, int], list[int]] = {}
@@ -160,15 +166,17 @@ def build(topo: Topology, offline: Mapping[int, int | None], slots: Mapping[int,
         for key, cpus in cores.items():
             col = []
             for t, c in enumerate(cpus):
-                slot = slots.get(c) or Slot(c, "free" if partition_cpus is None
-                                            or c in partition_cpus else "host")
+                slot = (Slot(c, "shared") if c in shared else slots.get(c)
+                        or Slot(c, "free" if partition_cpus is None
+                                or c in partition_cpus else "host"))
                 col.append(replace(slot, package=key[0], die=key[1], core=key[2], thread=t))
             columns.append(tuple(col))
         columns += [(Slot(c, "offline"),) for c, node in offline.items() if node == n]
         columns.sort(key=lambda col: col[0].cpu)
         nodes.append(NodeMap(n, topo.nodes[n].memory_kib, tuple(columns)))
     elsewhere = frozenset(c for c, node in offline.items() if node not in topo.nodes)
-    return HostMap(partition, partition_cpus, tuple(nodes), tuple(holders), elsewhere)
+    return HostMap(partition, partition_cpus, tuple(nodes), tuple(holders), elsewhere,
+                   frozenset(shared))
 
 
 def to_json(m: HostMap) -> dict[str, Any]:
@@ -188,6 +196,7 @@ def to_json(m: HostMap) -> dict[str, Any]:
                              "isolation": s.isolation} for s in n.slots]}
                   for n in m.nodes],
         "offline_elsewhere": cpulist.format(m.offline_elsewhere),
+        "shared": cpulist.format(m.shared),
     }
 
 
@@ -198,7 +207,7 @@ def dedicated(m: HostMap) -> list[tuple[int, frozenset[int], frozenset[int],
     names = {h.key: h.name for h in m.holders}
     out = []
     for n in m.nodes:
-        mine = frozenset(s.cpu for s in n.slots if s.state != "offline" and (
+        mine = frozenset(s.cpu for s in n.slots if s.state not in ("offline", "shared") and (
             m.partition_cpus is None or s.cpu in m.partition_cpus))
         free = frozenset(s.cpu for s in n.slots if s.state == "free")
         held: dict[str, set[int]] = {}
@@ -213,7 +222,7 @@ def dedicated(m: HostMap) -> list[tuple[int, frozenset[int], frozenset[int],
 
 #: ANSI colours for the holders in turn (green is the free CPUs')
 _PALETTE = ("36", "35", "33", "34", "31", "96", "95", "93", "94", "91")
-_STYLE = {"free": "32", "host": "2", "offline": "2"}
+_STYLE = {"free": "32", "shared": "2;32", "host": "2", "offline": "2"}
 
 
 def _paint(text: str, slot: Slot, order: Mapping[str, int]) -> str:
@@ -285,7 +294,8 @@ def text(m: HostMap, colour: bool = False, width: int = 80) -> list[str]:
     where = f"{m.partition}'s cpuset" if m.partition_cpus is not None else "the cpuset"
     items = ["A0 vCPU 0 of domain A", f"{FIFO} SCHED_FIFO", f"{NOT_FIFO} real-time without "
              "SCHED_FIFO", "Ae emulator", "Ah held idle", "Ac claimed by a start", ". free",
-             f"- not in {where}", "x offline"]
+             *(["~ shared ([cpus] shared)"] if m.shared else []), f"- not in {where}",
+             "x offline"]
     # an item is not broken across lines: "*" above "SCHED_FIFO" would read as two items
     key = ", ".join(i.replace(" ", "\u00a0") for i in items)
     lines += [line.replace("\u00a0", " ") for line in _wrap("key: " + key, width)]

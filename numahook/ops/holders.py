@@ -35,7 +35,7 @@ def host_map(cfg: Config, doc: Mapping[str, Any]) -> hostmap.HostMap:
     notes = {d["name"]: status.differs(d) for d in doc.get("running", ()) if status.differs(d)}
     slots, holders = hostmap.roles(doc, notes)
     return hostmap.build(topo, sysfs.offline_cpus(cfg.sysfs_root), slots, holders,
-                         cgroups.DEFAULT_PARTITION, partition)
+                         cgroups.DEFAULT_PARTITION, partition, cfg.shared_cpus)
 
 
 def of_host(cfg: Config) -> hostmap.HostMap | None:

@@ -165,3 +165,23 @@ def test_the_json_is_the_schema_s(topos: dict[str, Topology], tmp_path: Path) ->
     assert (cpus[1]["state"], cpus[2]["state"], cpus[3]["state"]) == ("emulator", "claimed",
                                                                       "host")
     assert out["nodes"][0]["free"] == "" and out["partition_cpus"] == "0-2"
+
+
+def test_the_shared_set_is_nobody_s_whoever_floats_there(topos: dict[str, Topology]) -> None:
+    """[cpus] shared: a share emulator and a floating vCPU pin to it (here one CPU, so the
+    vCPU's pin is a single CPU); neither holds it, and it is not free for a dedicated one."""
+    from numahook.core import cpulist
+
+    doc = {"running": [running("mixed", [vcpu(0, "1", True, "fifo"), vcpu(1, "0")], "0-1",
+                               emulator="0")]}
+    slots, holders = hostmap.roles(doc)
+    m = hostmap.build(topos["single"], {}, slots, holders, "/machine", cpulist.parse("0-3"),
+                      frozenset({0}))
+    states = {s.cpu: s.code() for n in m.nodes for s in n.slots}
+    assert states == {0: "~", 1: "A0*", 2: ".", 3: "."}
+    assert hostmap.dedicated(m) == [(0, frozenset({1, 2, 3}), frozenset({2, 3}),
+                                     {"mixed": frozenset({1})})]
+    assert "~ shared ([cpus] shared)" in " ".join(hostmap.text(m))
+    assert hostmap.to_json(m)["shared"] == "0"
+    # without a shared set the key does not mention one
+    assert "~" not in " ".join(hostmap.text(build(topos["single"], doc, "0-3")))

@@ -166,3 +166,22 @@ def test_gather_knows_who_holds_each_cpu_of_the_cpuset(tmp_path: Path) -> None:
     assert inputs.available == frozenset()
     assert source.describe().endswith("of which 0-2 are held by other dedicated domains "
                                       "(other holds 0-1 and starting holds 2)")
+
+
+def test_no_one_holds_a_shared_cpu_whoever_pins_to_it(tmp_path: Path) -> None:
+    """[cpus] shared is used by many and held by none: a refusal must not name the domain
+    whose shared emulator or floating vCPUs happen to be pinned there."""
+    from numahook.config import Config
+    from numahook.ops import hostinputs
+    from numahook.records import replace
+    from tests.fixtures.status import MANAGED_STATUS
+
+    roots = host_roots(tmp_path / "host", "single", 1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "other.xml").write_text(MANAGED_STATUS)  # "other", vCPUs on CPUs 0 and 1
+    cfg = replace(Config(), sysfs_root=str(roots["sysfs"]), cgroup_root=str(roots["cgroup"]),
+                  proc_root=str(roots["proc"]), libvirt_run=str(run),
+                  state_dir=str(tmp_path / "state"), shared_cpus=frozenset({1}))
+    inputs, _ = hostinputs.gather(cfg, None, None)
+    assert inputs.holders == {0: "other"}
