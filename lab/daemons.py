@@ -197,13 +197,18 @@ def stop_daemon(name: str) -> bool:
         state = load()
         if state is None or daemon_ours(state, name) is None:
             return False
-        problems: list[str] = []
-        stop(state, name, problems)
-        if problems:
-            raise LabError("; ".join(problems))
-        del state["daemons"][name]
-        save(state)
+        _stop_and_forget(state, name)
         return True
+
+
+def _stop_and_forget(state: dict[str, Any], name: str) -> None:
+    """Stop a daemon the lab owns and drop it from the record; under the lab lock."""
+    problems: list[str] = []
+    stop(state, name, problems)
+    if problems:
+        raise LabError("; ".join(problems))
+    del state["daemons"][name]
+    save(state)
 
 
 def restart_daemon(name: str) -> int:
@@ -216,12 +221,7 @@ def restart_daemon(name: str) -> int:
         state = load() or new_state()
         if daemon_ours(state, name) is None:
             raise LabError(f"{name} was not started by the lab, so the lab will not restart it")
-        problems: list[str] = []
-        stop(state, name, problems)
-        if problems:
-            raise LabError("; ".join(problems))
-        del state["daemons"][name]
-        save(state)
+        _stop_and_forget(state, name)
         return start_pidfile_daemon(state, name)
 
 

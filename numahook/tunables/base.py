@@ -101,7 +101,7 @@ class Tunable:
     ``step`` is when :meth:`apply` runs: ``prepare`` (before QEMU exists, under the state
     lock, inside the admission: a failure refuses the start and undoes every tunable) or
     ``started`` (QEMU runs; under the state lock with the claim in phase ``running``).
-    ``attributes`` names the metadata it reads (core/metadata.py), ``plan_fields`` the
+    ``attributes`` names the metadata it reads (core/schema.py), ``plan_fields`` the
     fields of core/plan.py's Plan it applies: the plan is fitted in core, which may not
     see this layer (docs/architecture.md), so a tunable declares what it reads there.
     """
